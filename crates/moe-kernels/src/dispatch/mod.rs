@@ -1,0 +1,3 @@
+//! Dispatch: groups the routed (token, slot) pairs by expert, without capacity padding.
+
+pub mod reference;

@@ -1,0 +1,101 @@
+//! Plain-Rust routing in f64: the specification every routing implementation is tested against.
+
+use crate::{RoutingPolicy, UNUSED_SLOT};
+
+/// The routing decision for a batch of tokens, in `[T, slots]` row-major layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutedTokens {
+    /// Slots per token (`policy.max_slots()`).
+    pub slots: usize,
+    /// Chosen expert of each slot, most probable first; [`UNUSED_SLOT`] where unused. `[T, slots]`
+    pub expert_ids: Vec<i32>,
+    /// Renormalised weight of each slot (0 where unused); a token's weights sum to 1. `[T, slots]`
+    pub weights: Vec<f64>,
+    /// Number of experts each token uses. `[T]`
+    pub token_k: Vec<usize>,
+}
+
+/// Routes every row of `logits` (`[T, num_experts]`, row-major): softmax, descending order with
+/// ties to the lower expert index, the policy's prefix, weights renormalised over that prefix.
+pub fn route(logits: &[f32], num_experts: usize, policy: &RoutingPolicy) -> RoutedTokens {
+    assert!(
+        num_experts > 0 && logits.len() % num_experts == 0,
+        "logits must be [T, num_experts]"
+    );
+    let slots = policy.max_slots();
+    let num_tokens = logits.len() / num_experts;
+    let mut routed = RoutedTokens {
+        slots,
+        expert_ids: vec![UNUSED_SLOT; num_tokens * slots],
+        weights: vec![0.0; num_tokens * slots],
+        token_k: vec![0; num_tokens],
+    };
+    for (token, row) in logits.chunks(num_experts).enumerate() {
+        let probs = softmax(row);
+        let mut order: Vec<usize> = (0..num_experts).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+
+        let mut mass = 0.0;
+        let mut k = 0;
+        while k < slots && policy.uses_slot(k, mass) {
+            mass += probs[order[k]];
+            k += 1;
+        }
+        for (slot, &expert) in order.iter().take(k).enumerate() {
+            routed.expert_ids[token * slots + slot] = expert as i32;
+            routed.weights[token * slots + slot] = probs[expert] / mass;
+        }
+        routed.token_k[token] = k;
+    }
+    routed
+}
+
+/// Numerically stable softmax of one row, in f64.
+pub fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row
+        .iter()
+        .map(|&v| v as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_uses_one_expert_only_when_confident() {
+        // Row 0: p ~ [0.84, 0.11, 0.04] -> confident; row 1: p ~ [0.42, 0.42, 0.15] -> two experts.
+        let logits = [3.0, 1.0, 0.0, 1.0, 1.0, 0.0];
+        let routed = route(&logits, 3, &RoutingPolicy::Threshold { tau: 0.6 });
+        assert_eq!(routed.token_k, vec![1, 2]);
+        assert_eq!(routed.expert_ids, vec![0, UNUSED_SLOT, 0, 1]);
+        assert_eq!(routed.weights[0], 1.0);
+        assert!((routed.weights[2] - 0.5).abs() < 1e-12 && (routed.weights[3] - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_expert_index() {
+        let routed = route(&[2.0, 5.0, 5.0, 5.0], 4, &RoutingPolicy::TopK { k: 2 });
+        assert_eq!(routed.expert_ids, vec![1, 2]);
+    }
+
+    #[test]
+    fn top_p_stops_at_the_first_prefix_reaching_p() {
+        // p ~ [0.665, 0.245, 0.090]: mass 0.665 < 0.8, then 0.910 >= 0.8 -> k = 2.
+        let routed = route(
+            &[2.0, 1.0, 0.0],
+            3,
+            &RoutingPolicy::TopP { p: 0.8, max_k: 3 },
+        );
+        assert_eq!(routed.token_k, vec![2]);
+        let capped = route(
+            &[2.0, 1.0, 0.0],
+            3,
+            &RoutingPolicy::TopP { p: 1.0, max_k: 2 },
+        );
+        assert_eq!(capped.token_k, vec![2]);
+    }
+}

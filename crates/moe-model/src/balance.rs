@@ -1,0 +1,36 @@
+//! Auxiliary router losses that keep experts used evenly and router logits small.
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// Switch Transformer load-balancing loss `E * sum_e f_e * P_e`, where `f_e` is the fraction of
+/// routed pairs sent to expert e (not differentiated) and `P_e` its mean router probability.
+/// Equals 1 when both are uniform.
+///
+/// # Shapes
+/// - `probs`: `[T, E]`, `expert_counts`: `[E]` (rows routed to each expert)
+pub fn load_balancing_loss<B: Backend>(
+    probs: Tensor<B, 2>,
+    expert_counts: &[usize],
+) -> Tensor<B, 1> {
+    let num_experts = expert_counts.len();
+    let total: usize = expert_counts.iter().sum();
+    let fractions: Vec<f32> = expert_counts
+        .iter()
+        .map(|&c| c as f32 / total as f32)
+        .collect();
+    let fractions = Tensor::<B, 1>::from_floats(fractions.as_slice(), &probs.device()); // [E]
+    let mean_probs = probs.mean_dim(0).squeeze_dim(0); // [E]
+    (fractions * mean_probs)
+        .sum()
+        .mul_scalar(num_experts as f32)
+}
+
+/// Router z-loss (ST-MoE): mean over tokens of `logsumexp(logits)^2`; penalises large logits.
+///
+/// # Shapes
+/// - `logits`: `[T, E]`
+pub fn router_z_loss<B: Backend>(logits: Tensor<B, 2>) -> Tensor<B, 1> {
+    let max = logits.clone().max_dim(1).detach(); // [T, 1]
+    let log_sum_exp = (logits - max.clone()).exp().sum_dim(1).log() + max; // [T, 1]
+    log_sum_exp.powi_scalar(2).mean()
+}

@@ -1,0 +1,92 @@
+//! The feed-forward of a block: a dense MLP or an MoE layer, chosen by configuration.
+
+use burn::module::Module;
+use burn::tensor::{Tensor, backend::Backend};
+use serde::{Deserialize, Serialize};
+
+use crate::InvalidValue;
+use crate::mlp::{DenseMlp, DenseMlpConfig};
+use crate::moe::{MoeLayer, MoeLayerConfig, RoutingStats};
+
+/// Which feed-forward the blocks use; `kind = "dense"` or `kind = "moe"` in config files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FfnConfig {
+    /// Every token through one MLP.
+    Dense(DenseMlpConfig),
+    /// Every token through the experts its router picks.
+    Moe(MoeLayerConfig),
+}
+
+impl FfnConfig {
+    /// Checks the chosen configuration.
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        match self {
+            FfnConfig::Dense(config) => config.validate(),
+            FfnConfig::Moe(config) => config.validate(),
+        }
+    }
+
+    /// A freshly initialised feed-forward over rows of width `d_model`.
+    pub fn init<B: Backend>(&self, d_model: usize, device: &B::Device) -> Ffn<B> {
+        match self {
+            FfnConfig::Dense(config) => Ffn::Dense(config.init(d_model, device)),
+            FfnConfig::Moe(config) => Ffn::Moe(config.init(d_model, device)),
+        }
+    }
+}
+
+impl std::fmt::Display for FfnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FfnConfig::Dense(c) => write!(f, "dense F={}", c.width),
+            FfnConfig::Moe(c) => write!(
+                f,
+                "moe E={} F={} {}",
+                c.num_experts, c.expert_width, c.routing
+            ),
+        }
+    }
+}
+
+/// A dense MLP or an MoE layer behind one interface.
+#[derive(Module, Debug)]
+pub enum Ffn<B: Backend> {
+    /// Dense baseline.
+    Dense(DenseMlp<B>),
+    /// Mixture of Experts.
+    Moe(MoeLayer<B>),
+}
+
+/// Output of [`Ffn::forward`]; the MoE parts are `None` for a dense MLP.
+#[derive(Clone, Debug)]
+pub struct FfnOutput<B: Backend> {
+    /// `[T, d]`
+    pub output: Tensor<B, 2>,
+    /// Weighted auxiliary router losses. `[1]`
+    pub aux_loss: Option<Tensor<B, 1>>,
+    /// The routing decision.
+    pub stats: Option<RoutingStats<B>>,
+}
+
+impl<B: Backend> Ffn<B> {
+    /// # Shapes
+    /// - `x`: `[T, d]` -> output `[T, d]`
+    pub fn forward(&self, x: Tensor<B, 2>) -> FfnOutput<B> {
+        match self {
+            Ffn::Dense(mlp) => FfnOutput {
+                output: mlp.forward(x),
+                aux_loss: None,
+                stats: None,
+            },
+            Ffn::Moe(moe) => {
+                let out = moe.forward(x);
+                FfnOutput {
+                    output: out.output,
+                    aux_loss: Some(out.aux_loss),
+                    stats: Some(out.stats),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Burn modules for variable-k Mixture-of-Experts layers and their dense baseline, generic over
+//! the backend (NdArray on CPU, Wgpu, Cuda) and trainable under `Autodiff`.
+//!
+//! The MoE layer follows the data flow of `docs/DESIGN.md`: the router picks experts per token
+//! ([`RoutingPolicy`]), dispatch groups the routed pairs by expert, each expert runs only on its
+//! rows, and combine sums each token's expert outputs weighted by the router.
+
+pub mod balance;
+pub mod experts;
+pub mod feed_forward;
+pub mod ffn;
+mod init;
+pub mod mlp;
+pub mod model;
+pub mod moe;
+pub mod router;
+
+pub use feed_forward::Activation;
+pub use ffn::{Ffn, FfnConfig, FfnOutput};
+pub use mlp::{DenseMlp, DenseMlpConfig};
+pub use model::{Model, ModelConfig, ModelOutput, ParamCounts};
+pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
+pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT};
+pub use router::{Router, Routing, route};

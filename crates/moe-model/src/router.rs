@@ -1,0 +1,95 @@
+//! The router: scores every expert for every token and applies the routing policy.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Int, Tensor, backend::Backend};
+use moe_kernels::{RoutingPolicy, UNUSED_SLOT};
+
+/// The routing decision for a batch of tokens (the tensor form of
+/// `moe_kernels::route::reference::RoutedTokens`).
+#[derive(Clone, Debug)]
+pub struct Routing<B: Backend> {
+    /// Router logits. `[T, E]`
+    pub logits: Tensor<B, 2>,
+    /// Router probabilities, the softmax of the logits. `[T, E]`
+    pub probs: Tensor<B, 2>,
+    /// Chosen experts, most probable first; [`UNUSED_SLOT`] where the policy left a slot unused.
+    /// `[T, K]`
+    pub expert_ids: Tensor<B, 2, Int>,
+    /// Renormalised weights of the chosen experts, 0 in unused slots. `[T, K]`
+    pub weights: Tensor<B, 2>,
+    /// Number of experts each token uses. `[T]`
+    pub token_k: Tensor<B, 1, Int>,
+}
+
+/// Linear gate `d -> E` (no bias) followed by the routing policy.
+#[derive(Module, Debug)]
+pub struct Router<B: Backend> {
+    /// The gate projection.
+    pub gate: Linear<B>,
+    #[module(skip)]
+    policy: RoutingPolicy,
+}
+
+impl<B: Backend> Router<B> {
+    /// A router over `num_experts` experts for rows of width `d_model`.
+    pub fn new(
+        d_model: usize,
+        num_experts: usize,
+        policy: RoutingPolicy,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            gate: LinearConfig::new(d_model, num_experts)
+                .with_bias(false)
+                .init(device),
+            policy,
+        }
+    }
+
+    /// The policy this router applies.
+    pub fn policy(&self) -> RoutingPolicy {
+        self.policy
+    }
+
+    /// # Shapes
+    /// - `x`: `[T, d]`
+    pub fn forward(&self, x: Tensor<B, 2>) -> Routing<B> {
+        route(self.gate.forward(x), &self.policy)
+    }
+}
+
+/// Applies `policy` to router `logits` with Burn tensor ops; differentiable in the weights.
+///
+/// # Shapes
+/// - `logits`: `[T, E]`
+pub fn route<B: Backend>(logits: Tensor<B, 2>, policy: &RoutingPolicy) -> Routing<B> {
+    let [num_tokens, _] = logits.dims();
+    let slots = policy.max_slots();
+    let probs = softmax(logits.clone(), 1); // [T, E]
+    let (top_probs, top_ids) = probs.clone().topk_with_indices(slots, 1); // [T, K]
+
+    let used = match policy.mass_limit() {
+        None => top_probs.ones_like().bool(),
+        Some(limit) => {
+            let sorted = top_probs.clone().detach();
+            let mass_before = sorted.clone().cumsum(1) - sorted; // [T, K]
+            // Slot 0 is always used: give it a mass below any limit.
+            let mass_before = mass_before.slice_fill([0..num_tokens, 0..1], -1.0);
+            mass_before.lower_elem(limit)
+        }
+    }; // [T, K]
+
+    let kept = top_probs * used.clone().float(); // [T, K]
+    let weights = kept.clone() / kept.sum_dim(1); // [T, K]
+    let expert_ids = top_ids.mask_fill(used.clone().bool_not(), UNUSED_SLOT); // [T, K]
+    let token_k = used.int().sum_dim(1).squeeze_dim(1); // [T]
+    Routing {
+        logits,
+        probs,
+        expert_ids,
+        weights,
+        token_k,
+    }
+}

@@ -1,0 +1,107 @@
+//! The only place that names concrete backends: `--backend ndarray|wgpu|cuda` picks one here.
+
+use burn::backend::Autodiff;
+use burn::backend::ndarray::{NdArray, NdArrayDevice};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ExperimentError;
+
+/// Backend that metrics and saved results are computed on (host memory).
+pub type MetricsBackend = NdArray;
+
+/// The backends a run can use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// CPU, pure Rust (the default: runs everywhere).
+    #[default]
+    Ndarray,
+    /// CubeCL kernels on Vulkan/Metal/WebGPU (lavapipe on a CPU-only machine).
+    Wgpu,
+    /// CubeCL kernels on an NVIDIA GPU (needs the driver and NVRTC at run time).
+    Cuda,
+}
+
+impl BackendKind {
+    /// The name used on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackendKind::Ndarray => "ndarray",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+/// Work that can run on any training backend; [`run_on`] picks the backend at run time.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+
+    /// Runs the job on backend `B` (the autodiff wrapper of the chosen backend) and `device`.
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output, ExperimentError>;
+}
+
+/// Runs `job` on the backend `kind`, after checking that it was compiled in and has a device.
+pub fn run_on<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output, ExperimentError> {
+    match kind {
+        BackendKind::Ndarray => job.run::<Autodiff<NdArray>>(NdArrayDevice::Cpu),
+        BackendKind::Wgpu => run_on_wgpu(job),
+        BackendKind::Cuda => run_on_cuda(job),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn run_on_wgpu<J: BackendJob>(job: J) -> Result<J::Output, ExperimentError> {
+    use burn_cubecl::CubeBackend;
+    use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+    type Wgpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
+    let device = WgpuDevice::default();
+    probe::<Wgpu>(&device, "wgpu")?;
+    job.run::<Autodiff<Wgpu>>(device)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn run_on_wgpu<J: BackendJob>(_: J) -> Result<J::Output, ExperimentError> {
+    Err(ExperimentError::BackendNotCompiled("wgpu"))
+}
+
+#[cfg(feature = "cuda")]
+fn run_on_cuda<J: BackendJob>(job: J) -> Result<J::Output, ExperimentError> {
+    use burn_cubecl::CubeBackend;
+    use cubecl::cuda::{CudaDevice, CudaRuntime};
+    type Cuda = CubeBackend<CudaRuntime, f32, i32, u8>;
+    let device = CudaDevice::default();
+    probe::<Cuda>(&device, "cuda")?;
+    job.run::<Autodiff<Cuda>>(device)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_on_cuda<J: BackendJob>(_: J) -> Result<J::Output, ExperimentError> {
+    Err(ExperimentError::BackendNotCompiled("cuda"))
+}
+
+/// Runs a tiny computation on `device`; a backend without a usable device panics inside Burn,
+/// which is turned into an error naming the backend.
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
+fn probe<B: Backend>(device: &B::Device, backend: &'static str) -> Result<(), ExperimentError> {
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Tensor::<B, 1>::ones([1], device).into_data()
+    }));
+    std::panic::set_hook(previous_hook);
+    outcome.map(|_| ()).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the backend failed to start".to_string());
+        ExperimentError::BackendUnavailable {
+            backend,
+            reason: message.lines().next().unwrap_or_default().to_string(),
+        }
+    })
+}

@@ -1,0 +1,81 @@
+//! Errors a user can act on; the binary prints them as one line and exits with code 2.
+
+use std::path::PathBuf;
+
+use moe_model::InvalidValue;
+
+/// Everything that stops an experiment before it produces results.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// A config field holds a value outside its range.
+    #[error("{path}: {source}")]
+    InvalidConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The field and its allowed range.
+        source: InvalidValue,
+    },
+    /// A config file could not be parsed or has a field of the wrong type.
+    #[error("{path}: {message}")]
+    ParseConfig {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, with the field's path.
+        message: String,
+    },
+    /// A config file names a field that does not exist.
+    #[error(
+        "{path}: unknown key `{key}` (check the spelling, or see configs/moe.toml for the fields)"
+    )]
+    UnknownKey {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted path of the unknown key.
+        key: String,
+    },
+    /// A `--set key=value` override is malformed.
+    #[error("--set {0}: expected key=value, e.g. --set train.epochs=3")]
+    BadOverride(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The system error.
+        source: std::io::Error,
+    },
+    /// The chosen backend is not part of this build.
+    #[error("backend `{0}` was not compiled into this binary; rebuild with `--features {0}`")]
+    BackendNotCompiled(&'static str),
+    /// The chosen backend was compiled in but found no usable device.
+    #[error("backend `{backend}` has no usable device: {reason}")]
+    BackendUnavailable {
+        /// The backend's name.
+        backend: &'static str,
+        /// First line of what the backend reported.
+        reason: String,
+    },
+    /// The results directory of the run already exists.
+    #[error(
+        "{0} already exists; pass --overwrite to replace it or --name to pick another run name"
+    )]
+    RunExists(PathBuf),
+    /// A model file could not be written, or read back into the model its config describes.
+    #[error("{path}: cannot {action} the model: {reason}")]
+    ModelFile {
+        /// The model file.
+        path: PathBuf,
+        /// `save` or `load`.
+        action: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl ExperimentError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}

@@ -1,0 +1,190 @@
+//! Test-set evaluation: accuracy (all, easy, hard points), loss, routing and inference speed.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::module::Module;
+use burn::record::CompactRecorder;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::train::metric::ItemLazy;
+
+use crate::backend::{BackendJob, BackendKind, run_on};
+use crate::classifier::{Classifier, host_usizes};
+use crate::config::RunConfig;
+use crate::data::{TaskBatch, TaskBatcher, TaskDataset, TaskSplits, items};
+use crate::error::ExperimentError;
+use crate::report::RunMetrics;
+use crate::routing_metrics::{RoutingReport, RoutingTally, ratio};
+use crate::run_dir::git_commit;
+use crate::task::chance_accuracy;
+use crate::train::{CONFIG_FILE, MODEL_FILE};
+
+/// Everything measured on the test split.
+#[derive(Clone, Debug)]
+pub struct TestReport {
+    /// Fraction of test points classified correctly.
+    pub accuracy: f64,
+    /// Accuracy on the points inside one cluster (`None` if there are none).
+    pub accuracy_easy: Option<f64>,
+    /// Accuracy on the points between two clusters (`None` if there are none).
+    pub accuracy_hard: Option<f64>,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Routing statistics (`None` for a dense model).
+    pub routing: Option<RoutingReport>,
+    /// Test points classified per second (forward pass and reading the results back).
+    pub tokens_per_second: f64,
+}
+
+/// Evaluates `classifier` on `test` in batches of `batch_size`.
+pub fn evaluate<B: Backend>(
+    classifier: &Classifier<B>,
+    test: &TaskDataset,
+    batch_size: usize,
+    device: &B::Device,
+) -> TestReport {
+    let test_items = items(test);
+    let batches: Vec<TaskBatch<B>> = test_items
+        .chunks(batch_size)
+        .map(|chunk| TaskBatcher.batch(chunk.to_vec(), device))
+        .collect();
+    // Warm-up: kernel compilation and autotuning are not part of inference speed.
+    drop(classifier.forward_batch(batches[0].clone()).sync());
+
+    let start = Instant::now();
+    let outputs: Vec<_> = batches
+        .into_iter()
+        .map(|batch| classifier.forward_batch(batch).sync())
+        .collect();
+    let seconds = start.elapsed().as_secs_f64();
+
+    let (mut correct, mut correct_easy, mut correct_hard, mut hard_points) = (0, 0, 0, 0);
+    let mut loss_sum = 0.0;
+    let mut tally = RoutingTally::default();
+    for output in &outputs {
+        let predictions = host_usizes(output.logits.clone().argmax(1).flatten(0, 1));
+        let targets = host_usizes(output.targets.clone());
+        for ((prediction, target), &hard) in predictions.iter().zip(&targets).zip(&output.hard) {
+            let hit = usize::from(prediction == target);
+            correct += hit;
+            hard_points += usize::from(hard);
+            if hard {
+                correct_hard += hit;
+            } else {
+                correct_easy += hit;
+            }
+        }
+        loss_sum += output.loss.clone().into_scalar() as f64 * targets.len() as f64;
+        for (layer, stats) in output.routing.iter().enumerate() {
+            let token_k = host_usizes(stats.token_k.clone());
+            tally.add(
+                layer,
+                &token_k,
+                &host_usizes(stats.expert_counts.clone()),
+                &output.hard,
+            );
+        }
+    }
+    let total = test_items.len();
+    TestReport {
+        accuracy: correct as f64 / total as f64,
+        accuracy_easy: ratio(correct_easy, total - hard_points),
+        accuracy_hard: ratio(correct_hard, hard_points),
+        loss: loss_sum / total as f64,
+        routing: tally.report(),
+        tokens_per_second: total as f64 / seconds,
+    }
+}
+
+impl RunMetrics {
+    /// Puts a test report together with what the run was and what its model costs.
+    pub fn from_test<B: Backend>(
+        run: &str,
+        backend: BackendKind,
+        config: &RunConfig,
+        classifier: &Classifier<B>,
+        test: TestReport,
+        chance_accuracy: f64,
+        train_wall_time_s: f64,
+    ) -> Self {
+        let mean_k = test.routing.as_ref().map_or(1.0, |r| r.mean_k);
+        let params = classifier.model.param_counts(mean_k);
+        RunMetrics {
+            run: run.to_string(),
+            backend: backend.name().to_string(),
+            git_commit: git_commit(),
+            ffn: config.model.ffn.to_string(),
+            test_accuracy: test.accuracy,
+            accuracy_easy: test.accuracy_easy,
+            accuracy_hard: test.accuracy_hard,
+            chance_accuracy,
+            test_loss: test.loss,
+            train_wall_time_s,
+            inference_tokens_per_s: test.tokens_per_second,
+            params_total: params.total,
+            params_active: params.active,
+            flops_per_token: 2.0 * params.active,
+            routing: test.routing,
+        }
+    }
+}
+
+/// Re-evaluates the model saved in a run directory on the test split of its task.
+pub fn eval_saved(run_path: &Path, backend: BackendKind) -> Result<RunMetrics, ExperimentError> {
+    run_on(
+        backend,
+        SavedRun {
+            path: run_path.to_path_buf(),
+            backend,
+        },
+    )
+}
+
+struct SavedRun {
+    path: PathBuf,
+    backend: BackendKind,
+}
+
+impl BackendJob for SavedRun {
+    type Output = RunMetrics;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
+        let config = RunConfig::load(&self.path.join(CONFIG_FILE), &[])?;
+        let model_path = self.path.join(MODEL_FILE);
+        let fresh: Classifier<B::InnerBackend> = Classifier {
+            model: config
+                .model
+                .init(config.task.input_dim, config.task.num_classes, &device),
+        };
+        let classifier = fresh
+            .load_file(&model_path, &CompactRecorder::new(), &device)
+            .map_err(|e| ExperimentError::ModelFile {
+                path: model_path.with_extension("mpk"),
+                action: "load",
+                reason: e.to_string(),
+            })?;
+        let splits = TaskSplits::generate(&config.task);
+        let chance = chance_accuracy(&items(&splits.test), config.task.num_classes);
+        let test = evaluate(
+            &classifier,
+            &splits.test,
+            config.train.eval_batch_size,
+            &device,
+        );
+        let name = self
+            .path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let train_seconds = RunMetrics::load(&self.path).map_or(f64::NAN, |m| m.train_wall_time_s);
+        Ok(RunMetrics::from_test(
+            &name,
+            self.backend,
+            &config,
+            &classifier,
+            test,
+            chance,
+            train_seconds,
+        ))
+    }
+}

@@ -1,0 +1,23 @@
+//! Experiments on variable-k Mixture-of-Experts: train, evaluate and compare MoE and dense
+//! models on a synthetic task whose points need one expert or two.
+//!
+//! The binary (`src/main.rs`) is a thin command line over these modules.
+
+pub mod backend;
+pub mod classifier;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod learner_metrics;
+pub mod progress;
+pub mod report;
+pub mod routing_metrics;
+pub mod run_dir;
+pub mod task;
+pub mod train;
+
+pub use backend::BackendKind;
+pub use config::RunConfig;
+pub use error::ExperimentError;
+pub use report::RunMetrics;

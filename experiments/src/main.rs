@@ -1,0 +1,108 @@
+//! Command line: `train`, `eval` and `compare` runs of the variable-k MoE experiments.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use experiments::run_dir::RunDir;
+use experiments::train::{TrainRequest, train};
+use experiments::{BackendKind, ExperimentError, RunConfig, eval, report};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Train, evaluate and compare variable-k MoE and dense models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a config file and write results/<run>/.
+    Train {
+        /// Config file, e.g. configs/moe.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Backend to train on.
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
+        /// Run name (default: the config file's name, with -2, -3, ... if taken).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace results/<name> if it exists.
+        #[arg(long)]
+        overwrite: bool,
+        /// Override one config field, e.g. --set train.epochs=3 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Directory holding the run directories.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+    /// Re-evaluate the saved model of a run on its test split.
+    Eval {
+        /// The run directory, e.g. results/moe.
+        #[arg(long)]
+        run: PathBuf,
+        /// Backend to evaluate on.
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
+    },
+    /// Print every run's metrics side by side.
+    Compare {
+        /// Directory holding the run directories.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), ExperimentError> {
+    match command {
+        Command::Train {
+            config,
+            backend,
+            name,
+            overwrite,
+            overrides,
+            results,
+        } => {
+            let run_config = RunConfig::load(&config, &overrides)?;
+            let default_name = file_stem(&config);
+            let run_dir = RunDir::create(&results, name.as_deref(), &default_name, overwrite)?;
+            println!(
+                "training {} on {} -> {}",
+                default_name,
+                backend.name(),
+                run_dir.path.display()
+            );
+            let metrics = train(TrainRequest {
+                config: run_config,
+                run_dir,
+                backend,
+            })?;
+            println!("{}", metrics.summary());
+        }
+        Command::Eval { run, backend } => {
+            println!("{}", eval::eval_saved(&run, backend)?.summary());
+        }
+        Command::Compare { results } => println!("{}", report::compare(&results)?),
+    }
+    Ok(())
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned())
+}

@@ -1,0 +1,231 @@
+//! `metrics.json` of a run, the summary printed after it, and the side-by-side comparison.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ExperimentError;
+use crate::routing_metrics::RoutingReport;
+
+/// Name of the metrics file in every run directory.
+pub const METRICS_FILE: &str = "metrics.json";
+
+/// What one run measured; written as `results/<run>/metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunMetrics {
+    /// Run name.
+    pub run: String,
+    /// Backend it ran on.
+    pub backend: String,
+    /// Commit of the code (`-dirty` if it had uncommitted changes).
+    pub git_commit: Option<String>,
+    /// The feed-forward in words, e.g. `moe E=8 threshold(tau=0.5)`.
+    pub ffn: String,
+    /// Accuracy on the test split, in [0, 1].
+    pub test_accuracy: f64,
+    /// Test accuracy on easy points (one cluster).
+    pub accuracy_easy: Option<f64>,
+    /// Test accuracy on hard points (between two clusters).
+    pub accuracy_hard: Option<f64>,
+    /// Accuracy of always predicting the most frequent test label.
+    pub chance_accuracy: f64,
+    /// Mean test cross-entropy.
+    pub test_loss: f64,
+    /// Wall time of training (all epochs, validation included), seconds.
+    pub train_wall_time_s: f64,
+    /// Test points classified per second.
+    pub inference_tokens_per_s: f64,
+    /// Every parameter of the model.
+    pub params_total: usize,
+    /// Parameters a token uses on average (idle experts excluded).
+    pub params_active: f64,
+    /// Multiply-add FLOPs per token of the matmuls: 2 x active parameters.
+    pub flops_per_token: f64,
+    /// Routing statistics on the test split (`null` for a dense model).
+    pub routing: Option<RoutingReport>,
+}
+
+impl RunMetrics {
+    /// Writes `metrics.json` into `run_dir`.
+    pub fn save(&self, run_dir: &Path) -> Result<(), ExperimentError> {
+        let path = run_dir.join(METRICS_FILE);
+        let json = serde_json::to_string_pretty(self).expect("metrics serialise");
+        std::fs::write(&path, json).map_err(ExperimentError::io(path))
+    }
+
+    /// Reads `metrics.json` from `run_dir`.
+    pub fn load(run_dir: &Path) -> Result<Self, ExperimentError> {
+        let path = run_dir.join(METRICS_FILE);
+        let text = std::fs::read_to_string(&path).map_err(ExperimentError::io(&path))?;
+        serde_json::from_str(&text).map_err(|e| ExperimentError::ParseConfig {
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// A short two-column summary for the terminal.
+    pub fn summary(&self) -> String {
+        let mut rows = vec![
+            (
+                "run",
+                format!("{} ({}, {})", self.run, self.ffn, self.backend),
+            ),
+            (
+                "test accuracy",
+                format!(
+                    "{} (easy {}, hard {}; chance {})",
+                    percent(Some(self.test_accuracy)),
+                    percent(self.accuracy_easy),
+                    percent(self.accuracy_hard),
+                    percent(Some(self.chance_accuracy))
+                ),
+            ),
+            ("test loss", format!("{:.4}", self.test_loss)),
+            ("training time", format!("{:.1} s", self.train_wall_time_s)),
+            (
+                "inference",
+                format!("{:.0} tokens/s", self.inference_tokens_per_s),
+            ),
+            (
+                "parameters",
+                format!(
+                    "{} total, {:.0} active per token",
+                    self.params_total, self.params_active
+                ),
+            ),
+            ("FLOPs per token", format!("{:.0}", self.flops_per_token)),
+        ];
+        if let Some(routing) = &self.routing {
+            rows.extend([
+                (
+                    "mean k",
+                    format!(
+                        "{:.3} (k=1 for {})",
+                        routing.mean_k,
+                        percent(Some(routing.fraction_k1))
+                    ),
+                ),
+                (
+                    "k=2 on hard points",
+                    format!(
+                        "precision {}, recall {}",
+                        percent(routing.k2_precision_on_hard),
+                        percent(routing.k2_recall_on_hard)
+                    ),
+                ),
+                (
+                    "expert load",
+                    format!(
+                        "CV {:.3}, Gini {:.3}, MaxVio {:.3}",
+                        routing.load_cv, routing.load_gini, routing.max_violation
+                    ),
+                ),
+            ]);
+        }
+        rows.iter()
+            .map(|(name, value)| format!("  {name:<20} {value}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Every run under `results_root` side by side, one row per run, sorted by name.
+pub fn compare(results_root: &Path) -> Result<String, ExperimentError> {
+    let entries = std::fs::read_dir(results_root).map_err(ExperimentError::io(results_root))?;
+    let mut runs = Vec::new();
+    for entry in entries.flatten() {
+        if entry.path().join(METRICS_FILE).exists() {
+            runs.push(RunMetrics::load(&entry.path())?);
+        }
+    }
+    runs.sort_by(|a, b| a.run.cmp(&b.run));
+    let header = [
+        "run",
+        "ffn",
+        "backend",
+        "acc",
+        "easy",
+        "hard",
+        "mean k",
+        "k2 prec",
+        "k2 rec",
+        "load CV",
+        "train s",
+        "tokens/s",
+        "active params",
+        "FLOPs/token",
+    ];
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|m| {
+            let routing =
+                |f: fn(&RoutingReport) -> String| m.routing.as_ref().map_or("-".into(), f);
+            vec![
+                m.run.clone(),
+                m.ffn.clone(),
+                m.backend.clone(),
+                percent(Some(m.test_accuracy)),
+                percent(m.accuracy_easy),
+                percent(m.accuracy_hard),
+                routing(|r| format!("{:.3}", r.mean_k)),
+                routing(|r| percent(r.k2_precision_on_hard)),
+                routing(|r| percent(r.k2_recall_on_hard)),
+                routing(|r| format!("{:.3}", r.load_cv)),
+                format!("{:.1}", m.train_wall_time_s),
+                format!("{:.0}", m.inference_tokens_per_s),
+                format!("{:.0}", m.params_active),
+                format!("{:.0}", m.flops_per_token),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(format!(
+            "no runs with {METRICS_FILE} under {}",
+            results_root.display()
+        ));
+    }
+    Ok(table(&header, &rows))
+}
+
+/// Left-aligned text table with a header rule.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(header.to_vec())];
+    out.push(line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
+    out.join("\n")
+}
+
+/// `0.8123` as `81.2%`; `None` (nothing to measure) as `-`.
+fn percent(fraction: Option<f64>) -> String {
+    fraction.map_or("-".into(), |f| format!("{:.1}%", 100.0 * f))
+}
