@@ -1,1 +1,239 @@
+//! End-to-end tests of the `experiments` binary: every shipped config parses, a smoke run trains,
+//! saves, reloads and compares, and bad input ends with one line and exit code 2.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use experiments::{RunConfig, RunMetrics};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_experiments");
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// A fresh, empty directory for one test.
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moe-e2e-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn experiments(args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Asserts the process failed the way users are promised: exit code 2, one line on stderr that
+/// starts with `error:` and mentions `expected`, no panic.
+fn assert_clean_failure(output: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
+}
+
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo_path("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} configs found");
+}
+
+#[test]
+fn moe_config_lists_exactly_the_defaults() {
+    let moe = RunConfig::load(&repo_path("configs/moe.toml"), &[]).unwrap();
+    assert_eq!(moe.to_toml(), RunConfig::new().to_toml());
+}
+
+#[test]
+fn smoke_run_beats_chance_uses_variable_k_and_reloads() {
+    let results = scratch_dir("smoke");
+    let results_arg = results.to_str().unwrap();
+    let config = repo_path("configs/smoke.toml");
+    let train = experiments(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--results",
+        results_arg,
+    ]);
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+
+    let run = results.join("smoke");
+    for file in ["config.toml", "model.mpk", "metrics.json"] {
+        assert!(run.join(file).exists(), "{file} missing");
+    }
+    let metrics = RunMetrics::load(&run).unwrap();
+    assert!(
+        metrics.test_accuracy > metrics.chance_accuracy + 0.15,
+        "accuracy {} vs chance {}",
+        metrics.test_accuracy,
+        metrics.chance_accuracy
+    );
+    let routing = metrics.routing.expect("an MoE run reports routing");
+    assert!(
+        routing.mean_k > 1.0 && routing.mean_k < 2.0,
+        "mean k {}",
+        routing.mean_k
+    );
+
+    // The saved model evaluates to the same accuracy.
+    let eval = experiments(&["eval", "--run", run.to_str().unwrap()]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let accuracy_line = format!("{:.1}%", 100.0 * metrics.test_accuracy);
+    assert!(String::from_utf8_lossy(&eval.stdout).contains(&accuracy_line));
+
+    let compare = experiments(&["compare", "--results", results_arg]);
+    assert!(String::from_utf8_lossy(&compare.stdout).contains("smoke"));
+
+    // An explicit name that exists is never overwritten without --overwrite.
+    let again = experiments(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--results",
+        results_arg,
+        "--name",
+        "smoke",
+    ]);
+    assert_clean_failure(&again, "already exists");
+
+    // A config edited after training no longer fits the saved weights.
+    let config_file = run.join("config.toml");
+    let edited = std::fs::read_to_string(&config_file)
+        .unwrap()
+        .replace("d_model = 32", "d_model = 16");
+    std::fs::write(&config_file, edited).unwrap();
+    assert_clean_failure(
+        &experiments(&["eval", "--run", run.to_str().unwrap()]),
+        "shape",
+    );
+    std::fs::remove_dir_all(results).unwrap();
+}
+
+#[test]
+fn bad_configs_end_with_one_line_naming_the_field_and_exit_code_2() {
+    let dir = scratch_dir("bad-configs");
+    let base = std::fs::read_to_string(repo_path("configs/moe.toml")).unwrap();
+    let threshold = "policy = \"threshold\"\ntau = 0.5";
+    let cases = [
+        (
+            "num_experts = 8",
+            "num_experts = 0",
+            "model.ffn.num_experts = 0",
+        ),
+        (
+            "num_experts = 8",
+            "num_expert = 8",
+            "unknown key `model.ffn.num_expert`",
+        ),
+        (
+            threshold,
+            "policy = \"top_k\"\nk = 9",
+            "model.ffn.routing.k = 9",
+        ),
+        (
+            "tau = 0.5",
+            "tau = 1.5",
+            "model.ffn.routing.tau = 1.5 is invalid: must be in [0, 1]",
+        ),
+        (
+            threshold,
+            "policy = \"top_p\"\np = 0.0\nmax_k = 2",
+            "(0, 1]",
+        ),
+        (
+            threshold,
+            "policy = \"top_p\"\np = 0.9\nmax_k = 9",
+            "max_k = 9",
+        ),
+        ("epochs = 10", "epochs = \"many\"", "train.epochs"),
+        (
+            "hard_fraction = 0.3",
+            "hard_fraction = -0.1",
+            "task.hard_fraction",
+        ),
+        (
+            "kind = \"moe\"",
+            "kind = \"sparse\"",
+            "unknown variant `sparse`",
+        ),
+        ("d_model = 64", "d_model = 64 64", "line"),
+    ];
+    for (i, (original, replacement, expected)) in cases.iter().enumerate() {
+        assert!(base.contains(original), "moe.toml lacks {original:?}");
+        let path = dir.join(format!("bad-{i}.toml"));
+        std::fs::write(&path, base.replacen(original, replacement, 1)).unwrap();
+        let output = experiments(&[
+            "train",
+            "--config",
+            path.to_str().unwrap(),
+            "--results",
+            dir.to_str().unwrap(),
+        ]);
+        assert_clean_failure(&output, expected);
+    }
+    let missing = experiments(&["train", "--config", "no/such/config.toml"]);
+    assert_clean_failure(&missing, "no/such/config.toml");
+    let bad_override = experiments(&[
+        "train",
+        "--config",
+        repo_path("configs/smoke.toml").to_str().unwrap(),
+        "--set",
+        "train.epochs",
+    ]);
+    assert_clean_failure(&bad_override, "key=value");
+    // Nothing was written for runs that never started.
+    assert!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .all(|e| e.unwrap().path().extension().is_some())
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn cuda_backend_either_trains_or_explains_in_one_line() {
+    let results = scratch_dir("cuda");
+    let output = experiments(&[
+        "train",
+        "--config",
+        repo_path("configs/smoke.toml").to_str().unwrap(),
+        "--backend",
+        "cuda",
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    if !output.status.success() {
+        assert_clean_failure(&output, "backend `cuda`");
+        assert!(
+            !results.join("smoke").exists(),
+            "no results directory for a run that never started"
+        );
+    }
+    std::fs::remove_dir_all(results).unwrap();
+}

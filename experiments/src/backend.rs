@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
-use crate::error::ExperimentError;
+use crate::error::{ExperimentError, catch_panic};
 
 /// Backend that metrics and saved results are computed on (host memory).
 pub type MetricsBackend = NdArray;
@@ -83,25 +83,11 @@ fn run_on_cuda<J: BackendJob>(_: J) -> Result<J::Output, ExperimentError> {
     Err(ExperimentError::BackendNotCompiled("cuda"))
 }
 
-/// Runs a tiny computation on `device`; a backend without a usable device panics inside Burn,
-/// which is turned into an error naming the backend.
+/// Runs a tiny computation on `device`; a backend without a usable device panics inside Burn or
+/// CubeCL, which becomes an error naming the backend.
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 fn probe<B: Backend>(device: &B::Device, backend: &'static str) -> Result<(), ExperimentError> {
-    let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Tensor::<B, 1>::ones([1], device).into_data()
-    }));
-    std::panic::set_hook(previous_hook);
-    outcome.map(|_| ()).map_err(|payload| {
-        let message = payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the backend failed to start".to_string());
-        ExperimentError::BackendUnavailable {
-            backend,
-            reason: message.lines().next().unwrap_or_default().to_string(),
-        }
-    })
+    catch_panic(|| Tensor::<B, 1>::ones([1], device).into_data())
+        .map(|_| ())
+        .map_err(|reason| ExperimentError::BackendUnavailable { backend, reason })
 }

@@ -1,5 +1,6 @@
 //! Run configuration: one TOML file (`configs/*.toml`) with `[task]`, `[model]` and `[train]`
-//! sections; `--set key=value` overrides single fields.
+//! sections over the defaults (`configs/moe.toml` lists them all); `--set key=value` overrides
+//! single fields.
 
 use std::path::Path;
 
@@ -95,6 +96,8 @@ impl RunConfig {
         for assignment in overrides {
             apply_override(&mut value, assignment)?;
         }
+        let defaults = toml::Value::try_from(RunConfig::new()).expect("defaults serialise");
+        fill_defaults(&mut value, &defaults);
 
         let config: RunConfig = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
             let inner = e.inner().message().trim().to_string();
@@ -122,6 +125,32 @@ impl RunConfig {
     /// The configuration as TOML, as written next to a run's results.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("a valid config serialises")
+    }
+}
+
+/// Keys that name the variant of a tagged enum in config files (`FfnConfig`, `RoutingPolicy`).
+const VARIANT_TAGS: [&str; 2] = ["kind", "policy"];
+
+/// Fills the fields a config file leaves out with the defaults, table by table, so a file only
+/// states what differs. A table naming another variant than the default's (`kind = "dense"`) is
+/// kept as written: the default's fields belong to the other variant.
+fn fill_defaults(value: &mut toml::Value, defaults: &toml::Value) {
+    let (toml::Value::Table(table), toml::Value::Table(default_table)) = (value, defaults) else {
+        return;
+    };
+    let other_variant = VARIANT_TAGS.iter().any(
+        |tag| matches!((table.get(*tag), default_table.get(*tag)), (Some(a), Some(b)) if a != b),
+    );
+    if other_variant {
+        return;
+    }
+    for (key, default) in default_table {
+        match table.get_mut(key) {
+            Some(given) => fill_defaults(given, default),
+            None => {
+                table.insert(key.clone(), default.clone());
+            }
+        }
     }
 }
 

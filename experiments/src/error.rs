@@ -1,6 +1,8 @@
 //! Errors a user can act on; the binary prints them as one line and exits with code 2.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use moe_model::InvalidValue;
 
@@ -48,7 +50,7 @@ pub enum ExperimentError {
     #[error("backend `{0}` was not compiled into this binary; rebuild with `--features {0}`")]
     BackendNotCompiled(&'static str),
     /// The chosen backend was compiled in but found no usable device.
-    #[error("backend `{backend}` has no usable device: {reason}")]
+    #[error("backend `{backend}` has no usable device ({reason}); see README.md, Backends")]
     BackendUnavailable {
         /// The backend's name.
         backend: &'static str,
@@ -77,5 +79,47 @@ impl ExperimentError {
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, source }
+    }
+}
+
+/// Runs `f`, turning a panic (in `f` or on a thread it waits for) into the first panic's message,
+/// cut to its first line: Burn and CubeCL report some user errors (no device, a saved model that
+/// does not fit) by panicking.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let first_panic = Arc::new(Mutex::new(None::<String>));
+    let recorder = first_panic.clone();
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+        let mut first = recorder.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = message;
+        }
+    }));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(previous_hook);
+    outcome.map_err(|_| {
+        let message = first_panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        first_line(
+            &message.unwrap_or_else(|| "unknown failure".to_string()),
+            160,
+        )
+    })
+}
+
+/// The first non-empty line of `message`, cut to about `max_chars` characters.
+fn first_line(message: &str, max_chars: usize) -> String {
+    let line = message
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    match line.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
     }
 }

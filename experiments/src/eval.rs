@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::record::CompactRecorder;
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::ItemLazy;
 
@@ -13,7 +14,7 @@ use crate::backend::{BackendJob, BackendKind, run_on};
 use crate::classifier::{Classifier, host_usizes};
 use crate::config::RunConfig;
 use crate::data::{TaskBatch, TaskBatcher, TaskDataset, TaskSplits, items};
-use crate::error::ExperimentError;
+use crate::error::{ExperimentError, catch_panic};
 use crate::report::RunMetrics;
 use crate::routing_metrics::{RoutingReport, RoutingTally, ratio};
 use crate::run_dir::git_commit;
@@ -157,13 +158,37 @@ impl BackendJob for SavedRun {
                 .model
                 .init(config.task.input_dim, config.task.num_classes, &device),
         };
-        let classifier = fresh
-            .load_file(&model_path, &CompactRecorder::new(), &device)
-            .map_err(|e| ExperimentError::ModelFile {
-                path: model_path.with_extension("mpk"),
-                action: "load",
-                reason: e.to_string(),
-            })?;
+        let expected_shapes = param_shapes(&fresh);
+        let load_error = |reason: String| ExperimentError::ModelFile {
+            path: model_path.with_extension("mpk"),
+            action: "load",
+            reason,
+        };
+        // Burn panics when the saved structure differs from the configured one (e.g. block count).
+        let classifier =
+            catch_panic(|| fresh.load_file(&model_path, &CompactRecorder::new(), &device))
+                .map_err(|panic| load_error(format!("{panic}; was config.toml edited?")))?
+                .map_err(|e| load_error(e.to_string()))?;
+        let saved_shapes = param_shapes(&classifier);
+        if saved_shapes != expected_shapes {
+            let detail = match saved_shapes
+                .iter()
+                .zip(&expected_shapes)
+                .find(|(s, e)| s != e)
+            {
+                Some((saved, expected)) => {
+                    format!("a weight of shape {saved:?} where the config describes {expected:?}")
+                }
+                None => format!(
+                    "{} weight tensors where the config describes {}",
+                    saved_shapes.len(),
+                    expected_shapes.len()
+                ),
+            };
+            return Err(load_error(format!(
+                "the saved model has {detail}; was config.toml edited?"
+            )));
+        }
         let splits = TaskSplits::generate(&config.task);
         let chance = chance_accuracy(&items(&splits.test), config.task.num_classes);
         let test = evaluate(
@@ -187,4 +212,17 @@ impl BackendJob for SavedRun {
             train_seconds,
         ))
     }
+}
+
+/// Shapes of every float parameter of `module`, in visiting order.
+fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
+    struct Shapes(Vec<Vec<usize>>);
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.push(param.val().dims().to_vec());
+        }
+    }
+    let mut shapes = Shapes(Vec::new());
+    module.visit(&mut shapes);
+    shapes.0
 }

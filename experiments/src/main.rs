@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use experiments::run_dir::RunDir;
 use experiments::train::{TrainRequest, train};
 use experiments::{BackendKind, ExperimentError, RunConfig, eval, report};
 
@@ -78,18 +77,12 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             overrides,
             results,
         } => {
-            let run_config = RunConfig::load(&config, &overrides)?;
-            let default_name = file_stem(&config);
-            let run_dir = RunDir::create(&results, name.as_deref(), &default_name, overwrite)?;
-            println!(
-                "training {} on {} -> {}",
-                default_name,
-                backend.name(),
-                run_dir.path.display()
-            );
             let metrics = train(TrainRequest {
-                config: run_config,
-                run_dir,
+                config: RunConfig::load(&config, &overrides)?,
+                results_root: results,
+                name,
+                default_name: file_stem(&config),
+                overwrite,
                 backend,
             })?;
             println!("{}", metrics.summary());

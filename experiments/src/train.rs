@@ -1,6 +1,7 @@
 //! Training a configured model with `burn-train`, then evaluating it on the test split.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::data::dataloader::DataLoaderBuilder;
@@ -33,14 +34,20 @@ pub const MODEL_FILE: &str = "model";
 pub struct TrainRequest {
     /// The validated configuration.
     pub config: RunConfig,
-    /// The (already created) results directory.
-    pub run_dir: RunDir,
+    /// Directory holding the run directories (`results`).
+    pub results_root: PathBuf,
+    /// Run name asked for; `None` takes `default_name` (suffixed if taken).
+    pub name: Option<String>,
+    /// Run name when none is asked for, usually the config file's name.
+    pub default_name: String,
+    /// Replace an existing run directory of the requested name.
+    pub overwrite: bool,
     /// Backend to train on.
     pub backend: BackendKind,
 }
 
 /// Trains, evaluates on the test split and writes `config.toml`, `model.mpk` and `metrics.json`
-/// into the run directory.
+/// into `results/<run>/`, created once the backend is known to work.
 pub fn train(request: TrainRequest) -> Result<RunMetrics, ExperimentError> {
     run_on(request.backend, request)
 }
@@ -50,10 +57,20 @@ impl BackendJob for TrainRequest {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
         let TrainRequest {
-            config,
-            run_dir,
-            backend,
-        } = self;
+            config, backend, ..
+        } = &self;
+        let run_dir = RunDir::create(
+            &self.results_root,
+            self.name.as_deref(),
+            &self.default_name,
+            self.overwrite,
+        )?;
+        println!(
+            "training {} on {} -> {}",
+            config.model.ffn,
+            backend.name(),
+            run_dir.path.display()
+        );
         let config_path = run_dir.path.join(CONFIG_FILE);
         std::fs::write(&config_path, config.to_toml()).map_err(ExperimentError::io(config_path))?;
 
@@ -120,8 +137,8 @@ impl BackendJob for TrainRequest {
         );
         let metrics = RunMetrics::from_test(
             &run_dir.name,
-            backend,
-            &config,
+            *backend,
+            config,
             &trained,
             test,
             chance,

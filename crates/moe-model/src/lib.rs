@@ -14,6 +14,8 @@ pub mod mlp;
 pub mod model;
 pub mod moe;
 pub mod router;
+#[cfg(test)]
+mod test_support;
 
 pub use feed_forward::Activation;
 pub use ffn::{Ffn, FfnConfig, FfnOutput};

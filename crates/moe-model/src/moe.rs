@@ -170,3 +170,170 @@ fn int_tensor<B: Backend>(values: &[usize], device: &B::Device) -> Tensor<B, 1, 
     let len = values.len();
     Tensor::from_data(TensorData::new(values, [len]), device)
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Autodiff;
+    use burn::module::Param;
+    use burn::tensor::Tensor;
+    use moe_kernels::route::reference;
+
+    use super::*;
+    use crate::UNUSED_SLOT;
+    use crate::mlp::DenseMlpConfig;
+    use crate::test_support::{TestBackend, feed_forward_f64, host_f64, random_tensor, rng};
+
+    /// The layer computed row by row in f64 from its own weights and the reference routing.
+    fn reference_forward(
+        layer: &MoeLayer<TestBackend>,
+        x: &[f64],
+        d: usize,
+        width: usize,
+        activation: Activation,
+    ) -> Vec<f64> {
+        let gate = host_f64(layer.router.gate.weight.val()); // [d, E]
+        let num_experts = layer.num_experts();
+        let w_in = host_f64(layer.experts.w_in.val());
+        let w_out = host_f64(layer.experts.w_out.val());
+        let (in_size, out_size) = (w_in.len() / num_experts, w_out.len() / num_experts);
+        let mut out = Vec::new();
+        for row in x.chunks(d) {
+            let logits: Vec<f32> = (0..num_experts)
+                .map(|e| {
+                    (0..d)
+                        .map(|i| row[i] * gate[i * num_experts + e])
+                        .sum::<f64>() as f32
+                })
+                .collect();
+            let routed = reference::route(&logits, num_experts, &layer.router.policy());
+            let mut y = vec![0.0; d];
+            for (&id, &weight) in routed.expert_ids.iter().zip(&routed.weights) {
+                if id == UNUSED_SLOT {
+                    continue;
+                }
+                let e = id as usize;
+                let expert_out = feed_forward_f64(
+                    row,
+                    &w_in[e * in_size..(e + 1) * in_size],
+                    &w_out[e * out_size..(e + 1) * out_size],
+                    width,
+                    activation,
+                );
+                y.iter_mut()
+                    .zip(expert_out)
+                    .for_each(|(acc, v)| *acc += weight * v);
+            }
+            out.extend(y);
+        }
+        out
+    }
+
+    #[test]
+    fn forward_matches_a_row_by_row_f64_reference() {
+        let device = Default::default();
+        for (seed, activation, routing) in [
+            (1, Activation::SwiGlu, RoutingPolicy::Threshold { tau: 0.5 }),
+            (2, Activation::Gelu, RoutingPolicy::TopK { k: 2 }),
+            (
+                3,
+                Activation::SwiGlu,
+                RoutingPolicy::TopP { p: 0.8, max_k: 3 },
+            ),
+        ] {
+            let (d, width) = (12, 7);
+            let layer = MoeLayerConfig::new()
+                .with_num_experts(5)
+                .with_expert_width(width)
+                .with_activation(activation)
+                .with_routing(routing)
+                .init::<TestBackend>(d, &device);
+            let x = random_tensor::<TestBackend, 2>(&mut rng(seed), [40, d], 1.5, &device);
+            let expected = reference_forward(&layer, &host_f64(x.clone()), d, width, activation);
+            let got = host_f64(layer.forward(x).output);
+            for (g, e) in got.iter().zip(&expected) {
+                assert!(
+                    (g - e).abs() < 1e-4 * (1.0 + e.abs()),
+                    "{routing}: {g} vs {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn one_expert_equals_the_dense_mlp_with_the_same_weights() {
+        let device = Default::default();
+        for activation in [Activation::SwiGlu, Activation::Gelu] {
+            let moe = MoeLayerConfig::new()
+                .with_num_experts(1)
+                .with_expert_width(16)
+                .with_activation(activation)
+                .with_routing(RoutingPolicy::TopK { k: 1 })
+                .init::<TestBackend>(10, &device);
+            let mut dense = DenseMlpConfig::new()
+                .with_width(16)
+                .with_activation(activation)
+                .init::<TestBackend>(10, &device);
+            dense.w_in = Param::from_tensor(moe.experts.w_in.val().squeeze_dim(0));
+            dense.w_out = Param::from_tensor(moe.experts.w_out.val().squeeze_dim(0));
+
+            let x = random_tensor::<TestBackend, 2>(&mut rng(4), [33, 10], 2.0, &device);
+            let moe_out = host_f64(moe.forward(x.clone()).output);
+            let dense_out = host_f64(dense.forward(x));
+            for (m, d) in moe_out.iter().zip(&dense_out) {
+                assert!((m - d).abs() < 1e-5, "{activation:?}: {m} vs {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_reach_the_router_and_every_used_expert() {
+        type B = Autodiff<TestBackend>;
+        let device = Default::default();
+        let layer = MoeLayerConfig::new()
+            .with_num_experts(4)
+            .with_expert_width(8)
+            .with_routing(RoutingPolicy::Threshold { tau: 0.6 })
+            .init::<B>(6, &device);
+        let x = random_tensor::<B, 2>(&mut rng(6), [64, 6], 2.0, &device);
+        let target = random_tensor::<B, 2>(&mut rng(7), [64, 6], 1.0, &device);
+        let out = layer.forward(x);
+        let counts: Vec<i64> = out
+            .stats
+            .expert_counts
+            .clone()
+            .into_data()
+            .iter::<i64>()
+            .collect();
+        let token_k: Vec<i64> = out
+            .stats
+            .token_k
+            .clone()
+            .into_data()
+            .iter::<i64>()
+            .collect();
+        assert!(
+            token_k.contains(&2),
+            "some tokens must use two experts: {token_k:?}"
+        );
+
+        let loss = (out.output * target).sum() + out.aux_loss;
+        let grads = loss.backward();
+        let norm = |t: Tensor<TestBackend, 2>| host_f64(t).iter().map(|v| v * v).sum::<f64>();
+        let gate_grad = layer
+            .router
+            .gate
+            .weight
+            .grad(&grads)
+            .expect("router gradient");
+        assert!(norm(gate_grad) > 0.0);
+        let w_in_grad = layer.experts.w_in.grad(&grads).expect("expert gradient");
+        let w_out_grad = layer.experts.w_out.grad(&grads).expect("expert gradient");
+        for (e, &count) in counts.iter().enumerate() {
+            let expert_in = w_in_grad.clone().slice([e..e + 1]).squeeze_dim(0);
+            let expert_out = w_out_grad.clone().slice([e..e + 1]).squeeze_dim(0);
+            let used = count > 0;
+            assert_eq!(norm(expert_in) > 0.0, used, "expert {e} with {count} rows");
+            assert_eq!(norm(expert_out) > 0.0, used, "expert {e} with {count} rows");
+        }
+    }
+}

@@ -93,3 +93,88 @@ pub fn route<B: Backend>(logits: Tensor<B, 2>, policy: &RoutingPolicy) -> Routin
         token_k,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Tensor, TensorData};
+    use moe_kernels::route::reference;
+
+    use super::*;
+    use crate::test_support::{TestBackend, host_f64, random_values, rng};
+
+    /// Routes random logits with tensor ops and with the f64 reference; ids and k must match
+    /// exactly, weights to f32 precision.
+    fn check_against_reference(
+        policy: RoutingPolicy,
+        num_tokens: usize,
+        num_experts: usize,
+        seed: u64,
+    ) {
+        let device = Default::default();
+        let logits = random_values(&mut rng(seed), num_tokens * num_experts, 4.0);
+        let tensor = Tensor::<TestBackend, 2>::from_data(
+            TensorData::new(logits.clone(), [num_tokens, num_experts]),
+            &device,
+        );
+        let routing = route(tensor, &policy);
+        let expected = reference::route(&logits, num_experts, &policy);
+
+        let ids: Vec<i32> = routing
+            .expert_ids
+            .into_data()
+            .iter::<i64>()
+            .map(|v| v as i32)
+            .collect();
+        let token_k: Vec<usize> = routing
+            .token_k
+            .into_data()
+            .iter::<i64>()
+            .map(|v| v as usize)
+            .collect();
+        assert_eq!(ids, expected.expert_ids, "{policy}");
+        assert_eq!(token_k, expected.token_k, "{policy}");
+        for (got, want) in host_f64(routing.weights).iter().zip(&expected.weights) {
+            assert!(
+                (got - want).abs() < 1e-5,
+                "{policy}: weight {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_policy_matches_the_reference_on_random_logits() {
+        let policies = [
+            RoutingPolicy::TopK { k: 1 },
+            RoutingPolicy::TopK { k: 2 },
+            RoutingPolicy::TopK { k: 8 },
+            RoutingPolicy::Threshold { tau: 0.0 },
+            RoutingPolicy::Threshold { tau: 0.5 },
+            RoutingPolicy::Threshold { tau: 0.9 },
+            RoutingPolicy::Threshold { tau: 1.0 },
+            RoutingPolicy::TopP { p: 0.5, max_k: 4 },
+            RoutingPolicy::TopP { p: 0.9, max_k: 8 },
+            RoutingPolicy::TopP { p: 1.0, max_k: 3 },
+        ];
+        for (seed, policy) in policies.into_iter().enumerate() {
+            check_against_reference(policy, 257, 8, seed as u64);
+        }
+        check_against_reference(RoutingPolicy::Threshold { tau: 0.3 }, 64, 64, 99);
+    }
+
+    #[test]
+    fn weights_of_every_token_sum_to_one_and_unused_slots_weigh_nothing() {
+        let device = Default::default();
+        let logits = random_values(&mut rng(5), 100 * 6, 3.0);
+        let tensor =
+            Tensor::<TestBackend, 2>::from_data(TensorData::new(logits, [100, 6]), &device);
+        let routing = route(tensor, &RoutingPolicy::TopP { p: 0.7, max_k: 3 });
+        let weights = host_f64(routing.weights);
+        let ids: Vec<i64> = routing.expert_ids.into_data().iter::<i64>().collect();
+        for (token_weights, token_ids) in weights.chunks(3).zip(ids.chunks(3)) {
+            assert!((token_weights.iter().sum::<f64>() - 1.0).abs() < 1e-6);
+            for (w, id) in token_weights.iter().zip(token_ids) {
+                assert_eq!(*id == UNUSED_SLOT as i64, *w == 0.0);
+            }
+        }
+    }
+}
