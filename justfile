@@ -1,0 +1,38 @@
+# Variable-k Mixture-of-Experts: the commands a user runs. `just --list` shows them.
+
+# Backend for train/eval: ndarray (CPU, default), wgpu or cuda. `just backend=cuda train moe`
+# works, and so does `just train moe --backend cuda`.
+backend := ""
+backend_flag := if backend == "" { "" } else { "--backend " + backend }
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what a fresh machine lacks: just itself, and Vulkan (Mesa lavapipe) for the wgpu backend.
+setup:
+    bash scripts/setup
+
+# Train configs/<config>.toml into results/<config>/, e.g. `just train moe --set train.epochs=3`.
+train config *args:
+    cargo run --release -p experiments -- train --config configs/{{config}}.toml {{backend_flag}} {{args}}
+
+# Re-evaluate the saved model of results/<run>/ on its test split.
+eval run *args:
+    cargo run --release -p experiments -- eval --run results/{{run}} {{backend_flag}} {{args}}
+
+# Print every run under results/ side by side.
+compare:
+    cargo run --release -p experiments -- compare
+
+# Train top-1, top-2, variable-k and dense on the same task, then compare them.
+study *args:
+    just backend={{backend}} train top1 {{args}}
+    just backend={{backend}} train top2 {{args}}
+    just backend={{backend}} train moe {{args}}
+    just backend={{backend}} train dense {{args}}
+    just compare
+
+# Run every test on the CPU (CubeCL kernels through wgpu on lavapipe; CUDA tests skip without a GPU).
+test:
+    cargo test --release --workspace
