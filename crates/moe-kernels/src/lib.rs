@@ -1,12 +1,17 @@
-//! Routing policies and CubeCL kernels for variable-k Mixture-of-Experts layers.
+//! Routing policies and CubeCL kernels for variable-k Mixture-of-Experts layers, generic over the
+//! CubeCL runtime (CUDA, wgpu) and the element types.
 //!
 //! Every operation comes with a plain-Rust `reference` module: the specification the kernels and
 //! the Burn tensor-op path are tested against.
 
+mod buffer;
+pub mod combine;
 pub mod dispatch;
 mod error;
 mod policy;
 pub mod route;
+#[cfg(test)]
+mod testgen;
 
 pub use error::InvalidValue;
 pub use policy::{RoutingPolicy, UNUSED_SLOT};

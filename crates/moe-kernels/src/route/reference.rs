@@ -1,5 +1,7 @@
 //! Plain-Rust routing in f64: the specification every routing implementation is tested against.
 
+use std::cmp::Ordering;
+
 use crate::{RoutingPolicy, UNUSED_SLOT};
 
 /// The routing decision for a batch of tokens, in `[T, slots]` row-major layout.
@@ -15,8 +17,9 @@ pub struct RoutedTokens {
     pub token_k: Vec<usize>,
 }
 
-/// Routes every row of `logits` (`[T, num_experts]`, row-major): softmax, descending order with
-/// ties to the lower expert index, the policy's prefix, weights renormalised over that prefix.
+/// Routes every row of `logits` (`[T, num_experts]`, row-major): softmax, experts in descending
+/// order (by logit, which is the probability order without ties from underflow; equal logits: the
+/// lower expert index first), the policy's prefix, weights renormalised over that prefix.
 pub fn route(logits: &[f32], num_experts: usize, policy: &RoutingPolicy) -> RoutedTokens {
     assert!(
         num_experts > 0 && logits.len() % num_experts == 0,
@@ -33,7 +36,13 @@ pub fn route(logits: &[f32], num_experts: usize, policy: &RoutingPolicy) -> Rout
     for (token, row) in logits.chunks(num_experts).enumerate() {
         let probs = softmax(row);
         let mut order: Vec<usize> = (0..num_experts).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        // `partial_cmp`, not `total_cmp`: -0.0 and 0.0 are the same logit (a tie).
+        order.sort_by(|&a, &b| {
+            row[b]
+                .partial_cmp(&row[a])
+                .unwrap_or(Ordering::Equal)
+                .then(a.cmp(&b))
+        });
 
         let mut mass = 0.0;
         let mut k = 0;

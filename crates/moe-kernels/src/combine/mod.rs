@@ -1,0 +1,3 @@
+//! Combine: each token's output is the weighted sum of its experts' output rows.
+
+pub mod reference;

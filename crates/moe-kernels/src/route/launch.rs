@@ -1,0 +1,177 @@
+//! Host side of the route kernel: validate, allocate, launch.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::kernel::route_kernel;
+use crate::buffer::expect_len;
+use crate::{InvalidValue, RoutingPolicy};
+
+/// Most slots (experts per token) the route kernel keeps in registers.
+pub const MAX_SLOTS: usize = 8;
+/// Units per cube of the route kernel.
+const CUBE_UNITS: usize = 256;
+
+/// The routing decision of `num_tokens` tokens, in device buffers (the device form of
+/// [`RoutedTokens`](super::reference::RoutedTokens)).
+#[derive(Clone, Debug)]
+pub struct RoutedOnDevice {
+    /// Chosen expert of each slot, most probable first; -1 where unused. `[T, slots]` of `I`
+    pub expert_ids: Handle,
+    /// Renormalised weight of each slot, 0 where unused. `[T, slots]` of `F`
+    pub weights: Handle,
+    /// Experts used by each token. `[T]` of `I`
+    pub token_k: Handle,
+    /// Tokens T.
+    pub num_tokens: usize,
+    /// Slots per token (`policy.max_slots()`).
+    pub slots: usize,
+}
+
+impl RoutedOnDevice {
+    /// Uninitialised output buffers for `num_tokens` tokens routed by `policy`.
+    pub fn empty<R: Runtime, F: CubeElement, I: CubeElement>(
+        client: &ComputeClient<R>,
+        num_tokens: usize,
+        policy: &RoutingPolicy,
+    ) -> Self {
+        let slots = policy.max_slots();
+        Self {
+            expert_ids: client.empty(num_tokens * slots * size_of::<I>()),
+            weights: client.empty(num_tokens * slots * size_of::<F>()),
+            token_k: client.empty(num_tokens * size_of::<I>()),
+            num_tokens,
+            slots,
+        }
+    }
+}
+
+/// Routes `logits` (`[num_tokens, num_experts]` of `F`, contiguous) with `policy`.
+pub fn route<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    logits: &Handle,
+    num_tokens: usize,
+    num_experts: usize,
+    policy: &RoutingPolicy,
+) -> Result<RoutedOnDevice, InvalidValue> {
+    check::<R, F>(client, logits, num_tokens, num_experts, policy)?;
+    let routed = RoutedOnDevice::empty::<R, F, I>(client, num_tokens, policy);
+    launch::<R, F, I>(client, logits, &routed, num_experts, policy);
+    Ok(routed)
+}
+
+/// Like [`route`], into caller-provided buffers (which tests poison first).
+pub fn route_into<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    logits: &Handle,
+    routed: &RoutedOnDevice,
+    num_experts: usize,
+    policy: &RoutingPolicy,
+) -> Result<(), InvalidValue> {
+    check::<R, F>(client, logits, routed.num_tokens, num_experts, policy)?;
+    let slots = routed.slots;
+    expect_len(
+        &routed.expert_ids,
+        "expert_ids",
+        routed.num_tokens * slots,
+        size_of::<I>(),
+    )?;
+    expect_len(
+        &routed.weights,
+        "weights",
+        routed.num_tokens * slots,
+        size_of::<F>(),
+    )?;
+    expect_len(
+        &routed.token_k,
+        "token_k",
+        routed.num_tokens,
+        size_of::<I>(),
+    )?;
+    if routed.slots != policy.max_slots() {
+        return Err(InvalidValue::new(
+            "routed.slots",
+            routed.slots,
+            format!("must equal the policy's slots ({})", policy.max_slots()),
+        ));
+    }
+    launch::<R, F, I>(client, logits, routed, num_experts, policy);
+    Ok(())
+}
+
+/// Tokens routed by one cube: as many as fit in shared memory, at most one per unit.
+fn rows_per_cube<R: Runtime>(client: &ComputeClient<R>, num_experts: usize) -> usize {
+    let shared_bytes = client.properties().hardware.max_shared_memory_size;
+    (shared_bytes / (num_experts * size_of::<f32>())).min(CUBE_UNITS)
+}
+
+fn check<R: Runtime, F: CubeElement>(
+    client: &ComputeClient<R>,
+    logits: &Handle,
+    num_tokens: usize,
+    num_experts: usize,
+    policy: &RoutingPolicy,
+) -> Result<(), InvalidValue> {
+    if num_tokens == 0 {
+        return Err(InvalidValue::new("num_tokens", 0, "must be >= 1"));
+    }
+    if num_experts == 0 || rows_per_cube(client, num_experts) == 0 {
+        let most = client.properties().hardware.max_shared_memory_size / size_of::<f32>();
+        return Err(InvalidValue::new(
+            "num_experts",
+            num_experts,
+            format!("must be in 1..={most} (one token's logits must fit in shared memory)"),
+        ));
+    }
+    policy
+        .validate(num_experts)
+        .map_err(|e| e.within("policy"))?;
+    if policy.max_slots() > MAX_SLOTS {
+        return Err(InvalidValue::new(
+            "policy slots",
+            policy.max_slots(),
+            format!("the route kernel keeps at most {MAX_SLOTS} experts per token"),
+        ));
+    }
+    let max_cubes = client.properties().hardware.max_cube_count.0 as usize;
+    if num_tokens.div_ceil(rows_per_cube(client, num_experts)) > max_cubes {
+        return Err(InvalidValue::new(
+            "num_tokens",
+            num_tokens,
+            format!("too many for one launch on this device ({max_cubes} cubes)"),
+        ));
+    }
+    expect_len(logits, "logits", num_tokens * num_experts, size_of::<F>())
+}
+
+fn launch<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    logits: &Handle,
+    routed: &RoutedOnDevice,
+    num_experts: usize,
+    policy: &RoutingPolicy,
+) {
+    let num_tokens = routed.num_tokens;
+    let rows = rows_per_cube(client, num_experts);
+    let slots = routed.slots;
+    let cubes = num_tokens.div_ceil(rows) as u32;
+    // SAFETY: every buffer was sized from (num_tokens, num_experts, slots) by `check` and
+    // `RoutedOnDevice::empty`; the kernel reads only `[0, T * E)` and writes only inside them.
+    unsafe {
+        route_kernel::launch_unchecked::<F, I, R>(
+            client,
+            CubeCount::Static(cubes, 1, 1),
+            CubeDim::new_1d(CUBE_UNITS as u32),
+            ArrayArg::from_raw_parts(logits.clone(), num_tokens * num_experts),
+            ArrayArg::from_raw_parts(routed.expert_ids.clone(), num_tokens * slots),
+            ArrayArg::from_raw_parts(routed.weights.clone(), num_tokens * slots),
+            ArrayArg::from_raw_parts(routed.token_k.clone(), num_tokens),
+            num_tokens,
+            policy.mass_limit().unwrap_or(0.0) as f32,
+            num_experts,
+            slots,
+            rows,
+            policy.mass_limit().is_some(),
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! One test body, every runtime: `runtime_tests!` stamps generic kernel tests for wgpu and CUDA.
+//!
+//! wgpu tests run wherever a Vulkan/Metal driver exists (Mesa's lavapipe on CPU-only machines).
+//! CUDA tests are `#[ignore]`d so that a machine without a GPU reports them as skipped; run them
+//! on a GPU with `cargo test --release -p moe-kernels -- --include-ignored` (`just test-gpu`).
+
+use cubecl::prelude::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// A seeded generator: kernel tests draw random inputs, reproducibly.
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `len` values drawn uniformly from `[-scale, scale)`.
+pub fn random_f32(rng: &mut StdRng, len: usize, scale: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Copies `values` to a new device buffer.
+pub fn upload<R: Runtime, E: CubeElement>(
+    client: &ComputeClient<R>,
+    values: &[E],
+) -> cubecl::server::Handle {
+    client.create_from_slice(E::as_bytes(values))
+}
+
+/// Reads a device buffer back as `E` values.
+pub fn download<R: Runtime, E: CubeElement>(
+    client: &ComputeClient<R>,
+    handle: cubecl::server::Handle,
+) -> Vec<E> {
+    E::from_bytes(&client.read_one_unchecked(handle)).to_vec()
+}
+
+/// Stamps each listed generic test `fn name<R: Runtime>(client: ComputeClient<R>)` as
+/// `wgpu::name` and `cuda::name` (the latter ignored unless asked for: it needs an NVIDIA GPU).
+#[macro_export]
+macro_rules! runtime_tests {
+    ($($test:ident),* $(,)?) => {
+        #[cfg(feature = "wgpu")]
+        mod wgpu {
+            $(
+                #[test]
+                fn $test() {
+                    let client = <cubecl::wgpu::WgpuRuntime as cubecl::Runtime>::client(&Default::default());
+                    super::$test::<cubecl::wgpu::WgpuRuntime>(client);
+                }
+            )*
+        }
+
+        #[cfg(feature = "cuda")]
+        mod cuda {
+            $(
+                #[test]
+                #[ignore = "needs an NVIDIA GPU: run with --include-ignored (just test-gpu)"]
+                fn $test() {
+                    let client = <cubecl::cuda::CudaRuntime as cubecl::Runtime>::client(&Default::default());
+                    super::$test::<cubecl::cuda::CudaRuntime>(client);
+                }
+            )*
+        }
+    };
+}
