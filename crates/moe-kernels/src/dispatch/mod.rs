@@ -1,3 +1,10 @@
-//! Dispatch: groups the routed (token, slot) pairs by expert, without capacity padding.
+//! Dispatch: groups the routed (token, slot) pairs by expert, without capacity padding, and
+//! lists the grouped GEMM's tiles.
 
+pub mod kernel;
+mod launch;
 pub mod reference;
+#[cfg(test)]
+mod tests;
+
+pub use launch::{DispatchOnDevice, MAX_EXPERTS, dispatch, dispatch_into};

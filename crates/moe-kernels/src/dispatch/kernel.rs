@@ -1,0 +1,225 @@
+//! Padding-free dispatch in three deterministic passes (no float or order-dependent atomics).
+//!
+//! Pairs are the flat `(token, slot)` indices `0..T*slots`, cut into blocks of `BLOCK_PAIRS`.
+//! 1. `count_blocks`: per block, the rank of every pair among earlier pairs of the same expert
+//!    (a loop over the block's ids in shared memory) and the block's count of every expert, stored
+//!    expert-major: `block_counts[e * num_blocks + b]`.
+//! 2. `scan_counts` (one cube): an exclusive scan of `block_counts` in that order gives every
+//!    (expert, block) its first row, because rows are ordered by expert, then by pair. It also
+//!    writes the expert offsets and the grouped GEMM's tile work list.
+//! 3. `scatter_pairs`: row = first row of (expert, block) + rank; writes both directions of the
+//!    permutation and marks the unused tail.
+
+use cubecl::prelude::*;
+
+/// Pairs per block of `count_blocks` and `scatter_pairs` (one unit per pair).
+pub const BLOCK_PAIRS: usize = 256;
+/// Units of the single-cube `scan_counts`.
+pub const SCAN_UNITS: usize = 1024;
+/// Consecutive elements each unit of `scan_counts` sums before the cube-wide scan.
+pub const SCAN_ITEMS_PER_UNIT: usize = 4;
+
+/// Pass 1: ranks within the block (into `pair_rank`) and per-expert counts of the block.
+#[cube(launch_unchecked)]
+pub fn count_blocks<I: Int>(
+    expert_ids: &Array<I>,         // [P] expert of each pair, -1 if unused
+    pair_rank: &mut Array<I>, // [P] out: rank among the block's earlier pairs of the same expert
+    block_counts: &mut Array<u32>, // [E, B] out: pairs of expert e in block b
+    num_pairs: usize,
+    num_blocks: usize,
+    #[comptime] num_experts: usize,
+) {
+    let block = CUBE_POS;
+    let local = UNIT_POS as usize;
+    let pair = block * BLOCK_PAIRS + local;
+    let mut ids = SharedMemory::<i32>::new(BLOCK_PAIRS);
+    let mut counts = SharedMemory::<u32>::new(num_experts);
+
+    let mut id = i32::new(-1);
+    if pair < num_pairs {
+        id = i32::cast_from(expert_ids[pair]);
+        if id >= comptime!(num_experts as i32) {
+            id = i32::new(-1); // out-of-range ids are treated as unused rather than read out of bounds
+        }
+    }
+    ids[local] = id;
+    let mut e = local;
+    while e < num_experts {
+        counts[e] = 0u32;
+        e += BLOCK_PAIRS;
+    }
+    sync_cube();
+
+    if id >= 0 {
+        let mut before: u32 = 0;
+        let mut total: u32 = 0;
+        for j in 0..BLOCK_PAIRS {
+            let same = select(ids[j] == id, 1u32, 0u32);
+            total += same;
+            before += select(j < local, same, 0u32);
+        }
+        pair_rank[pair] = I::cast_from(before);
+        if before + 1 == total {
+            counts[usize::cast_from(id)] = total; // the block's last pair of this expert reports it
+        }
+    }
+    sync_cube();
+
+    let mut e = local;
+    while e < num_experts {
+        block_counts[e * num_blocks + block] = counts[e];
+        e += BLOCK_PAIRS;
+    }
+}
+
+/// Inclusive scan of `values[0..SCAN_UNITS]` in shared memory (Hillis-Steele), by every unit.
+#[cube]
+fn scan_in_cube(values: &mut SharedMemory<u32>) {
+    let local = UNIT_POS as usize;
+    let mut step: usize = 1;
+    while step < SCAN_UNITS {
+        let mut addend: u32 = 0;
+        if local >= step {
+            addend = values[local - step];
+        }
+        sync_cube();
+        values[local] += addend;
+        sync_cube();
+        step *= 2;
+    }
+}
+
+/// Pass 2 (one cube): exclusive scan of `block_counts` in place, expert offsets, tile list.
+#[cube(launch_unchecked)]
+pub fn scan_counts<I: Int>(
+    block_counts: &mut Array<u32>, // [E, B] in: counts; out: first row of each (expert, block)
+    expert_offsets: &mut Array<I>, // [E + 1]
+    tiles: &mut Array<I>,          // [max_tiles, 2] (expert, first row); -1 past the used tiles
+    num_tiles: &mut Array<I>,      // [1]
+    num_blocks: usize,
+    max_tiles: usize,
+    #[comptime] num_experts: usize,
+    #[comptime] tile_rows: usize,
+) {
+    let local = UNIT_POS as usize;
+    let mut partial = SharedMemory::<u32>::new(SCAN_UNITS);
+    let total_entries = num_experts * num_blocks;
+    let chunk = SCAN_UNITS * SCAN_ITEMS_PER_UNIT;
+    let mut carry: u32 = 0;
+    let mut chunk_start: usize = 0;
+    while chunk_start < total_entries {
+        // Each unit sums its consecutive items, the cube scans the sums, units rewrite their items.
+        let first = chunk_start + local * SCAN_ITEMS_PER_UNIT;
+        let mut sum: u32 = 0;
+        #[unroll]
+        for i in 0..SCAN_ITEMS_PER_UNIT {
+            if first + i < total_entries {
+                sum += block_counts[first + i];
+            }
+        }
+        partial[local] = sum;
+        sync_cube();
+        scan_in_cube(&mut partial);
+        let mut running = carry + partial[local] - sum;
+        #[unroll]
+        for i in 0..SCAN_ITEMS_PER_UNIT {
+            if first + i < total_entries {
+                let count = block_counts[first + i];
+                block_counts[first + i] = running;
+                running += count;
+            }
+        }
+        carry += partial[SCAN_UNITS - 1];
+        sync_cube();
+        chunk_start += chunk;
+    }
+
+    // Expert offsets: expert e starts at the first row of its first block.
+    let mut offsets = SharedMemory::<u32>::new(num_experts + 1);
+    let mut e = local;
+    while e < num_experts {
+        offsets[e] = block_counts[e * num_blocks];
+        e += SCAN_UNITS;
+    }
+    if local == 0 {
+        offsets[num_experts] = carry;
+    }
+    sync_cube();
+    let mut e = local;
+    while e <= num_experts {
+        expert_offsets[e] = I::cast_from(offsets[e]);
+        e += SCAN_UNITS;
+    }
+
+    // Tile list: expert e owns ceil(count_e / tile_rows) tiles, in expert order.
+    let mut tile_start = SharedMemory::<u32>::new(SCAN_UNITS);
+    let mut tiles_of_expert: u32 = 0;
+    if local < num_experts {
+        let count = offsets[local + 1] - offsets[local];
+        tiles_of_expert = (count + tile_rows as u32 - 1) / tile_rows as u32;
+    }
+    tile_start[local] = tiles_of_expert;
+    sync_cube();
+    scan_in_cube(&mut tile_start); // inclusive: tile_start[e] is the end of expert e's tiles
+    let used_tiles = tile_start[num_experts - 1] as usize;
+    let mut tile = local;
+    while tile < max_tiles {
+        let mut expert = i32::new(-1);
+        let mut first_row = i32::new(-1);
+        if tile < used_tiles {
+            // The expert whose tile range holds `tile`: the first e with tile_start[e] > tile.
+            let mut low: usize = 0;
+            let mut high = usize::new(comptime!((num_experts - 1) as i64));
+            while low < high {
+                let mid = (low + high) / 2;
+                if tile_start[mid] as usize > tile {
+                    high = mid;
+                } else {
+                    low = mid + 1;
+                }
+            }
+            let mut first_tile: usize = 0;
+            if low > 0 {
+                first_tile = tile_start[low - 1] as usize;
+            }
+            expert = i32::cast_from(low);
+            first_row = i32::cast_from(offsets[low] as usize + (tile - first_tile) * tile_rows);
+        }
+        tiles[2 * tile] = I::cast_from(expert);
+        tiles[2 * tile + 1] = I::cast_from(first_row);
+        tile += SCAN_UNITS;
+    }
+    if local == 0 {
+        num_tiles[0] = I::cast_from(used_tiles);
+    }
+}
+
+/// Pass 3: the row of every used pair, both directions of the permutation, the unused tail.
+#[cube(launch_unchecked)]
+pub fn scatter_pairs<I: Int>(
+    expert_ids: &Array<I>,       // [P]
+    block_offsets: &Array<u32>,  // [E, B] first row of each (expert, block)
+    expert_offsets: &Array<I>,   // [E + 1]
+    row_of_pair: &mut Array<I>,  // [P] in: rank within the block; out: row, -1 if unused
+    routed_pairs: &mut Array<I>, // [P] out: pair of each row, -1 past the routed rows
+    num_pairs: usize,
+    num_blocks: usize,
+    #[comptime] num_experts: usize,
+) {
+    let pair = ABSOLUTE_POS;
+    if pair < num_pairs {
+        let id = i32::cast_from(expert_ids[pair]);
+        if id >= 0 && id < comptime!(num_experts as i32) {
+            let block = pair / BLOCK_PAIRS;
+            let row = block_offsets[usize::cast_from(id) * num_blocks + block] as usize
+                + usize::cast_from(row_of_pair[pair]);
+            row_of_pair[pair] = I::cast_from(row);
+            routed_pairs[row] = I::cast_from(pair);
+        } else {
+            row_of_pair[pair] = I::cast_from(-1i32);
+        }
+        if pair >= usize::cast_from(expert_offsets[num_experts]) {
+            routed_pairs[pair] = I::cast_from(-1i32);
+        }
+    }
+}

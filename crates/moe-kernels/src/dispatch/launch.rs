@@ -1,0 +1,150 @@
+//! Host side of dispatch: validate, allocate, launch the three passes.
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::kernel::{BLOCK_PAIRS, SCAN_UNITS, count_blocks, scan_counts, scatter_pairs};
+use super::reference::{TILE_ROWS, max_tiles};
+use crate::InvalidValue;
+use crate::buffer::expect_len;
+
+/// The dispatch plan in device buffers (the device form of
+/// [`DispatchPlan`](super::reference::DispatchPlan)); all of element type `I`.
+#[derive(Clone, Debug)]
+pub struct DispatchOnDevice {
+    /// `[E + 1]`; the last entry is the routed row count S.
+    pub expert_offsets: Handle,
+    /// Pair of each row, -1 past S. `[P]`
+    pub routed_pairs: Handle,
+    /// Row of each pair, -1 for unused slots. `[P]`
+    pub row_of_pair: Handle,
+    /// `(expert, first row)` per tile of `TILE_ROWS` rows, -1 past the used tiles. `[max_tiles, 2]`
+    pub tiles: Handle,
+    /// Tiles in use. `[1]`
+    pub num_tiles: Handle,
+    /// Pairs P = T * slots.
+    pub num_pairs: usize,
+    /// Experts E.
+    pub num_experts: usize,
+}
+
+impl DispatchOnDevice {
+    /// Uninitialised buffers for `num_pairs` pairs over `num_experts` experts.
+    pub fn empty<R: Runtime, I: CubeElement>(
+        client: &ComputeClient<R>,
+        num_pairs: usize,
+        num_experts: usize,
+    ) -> Self {
+        let int = size_of::<I>();
+        Self {
+            expert_offsets: client.empty((num_experts + 1) * int),
+            routed_pairs: client.empty(num_pairs * int),
+            row_of_pair: client.empty(num_pairs * int),
+            tiles: client.empty(2 * max_tiles(num_pairs, num_experts) * int),
+            num_tiles: client.empty(int),
+            num_pairs,
+            num_experts,
+        }
+    }
+}
+
+/// Most experts dispatch supports: the scan keeps one unit per expert.
+pub const MAX_EXPERTS: usize = SCAN_UNITS;
+
+/// Plans the dispatch of `expert_ids` (`[num_pairs]` of `I`, -1 for unused slots).
+pub fn dispatch<R: Runtime, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    expert_ids: &Handle,
+    num_pairs: usize,
+    num_experts: usize,
+) -> Result<DispatchOnDevice, InvalidValue> {
+    let plan = DispatchOnDevice::empty::<R, I>(client, num_pairs, num_experts);
+    dispatch_into::<R, I>(client, expert_ids, &plan)?;
+    Ok(plan)
+}
+
+/// Like [`dispatch`], into caller-provided buffers (which tests poison first).
+pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    expert_ids: &Handle,
+    plan: &DispatchOnDevice,
+) -> Result<(), InvalidValue> {
+    let (num_pairs, num_experts) = (plan.num_pairs, plan.num_experts);
+    if num_pairs == 0 {
+        return Err(InvalidValue::new("num_pairs", 0, "must be >= 1"));
+    }
+    if num_experts == 0 || num_experts > MAX_EXPERTS {
+        return Err(InvalidValue::new(
+            "num_experts",
+            num_experts,
+            format!("must be in 1..={MAX_EXPERTS}"),
+        ));
+    }
+    let int = size_of::<I>();
+    expect_len(expert_ids, "expert_ids", num_pairs, int)?;
+    expect_len(&plan.expert_offsets, "expert_offsets", num_experts + 1, int)?;
+    expect_len(&plan.routed_pairs, "routed_pairs", num_pairs, int)?;
+    expect_len(&plan.row_of_pair, "row_of_pair", num_pairs, int)?;
+    expect_len(
+        &plan.tiles,
+        "tiles",
+        2 * max_tiles(num_pairs, num_experts),
+        int,
+    )?;
+    expect_len(&plan.num_tiles, "num_tiles", 1, int)?;
+    let num_blocks = num_pairs.div_ceil(BLOCK_PAIRS);
+    let max_cubes = client.properties().hardware.max_cube_count.0 as usize;
+    if num_blocks > max_cubes {
+        return Err(InvalidValue::new(
+            "num_pairs",
+            num_pairs,
+            format!("must be at most {}", max_cubes * BLOCK_PAIRS),
+        ));
+    }
+
+    let block_counts = client.empty(num_experts * num_blocks * size_of::<u32>());
+    let tiles_capacity = max_tiles(num_pairs, num_experts);
+    // SAFETY: the buffers were checked above against (num_pairs, num_experts, num_blocks); the
+    // kernels index `expert_ids`, `row_of_pair` and `routed_pairs` below num_pairs, `block_counts`
+    // below E * B, `expert_offsets` up to E and `tiles` below 2 * max_tiles.
+    unsafe {
+        count_blocks::launch_unchecked::<I, R>(
+            client,
+            CubeCount::Static(num_blocks as u32, 1, 1),
+            CubeDim::new_1d(BLOCK_PAIRS as u32),
+            ArrayArg::from_raw_parts(expert_ids.clone(), num_pairs),
+            ArrayArg::from_raw_parts(plan.row_of_pair.clone(), num_pairs),
+            ArrayArg::from_raw_parts(block_counts.clone(), num_experts * num_blocks),
+            num_pairs,
+            num_blocks,
+            num_experts,
+        );
+        scan_counts::launch_unchecked::<I, R>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(SCAN_UNITS as u32),
+            ArrayArg::from_raw_parts(block_counts.clone(), num_experts * num_blocks),
+            ArrayArg::from_raw_parts(plan.expert_offsets.clone(), num_experts + 1),
+            ArrayArg::from_raw_parts(plan.tiles.clone(), 2 * tiles_capacity),
+            ArrayArg::from_raw_parts(plan.num_tiles.clone(), 1),
+            num_blocks,
+            tiles_capacity,
+            num_experts,
+            TILE_ROWS,
+        );
+        scatter_pairs::launch_unchecked::<I, R>(
+            client,
+            CubeCount::Static(num_blocks as u32, 1, 1),
+            CubeDim::new_1d(BLOCK_PAIRS as u32),
+            ArrayArg::from_raw_parts(expert_ids.clone(), num_pairs),
+            ArrayArg::from_raw_parts(block_counts, num_experts * num_blocks),
+            ArrayArg::from_raw_parts(plan.expert_offsets.clone(), num_experts + 1),
+            ArrayArg::from_raw_parts(plan.row_of_pair.clone(), num_pairs),
+            ArrayArg::from_raw_parts(plan.routed_pairs.clone(), num_pairs),
+            num_pairs,
+            num_blocks,
+            num_experts,
+        );
+    }
+    Ok(())
+}
