@@ -3,7 +3,8 @@
 use burn::backend::Autodiff;
 use burn::backend::ndarray::{NdArray, NdArrayDevice};
 use burn::tensor::Tensor;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
+use moe_model::MoeAutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ExperimentError, catch_panic};
@@ -41,7 +42,8 @@ pub trait BackendJob {
     type Output;
 
     /// Runs the job on backend `B` (the autodiff wrapper of the chosen backend) and `device`.
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output, ExperimentError>;
+    fn run<B: MoeAutodiffBackend>(self, device: B::Device)
+    -> Result<Self::Output, ExperimentError>;
 }
 
 /// Runs `job` on the backend `kind`, after checking that it was compiled in and has a device.

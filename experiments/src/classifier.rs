@@ -3,11 +3,11 @@
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use burn::train::metric::{AccuracyInput, Adaptor, ItemLazy, LossInput};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
-use moe_model::{Model, RoutingStats};
+use moe_model::{Model, MoeAutodiffBackend, MoeBackend, RoutingStats};
 
 use crate::backend::MetricsBackend;
 use crate::data::TaskBatch;
@@ -15,7 +15,7 @@ use crate::learner_metrics::RoutingMetricInput;
 
 /// The task model with its loss: cross-entropy plus the MoE layers' auxiliary losses.
 #[derive(Module, Debug)]
-pub struct Classifier<B: Backend> {
+pub struct Classifier<B: MoeBackend> {
     /// The classifier being trained.
     pub model: Model<B>,
 }
@@ -37,7 +37,7 @@ pub struct ClassifierOutput<B: Backend> {
     pub hard: Vec<bool>,
 }
 
-impl<B: Backend> Classifier<B> {
+impl<B: MoeBackend> Classifier<B> {
     /// Runs the model on a batch and computes its loss.
     pub fn forward_batch(&self, batch: TaskBatch<B>) -> ClassifierOutput<B> {
         let output = self.model.forward(batch.inputs);
@@ -55,7 +55,7 @@ impl<B: Backend> Classifier<B> {
     }
 }
 
-impl<B: AutodiffBackend> TrainStep for Classifier<B> {
+impl<B: MoeAutodiffBackend> TrainStep for Classifier<B> {
     type Input = TaskBatch<B>;
     type Output = ClassifierOutput<B>;
 
@@ -66,7 +66,7 @@ impl<B: AutodiffBackend> TrainStep for Classifier<B> {
     }
 }
 
-impl<B: Backend> InferenceStep for Classifier<B> {
+impl<B: MoeBackend> InferenceStep for Classifier<B> {
     type Input = TaskBatch<B>;
     type Output = ClassifierOutput<B>;
 

@@ -7,8 +7,9 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::record::CompactRecorder;
 use burn::tensor::Tensor;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::train::metric::ItemLazy;
+use moe_model::{MoeAutodiffBackend, MoeBackend};
 
 use crate::backend::{BackendJob, BackendKind, run_on};
 use crate::classifier::{Classifier, host_usizes};
@@ -39,7 +40,7 @@ pub struct TestReport {
 }
 
 /// Evaluates `classifier` on `test` in batches of `batch_size`.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: MoeBackend>(
     classifier: &Classifier<B>,
     test: &TaskDataset,
     batch_size: usize,
@@ -100,7 +101,7 @@ pub fn evaluate<B: Backend>(
 
 impl RunMetrics {
     /// Puts a test report together with what the run was and what its model costs.
-    pub fn from_test<B: Backend>(
+    pub fn from_test<B: MoeBackend>(
         run: &str,
         backend: BackendKind,
         config: &RunConfig,
@@ -150,7 +151,7 @@ struct SavedRun {
 impl BackendJob for SavedRun {
     type Output = RunMetrics;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
+    fn run<B: MoeAutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
         let config = RunConfig::load(&self.path.join(CONFIG_FILE), &[])?;
         let model_path = self.path.join(MODEL_FILE);
         let fresh: Classifier<B::InnerBackend> = Classifier {

@@ -8,10 +8,9 @@ use burn::data::dataloader::DataLoaderBuilder;
 use burn::module::Module;
 use burn::optim::AdamConfig;
 use burn::record::CompactRecorder;
-use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{Learner, SupervisedTraining};
-use moe_model::FfnConfig;
+use moe_model::{FfnConfig, MoeAutodiffBackend};
 
 use crate::backend::{BackendJob, BackendKind, MetricsBackend, run_on};
 use crate::classifier::Classifier;
@@ -55,7 +54,7 @@ pub fn train(request: TrainRequest) -> Result<RunMetrics, ExperimentError> {
 impl BackendJob for TrainRequest {
     type Output = RunMetrics;
 
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
+    fn run<B: MoeAutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
         let TrainRequest {
             config, backend, ..
         } = &self;

@@ -5,6 +5,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::InvalidValue;
+use crate::backend_ext::MoeBackend;
 use crate::mlp::{DenseMlp, DenseMlpConfig};
 use crate::moe::{MoeLayer, MoeLayerConfig, RoutingStats};
 
@@ -28,7 +29,7 @@ impl FfnConfig {
     }
 
     /// A freshly initialised feed-forward over rows of width `d_model`.
-    pub fn init<B: Backend>(&self, d_model: usize, device: &B::Device) -> Ffn<B> {
+    pub fn init<B: MoeBackend>(&self, d_model: usize, device: &B::Device) -> Ffn<B> {
         match self {
             FfnConfig::Dense(config) => Ffn::Dense(config.init(d_model, device)),
             FfnConfig::Moe(config) => Ffn::Moe(config.init(d_model, device)),
@@ -51,7 +52,7 @@ impl std::fmt::Display for FfnConfig {
 
 /// A dense MLP or an MoE layer behind one interface.
 #[derive(Module, Debug)]
-pub enum Ffn<B: Backend> {
+pub enum Ffn<B: MoeBackend> {
     /// Dense baseline.
     Dense(DenseMlp<B>),
     /// Mixture of Experts.
@@ -69,7 +70,7 @@ pub struct FfnOutput<B: Backend> {
     pub stats: Option<RoutingStats<B>>,
 }
 
-impl<B: Backend> Ffn<B> {
+impl<B: MoeBackend> Ffn<B> {
     /// # Shapes
     /// - `x`: `[T, d]` -> output `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> FfnOutput<B> {

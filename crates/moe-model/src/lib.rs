@@ -5,7 +5,9 @@
 //! ([`RoutingPolicy`]), dispatch groups the routed pairs by expert, each expert runs only on its
 //! rows, and combine sums each token's expert outputs weighted by the router.
 
+pub mod backend_ext;
 pub mod balance;
+pub mod dispatch;
 pub mod experts;
 pub mod feed_forward;
 pub mod ffn;
@@ -17,6 +19,8 @@ pub mod router;
 #[cfg(test)]
 mod test_support;
 
+pub use backend_ext::{MoeAutodiffBackend, MoeBackend};
+pub use dispatch::Dispatch;
 pub use feed_forward::Activation;
 pub use ffn::{Ffn, FfnConfig, FfnOutput};
 pub use mlp::{DenseMlp, DenseMlpConfig};

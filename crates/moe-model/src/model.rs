@@ -6,6 +6,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::InvalidValue;
+use crate::backend_ext::MoeBackend;
 use crate::ffn::{Ffn, FfnConfig};
 use crate::moe::{MoeLayerConfig, RoutingStats};
 
@@ -36,7 +37,7 @@ impl ModelConfig {
     }
 
     /// A freshly initialised model for inputs of `input_dim` features and `num_classes` labels.
-    pub fn init<B: Backend>(
+    pub fn init<B: MoeBackend>(
         &self,
         input_dim: usize,
         num_classes: usize,
@@ -58,7 +59,7 @@ impl ModelConfig {
 
 /// Pre-norm residual block: `h + ffn(norm(h))`.
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
+pub struct Block<B: MoeBackend> {
     norm: LayerNorm<B>,
     ffn: Ffn<B>,
 }
@@ -85,14 +86,14 @@ pub struct ParamCounts {
 
 /// The classifier the experiments train.
 #[derive(Module, Debug)]
-pub struct Model<B: Backend> {
+pub struct Model<B: MoeBackend> {
     input: Linear<B>,
     blocks: Vec<Block<B>>,
     final_norm: LayerNorm<B>,
     head: Linear<B>,
 }
 
-impl<B: Backend> Model<B> {
+impl<B: MoeBackend> Model<B> {
     /// # Shapes
     /// - `x`: `[T, input_dim]` -> logits `[T, C]`
     pub fn forward(&self, x: Tensor<B, 2>) -> ModelOutput<B> {

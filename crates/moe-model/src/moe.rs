@@ -2,12 +2,11 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::IndexingUpdateOp;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use moe_kernels::RoutingPolicy;
-use moe_kernels::dispatch::reference::{DispatchPlan, plan};
 
 use crate::InvalidValue;
+use crate::backend_ext::MoeBackend;
 use crate::balance::{load_balancing_loss, router_z_loss};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
@@ -64,7 +63,7 @@ impl MoeLayerConfig {
     }
 
     /// A freshly initialised layer over rows of width `d_model`.
-    pub fn init<B: Backend>(&self, d_model: usize, device: &B::Device) -> MoeLayer<B> {
+    pub fn init<B: MoeBackend>(&self, d_model: usize, device: &B::Device) -> MoeLayer<B> {
         MoeLayer {
             router: Router::new(d_model, self.num_experts, self.routing, device),
             experts: Experts::new(
@@ -103,7 +102,7 @@ pub struct MoeOutput<B: Backend> {
 /// A Mixture-of-Experts feed-forward layer whose cost scales with the routed (token, expert)
 /// pairs: each token runs only through the experts its router chose.
 #[derive(Module, Debug)]
-pub struct MoeLayer<B: Backend> {
+pub struct MoeLayer<B: MoeBackend> {
     /// Scores experts and applies the routing policy.
     pub router: Router<B>,
     /// The experts' stacked weights.
@@ -112,39 +111,32 @@ pub struct MoeLayer<B: Backend> {
     z_loss_coef: f64,
 }
 
-impl<B: Backend> MoeLayer<B> {
+impl<B: MoeBackend> MoeLayer<B> {
+    /// Routes, dispatches, runs each expert on its rows and combines, with the backend's routing
+    /// stages (CubeCL kernels on CubeCL backends, tensor ops otherwise).
+    ///
     /// # Shapes
     /// - `x`: `[T, d]` -> output `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> MoeOutput<B> {
-        let [num_tokens, d_model] = x.dims();
         let device = x.device();
+        let slots = self.router.policy().max_slots();
         let routing = self.router.forward(x.clone());
-        let slots = routing.weights.dims()[1];
+        let dispatch = B::moe_dispatch(routing.expert_ids.clone(), self.num_experts());
 
-        let expert_ids = routing.expert_ids.to_data().convert::<i32>();
-        let plan: DispatchPlan = plan(
-            expert_ids.as_slice::<i32>().expect("i32 data"),
-            self.experts.num_experts(),
-        );
-        let pairs = int_tensor::<B>(&plan.routed_pairs, &device); // [S]
-        let tokens = pairs.clone().div_scalar(slots as i64); // [S]
+        // The expert loop slices rows per expert on the host: one read of E + 1 offsets.
+        let expert_offsets: Vec<usize> = dispatch
+            .expert_offsets
+            .to_data()
+            .iter::<i64>()
+            .map(|v| v as usize)
+            .collect();
+        let num_rows = expert_offsets[self.num_experts()];
+        let pairs = dispatch.routed_pairs.clone().slice([0..num_rows]); // [S]
+        let rows = x.select(0, pairs.div_scalar(slots as i64)); // [S, d]
+        let expert_outputs = self.experts.forward_grouped(rows, &expert_offsets); // [S, d]
+        let output = B::moe_combine(expert_outputs, routing.weights.clone(), &dispatch); // [T, d]
 
-        let rows = x.select(0, tokens.clone()); // [S, d]
-        let expert_outputs = self.experts.forward_grouped(rows, &plan.expert_offsets); // [S, d]
-        let row_weights = routing
-            .weights
-            .clone()
-            .reshape([num_tokens * slots])
-            .select(0, pairs); // [S]
-        let weighted = expert_outputs * row_weights.unsqueeze_dim(1); // [S, d]
-        let output = Tensor::zeros([num_tokens, d_model], &device).select_assign(
-            0,
-            tokens,
-            weighted,
-            IndexingUpdateOp::Add,
-        ); // [T, d]
-
-        let expert_counts = plan.expert_counts();
+        let expert_counts: Vec<usize> = expert_offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let aux_loss = load_balancing_loss(routing.probs, &expert_counts)
             .mul_scalar(self.balance_loss_coef)
             + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);

@@ -6,6 +6,8 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor, backend::Backend};
 use moe_kernels::{RoutingPolicy, UNUSED_SLOT};
 
+use crate::backend_ext::MoeBackend;
+
 /// The routing decision for a batch of tokens (the tensor form of
 /// `moe_kernels::route::reference::RoutedTokens`).
 #[derive(Clone, Debug)]
@@ -52,11 +54,15 @@ impl<B: Backend> Router<B> {
     pub fn policy(&self) -> RoutingPolicy {
         self.policy
     }
+}
 
+impl<B: MoeBackend> Router<B> {
+    /// Scores the experts and applies the policy with the backend's routing (kernels on CubeCL).
+    ///
     /// # Shapes
     /// - `x`: `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Routing<B> {
-        route(self.gate.forward(x), &self.policy)
+        B::moe_route(self.gate.forward(x), &self.policy)
     }
 }
 

@@ -1,0 +1,44 @@
+//! `MoeBackend` under `Autodiff`: decisions from the inner backend, gradients from tensor ops.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Int, Tensor};
+use moe_kernels::RoutingPolicy;
+
+use super::MoeBackend;
+use crate::dispatch::Dispatch;
+use crate::router::Routing;
+
+impl<B: MoeBackend, C: CheckpointStrategy> MoeBackend for Autodiff<B, C> {
+    /// The inner backend picks the experts and k (not differentiable); the weights are
+    /// recomputed from the probabilities of the chosen experts with tensor ops, so gradients
+    /// reach the router.
+    fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
+        let decision = B::moe_route(logits.clone().inner(), policy);
+        let expert_ids: Tensor<Self, 2, Int> = Tensor::from_inner(decision.expert_ids); // [T, K]
+        let probs = softmax(logits.clone(), 1); // [T, E]
+        let used = expert_ids.clone().greater_equal_elem(0); // [T, K]
+        let chosen = probs.clone().gather(1, expert_ids.clone().clamp_min(0)); // [T, K]
+        let kept = chosen.mask_fill(used.bool_not(), 0.0); // [T, K]
+        let weights = kept.clone() / kept.sum_dim(1); // [T, K]
+        Routing {
+            logits,
+            probs,
+            expert_ids,
+            weights,
+            token_k: Tensor::from_inner(decision.token_k),
+        }
+    }
+
+    fn moe_dispatch(expert_ids: Tensor<Self, 2, Int>, num_experts: usize) -> Dispatch<Self> {
+        let inner = B::moe_dispatch(expert_ids.inner(), num_experts);
+        Dispatch {
+            expert_offsets: Tensor::from_inner(inner.expert_offsets),
+            routed_pairs: Tensor::from_inner(inner.routed_pairs),
+            row_of_pair: Tensor::from_inner(inner.row_of_pair),
+            tiles: Tensor::from_inner(inner.tiles),
+            num_tiles: Tensor::from_inner(inner.num_tiles),
+        }
+    }
+}

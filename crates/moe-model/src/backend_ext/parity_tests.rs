@@ -1,0 +1,124 @@
+//! The kernel path (CubeCL on wgpu) against the tensor-op path (NdArray): same weights, same
+//! inputs, same outputs and gradients.
+
+use burn::backend::Autodiff;
+use burn::module::Param;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_cubecl::CubeBackend;
+use cubecl::wgpu::WgpuRuntime;
+
+use super::MoeBackend;
+use crate::test_support::{TestBackend, host_f64, random_values, rng};
+use crate::{Activation, MoeLayer, MoeLayerConfig, RoutingPolicy};
+
+type Wgpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+fn tensor<B: Backend, const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+}
+
+/// A layer on backend `B` whose weights are the host values `(gate, w_in, w_out)`.
+fn layer_with<B: MoeBackend>(
+    config: &MoeLayerConfig,
+    d: usize,
+    weights: &[Vec<f32>; 3],
+) -> MoeLayer<B> {
+    let (e, columns, width) = (
+        config.num_experts,
+        config.activation.input_columns(config.expert_width),
+        config.expert_width,
+    );
+    let mut layer = config.init::<B>(d, &Default::default());
+    layer.router.gate.weight = Param::from_tensor(tensor(&weights[0], [d, e]));
+    layer.experts.w_in = Param::from_tensor(tensor(&weights[1], [e, d, columns]));
+    layer.experts.w_out = Param::from_tensor(tensor(&weights[2], [e, width, d]));
+    layer
+}
+
+fn assert_close(got: &[f64], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "{what}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn kernel_path_matches_tensor_op_path_in_outputs_and_gradients() {
+    let d = 16;
+    for (seed, routing) in [
+        (1, RoutingPolicy::Threshold { tau: 0.5 }),
+        (2, RoutingPolicy::TopK { k: 2 }),
+        (3, RoutingPolicy::TopP { p: 0.7, max_k: 4 }),
+    ] {
+        let config = MoeLayerConfig::new()
+            .with_num_experts(6)
+            .with_expert_width(24)
+            .with_activation(Activation::SwiGlu)
+            .with_routing(routing);
+        let mut draw = rng(seed);
+        let columns = config.activation.input_columns(24);
+        let weights = [
+            random_values(&mut draw, d * 6, 0.5),
+            random_values(&mut draw, 6 * d * columns, 0.3),
+            random_values(&mut draw, 6 * 24 * d, 0.3),
+        ];
+        let x = random_values(&mut draw, 150 * d, 1.5);
+
+        // Inference: kernels on wgpu vs tensor ops on NdArray.
+        let cpu = layer_with::<TestBackend>(&config, d, &weights).forward(tensor(&x, [150, d]));
+        let gpu = layer_with::<Wgpu>(&config, d, &weights).forward(tensor(&x, [150, d]));
+        assert_close(
+            &host_f64(gpu.output),
+            &host_f64(cpu.output),
+            &format!("{routing} output"),
+        );
+        assert_eq!(
+            ints(gpu.stats.token_k),
+            ints(cpu.stats.token_k),
+            "{routing} k"
+        );
+
+        // Training: gradients through both paths.
+        let cpu_grads = gradients(
+            &layer_with::<Autodiff<TestBackend>>(&config, d, &weights),
+            &x,
+        );
+        let gpu_grads = gradients(&layer_with::<Autodiff<Wgpu>>(&config, d, &weights), &x);
+        assert_close(
+            &gpu_grads[0],
+            &cpu_grads[0],
+            &format!("{routing} router gradient"),
+        );
+        assert_close(
+            &gpu_grads[1],
+            &cpu_grads[1],
+            &format!("{routing} expert gradient"),
+        );
+    }
+}
+
+fn ints<B: Backend>(tensor: Tensor<B, 1, Int>) -> Vec<i64> {
+    tensor.into_data().iter::<i64>().collect()
+}
+
+/// Gradients of `sum(output^2) + aux_loss` for the router gate and the experts' input weights.
+fn gradients<B: MoeBackend + AutodiffBackend>(layer: &MoeLayer<B>, x: &[f32]) -> [Vec<f64>; 2] {
+    let d = layer.router.gate.weight.dims()[0];
+    let out = layer.forward(tensor(x, [x.len() / d, d]));
+    let grads = (out.output.powi_scalar(2).sum() + out.aux_loss).backward();
+    [
+        host_f64(
+            layer
+                .router
+                .gate
+                .weight
+                .grad(&grads)
+                .expect("router gradient"),
+        ),
+        host_f64(layer.experts.w_in.grad(&grads).expect("expert gradient")),
+    ]
+}
