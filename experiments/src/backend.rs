@@ -55,14 +55,56 @@ pub fn run_on<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output, Exp
     }
 }
 
+/// Work that drives CubeCL kernels directly (the benchmarks): needs the wgpu or CUDA runtime.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub trait RuntimeJob {
+    /// What the job returns.
+    type Output;
+
+    /// Runs the job on CubeCL runtime `R` and `device`.
+    fn run<R: burn_cubecl::CubeRuntime>(
+        self,
+        device: R::Device,
+    ) -> Result<Self::Output, ExperimentError>;
+}
+
+/// Runs `job` on the CubeCL runtime of `kind` (wgpu or cuda), after checking it has a device.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn run_on_runtime<J: RuntimeJob>(
+    kind: BackendKind,
+    job: J,
+) -> Result<J::Output, ExperimentError> {
+    match kind {
+        BackendKind::Ndarray => Err(ExperimentError::NeedsCubecl),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            let device = cubecl::wgpu::WgpuDevice::default();
+            probe::<CubeWgpu>(&device, "wgpu")?;
+            job.run::<cubecl::wgpu::WgpuRuntime>(device)
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let device = cubecl::cuda::CudaDevice::default();
+            probe::<CubeCuda>(&device, "cuda")?;
+            job.run::<cubecl::cuda::CudaRuntime>(device)
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(ExperimentError::BackendNotCompiled(other.name())),
+    }
+}
+
+/// The wgpu backend: CubeCL kernels, no fusion (the MoE kernels are reachable from it).
+#[cfg(feature = "wgpu")]
+type CubeWgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+/// The CUDA backend: CubeCL kernels, no fusion (the MoE kernels are reachable from it).
+#[cfg(feature = "cuda")]
+type CubeCuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
 #[cfg(feature = "wgpu")]
 fn run_on_wgpu<J: BackendJob>(job: J) -> Result<J::Output, ExperimentError> {
-    use burn_cubecl::CubeBackend;
-    use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
-    type Wgpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
-    let device = WgpuDevice::default();
-    probe::<Wgpu>(&device, "wgpu")?;
-    job.run::<Autodiff<Wgpu>>(device)
+    let device = cubecl::wgpu::WgpuDevice::default();
+    probe::<CubeWgpu>(&device, "wgpu")?;
+    job.run::<Autodiff<CubeWgpu>>(device)
 }
 
 #[cfg(not(feature = "wgpu"))]
@@ -72,12 +114,9 @@ fn run_on_wgpu<J: BackendJob>(_: J) -> Result<J::Output, ExperimentError> {
 
 #[cfg(feature = "cuda")]
 fn run_on_cuda<J: BackendJob>(job: J) -> Result<J::Output, ExperimentError> {
-    use burn_cubecl::CubeBackend;
-    use cubecl::cuda::{CudaDevice, CudaRuntime};
-    type Cuda = CubeBackend<CudaRuntime, f32, i32, u8>;
-    let device = CudaDevice::default();
-    probe::<Cuda>(&device, "cuda")?;
-    job.run::<Autodiff<Cuda>>(device)
+    let device = cubecl::cuda::CudaDevice::default();
+    probe::<CubeCuda>(&device, "cuda")?;
+    job.run::<Autodiff<CubeCuda>>(device)
 }
 
 #[cfg(not(feature = "cuda"))]

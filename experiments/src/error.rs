@@ -49,6 +49,9 @@ pub enum ExperimentError {
     /// The chosen backend is not part of this build.
     #[error("backend `{0}` was not compiled into this binary; rebuild with `--features {0}`")]
     BackendNotCompiled(&'static str),
+    /// A command that runs CubeCL kernels was given the ndarray backend.
+    #[error("this command runs CubeCL kernels: pass --backend cuda or --backend wgpu")]
+    NeedsCubecl,
     /// The chosen backend was compiled in but found no usable device.
     #[error("backend `{backend}` has no usable device ({reason}); see README.md, Backends")]
     BackendUnavailable {

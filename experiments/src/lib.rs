@@ -4,6 +4,8 @@
 //! The binary (`src/main.rs`) is a thin command line over these modules.
 
 pub mod backend;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod bench;
 pub mod classifier;
 pub mod config;
 pub mod data;

@@ -49,6 +49,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
     },
+    /// Time the routing kernels (route, dispatch, combine) against Burn tensor ops.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    Bench {
+        /// CubeCL backend to run on.
+        #[arg(long, value_enum, default_value_t = BackendKind::Cuda)]
+        backend: BackendKind,
+        /// Fewer, smaller cases (CI, CPU-emulated devices).
+        #[arg(long)]
+        quick: bool,
+        /// Directory holding the run directories.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
     /// Print every run's metrics side by side.
     Compare {
         /// Directory holding the run directories.
@@ -89,6 +102,19 @@ fn run(command: Command) -> Result<(), ExperimentError> {
         }
         Command::Eval { run, backend } => {
             println!("{}", eval::eval_saved(&run, backend)?.summary());
+        }
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        Command::Bench {
+            backend,
+            quick,
+            results,
+        } => {
+            let csv = experiments::bench::bench(experiments::bench::BenchRequest {
+                backend,
+                quick,
+                results_root: results,
+            })?;
+            println!("table written to {}", csv.display());
         }
         Command::Compare { results } => println!("{}", report::compare(&results)?),
     }

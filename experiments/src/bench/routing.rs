@@ -1,0 +1,190 @@
+//! Routing-stage cases: route, dispatch, route+dispatch and combine, kernels against Burn tensor
+//! ops on the same backend (tensor-op route on the device; dispatch planned on the host, which is
+//! what the MoE layer does without kernels).
+
+use std::time::Duration;
+
+use burn::tensor::{Tensor, TensorData};
+use burn_cubecl::{CubeBackend, CubeRuntime};
+use cubecl::prelude::*;
+use moe_kernels::RoutingPolicy;
+use moe_kernels::dispatch::dispatch;
+use moe_kernels::dispatch::reference::max_tiles;
+use moe_kernels::route::route;
+use moe_model::MoeBackend;
+use moe_model::dispatch::{combine_with_tensor_ops, dispatch_with_tensor_ops};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use super::{BenchRow, time_per_call};
+
+type Cube<R> = CubeBackend<R, f32, i32, u32>;
+
+/// One benchmark shape.
+struct Case {
+    tokens: usize,
+    experts: usize,
+    policy: RoutingPolicy,
+}
+
+fn cases(quick: bool) -> Vec<Case> {
+    let threshold = RoutingPolicy::Threshold { tau: 0.5 };
+    let top = |k| RoutingPolicy::TopK { k };
+    let case = |tokens, experts, policy| Case {
+        tokens,
+        experts,
+        policy,
+    };
+    if quick {
+        return vec![
+            case(32, 8, threshold),
+            case(4096, 8, threshold),
+            case(4096, 64, top(2)),
+        ];
+    }
+    vec![
+        case(1, 8, threshold),
+        case(32, 8, threshold),
+        case(32, 64, top(2)),
+        case(1, 256, top(8)),
+        case(32, 256, top(8)),
+        case(4096, 8, threshold),
+        case(4096, 64, top(2)),
+        case(65536, 8, threshold),
+        case(65536, 64, threshold),
+        case(65536, 64, top(8)),
+        case(16384, 256, top(8)),
+    ]
+}
+
+/// Measures every case; `device` is the Burn device of the same runtime as `client`.
+pub fn run<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    device: &R::Device,
+    quick: bool,
+) -> Vec<BenchRow> {
+    let d_model = if quick { 256 } else { 2048 };
+    let mut rows = Vec::new();
+    for case in cases(quick) {
+        let Case {
+            tokens,
+            experts,
+            policy,
+        } = case;
+        let slots = policy.max_slots();
+        let pairs = tokens * slots;
+        let label = format!("T={tokens} E={experts} {policy}");
+        let work = tokens * experts;
+        let kernel_iters = if work <= 100_000 {
+            200
+        } else if work <= 2_000_000 {
+            50
+        } else {
+            20
+        };
+        let baseline_iters = if work <= 100_000 { 20 } else { 5 };
+
+        let mut rng = StdRng::seed_from_u64(tokens as u64 ^ experts as u64);
+        let host_logits: Vec<f32> = (0..work).map(|_| rng.random_range(-4.0..4.0)).collect();
+        let logits = client.create_from_slice(f32::as_bytes(&host_logits));
+        let logits_tensor = Tensor::<Cube<R>, 2>::from_data(
+            TensorData::new(host_logits, [tokens, experts]),
+            device,
+        );
+
+        let route_kernel =
+            || route::<R, f32, i32>(client, &logits, tokens, experts, &policy).expect("valid case");
+        let routed = route_kernel();
+        let route_time = time_per_call(client, kernel_iters, || drop(route_kernel()));
+        let route_ops = time_per_call(client, baseline_iters, || {
+            drop(moe_model::route(logits_tensor.clone(), &policy))
+        });
+
+        let dispatch_kernel =
+            || dispatch::<R, i32>(client, &routed.expert_ids, pairs, experts).expect("valid case");
+        let dispatch_time = time_per_call(client, kernel_iters, || drop(dispatch_kernel()));
+        let routing = moe_model::route(logits_tensor.clone(), &policy);
+        let ids = routing.expert_ids.clone();
+        let dispatch_ops = time_per_call(client, baseline_iters, || {
+            drop(dispatch_with_tensor_ops(ids.clone(), experts))
+        });
+
+        let stage_time = time_per_call(client, kernel_iters, || {
+            let routed = route_kernel();
+            drop(dispatch::<R, i32>(
+                client,
+                &routed.expert_ids,
+                pairs,
+                experts,
+            ));
+        });
+        let stage_ops = time_per_call(client, baseline_iters, || {
+            let routing = moe_model::route(logits_tensor.clone(), &policy);
+            drop(dispatch_with_tensor_ops(routing.expert_ids, experts));
+        });
+
+        let route_bytes = work * 4 + pairs * 8 + tokens * 4;
+        let plan_bytes = (experts + 1) * 4 + 2 * pairs * 4 + max_tiles(pairs, experts) * 8 + 4;
+        let mut row = |op, kernel: Duration, floor_bytes, tensor_ops: Duration| {
+            rows.push(BenchRow {
+                op,
+                case: label.clone(),
+                kernel,
+                floor_bytes,
+                tensor_ops,
+            });
+        };
+        row("route", route_time, route_bytes, route_ops);
+        row(
+            "dispatch",
+            dispatch_time,
+            pairs * 4 + plan_bytes,
+            dispatch_ops,
+        );
+        row(
+            "route+dispatch",
+            stage_time,
+            route_bytes + plan_bytes,
+            stage_ops,
+        );
+
+        // Combine: random expert outputs for the routed rows, weights from the router.
+        let plan = <Cube<R> as MoeBackend>::moe_dispatch(routing.expert_ids.clone(), experts);
+        let routed_rows = plan
+            .expert_offsets
+            .clone()
+            .into_data()
+            .iter::<i64>()
+            .last()
+            .unwrap_or(0) as usize;
+        let expert_rows = Tensor::<Cube<R>, 2>::random(
+            [routed_rows.max(1), d_model],
+            burn::tensor::Distribution::Default,
+            device,
+        )
+        .slice([0..routed_rows]);
+        let weights = routing.weights.clone();
+        let combine_time = time_per_call(client, kernel_iters, || {
+            drop(<Cube<R> as MoeBackend>::moe_combine(
+                expert_rows.clone(),
+                weights.clone(),
+                &plan,
+            ))
+        });
+        let combine_ops = time_per_call(client, baseline_iters, || {
+            drop(combine_with_tensor_ops(
+                expert_rows.clone(),
+                weights.clone(),
+                &plan,
+            ))
+        });
+        rows.push(BenchRow {
+            op: "combine",
+            case: format!("{label} d={d_model}"),
+            kernel: combine_time,
+            floor_bytes: routed_rows * d_model * 4 + pairs * 8 + tokens * d_model * 4,
+            tensor_ops: combine_ops,
+        });
+    }
+    rows
+}
