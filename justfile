@@ -33,6 +33,18 @@ study *args:
     just backend={{backend}} train dense {{args}}
     just compare
 
-# Run every test on the CPU (CubeCL kernels through wgpu on lavapipe; CUDA tests skip without a GPU).
+# Time the routing kernels against Burn tensor ops: `just bench` (CUDA), `just bench --backend wgpu --quick`.
+bench *args:
+    cargo run --release -p experiments -- bench {{args}}
+
+# Run every test on the CPU (CubeCL kernels through wgpu on lavapipe; CUDA tests are reported ignored).
 test:
     cargo test --release --workspace
+
+# Run every test including the CUDA kernel tests (needs an NVIDIA GPU).
+test-gpu:
+    cargo test --release --workspace -- --include-ignored
+
+# Build the stripped binaries a GPU machine without a Rust toolchain runs, into .gpu/ (see docs/GPU.md).
+gpu-bundle:
+    bash scripts/gpu-bundle
