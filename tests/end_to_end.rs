@@ -237,3 +237,33 @@ fn cuda_backend_either_trains_or_explains_in_one_line() {
     }
     std::fs::remove_dir_all(results).unwrap();
 }
+
+#[test]
+fn quick_routing_benchmark_writes_its_table_on_wgpu() {
+    let results = scratch_dir("bench");
+    let output = experiments(&[
+        "bench",
+        "--backend",
+        "wgpu",
+        "--quick",
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let csv = std::fs::read_to_string(results.join("bench-routing-wgpu/routing.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("op,case,kernel_us"));
+    let ops: Vec<&str> = lines.map(|line| line.split(',').next().unwrap()).collect();
+    for op in ["route", "dispatch", "route+dispatch", "combine"] {
+        assert_eq!(
+            ops.iter().filter(|o| **o == op).count(),
+            3,
+            "{op} rows in {csv}"
+        );
+    }
+    std::fs::remove_dir_all(results).unwrap();
+}
