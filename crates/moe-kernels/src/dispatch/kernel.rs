@@ -1,6 +1,8 @@
-//! Padding-free dispatch in three deterministic passes (no float or order-dependent atomics).
+//! Padding-free dispatch, deterministic (no float or order-dependent atomics).
 //!
-//! Pairs are the flat `(token, slot)` indices `0..T*slots`, cut into blocks of `BLOCK_PAIRS`.
+//! Pairs are the flat `(token, slot)` indices `0..T*slots`. Up to [`SINGLE_CUBE_PAIRS`] pairs
+//! (decode batches), one cube plans everything in one launch: `dispatch_in_one_cube`. Larger
+//! inputs are cut into blocks of `BLOCK_PAIRS` and planned in three passes:
 //! 1. `count_blocks`: per block, the rank of every pair among earlier pairs of the same expert
 //!    (a loop over the block's ids in shared memory) and the block's count of every expert, stored
 //!    expert-major: `block_counts[e * num_blocks + b]`.
@@ -14,8 +16,10 @@ use cubecl::prelude::*;
 
 /// Pairs per block of `count_blocks` and `scatter_pairs` (one unit per pair).
 pub const BLOCK_PAIRS: usize = 256;
-/// Units of the single-cube `scan_counts`.
+/// Units of the single-cube kernels `scan_counts` and `dispatch_in_one_cube`.
 pub const SCAN_UNITS: usize = 1024;
+/// Most pairs `dispatch_in_one_cube` plans (one unit per pair).
+pub const SINGLE_CUBE_PAIRS: usize = SCAN_UNITS;
 /// Consecutive elements each unit of `scan_counts` sums before the cube-wide scan.
 pub const SCAN_ITEMS_PER_UNIT: usize = 4;
 
@@ -34,34 +38,10 @@ pub fn count_blocks<I: Int>(
     let pair = block * BLOCK_PAIRS + local;
     let mut ids = SharedMemory::<i32>::new(BLOCK_PAIRS);
     let mut counts = SharedMemory::<u32>::new(num_experts);
-
-    let mut id = i32::new(-1);
-    if pair < num_pairs {
-        id = i32::cast_from(expert_ids[pair]);
-        if id >= comptime!(num_experts as i32) {
-            id = i32::new(-1); // out-of-range ids are treated as unused rather than read out of bounds
-        }
-    }
-    ids[local] = id;
-    let mut e = local;
-    while e < num_experts {
-        counts[e] = 0u32;
-        e += BLOCK_PAIRS;
-    }
-    sync_cube();
-
+    let id = load_expert(expert_ids, pair, num_pairs, num_experts);
+    let rank = rank_in_block(&mut ids, &mut counts, id, BLOCK_PAIRS, num_experts);
     if id >= 0 {
-        let mut before: u32 = 0;
-        let mut total: u32 = 0;
-        for j in 0..BLOCK_PAIRS {
-            let same = select(ids[j] == id, 1u32, 0u32);
-            total += same;
-            before += select(j < local, same, 0u32);
-        }
-        pair_rank[pair] = I::cast_from(before);
-        if before + 1 == total {
-            counts[usize::cast_from(id)] = total; // the block's last pair of this expert reports it
-        }
+        pair_rank[pair] = I::cast_from(rank);
     }
     sync_cube();
 
@@ -70,6 +50,60 @@ pub fn count_blocks<I: Int>(
         block_counts[e * num_blocks + block] = counts[e];
         e += BLOCK_PAIRS;
     }
+}
+
+/// The expert of `pair`, or -1 for an unused slot, a pair past the end or an out-of-range id
+/// (treated as unused rather than read out of bounds).
+#[cube]
+fn load_expert<I: Int>(
+    expert_ids: &Array<I>,
+    pair: usize,
+    num_pairs: usize,
+    #[comptime] num_experts: usize,
+) -> i32 {
+    let mut id = i32::new(-1);
+    if pair < num_pairs {
+        id = i32::cast_from(expert_ids[pair]);
+        if id >= comptime!(num_experts as i32) {
+            id = i32::new(-1);
+        }
+    }
+    id
+}
+
+/// For the cube's block of `block_pairs` pairs (one per unit, unit `UNIT_POS` holding expert
+/// `id`): fills `counts` with the block's pairs per expert and returns the unit's rank among the
+/// block's earlier pairs of the same expert (0 when unused).
+#[cube]
+fn rank_in_block(
+    ids: &mut SharedMemory<i32>,
+    counts: &mut SharedMemory<u32>,
+    id: i32,
+    #[comptime] block_pairs: usize,
+    #[comptime] num_experts: usize,
+) -> u32 {
+    let local = UNIT_POS as usize;
+    ids[local] = id;
+    let mut e = local;
+    while e < num_experts {
+        counts[e] = 0u32;
+        e += block_pairs;
+    }
+    sync_cube();
+
+    let mut before: u32 = 0;
+    if id >= 0 {
+        let mut total: u32 = 0;
+        for j in 0..block_pairs {
+            let same = select(ids[j] == id, 1u32, 0u32);
+            total += same;
+            before += select(j < local, same, 0u32);
+        }
+        if before + 1 == total {
+            counts[usize::cast_from(id)] = total; // the block's last pair of this expert reports it
+        }
+    }
+    before
 }
 
 /// Inclusive scan of `values[0..SCAN_UNITS]` in shared memory (Hillis-Steele), by every unit.
@@ -145,13 +179,36 @@ pub fn scan_counts<I: Int>(
         offsets[num_experts] = carry;
     }
     sync_cube();
+    write_offsets_and_tiles(
+        &offsets,
+        expert_offsets,
+        tiles,
+        num_tiles,
+        max_tiles,
+        num_experts,
+        tile_rows,
+    );
+}
+
+/// Writes `offsets` (`[E + 1]`, in shared memory) to `expert_offsets`, and the tile work list:
+/// expert e owns ceil(count_e / tile_rows) tiles, in expert order. Needs `SCAN_UNITS` units.
+#[cube]
+fn write_offsets_and_tiles<I: Int>(
+    offsets: &SharedMemory<u32>,
+    expert_offsets: &mut Array<I>,
+    tiles: &mut Array<I>,
+    num_tiles: &mut Array<I>,
+    max_tiles: usize,
+    #[comptime] num_experts: usize,
+    #[comptime] tile_rows: usize,
+) {
+    let local = UNIT_POS as usize;
     let mut e = local;
     while e <= num_experts {
         expert_offsets[e] = I::cast_from(offsets[e]);
         e += SCAN_UNITS;
     }
 
-    // Tile list: expert e owns ceil(count_e / tile_rows) tiles, in expert order.
     let mut tile_start = SharedMemory::<u32>::new(SCAN_UNITS);
     let mut tiles_of_expert: u32 = 0;
     if local < num_experts {
@@ -191,6 +248,70 @@ pub fn scan_counts<I: Int>(
     }
     if local == 0 {
         num_tiles[0] = I::cast_from(used_tiles);
+    }
+}
+
+/// The whole plan of up to `SINGLE_CUBE_PAIRS` pairs in one cube of `SCAN_UNITS` units (one
+/// launch for a decode batch): ranks and counts as in pass 1, a scan of the expert counts, the
+/// offsets and tile list as in pass 2, the permutation as in pass 3.
+#[cube(launch_unchecked)]
+pub fn dispatch_in_one_cube<I: Int>(
+    expert_ids: &Array<I>,         // [P]
+    expert_offsets: &mut Array<I>, // [E + 1]
+    routed_pairs: &mut Array<I>,   // [P] out: pair of each row, -1 past the routed rows
+    row_of_pair: &mut Array<I>,    // [P] out: row of each pair, -1 if unused
+    tiles: &mut Array<I>,          // [max_tiles, 2]
+    num_tiles: &mut Array<I>,      // [1]
+    num_pairs: usize,
+    max_tiles: usize,
+    #[comptime] num_experts: usize,
+    #[comptime] tile_rows: usize,
+) {
+    let pair = UNIT_POS as usize;
+    let mut ids = SharedMemory::<i32>::new(SCAN_UNITS);
+    let mut counts = SharedMemory::<u32>::new(num_experts);
+    let id = load_expert(expert_ids, pair, num_pairs, num_experts);
+    let rank = rank_in_block(&mut ids, &mut counts, id, SCAN_UNITS, num_experts);
+    sync_cube();
+
+    // Exclusive scan of the expert counts (E <= SCAN_UNITS) into the offsets.
+    let mut scanned = SharedMemory::<u32>::new(SCAN_UNITS);
+    let mut count: u32 = 0;
+    if pair < num_experts {
+        count = counts[pair];
+    }
+    scanned[pair] = count;
+    sync_cube();
+    scan_in_cube(&mut scanned);
+    let mut offsets = SharedMemory::<u32>::new(num_experts + 1);
+    if pair < num_experts {
+        offsets[pair] = scanned[pair] - count;
+    }
+    if pair == 0 {
+        offsets[num_experts] = scanned[SCAN_UNITS - 1];
+    }
+    sync_cube();
+    write_offsets_and_tiles(
+        &offsets,
+        expert_offsets,
+        tiles,
+        num_tiles,
+        max_tiles,
+        num_experts,
+        tile_rows,
+    );
+
+    if pair < num_pairs {
+        if id >= 0 {
+            let row = offsets[usize::cast_from(id)] + rank;
+            row_of_pair[pair] = I::cast_from(row);
+            routed_pairs[row as usize] = I::cast_from(pair);
+        } else {
+            row_of_pair[pair] = I::cast_from(-1i32);
+        }
+        if pair >= offsets[num_experts] as usize {
+            routed_pairs[pair] = I::cast_from(-1i32);
+        }
     }
 }
 

@@ -1,9 +1,12 @@
-//! Host side of dispatch: validate, allocate, launch the three passes.
+//! Host side of dispatch: validate, allocate, launch the single-cube plan or the three passes.
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::kernel::{BLOCK_PAIRS, SCAN_UNITS, count_blocks, scan_counts, scatter_pairs};
+use super::kernel::{
+    BLOCK_PAIRS, SCAN_UNITS, SINGLE_CUBE_PAIRS, count_blocks, dispatch_in_one_cube, scan_counts,
+    scatter_pairs,
+};
 use super::reference::{TILE_ROWS, max_tiles};
 use crate::InvalidValue;
 use crate::buffer::expect_len;
@@ -102,8 +105,30 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
         ));
     }
 
-    let block_counts = client.empty(num_experts * num_blocks * size_of::<u32>());
     let tiles_capacity = max_tiles(num_pairs, num_experts);
+    if num_pairs <= SINGLE_CUBE_PAIRS {
+        // SAFETY: as below; the one cube has a unit per pair and indexes below num_pairs.
+        unsafe {
+            dispatch_in_one_cube::launch_unchecked::<I, R>(
+                client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(SCAN_UNITS as u32),
+                ArrayArg::from_raw_parts(expert_ids.clone(), num_pairs),
+                ArrayArg::from_raw_parts(plan.expert_offsets.clone(), num_experts + 1),
+                ArrayArg::from_raw_parts(plan.routed_pairs.clone(), num_pairs),
+                ArrayArg::from_raw_parts(plan.row_of_pair.clone(), num_pairs),
+                ArrayArg::from_raw_parts(plan.tiles.clone(), 2 * tiles_capacity),
+                ArrayArg::from_raw_parts(plan.num_tiles.clone(), 1),
+                num_pairs,
+                tiles_capacity,
+                num_experts,
+                TILE_ROWS,
+            );
+        }
+        return Ok(());
+    }
+
+    let block_counts = client.empty(num_experts * num_blocks * size_of::<u32>());
     // SAFETY: the buffers were checked above against (num_pairs, num_experts, num_blocks); the
     // kernels index `expert_ids`, `row_of_pair` and `routed_pairs` below num_pairs, `block_counts`
     // below E * B, `expert_offsets` up to E and `tiles` below 2 * max_tiles.

@@ -76,7 +76,8 @@ fn random_routing(seed: u64, num_tokens: usize, slots: usize, num_experts: usize
     ids
 }
 
-/// Random routings from one token to 65536 tokens, E in {2, 8, 64, 256}, 1 to 8 slots.
+/// Random routings from one token to 65536 tokens, E in {2, 8, 64, 256}, 1 to 8 slots, on both
+/// sides of the single-cube limit.
 pub fn dispatch_matches_reference_on_random_routings<R: Runtime>(client: ComputeClient<R>) {
     let cases = [
         (1, 1, 2),
@@ -84,6 +85,8 @@ pub fn dispatch_matches_reference_on_random_routings<R: Runtime>(client: Compute
         (5, 2, 8),
         (32, 8, 64),
         (129, 2, 8),
+        (128, 8, 64), // 1024 pairs: the largest single-cube plan
+        (1025, 1, 8), // the smallest multi-pass plan
         (1000, 4, 64),
         (4096, 2, 8),
         (3000, 8, 256),

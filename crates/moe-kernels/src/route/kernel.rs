@@ -1,8 +1,9 @@
 //! Fused router: softmax, top-k and the variable-k decision for a block of tokens per cube.
 //!
 //! Tiling: a cube routes `rows_per_cube` consecutive tokens. Its units first copy the block's
-//! logits (`[rows, E]`, contiguous in memory) into shared memory with coalesced loads, then unit r
-//! routes token r from shared memory in two passes: the top `slots` experts by logit (a small
+//! logits (`[rows, E]`, contiguous in memory) into shared memory with coalesced loads, rows padded
+//! to an odd stride so that the units of a plane reading "their" rows hit distinct banks, then
+//! unit r routes token r from shared memory in two passes: the top `slots` experts by logit (a small
 //! sorted list in registers; ties keep the lower expert index), then the softmax denominator.
 //! The policy keeps a prefix of the sorted list: slot s is used while the probability mass of
 //! slots `0..s` is below `mass_limit` (no limit: every slot). Computation is in f32 whatever the
@@ -27,20 +28,22 @@ pub fn route_kernel<F: Float, I: Int>(
     let first_token = CUBE_POS * rows_per_cube;
     let tokens_here = min(rows_per_cube, num_tokens - first_token);
 
-    // Phase 1: coalesced copy of the block's logits into shared memory.
-    let mut block = SharedMemory::<f32>::new(rows_per_cube * num_experts);
+    // Phase 1: coalesced copy of the block's logits into shared memory, rows `stride` apart.
+    let stride = comptime!(shared_row_stride(num_experts));
+    let mut block = SharedMemory::<f32>::new(rows_per_cube * stride);
     let block_len = tokens_here * num_experts;
     let block_start = first_token * num_experts;
     let mut i = UNIT_POS as usize;
     while i < block_len {
-        block[i] = f32::cast_from(logits[block_start + i]);
+        block[(i / num_experts) * stride + i % num_experts] =
+            f32::cast_from(logits[block_start + i]);
         i += CUBE_DIM as usize;
     }
     sync_cube();
 
     let local = UNIT_POS as usize;
     if local < tokens_here {
-        let row = local * num_experts;
+        let row = local * stride;
 
         // Phase 2a: top `slots` experts by (logit descending, index ascending).
         let mut top_logit = Array::<f32>::new(slots);
@@ -106,4 +109,10 @@ pub fn route_kernel<F: Float, I: Int>(
         }
         token_k[token] = I::cast_from(used);
     }
+}
+
+/// Shared-memory distance between two rows of logits: `num_experts` rounded up to an odd number,
+/// so that 32 units reading one element of 32 consecutive rows touch 32 different banks.
+pub const fn shared_row_stride(num_experts: usize) -> usize {
+    num_experts | 1
 }

@@ -3,7 +3,7 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::kernel::route_kernel;
+use super::kernel::{route_kernel, shared_row_stride};
 use crate::buffer::expect_len;
 use crate::{InvalidValue, RoutingPolicy};
 
@@ -102,7 +102,7 @@ pub fn route_into<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
 /// Tokens routed by one cube: as many as fit in shared memory, at most one per unit.
 fn rows_per_cube<R: Runtime>(client: &ComputeClient<R>, num_experts: usize) -> usize {
     let shared_bytes = client.properties().hardware.max_shared_memory_size;
-    (shared_bytes / (num_experts * size_of::<f32>())).min(CUBE_UNITS)
+    (shared_bytes / (shared_row_stride(num_experts) * size_of::<f32>())).min(CUBE_UNITS)
 }
 
 fn check<R: Runtime, F: CubeElement>(
@@ -116,7 +116,7 @@ fn check<R: Runtime, F: CubeElement>(
         return Err(InvalidValue::new("num_tokens", 0, "must be >= 1"));
     }
     if num_experts == 0 || rows_per_cube(client, num_experts) == 0 {
-        let most = client.properties().hardware.max_shared_memory_size / size_of::<f32>();
+        let most = client.properties().hardware.max_shared_memory_size / size_of::<f32>() - 1;
         return Err(InvalidValue::new(
             "num_experts",
             num_experts,
