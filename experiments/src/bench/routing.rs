@@ -8,6 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::prelude::*;
 use moe_kernels::RoutingPolicy;
+use moe_kernels::combine::{CombineShape, combine};
 use moe_kernels::dispatch::dispatch;
 use moe_kernels::dispatch::reference::max_tiles;
 use moe_kernels::route::route;
@@ -16,6 +17,7 @@ use moe_model::dispatch::{combine_with_tensor_ops, dispatch_with_tensor_ops};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::device_time::{Spinner, wall_and_device_time};
 use super::{BenchRow, time_per_call};
 
 type Cube<R> = CubeBackend<R, f32, i32, u32>;
@@ -60,6 +62,7 @@ fn cases(quick: bool) -> Vec<Case> {
 /// Measures every case; `device` is the Burn device of the same runtime as `client`.
 pub fn run<R: CubeRuntime>(
     client: &ComputeClient<R>,
+    spinner: &Spinner<R>,
     device: &R::Device,
     quick: bool,
 ) -> Vec<BenchRow> {
@@ -95,21 +98,21 @@ pub fn run<R: CubeRuntime>(
         let route_kernel =
             || route::<R, f32, i32>(client, &logits, tokens, experts, &policy).expect("valid case");
         let routed = route_kernel();
-        let route_time = time_per_call(client, kernel_iters, || drop(route_kernel()));
+        let route_time = wall_and_device_time(spinner, kernel_iters, || drop(route_kernel()));
         let route_ops = time_per_call(client, baseline_iters, || {
             drop(moe_model::route(logits_tensor.clone(), &policy))
         });
 
         let dispatch_kernel =
             || dispatch::<R, i32>(client, &routed.expert_ids, pairs, experts).expect("valid case");
-        let dispatch_time = time_per_call(client, kernel_iters, || drop(dispatch_kernel()));
+        let dispatch_time = wall_and_device_time(spinner, kernel_iters, || drop(dispatch_kernel()));
         let routing = moe_model::route(logits_tensor.clone(), &policy);
         let ids = routing.expert_ids.clone();
         let dispatch_ops = time_per_call(client, baseline_iters, || {
             drop(dispatch_with_tensor_ops(ids.clone(), experts))
         });
 
-        let stage_time = time_per_call(client, kernel_iters, || {
+        let stage_time = wall_and_device_time(spinner, kernel_iters, || {
             let routed = route_kernel();
             drop(dispatch::<R, i32>(
                 client,
@@ -125,66 +128,79 @@ pub fn run<R: CubeRuntime>(
 
         let route_bytes = work * 4 + pairs * 8 + tokens * 4;
         let plan_bytes = (experts + 1) * 4 + 2 * pairs * 4 + max_tiles(pairs, experts) * 8 + 4;
-        let mut row = |op, kernel: Duration, floor_bytes, tensor_ops: Duration| {
+        let mut row = |op, case: String, (wall, device), floor_bytes, tensor_ops: Duration| {
             rows.push(BenchRow {
                 op,
-                case: label.clone(),
-                kernel,
+                case,
+                kernel_wall: wall,
+                kernel_device: device,
                 floor_bytes,
                 tensor_ops,
             });
         };
-        row("route", route_time, route_bytes, route_ops);
+        row("route", label.clone(), route_time, route_bytes, route_ops);
         row(
             "dispatch",
+            label.clone(),
             dispatch_time,
             pairs * 4 + plan_bytes,
             dispatch_ops,
         );
         row(
             "route+dispatch",
+            label.clone(),
             stage_time,
             route_bytes + plan_bytes,
             stage_ops,
         );
 
-        // Combine: random expert outputs for the routed rows, weights from the router.
-        let plan = <Cube<R> as MoeBackend>::moe_dispatch(routing.expert_ids.clone(), experts);
-        let routed_rows = plan
-            .expert_offsets
-            .clone()
-            .into_data()
-            .iter::<i64>()
-            .last()
-            .unwrap_or(0) as usize;
+        // Combine: random expert outputs for the routed rows, weights and rows from the kernels.
+        let plan = dispatch_kernel();
+        let offsets = client
+            .read_one(plan.expert_offsets.clone())
+            .expect("read offsets");
+        let routed_rows = *i32::from_bytes(&offsets).last().expect("E + 1 offsets") as usize;
         let expert_rows = Tensor::<Cube<R>, 2>::random(
-            [routed_rows.max(1), d_model],
+            [routed_rows, d_model],
             burn::tensor::Distribution::Default,
             device,
-        )
-        .slice([0..routed_rows]);
-        let weights = routing.weights.clone();
-        let combine_time = time_per_call(client, kernel_iters, || {
-            drop(<Cube<R> as MoeBackend>::moe_combine(
-                expert_rows.clone(),
-                weights.clone(),
-                &plan,
-            ))
+        );
+        let rows_handle = expert_rows.clone().into_primitive().tensor().handle;
+        let shape = CombineShape {
+            num_tokens: tokens,
+            slots,
+            num_rows: routed_rows,
+            d_model,
+        };
+        let combine_time = wall_and_device_time(spinner, kernel_iters, || {
+            drop(
+                combine::<R, f32, i32>(
+                    client,
+                    &rows_handle,
+                    &routed.weights,
+                    &plan.row_of_pair,
+                    shape,
+                )
+                .expect("valid case"),
+            )
         });
+        let tensor_plan =
+            <Cube<R> as MoeBackend>::moe_dispatch(routing.expert_ids.clone(), experts);
+        let weights = routing.weights.clone();
         let combine_ops = time_per_call(client, baseline_iters, || {
             drop(combine_with_tensor_ops(
                 expert_rows.clone(),
                 weights.clone(),
-                &plan,
+                &tensor_plan,
             ))
         });
-        rows.push(BenchRow {
-            op: "combine",
-            case: format!("{label} d={d_model}"),
-            kernel: combine_time,
-            floor_bytes: routed_rows * d_model * 4 + pairs * 8 + tokens * d_model * 4,
-            tensor_ops: combine_ops,
-        });
+        row(
+            "combine",
+            format!("{label} d={d_model}"),
+            combine_time,
+            routed_rows * d_model * 4 + pairs * 8 + tokens * d_model * 4,
+            combine_ops,
+        );
     }
     rows
 }

@@ -39,7 +39,15 @@ pub fn count_blocks<I: Int>(
     let mut ids = SharedMemory::<i32>::new(BLOCK_PAIRS);
     let mut counts = SharedMemory::<u32>::new(num_experts);
     let id = load_expert(expert_ids, pair, num_pairs, num_experts);
-    let rank = rank_in_block(&mut ids, &mut counts, id, BLOCK_PAIRS, num_experts);
+    let pairs_here = min(BLOCK_PAIRS, num_pairs - block * BLOCK_PAIRS);
+    let rank = rank_in_block(
+        &mut ids,
+        &mut counts,
+        id,
+        pairs_here,
+        BLOCK_PAIRS,
+        num_experts,
+    );
     if id >= 0 {
         pair_rank[pair] = I::cast_from(rank);
     }
@@ -71,15 +79,16 @@ fn load_expert<I: Int>(
     id
 }
 
-/// For the cube's block of `block_pairs` pairs (one per unit, unit `UNIT_POS` holding expert
-/// `id`): fills `counts` with the block's pairs per expert and returns the unit's rank among the
-/// block's earlier pairs of the same expert (0 when unused).
+/// For the cube's block of `pairs_here` pairs (one per unit of the `units`, unit `UNIT_POS`
+/// holding expert `id`): fills `counts` with the block's pairs per expert and returns the unit's
+/// rank among the block's earlier pairs of the same expert (0 when unused).
 #[cube]
 fn rank_in_block(
     ids: &mut SharedMemory<i32>,
     counts: &mut SharedMemory<u32>,
     id: i32,
-    #[comptime] block_pairs: usize,
+    pairs_here: usize,
+    #[comptime] units: usize,
     #[comptime] num_experts: usize,
 ) -> u32 {
     let local = UNIT_POS as usize;
@@ -87,14 +96,14 @@ fn rank_in_block(
     let mut e = local;
     while e < num_experts {
         counts[e] = 0u32;
-        e += block_pairs;
+        e += units;
     }
     sync_cube();
 
     let mut before: u32 = 0;
     if id >= 0 {
         let mut total: u32 = 0;
-        for j in 0..block_pairs {
+        for j in 0..pairs_here {
             let same = select(ids[j] == id, 1u32, 0u32);
             total += same;
             before += select(j < local, same, 0u32);
@@ -106,12 +115,12 @@ fn rank_in_block(
     before
 }
 
-/// Inclusive scan of `values[0..SCAN_UNITS]` in shared memory (Hillis-Steele), by every unit.
+/// Inclusive scan of `values[0..units]` in shared memory (Hillis-Steele), by the cube's `units`.
 #[cube]
-fn scan_in_cube(values: &mut SharedMemory<u32>) {
+fn scan_in_cube(values: &mut SharedMemory<u32>, #[comptime] units: usize) {
     let local = UNIT_POS as usize;
     let mut step: usize = 1;
-    while step < SCAN_UNITS {
+    while step < units {
         let mut addend: u32 = 0;
         if local >= step {
             addend = values[local - step];
@@ -153,7 +162,7 @@ pub fn scan_counts<I: Int>(
         }
         partial[local] = sum;
         sync_cube();
-        scan_in_cube(&mut partial);
+        scan_in_cube(&mut partial, SCAN_UNITS);
         let mut running = carry + partial[local] - sum;
         #[unroll]
         for i in 0..SCAN_ITEMS_PER_UNIT {
@@ -187,11 +196,13 @@ pub fn scan_counts<I: Int>(
         max_tiles,
         num_experts,
         tile_rows,
+        SCAN_UNITS,
     );
 }
 
 /// Writes `offsets` (`[E + 1]`, in shared memory) to `expert_offsets`, and the tile work list:
-/// expert e owns ceil(count_e / tile_rows) tiles, in expert order. Needs `SCAN_UNITS` units.
+/// expert e owns ceil(count_e / tile_rows) tiles, in expert order. Run by a cube of `units`
+/// units, at least one per expert.
 #[cube]
 fn write_offsets_and_tiles<I: Int>(
     offsets: &SharedMemory<u32>,
@@ -201,15 +212,16 @@ fn write_offsets_and_tiles<I: Int>(
     max_tiles: usize,
     #[comptime] num_experts: usize,
     #[comptime] tile_rows: usize,
+    #[comptime] units: usize,
 ) {
     let local = UNIT_POS as usize;
     let mut e = local;
     while e <= num_experts {
         expert_offsets[e] = I::cast_from(offsets[e]);
-        e += SCAN_UNITS;
+        e += units;
     }
 
-    let mut tile_start = SharedMemory::<u32>::new(SCAN_UNITS);
+    let mut tile_start = SharedMemory::<u32>::new(units);
     let mut tiles_of_expert: u32 = 0;
     if local < num_experts {
         let count = offsets[local + 1] - offsets[local];
@@ -217,7 +229,7 @@ fn write_offsets_and_tiles<I: Int>(
     }
     tile_start[local] = tiles_of_expert;
     sync_cube();
-    scan_in_cube(&mut tile_start); // inclusive: tile_start[e] is the end of expert e's tiles
+    scan_in_cube(&mut tile_start, units); // inclusive: tile_start[e] is the end of expert e's tiles
     let used_tiles = tile_start[num_experts - 1] as usize;
     let mut tile = local;
     while tile < max_tiles {
@@ -244,16 +256,16 @@ fn write_offsets_and_tiles<I: Int>(
         }
         tiles[2 * tile] = I::cast_from(expert);
         tiles[2 * tile + 1] = I::cast_from(first_row);
-        tile += SCAN_UNITS;
+        tile += units;
     }
     if local == 0 {
         num_tiles[0] = I::cast_from(used_tiles);
     }
 }
 
-/// The whole plan of up to `SINGLE_CUBE_PAIRS` pairs in one cube of `SCAN_UNITS` units (one
-/// launch for a decode batch): ranks and counts as in pass 1, a scan of the expert counts, the
-/// offsets and tile list as in pass 2, the permutation as in pass 3.
+/// The whole plan of up to `units` pairs over up to `units` experts in one cube of `units` units
+/// (one launch for a decode batch): ranks and counts as in pass 1, a scan of the expert counts,
+/// the offsets and tile list as in pass 2, the permutation as in pass 3.
 #[cube(launch_unchecked)]
 pub fn dispatch_in_one_cube<I: Int>(
     expert_ids: &Array<I>,         // [P]
@@ -266,29 +278,30 @@ pub fn dispatch_in_one_cube<I: Int>(
     max_tiles: usize,
     #[comptime] num_experts: usize,
     #[comptime] tile_rows: usize,
+    #[comptime] units: usize,
 ) {
     let pair = UNIT_POS as usize;
-    let mut ids = SharedMemory::<i32>::new(SCAN_UNITS);
+    let mut ids = SharedMemory::<i32>::new(units);
     let mut counts = SharedMemory::<u32>::new(num_experts);
     let id = load_expert(expert_ids, pair, num_pairs, num_experts);
-    let rank = rank_in_block(&mut ids, &mut counts, id, SCAN_UNITS, num_experts);
+    let rank = rank_in_block(&mut ids, &mut counts, id, num_pairs, units, num_experts);
     sync_cube();
 
-    // Exclusive scan of the expert counts (E <= SCAN_UNITS) into the offsets.
-    let mut scanned = SharedMemory::<u32>::new(SCAN_UNITS);
+    // Exclusive scan of the expert counts (E <= units) into the offsets.
+    let mut scanned = SharedMemory::<u32>::new(units);
     let mut count: u32 = 0;
     if pair < num_experts {
         count = counts[pair];
     }
     scanned[pair] = count;
     sync_cube();
-    scan_in_cube(&mut scanned);
+    scan_in_cube(&mut scanned, units);
     let mut offsets = SharedMemory::<u32>::new(num_experts + 1);
     if pair < num_experts {
         offsets[pair] = scanned[pair] - count;
     }
     if pair == 0 {
-        offsets[num_experts] = scanned[SCAN_UNITS - 1];
+        offsets[num_experts] = scanned[units - 1];
     }
     sync_cube();
     write_offsets_and_tiles(
@@ -299,6 +312,7 @@ pub fn dispatch_in_one_cube<I: Int>(
         max_tiles,
         num_experts,
         tile_rows,
+        units,
     );
 
     if pair < num_pairs {

@@ -107,12 +107,14 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
 
     let tiles_capacity = max_tiles(num_pairs, num_experts);
     if num_pairs <= SINGLE_CUBE_PAIRS {
+        // One unit per pair and per expert (the scans), a whole plane at least.
+        let units = num_pairs.max(num_experts).next_power_of_two().max(32);
         // SAFETY: as below; the one cube has a unit per pair and indexes below num_pairs.
         unsafe {
             dispatch_in_one_cube::launch_unchecked::<I, R>(
                 client,
                 CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(SCAN_UNITS as u32),
+                CubeDim::new_1d(units as u32),
                 ArrayArg::from_raw_parts(expert_ids.clone(), num_pairs),
                 ArrayArg::from_raw_parts(plan.expert_offsets.clone(), num_experts + 1),
                 ArrayArg::from_raw_parts(plan.routed_pairs.clone(), num_pairs),
@@ -123,6 +125,7 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
                 tiles_capacity,
                 num_experts,
                 TILE_ROWS,
+                units,
             );
         }
         return Ok(());

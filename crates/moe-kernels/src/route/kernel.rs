@@ -1,17 +1,18 @@
-//! Fused router: softmax, top-k and the variable-k decision for a block of tokens per cube.
+//! Fused router: softmax, top-k and the variable-k decision in one pass over each row of logits.
 //!
-//! Tiling: a cube routes `rows_per_cube` consecutive tokens. Its units first copy the block's
-//! logits (`[rows, E]`, contiguous in memory) into shared memory with coalesced loads, rows padded
-//! to an odd stride so that the units of a plane reading "their" rows hit distinct banks, then
-//! unit r routes token r from shared memory in two passes: the top `slots` experts by logit (a small
-//! sorted list in registers; ties keep the lower expert index), then the softmax denominator.
-//! The policy keeps a prefix of the sorted list: slot s is used while the probability mass of
-//! slots `0..s` is below `mass_limit` (no limit: every slot). Computation is in f32 whatever the
-//! logits' type. Assumes contiguous row-major buffers and finite logits.
+//! Tiling: a team of `team` consecutive units routes one token. Member m reads experts
+//! m, m + team, m + 2 * team, ... (so a plane's loads are contiguous), keeps its own top `slots`
+//! experts by logit in registers (a small sorted list; ties keep the lower expert index) and the
+//! sum of exp(logit - its own maximum). The team then merges its members' lists and sums in
+//! log2(team) rounds through shared memory: the merged list is the row's top `slots`, because the
+//! order (logit descending, index ascending) is total. The team's first member applies the policy:
+//! slot s is used while the probability mass of slots `0..s` is below `mass_limit` (no limit:
+//! every slot), and writes the renormalised weights. Computation is in f32 whatever the logits'
+//! type. Assumes contiguous row-major buffers and finite logits.
 
 use cubecl::prelude::*;
 
-/// Routes tokens `CUBE_POS * rows_per_cube ..` (see the module docs).
+/// Routes token `ABSOLUTE_POS / team` (see the module docs).
 #[cube(launch_unchecked)]
 pub fn route_kernel<F: Float, I: Int>(
     logits: &Array<F>,         // [T, E]
@@ -22,80 +23,97 @@ pub fn route_kernel<F: Float, I: Int>(
     mass_limit: f32,
     #[comptime] num_experts: usize,
     #[comptime] slots: usize,
-    #[comptime] rows_per_cube: usize,
+    #[comptime] team: usize,
+    #[comptime] cube_units: usize,
     #[comptime] has_mass_limit: bool,
 ) {
-    let first_token = CUBE_POS * rows_per_cube;
-    let tokens_here = min(rows_per_cube, num_tokens - first_token);
+    let token = ABSOLUTE_POS / team;
+    let member = UNIT_POS as usize % team;
+    let active = token < num_tokens;
 
-    // Phase 1: coalesced copy of the block's logits into shared memory, rows `stride` apart.
-    let stride = comptime!(shared_row_stride(num_experts));
-    let mut block = SharedMemory::<f32>::new(rows_per_cube * stride);
-    let block_len = tokens_here * num_experts;
-    let block_start = first_token * num_experts;
-    let mut i = UNIT_POS as usize;
-    while i < block_len {
-        block[(i / num_experts) * stride + i % num_experts] =
-            f32::cast_from(logits[block_start + i]);
-        i += CUBE_DIM as usize;
+    // Phase 1: the member's top `slots` and its softmax partial sum, relative to its maximum.
+    let mut top_logit = Array::<f32>::new(slots);
+    let mut top_expert = Array::<u32>::new(slots);
+    #[unroll]
+    for s in 0..slots {
+        top_logit[s] = f32::min_value();
+        top_expert[s] = u32::MAX;
     }
-    sync_cube();
+    let mut max_logit = f32::min_value();
+    let mut sum = 0.0f32;
+    if active {
+        let row = token * num_experts;
+        let mut e = member;
+        while e < num_experts {
+            insert(
+                &mut top_logit,
+                &mut top_expert,
+                f32::cast_from(logits[row + e]),
+                e as u32,
+                slots,
+            );
+            e += team;
+        }
+        max_logit = top_logit[0];
+        let mut e = member;
+        while e < num_experts {
+            sum += f32::exp(f32::cast_from(logits[row + e]) - max_logit);
+            e += team;
+        }
+    }
 
+    // Phase 2: merge the team's lists and sums, halving the members holding data each round.
+    let mut shared_logit = SharedMemory::<f32>::new(cube_units * slots);
+    let mut shared_expert = SharedMemory::<u32>::new(cube_units * slots);
+    let mut shared_max = SharedMemory::<f32>::new(cube_units);
+    let mut shared_sum = SharedMemory::<f32>::new(cube_units);
     let local = UNIT_POS as usize;
-    if local < tokens_here {
-        let row = local * stride;
-
-        // Phase 2a: top `slots` experts by (logit descending, index ascending).
-        let mut top_logit = Array::<f32>::new(slots);
-        let mut top_expert = Array::<u32>::new(slots);
+    let mut step: usize = 1;
+    while step < team {
         #[unroll]
         for s in 0..slots {
-            top_logit[s] = f32::min_value();
-            top_expert[s] = u32::MAX;
+            shared_logit[local * slots + s] = top_logit[s];
+            shared_expert[local * slots + s] = top_expert[s];
         }
-        for e in 0..num_experts {
-            let logit = block[row + e];
-            let mut candidate_logit = logit;
-            let mut candidate_expert = e as u32;
-            let last = slots - 1;
-            let enters = logit > top_logit[last]
-                || (logit == top_logit[last] && candidate_expert < top_expert[last]);
-            if enters {
-                #[unroll]
-                for s in 0..slots {
-                    let kept_logit = top_logit[s];
-                    let kept_expert = top_expert[s];
-                    let wins = candidate_logit > kept_logit
-                        || (candidate_logit == kept_logit && candidate_expert < kept_expert);
-                    top_logit[s] = select(wins, candidate_logit, kept_logit);
-                    top_expert[s] = select(wins, candidate_expert, kept_expert);
-                    candidate_logit = select(wins, kept_logit, candidate_logit);
-                    candidate_expert = select(wins, kept_expert, candidate_expert);
-                }
+        shared_max[local] = max_logit;
+        shared_sum[local] = sum;
+        sync_cube();
+        if member % (2 * step) == 0 {
+            let partner = local + step;
+            #[unroll]
+            for s in 0..slots {
+                insert(
+                    &mut top_logit,
+                    &mut top_expert,
+                    shared_logit[partner * slots + s],
+                    shared_expert[partner * slots + s],
+                    slots,
+                );
             }
+            let partner_max = shared_max[partner];
+            let merged_max = f32::max(max_logit, partner_max);
+            sum = sum * f32::exp(max_logit - merged_max)
+                + shared_sum[partner] * f32::exp(partner_max - merged_max);
+            max_logit = merged_max;
         }
+        sync_cube();
+        step *= 2;
+    }
 
-        // Phase 2b: softmax denominator, relative to the largest logit.
-        let max_logit = top_logit[0];
-        let mut denominator = 0.0f32;
-        for e in 0..num_experts {
-            denominator += f32::exp(block[row + e] - max_logit);
-        }
-
-        // Phase 2c: the policy's prefix, then renormalised weights.
+    // Phase 3: the policy's prefix, then renormalised weights.
+    if active && member == 0 {
         let mut used: usize = 1;
-        let mut mass = f32::exp(top_logit[0] - max_logit) / denominator;
+        let mut mass = f32::exp(top_logit[0] - max_logit) / sum;
         #[unroll]
         for s in 1..slots {
             let below_limit = !has_mass_limit || mass < mass_limit;
             if used == s && below_limit {
                 used += 1;
-                mass += f32::exp(top_logit[s] - max_logit) / denominator;
+                mass += f32::exp(top_logit[s] - max_logit) / sum;
             }
         }
 
-        let token = first_token + local;
-        let kept_sum = mass * denominator; // sum of exp(logit - max) over the used slots
+        let kept_sum = mass * sum; // sum of exp(logit - max) over the used slots
         #[unroll]
         for s in 0..slots {
             let out = token * slots + s;
@@ -111,8 +129,31 @@ pub fn route_kernel<F: Float, I: Int>(
     }
 }
 
-/// Shared-memory distance between two rows of logits: `num_experts` rounded up to an odd number,
-/// so that 32 units reading one element of 32 consecutive rows touch 32 different banks.
-pub const fn shared_row_stride(num_experts: usize) -> usize {
-    num_experts | 1
+/// Inserts `(logit, expert)` into the sorted list `top_*` (logit descending, expert ascending),
+/// dropping the last entry, if it ranks before that entry.
+#[cube]
+fn insert(
+    top_logit: &mut Array<f32>,
+    top_expert: &mut Array<u32>,
+    logit: f32,
+    expert: u32,
+    #[comptime] slots: usize,
+) {
+    let last = slots - 1;
+    let enters = logit > top_logit[last] || (logit == top_logit[last] && expert < top_expert[last]);
+    if enters {
+        let mut candidate_logit = logit;
+        let mut candidate_expert = expert;
+        #[unroll]
+        for s in 0..slots {
+            let kept_logit = top_logit[s];
+            let kept_expert = top_expert[s];
+            let wins = candidate_logit > kept_logit
+                || (candidate_logit == kept_logit && candidate_expert < kept_expert);
+            top_logit[s] = select(wins, candidate_logit, kept_logit);
+            top_expert[s] = select(wins, candidate_expert, kept_expert);
+            candidate_logit = select(wins, kept_logit, candidate_logit);
+            candidate_expert = select(wins, kept_expert, candidate_expert);
+        }
+    }
 }

@@ -156,20 +156,32 @@ pub fn route_handles_ties_skew_and_extreme_logits<R: Runtime>(client: ComputeCli
         .map(|v| v.round())
         .collect();
     let all_equal = vec![0.25f32; 64 * 64];
-    // Extreme but finite logits: softmax underflows to exact zeros and ones.
-    let extreme: Vec<f32> = random_f32(&mut rng(3), 300 * 8, 1.0)
-        .iter()
-        .map(|&v| {
-            if v > 0.3 {
-                1.0e4
-            } else if v < -0.3 {
-                -1.0e4
-            } else {
-                v * 10.0
-            }
-        })
-        .collect();
-    for (logits, num_experts) in [(&skewed, 16), (&ties, 8), (&all_equal, 64), (&extreme, 8)] {
+    // Extreme but finite logits: softmax underflows to exact zeros and ones, also across the
+    // members of a team (E = 64, 256) whose partial sums are merged.
+    let extreme = |seed: u64, num_tokens: usize, num_experts: usize| -> Vec<f32> {
+        random_f32(&mut rng(seed), num_tokens * num_experts, 1.0)
+            .iter()
+            .map(|&v| {
+                if v > 0.3 {
+                    1.0e4
+                } else if v < -0.3 {
+                    -1.0e4
+                } else {
+                    v * 10.0
+                }
+            })
+            .collect()
+    };
+    let (extreme8, extreme64, extreme256) =
+        (extreme(3, 300, 8), extreme(4, 100, 64), extreme(5, 50, 256));
+    for (logits, num_experts) in [
+        (&skewed, 16),
+        (&ties, 8),
+        (&all_equal, 64),
+        (&extreme8, 8),
+        (&extreme64, 64),
+        (&extreme256, 256),
+    ] {
         for policy in policies(num_experts) {
             check_route(&client, logits, num_experts, policy);
         }
