@@ -10,6 +10,7 @@ pub mod dispatch;
 mod error;
 mod policy;
 pub mod route;
+pub mod stage;
 #[cfg(test)]
 mod testgen;
 

@@ -12,6 +12,7 @@ use moe_kernels::combine::{CombineShape, combine};
 use moe_kernels::dispatch::dispatch;
 use moe_kernels::dispatch::reference::max_tiles;
 use moe_kernels::route::route;
+use moe_kernels::stage::route_and_dispatch;
 use moe_model::MoeBackend;
 use moe_model::dispatch::{combine_with_tensor_ops, dispatch_with_tensor_ops};
 use rand::rngs::StdRng;
@@ -113,13 +114,10 @@ pub fn run<R: CubeRuntime>(
         });
 
         let stage_time = wall_and_device_time(spinner, kernel_iters, || {
-            let routed = route_kernel();
-            drop(dispatch::<R, i32>(
-                client,
-                &routed.expert_ids,
-                pairs,
-                experts,
-            ));
+            drop(
+                route_and_dispatch::<R, f32, i32>(client, &logits, tokens, experts, &policy)
+                    .expect("valid case"),
+            )
         });
         let stage_ops = time_per_call(client, baseline_iters, || {
             let routing = moe_model::route(logits_tensor.clone(), &policy);

@@ -204,6 +204,7 @@ pub fn scan_counts<I: Int>(
 /// expert e owns ceil(count_e / tile_rows) tiles, in expert order. Run by a cube of `units`
 /// units, at least one per expert.
 #[cube]
+#[allow(clippy::manual_div_ceil, reason = "kernel code: CubeCL expands operators, not div_ceil")]
 fn write_offsets_and_tiles<I: Int>(
     offsets: &SharedMemory<u32>,
     expert_offsets: &mut Array<I>,
@@ -274,6 +275,38 @@ pub fn dispatch_in_one_cube<I: Int>(
     row_of_pair: &mut Array<I>,    // [P] out: row of each pair, -1 if unused
     tiles: &mut Array<I>,          // [max_tiles, 2]
     num_tiles: &mut Array<I>,      // [1]
+    num_pairs: usize,
+    max_tiles: usize,
+    #[comptime] num_experts: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] units: usize,
+) {
+    plan_in_one_cube::<I>(
+        expert_ids,
+        expert_offsets,
+        routed_pairs,
+        row_of_pair,
+        tiles,
+        num_tiles,
+        num_pairs,
+        max_tiles,
+        num_experts,
+        tile_rows,
+        units,
+    );
+}
+
+/// The body of [`dispatch_in_one_cube`], also run by the fused routing stage. Every unit of the
+/// cube (`units` of them) must call it.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub fn plan_in_one_cube<I: Int>(
+    expert_ids: &Array<I>,
+    expert_offsets: &mut Array<I>,
+    routed_pairs: &mut Array<I>,
+    row_of_pair: &mut Array<I>,
+    tiles: &mut Array<I>,
+    num_tiles: &mut Array<I>,
     num_pairs: usize,
     max_tiles: usize,
     #[comptime] num_experts: usize,

@@ -72,39 +72,9 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
     expert_ids: &Handle,
     plan: &DispatchOnDevice,
 ) -> Result<(), InvalidValue> {
+    validate_into::<R, I>(client, expert_ids, plan)?;
     let (num_pairs, num_experts) = (plan.num_pairs, plan.num_experts);
-    if num_pairs == 0 {
-        return Err(InvalidValue::new("num_pairs", 0, "must be >= 1"));
-    }
-    if num_experts == 0 || num_experts > MAX_EXPERTS {
-        return Err(InvalidValue::new(
-            "num_experts",
-            num_experts,
-            format!("must be in 1..={MAX_EXPERTS}"),
-        ));
-    }
-    let int = size_of::<I>();
-    expect_len(expert_ids, "expert_ids", num_pairs, int)?;
-    expect_len(&plan.expert_offsets, "expert_offsets", num_experts + 1, int)?;
-    expect_len(&plan.routed_pairs, "routed_pairs", num_pairs, int)?;
-    expect_len(&plan.row_of_pair, "row_of_pair", num_pairs, int)?;
-    expect_len(
-        &plan.tiles,
-        "tiles",
-        2 * max_tiles(num_pairs, num_experts),
-        int,
-    )?;
-    expect_len(&plan.num_tiles, "num_tiles", 1, int)?;
     let num_blocks = num_pairs.div_ceil(BLOCK_PAIRS);
-    let max_cubes = client.properties().hardware.max_cube_count.0 as usize;
-    if num_blocks > max_cubes {
-        return Err(InvalidValue::new(
-            "num_pairs",
-            num_pairs,
-            format!("must be at most {}", max_cubes * BLOCK_PAIRS),
-        ));
-    }
-
     let tiles_capacity = max_tiles(num_pairs, num_experts);
     if num_pairs <= SINGLE_CUBE_PAIRS {
         // One unit per pair and per expert (the scans), a whole plane at least.
@@ -173,6 +143,47 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
             num_blocks,
             num_experts,
         );
+    }
+    Ok(())
+}
+
+/// Checks the arguments of [`dispatch_into`] (also those of the fused routing stage).
+pub(crate) fn validate_into<R: Runtime, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    expert_ids: &Handle,
+    plan: &DispatchOnDevice,
+) -> Result<(), InvalidValue> {
+    let (num_pairs, num_experts) = (plan.num_pairs, plan.num_experts);
+    if num_pairs == 0 {
+        return Err(InvalidValue::new("num_pairs", 0, "must be >= 1"));
+    }
+    if num_experts == 0 || num_experts > MAX_EXPERTS {
+        return Err(InvalidValue::new(
+            "num_experts",
+            num_experts,
+            format!("must be in 1..={MAX_EXPERTS}"),
+        ));
+    }
+    let int = size_of::<I>();
+    expect_len(expert_ids, "expert_ids", num_pairs, int)?;
+    expect_len(&plan.expert_offsets, "expert_offsets", num_experts + 1, int)?;
+    expect_len(&plan.routed_pairs, "routed_pairs", num_pairs, int)?;
+    expect_len(&plan.row_of_pair, "row_of_pair", num_pairs, int)?;
+    expect_len(
+        &plan.tiles,
+        "tiles",
+        2 * max_tiles(num_pairs, num_experts),
+        int,
+    )?;
+    expect_len(&plan.num_tiles, "num_tiles", 1, int)?;
+    let num_blocks = num_pairs.div_ceil(BLOCK_PAIRS);
+    let max_cubes = client.properties().hardware.max_cube_count.0 as usize;
+    if num_blocks > max_cubes {
+        return Err(InvalidValue::new(
+            "num_pairs",
+            num_pairs,
+            format!("must be at most {}", max_cubes * BLOCK_PAIRS),
+        ));
     }
     Ok(())
 }

@@ -2,9 +2,9 @@
 //! lists the grouped GEMM's tiles.
 
 pub mod kernel;
-mod launch;
+pub(crate) mod launch;
 pub mod reference;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use launch::{DispatchOnDevice, MAX_EXPERTS, dispatch, dispatch_into};

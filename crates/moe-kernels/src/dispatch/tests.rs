@@ -10,11 +10,14 @@ use crate::testgen::{download, rng, upload};
 
 const POISON: i32 = 0x5eed;
 
-/// Runs dispatch on `expert_ids` into poisoned buffers and checks every element of the plan.
-fn check_dispatch<R: Runtime>(client: &ComputeClient<R>, expert_ids: &[i32], num_experts: usize) {
-    let num_pairs = expert_ids.len();
+/// Plan buffers for `num_pairs` pairs over `num_experts` experts, every element poisoned.
+pub(crate) fn poisoned_plan<R: Runtime>(
+    client: &ComputeClient<R>,
+    num_pairs: usize,
+    num_experts: usize,
+) -> DispatchOnDevice {
     let poisoned = |len: usize| upload(client, &vec![POISON; len]);
-    let device_plan = DispatchOnDevice {
+    DispatchOnDevice {
         expert_offsets: poisoned(num_experts + 1),
         routed_pairs: poisoned(num_pairs),
         row_of_pair: poisoned(num_pairs),
@@ -22,10 +25,24 @@ fn check_dispatch<R: Runtime>(client: &ComputeClient<R>, expert_ids: &[i32], num
         num_tiles: poisoned(1),
         num_pairs,
         num_experts,
-    };
+    }
+}
+
+/// Runs dispatch on `expert_ids` into poisoned buffers and checks every element of the plan.
+fn check_dispatch<R: Runtime>(client: &ComputeClient<R>, expert_ids: &[i32], num_experts: usize) {
+    let device_plan = poisoned_plan(client, expert_ids.len(), num_experts);
     let ids = upload(client, expert_ids);
     dispatch_into::<R, i32>(client, &ids, &device_plan).unwrap();
+    assert_plan_matches_reference(client, device_plan, expert_ids);
+}
 
+/// Checks every element of a device plan of `expert_ids` against the reference plan.
+pub(crate) fn assert_plan_matches_reference<R: Runtime>(
+    client: &ComputeClient<R>,
+    device_plan: DispatchOnDevice,
+    expert_ids: &[i32],
+) {
+    let (num_pairs, num_experts) = (device_plan.num_pairs, device_plan.num_experts);
     let expected = plan(expert_ids, num_experts);
     let context = format!("P={num_pairs} E={num_experts}");
     let got = |handle| download::<R, i32>(client, handle);

@@ -27,7 +27,45 @@ pub fn route_kernel<F: Float, I: Int>(
     #[comptime] cube_units: usize,
     #[comptime] has_mass_limit: bool,
 ) {
-    let token = ABSOLUTE_POS / team;
+    route_token::<F, I>(
+        logits,
+        expert_ids,
+        weights,
+        token_k,
+        ABSOLUTE_POS / team,
+        num_tokens,
+        mass_limit,
+        num_experts,
+        slots,
+        team,
+        cube_units,
+        has_mass_limit,
+    );
+}
+
+/// The body of [`route_kernel`] for the unit's `token`, also run by the fused routing stage.
+/// Every unit of the cube (`cube_units` of them) must call it: the team merge synchronises the
+/// cube.
+#[cube]
+#[allow(
+    clippy::too_many_arguments,
+    clippy::manual_is_multiple_of,
+    reason = "kernel code: CubeCL expands operators, not is_multiple_of"
+)]
+pub fn route_token<F: Float, I: Int>(
+    logits: &Array<F>,
+    expert_ids: &mut Array<I>,
+    weights: &mut Array<F>,
+    token_k: &mut Array<I>,
+    token: usize,
+    num_tokens: usize,
+    mass_limit: f32,
+    #[comptime] num_experts: usize,
+    #[comptime] slots: usize,
+    #[comptime] team: usize,
+    #[comptime] cube_units: usize,
+    #[comptime] has_mass_limit: bool,
+) {
     let member = UNIT_POS as usize % team;
     let active = token < num_tokens;
 

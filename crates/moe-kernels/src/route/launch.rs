@@ -72,6 +72,19 @@ pub fn route_into<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
     num_experts: usize,
     policy: &RoutingPolicy,
 ) -> Result<(), InvalidValue> {
+    validate_into::<R, F, I>(client, logits, routed, num_experts, policy)?;
+    launch::<R, F, I>(client, logits, routed, num_experts, policy);
+    Ok(())
+}
+
+/// Checks the arguments of [`route_into`] (also those of the fused routing stage).
+pub(crate) fn validate_into<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    logits: &Handle,
+    routed: &RoutedOnDevice,
+    num_experts: usize,
+    policy: &RoutingPolicy,
+) -> Result<(), InvalidValue> {
     check::<R, F>(client, logits, routed.num_tokens, num_experts, policy)?;
     let slots = routed.slots;
     expect_len(
@@ -99,13 +112,12 @@ pub fn route_into<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
             format!("must equal the policy's slots ({})", policy.max_slots()),
         ));
     }
-    launch::<R, F, I>(client, logits, routed, num_experts, policy);
     Ok(())
 }
 
 /// Units routing one token: a power of two, such that each reads about `EXPERTS_PER_MEMBER`
 /// experts or more (E = 8: 1, E = 64: 8, E = 256: 32).
-fn team_size(num_experts: usize) -> usize {
+pub(crate) fn team_size(num_experts: usize) -> usize {
     let members = (num_experts / EXPERTS_PER_MEMBER).max(1);
     (1usize << members.ilog2()).min(MAX_TEAM)
 }

@@ -1,9 +1,9 @@
 //! Routing: router logits `[T, E]` to the chosen experts, their weights and each token's k.
 
 pub mod kernel;
-mod launch;
+pub(crate) mod launch;
 pub mod reference;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use launch::{MAX_SLOTS, RoutedOnDevice, route, route_into};

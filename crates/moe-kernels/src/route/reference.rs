@@ -22,7 +22,7 @@ pub struct RoutedTokens {
 /// lower expert index first), the policy's prefix, weights renormalised over that prefix.
 pub fn route(logits: &[f32], num_experts: usize, policy: &RoutingPolicy) -> RoutedTokens {
     assert!(
-        num_experts > 0 && logits.len() % num_experts == 0,
+        num_experts > 0 && logits.len().is_multiple_of(num_experts),
         "logits must be [T, num_experts]"
     );
     let slots = policy.max_slots();

@@ -61,6 +61,21 @@ fn decision_margin(row: &[f32], policy: &RoutingPolicy) -> f64 {
     margin
 }
 
+/// Output buffers for `num_tokens` tokens and `slots` slots, every element poisoned.
+pub(crate) fn poisoned_routed<R: Runtime>(
+    client: &ComputeClient<R>,
+    num_tokens: usize,
+    slots: usize,
+) -> RoutedOnDevice {
+    RoutedOnDevice {
+        expert_ids: upload(client, &vec![POISON_ID; num_tokens * slots]),
+        weights: upload(client, &vec![POISON_WEIGHT; num_tokens * slots]),
+        token_k: upload(client, &vec![POISON_ID; num_tokens]),
+        num_tokens,
+        slots,
+    }
+}
+
 /// Runs the kernel on `logits` into poisoned buffers and checks every output element.
 fn check_route<R: Runtime>(
     client: &ComputeClient<R>,
@@ -68,22 +83,25 @@ fn check_route<R: Runtime>(
     num_experts: usize,
     policy: RoutingPolicy,
 ) {
-    let num_tokens = logits.len() / num_experts;
-    let slots = policy.max_slots();
-    let routed = RoutedOnDevice {
-        expert_ids: upload(client, &vec![POISON_ID; num_tokens * slots]),
-        weights: upload(client, &vec![POISON_WEIGHT; num_tokens * slots]),
-        token_k: upload(client, &vec![POISON_ID; num_tokens]),
-        num_tokens,
-        slots,
-    };
+    let routed = poisoned_routed(client, logits.len() / num_experts, policy.max_slots());
     let input = upload(client, logits);
     route_into::<R, f32, i32>(client, &input, &routed, num_experts, &policy).unwrap();
+    assert_routing_matches_reference(client, routed, logits, num_experts, &policy);
+}
 
+/// Checks every element of a device routing of `logits` against the f64 reference.
+pub(crate) fn assert_routing_matches_reference<R: Runtime>(
+    client: &ComputeClient<R>,
+    routed: RoutedOnDevice,
+    logits: &[f32],
+    num_experts: usize,
+    policy: &RoutingPolicy,
+) {
+    let (num_tokens, slots) = (routed.num_tokens, routed.slots);
     let ids: Vec<i32> = download(client, routed.expert_ids);
     let weights: Vec<f32> = download(client, routed.weights);
     let token_k: Vec<i32> = download(client, routed.token_k);
-    let expected = reference::route(logits, num_experts, &policy);
+    let expected = reference::route(logits, num_experts, policy);
     let context = format!("T={num_tokens} E={num_experts} {policy}");
 
     for t in 0..num_tokens {
@@ -91,7 +109,7 @@ fn check_route<R: Runtime>(
         let got_k = token_k[t] as usize;
         if got_k != expected.token_k[t] {
             // f32 on the device, f64 in the reference: only a decision on the knife's edge may differ.
-            let margin = decision_margin(row, &policy);
+            let margin = decision_margin(row, policy);
             assert!(
                 margin < 1e-5,
                 "{context}: token {t} k {got_k} vs {} (margin {margin})",
