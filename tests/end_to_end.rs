@@ -256,7 +256,12 @@ fn quick_routing_benchmark_writes_its_table_on_wgpu() {
     );
     let csv = std::fs::read_to_string(results.join("bench-routing-wgpu/routing.csv")).unwrap();
     let mut lines = csv.lines();
-    assert!(lines.next().unwrap().starts_with("op,case,kernel_us"));
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("op,case,wall_us,device_us")
+    );
     let ops: Vec<&str> = lines.map(|line| line.split(',').next().unwrap()).collect();
     for op in ["route", "dispatch", "route+dispatch", "combine"] {
         assert_eq!(

@@ -20,8 +20,11 @@ pub const BLOCK_PAIRS: usize = 256;
 pub const SCAN_UNITS: usize = 1024;
 /// Most pairs `dispatch_in_one_cube` plans (one unit per pair).
 pub const SINGLE_CUBE_PAIRS: usize = SCAN_UNITS;
-/// Consecutive elements each unit of `scan_counts` sums before the cube-wide scan.
-pub const SCAN_ITEMS_PER_UNIT: usize = 4;
+/// Consecutive elements each unit of `scan_counts` sums before the cube-wide scan. The scan's
+/// time grows with its number of chunks of `SCAN_UNITS * SCAN_ITEMS_PER_UNIT` entries (on an
+/// H100 with 4 items: about 3 us per chunk, from two cases of equal P with E x B 32768 and
+/// 131072), so each unit takes many (its loads are unrolled).
+pub const SCAN_ITEMS_PER_UNIT: usize = 16;
 
 /// Pass 1: ranks within the block (into `pair_rank`) and per-expert counts of the block.
 #[cube(launch_unchecked)]
@@ -204,7 +207,10 @@ pub fn scan_counts<I: Int>(
 /// expert e owns ceil(count_e / tile_rows) tiles, in expert order. Run by a cube of `units`
 /// units, at least one per expert.
 #[cube]
-#[allow(clippy::manual_div_ceil, reason = "kernel code: CubeCL expands operators, not div_ceil")]
+#[allow(
+    clippy::manual_div_ceil,
+    reason = "kernel code: CubeCL expands operators, not div_ceil"
+)]
 fn write_offsets_and_tiles<I: Int>(
     offsets: &SharedMemory<u32>,
     expert_offsets: &mut Array<I>,
