@@ -355,16 +355,17 @@ pub fn plan_in_one_cube<I: Int>(
     );
 
     if pair < num_pairs {
+        let mut row = i32::new(-1);
         if id >= 0 {
-            let row = offsets[usize::cast_from(id)] + rank;
-            row_of_pair[pair] = I::cast_from(row);
-            routed_pairs[row as usize] = I::cast_from(pair);
-        } else {
-            row_of_pair[pair] = I::cast_from(-1i32);
+            row = i32::cast_from(offsets[usize::cast_from(id)] + rank);
         }
-        if pair >= offsets[num_experts] as usize {
-            routed_pairs[pair] = I::cast_from(-1i32);
-        }
+        write_permutation(
+            row_of_pair,
+            routed_pairs,
+            pair,
+            row,
+            offsets[num_experts] as usize,
+        );
     }
 }
 
@@ -382,18 +383,40 @@ pub fn scatter_pairs<I: Int>(
 ) {
     let pair = ABSOLUTE_POS;
     if pair < num_pairs {
-        let id = i32::cast_from(expert_ids[pair]);
-        if id >= 0 && id < comptime!(num_experts as i32) {
+        let id = load_expert(expert_ids, pair, num_pairs, num_experts);
+        let mut row = i32::new(-1);
+        if id >= 0 {
             let block = pair / BLOCK_PAIRS;
-            let row = block_offsets[usize::cast_from(id) * num_blocks + block] as usize
-                + usize::cast_from(row_of_pair[pair]);
-            row_of_pair[pair] = I::cast_from(row);
-            routed_pairs[row] = I::cast_from(pair);
-        } else {
-            row_of_pair[pair] = I::cast_from(-1i32);
+            row = i32::cast_from(
+                block_offsets[usize::cast_from(id) * num_blocks + block]
+                    + u32::cast_from(row_of_pair[pair]),
+            );
         }
-        if pair >= usize::cast_from(expert_offsets[num_experts]) {
-            routed_pairs[pair] = I::cast_from(-1i32);
-        }
+        write_permutation(
+            row_of_pair,
+            routed_pairs,
+            pair,
+            row,
+            usize::cast_from(expert_offsets[num_experts]),
+        );
+    }
+}
+
+/// Writes both directions of the permutation for `pair` (`row` -1 if unused) and marks row
+/// `pair` unused when it lies past the `routed_rows` rows in use.
+#[cube]
+fn write_permutation<I: Int>(
+    row_of_pair: &mut Array<I>,
+    routed_pairs: &mut Array<I>,
+    pair: usize,
+    row: i32,
+    routed_rows: usize,
+) {
+    row_of_pair[pair] = I::cast_from(row);
+    if row >= 0 {
+        routed_pairs[usize::cast_from(row)] = I::cast_from(pair);
+    }
+    if pair >= routed_rows {
+        routed_pairs[pair] = I::cast_from(-1i32);
     }
 }

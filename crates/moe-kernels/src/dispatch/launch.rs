@@ -73,6 +73,16 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
     plan: &DispatchOnDevice,
 ) -> Result<(), InvalidValue> {
     validate_into::<R, I>(client, expert_ids, plan)?;
+    launch::<R, I>(client, expert_ids, plan);
+    Ok(())
+}
+
+/// Launches the plan of `expert_ids` into `plan`, whose buffers [`validate_into`] has checked.
+pub(crate) fn launch<R: Runtime, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    expert_ids: &Handle,
+    plan: &DispatchOnDevice,
+) {
     let (num_pairs, num_experts) = (plan.num_pairs, plan.num_experts);
     let num_blocks = num_pairs.div_ceil(BLOCK_PAIRS);
     let tiles_capacity = max_tiles(num_pairs, num_experts);
@@ -98,11 +108,11 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
                 units,
             );
         }
-        return Ok(());
+        return;
     }
 
     let block_counts = client.empty(num_experts * num_blocks * size_of::<u32>());
-    // SAFETY: the buffers were checked above against (num_pairs, num_experts, num_blocks); the
+    // SAFETY: `validate_into` checked the buffers against (num_pairs, num_experts, num_blocks); the
     // kernels index `expert_ids`, `row_of_pair` and `routed_pairs` below num_pairs, `block_counts`
     // below E * B, `expert_offsets` up to E and `tiles` below 2 * max_tiles.
     unsafe {
@@ -144,7 +154,6 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
             num_experts,
         );
     }
-    Ok(())
 }
 
 /// Checks the arguments of [`dispatch_into`] (also those of the fused routing stage).

@@ -156,7 +156,8 @@ fn check<R: Runtime, F: CubeElement>(
     expect_len(logits, "logits", num_tokens * num_experts, size_of::<F>())
 }
 
-fn launch<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+/// Launches the route kernel into `routed`, whose buffers [`validate_into`] has checked.
+pub(crate) fn launch<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
     client: &ComputeClient<R>,
     logits: &Handle,
     routed: &RoutedOnDevice,

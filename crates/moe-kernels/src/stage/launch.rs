@@ -46,12 +46,13 @@ pub fn route_and_dispatch_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
             format!("must equal tokens x slots ({num_pairs})"),
         ));
     }
-    let Some((units, team)) = fused_shape(routed.num_tokens, num_pairs, num_experts) else {
-        route::route_into::<R, F, I>(client, logits, routed, num_experts, policy)?;
-        return dispatch::dispatch_into::<R, I>(client, &routed.expert_ids, plan);
-    };
     route::launch::validate_into::<R, F, I>(client, logits, routed, num_experts, policy)?;
     dispatch::launch::validate_into::<R, I>(client, &routed.expert_ids, plan)?;
+    let Some((units, team)) = fused_shape(routed.num_tokens, num_pairs, num_experts) else {
+        route::launch::launch::<R, F, I>(client, logits, routed, num_experts, policy);
+        dispatch::launch::launch::<R, I>(client, &routed.expert_ids, plan);
+        return Ok(());
+    };
 
     let (num_tokens, slots) = (routed.num_tokens, routed.slots);
     let tiles_capacity = max_tiles(num_pairs, num_experts);
