@@ -2,29 +2,29 @@
 //!
 //! Pairs are the flat `(token, slot)` indices `0..T*slots`. Up to [`SINGLE_CUBE_PAIRS`] pairs
 //! (decode batches), one cube plans everything in one launch: `dispatch_in_one_cube`. Larger
-//! inputs are cut into blocks of `BLOCK_PAIRS` and planned in three passes:
+//! inputs are cut into blocks of `BLOCK_PAIRS` pairs; rows are ordered by expert, then by pair, so
+//! the first row of pair p of expert e in block b is
+//! `offset[e] + (rows of e in blocks before b) + (rank of p among e's pairs in b)`:
 //! 1. `count_blocks`: per block, the rank of every pair among earlier pairs of the same expert
 //!    (a loop over the block's ids in shared memory) and the block's count of every expert, stored
 //!    expert-major: `block_counts[e * num_blocks + b]`.
-//! 2. `scan_counts` (one cube): an exclusive scan of `block_counts` in that order gives every
-//!    (expert, block) its first row, because rows are ordered by expert, then by pair. It also
-//!    writes the expert offsets and the grouped GEMM's tile work list.
-//! 3. `scatter_pairs`: row = first row of (expert, block) + rank; writes both directions of the
-//!    permutation and marks the unused tail.
+//! 2. `scan_block_rows`, only for more than [`FOLD_BLOCKS`] blocks: one cube per expert scans its
+//!    row of counts in place (rows of e before each block) and stores the row's total.
+//! 3. `scatter_pairs`: every cube reads, per expert, the rows of its earlier blocks and the total
+//!    (with few blocks it sums the counts itself, which saves the launch of pass 2), scans the
+//!    totals into the expert offsets, writes its share of the tile list and the permutation.
 
 use cubecl::prelude::*;
 
 /// Pairs per block of `count_blocks` and `scatter_pairs` (one unit per pair).
 pub const BLOCK_PAIRS: usize = 256;
-/// Units of the single-cube kernels `scan_counts` and `dispatch_in_one_cube`.
-pub const SCAN_UNITS: usize = 1024;
-/// Most pairs `dispatch_in_one_cube` plans (one unit per pair).
-pub const SINGLE_CUBE_PAIRS: usize = SCAN_UNITS;
-/// Consecutive elements each unit of `scan_counts` sums before the cube-wide scan. The scan's
-/// time grows with its number of chunks of `SCAN_UNITS * SCAN_ITEMS_PER_UNIT` entries (on an
-/// H100 with 4 items: about 3 us per chunk, from two cases of equal P with E x B 32768 and
-/// 131072), so each unit takes many (its loads are unrolled).
-pub const SCAN_ITEMS_PER_UNIT: usize = 16;
+/// Most pairs `dispatch_in_one_cube` plans (one unit per pair); also its most experts.
+pub const SINGLE_CUBE_PAIRS: usize = 1024;
+/// Most blocks for which `scatter_pairs` sums the block counts itself (at most this many loads
+/// per expert and unit) instead of reading rows scanned by `scan_block_rows`.
+pub const FOLD_BLOCKS: usize = 64;
+/// Units of each cube of `scan_block_rows`.
+pub const ROW_SCAN_UNITS: usize = 256;
 
 /// Pass 1: ranks within the block (into `pair_rank`) and per-expert counts of the block.
 #[cube(launch_unchecked)]
@@ -135,80 +135,87 @@ fn scan_in_cube(values: &mut SharedMemory<u32>, #[comptime] units: usize) {
     }
 }
 
-/// Pass 2 (one cube): exclusive scan of `block_counts` in place, expert offsets, tile list.
-#[cube(launch_unchecked)]
-pub fn scan_counts<I: Int>(
-    block_counts: &mut Array<u32>, // [E, B] in: counts; out: first row of each (expert, block)
-    expert_offsets: &mut Array<I>, // [E + 1]
-    tiles: &mut Array<I>,          // [max_tiles, 2] (expert, first row); -1 past the used tiles
-    num_tiles: &mut Array<I>,      // [1]
-    num_blocks: usize,
-    max_tiles: usize,
-    #[comptime] num_experts: usize,
-    #[comptime] tile_rows: usize,
+/// Exclusive scan of `values[0..len]` in shared memory by the cube's `units` units (any `len`):
+/// afterwards `values[i]` is the sum of the entries before i and `values[len]` the total.
+#[cube]
+fn exclusive_scan_in_cube(
+    values: &mut SharedMemory<u32>,
+    #[comptime] len: usize,
+    #[comptime] units: usize,
 ) {
+    let items = comptime!(len.div_ceil(units)); // consecutive entries per unit
     let local = UNIT_POS as usize;
-    let mut partial = SharedMemory::<u32>::new(SCAN_UNITS);
-    let total_entries = num_experts * num_blocks;
-    let chunk = SCAN_UNITS * SCAN_ITEMS_PER_UNIT;
-    let mut carry: u32 = 0;
-    let mut chunk_start: usize = 0;
-    while chunk_start < total_entries {
-        // Each unit sums its consecutive items, the cube scans the sums, units rewrite their items.
-        let first = chunk_start + local * SCAN_ITEMS_PER_UNIT;
-        let mut sum: u32 = 0;
-        #[unroll]
-        for i in 0..SCAN_ITEMS_PER_UNIT {
-            if first + i < total_entries {
-                sum += block_counts[first + i];
-            }
+    let first = local * items;
+    let mut partial = SharedMemory::<u32>::new(units);
+    let mut sum: u32 = 0;
+    #[unroll]
+    for i in 0..items {
+        if first + i < len {
+            sum += values[first + i];
         }
-        partial[local] = sum;
-        sync_cube();
-        scan_in_cube(&mut partial, SCAN_UNITS);
-        let mut running = carry + partial[local] - sum;
-        #[unroll]
-        for i in 0..SCAN_ITEMS_PER_UNIT {
-            if first + i < total_entries {
-                let count = block_counts[first + i];
-                block_counts[first + i] = running;
-                running += count;
-            }
+    }
+    partial[local] = sum;
+    sync_cube();
+    scan_in_cube(&mut partial, units);
+    let mut running = partial[local] - sum;
+    #[unroll]
+    for i in 0..items {
+        if first + i < len {
+            let value = values[first + i];
+            values[first + i] = running;
+            running += value;
         }
-        carry += partial[SCAN_UNITS - 1];
-        sync_cube();
-        chunk_start += chunk;
     }
-
-    // Expert offsets: expert e starts at the first row of its first block.
-    let mut offsets = SharedMemory::<u32>::new(num_experts + 1);
-    let mut e = local;
-    while e < num_experts {
-        offsets[e] = block_counts[e * num_blocks];
-        e += SCAN_UNITS;
-    }
-    if local == 0 {
-        offsets[num_experts] = carry;
+    if local == units - 1 {
+        values[len] = running;
     }
     sync_cube();
-    write_offsets_and_tiles(
-        &offsets,
-        expert_offsets,
-        tiles,
-        num_tiles,
-        max_tiles,
-        num_experts,
-        tile_rows,
-        SCAN_UNITS,
-    );
 }
 
-/// Writes `offsets` (`[E + 1]`, in shared memory) to `expert_offsets`, and the tile work list:
-/// expert e owns ceil(count_e / tile_rows) tiles, in expert order. Run by a cube of `units`
-/// units, at least one per expert.
+/// Pass 2 (one cube per expert `CUBE_POS`): exclusive scan of the expert's row of block counts in
+/// place, and the row's total.
+#[cube(launch_unchecked)]
+pub fn scan_block_rows(
+    block_counts: &mut Array<u32>, // [E, B] in: counts; out: rows of e in the blocks before b
+    expert_totals: &mut Array<u32>, // [E] out: rows of each expert
+    num_blocks: usize,
+) {
+    let expert = CUBE_POS;
+    let local = UNIT_POS as usize;
+    let row = expert * num_blocks;
+    let mut partial = SharedMemory::<u32>::new(ROW_SCAN_UNITS);
+    let mut carry: u32 = 0;
+    let mut chunk_start: usize = 0;
+    while chunk_start < num_blocks {
+        // One entry per unit and chunk: coalesced loads and stores.
+        let block = chunk_start + local;
+        let mut count: u32 = 0;
+        if block < num_blocks {
+            count = block_counts[row + block];
+        }
+        partial[local] = count;
+        sync_cube();
+        scan_in_cube(&mut partial, ROW_SCAN_UNITS);
+        if block < num_blocks {
+            block_counts[row + block] = carry + partial[local] - count;
+        }
+        carry += partial[ROW_SCAN_UNITS - 1];
+        sync_cube();
+        chunk_start += ROW_SCAN_UNITS;
+    }
+    if local == 0 {
+        expert_totals[expert] = carry;
+    }
+}
+
+/// Writes the share of cube `cube` of `num_cubes` (each of `units` units) of the outputs that
+/// follow from the expert offsets (`offsets`, `[E + 1]` in shared memory): `expert_offsets` (the
+/// first cube) and the tile work list, where expert e owns ceil(count_e / tile_rows) tiles, in
+/// expert order.
 #[cube]
 #[allow(
     clippy::manual_div_ceil,
+    clippy::too_many_arguments,
     reason = "kernel code: CubeCL expands operators, not div_ceil"
 )]
 fn write_offsets_and_tiles<I: Int>(
@@ -217,56 +224,59 @@ fn write_offsets_and_tiles<I: Int>(
     tiles: &mut Array<I>,
     num_tiles: &mut Array<I>,
     max_tiles: usize,
+    cube: usize,
+    num_cubes: usize,
     #[comptime] num_experts: usize,
     #[comptime] tile_rows: usize,
     #[comptime] units: usize,
 ) {
     let local = UNIT_POS as usize;
+    // tile_start[e]: the first tile of expert e; tile_start[E]: the tiles in use.
+    let mut tile_start = SharedMemory::<u32>::new(num_experts + 1);
     let mut e = local;
-    while e <= num_experts {
-        expert_offsets[e] = I::cast_from(offsets[e]);
+    while e < num_experts {
+        let count = offsets[e + 1] - offsets[e];
+        tile_start[e] = (count + tile_rows as u32 - 1) / tile_rows as u32;
         e += units;
     }
-
-    let mut tile_start = SharedMemory::<u32>::new(units);
-    let mut tiles_of_expert: u32 = 0;
-    if local < num_experts {
-        let count = offsets[local + 1] - offsets[local];
-        tiles_of_expert = (count + tile_rows as u32 - 1) / tile_rows as u32;
-    }
-    tile_start[local] = tiles_of_expert;
     sync_cube();
-    scan_in_cube(&mut tile_start, units); // inclusive: tile_start[e] is the end of expert e's tiles
-    let used_tiles = tile_start[num_experts - 1] as usize;
-    let mut tile = local;
+    exclusive_scan_in_cube(&mut tile_start, num_experts, units);
+    let used_tiles = tile_start[num_experts] as usize;
+    if cube == 0 {
+        let mut e = local;
+        while e <= num_experts {
+            expert_offsets[e] = I::cast_from(offsets[e]);
+            e += units;
+        }
+        if local == 0 {
+            num_tiles[0] = I::cast_from(used_tiles);
+        }
+    }
+
+    let mut tile = cube * units + local;
     while tile < max_tiles {
         let mut expert = i32::new(-1);
         let mut first_row = i32::new(-1);
         if tile < used_tiles {
-            // The expert whose tile range holds `tile`: the first e with tile_start[e] > tile.
+            // The expert whose tile range holds `tile`: the first e with tile_start[e + 1] > tile.
             let mut low: usize = 0;
             let mut high = usize::new(comptime!((num_experts - 1) as i64));
             while low < high {
                 let mid = (low + high) / 2;
-                if tile_start[mid] as usize > tile {
+                if tile_start[mid + 1] as usize > tile {
                     high = mid;
                 } else {
                     low = mid + 1;
                 }
             }
-            let mut first_tile: usize = 0;
-            if low > 0 {
-                first_tile = tile_start[low - 1] as usize;
-            }
             expert = i32::cast_from(low);
-            first_row = i32::cast_from(offsets[low] as usize + (tile - first_tile) * tile_rows);
+            first_row = i32::cast_from(
+                offsets[low] as usize + (tile - tile_start[low] as usize) * tile_rows,
+            );
         }
         tiles[2 * tile] = I::cast_from(expert);
         tiles[2 * tile + 1] = I::cast_from(first_row);
-        tile += units;
-    }
-    if local == 0 {
-        num_tiles[0] = I::cast_from(used_tiles);
+        tile += num_cubes * units;
     }
 }
 
@@ -321,34 +331,20 @@ pub fn plan_in_one_cube<I: Int>(
 ) {
     let pair = UNIT_POS as usize;
     let mut ids = SharedMemory::<i32>::new(units);
-    let mut counts = SharedMemory::<u32>::new(num_experts);
-    let id = load_expert(expert_ids, pair, num_pairs, num_experts);
-    let rank = rank_in_block(&mut ids, &mut counts, id, num_pairs, units, num_experts);
-    sync_cube();
-
-    // Exclusive scan of the expert counts (E <= units) into the offsets.
-    let mut scanned = SharedMemory::<u32>::new(units);
-    let mut count: u32 = 0;
-    if pair < num_experts {
-        count = counts[pair];
-    }
-    scanned[pair] = count;
-    sync_cube();
-    scan_in_cube(&mut scanned, units);
+    // The expert counts, scanned in place into the expert offsets.
     let mut offsets = SharedMemory::<u32>::new(num_experts + 1);
-    if pair < num_experts {
-        offsets[pair] = scanned[pair] - count;
-    }
-    if pair == 0 {
-        offsets[num_experts] = scanned[units - 1];
-    }
+    let id = load_expert(expert_ids, pair, num_pairs, num_experts);
+    let rank = rank_in_block(&mut ids, &mut offsets, id, num_pairs, units, num_experts);
     sync_cube();
+    exclusive_scan_in_cube(&mut offsets, num_experts, units);
     write_offsets_and_tiles(
         &offsets,
         expert_offsets,
         tiles,
         num_tiles,
         max_tiles,
+        0,
+        1,
         num_experts,
         tile_rows,
         units,
@@ -369,27 +365,73 @@ pub fn plan_in_one_cube<I: Int>(
     }
 }
 
-/// Pass 3: the row of every used pair, both directions of the permutation, the unused tail.
+/// Pass 3: the expert offsets, the cube's share of the tile list and the row of every used pair
+/// of its block: both directions of the permutation and the unused tail.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn scatter_pairs<I: Int>(
-    expert_ids: &Array<I>,       // [P]
-    block_offsets: &Array<u32>,  // [E, B] first row of each (expert, block)
-    expert_offsets: &Array<I>,   // [E + 1]
-    row_of_pair: &mut Array<I>,  // [P] in: rank within the block; out: row, -1 if unused
-    routed_pairs: &mut Array<I>, // [P] out: pair of each row, -1 past the routed rows
+    expert_ids: &Array<I>,         // [P]
+    block_counts: &Array<u32>,     // [E, B] counts, or rows before each block if `rows_scanned`
+    expert_totals: &Array<u32>,    // [E] rows of each expert, if `rows_scanned`
+    expert_offsets: &mut Array<I>, // [E + 1]
+    row_of_pair: &mut Array<I>,    // [P] in: rank within the block; out: row, -1 if unused
+    routed_pairs: &mut Array<I>,   // [P] out: pair of each row, -1 past the routed rows
+    tiles: &mut Array<I>,          // [max_tiles, 2]
+    num_tiles: &mut Array<I>,      // [1]
     num_pairs: usize,
     num_blocks: usize,
+    max_tiles: usize,
     #[comptime] num_experts: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] rows_scanned: bool,
 ) {
-    let pair = ABSOLUTE_POS;
+    let block = CUBE_POS;
+    let local = UNIT_POS as usize;
+    // Per expert: its rows in the blocks before this one, and its total (scanned into offsets).
+    let mut rows_before = SharedMemory::<u32>::new(num_experts);
+    let mut offsets = SharedMemory::<u32>::new(num_experts + 1);
+    let mut e = local;
+    while e < num_experts {
+        let row = e * num_blocks;
+        if rows_scanned {
+            rows_before[e] = block_counts[row + block];
+            offsets[e] = expert_totals[e];
+        } else {
+            let mut before: u32 = 0;
+            let mut total: u32 = 0;
+            for b in 0..num_blocks {
+                let count = block_counts[row + b];
+                total += count;
+                before += select(b < block, count, 0u32);
+            }
+            rows_before[e] = before;
+            offsets[e] = total;
+        }
+        e += BLOCK_PAIRS;
+    }
+    sync_cube();
+    exclusive_scan_in_cube(&mut offsets, num_experts, BLOCK_PAIRS);
+    write_offsets_and_tiles(
+        &offsets,
+        expert_offsets,
+        tiles,
+        num_tiles,
+        max_tiles,
+        block,
+        num_blocks,
+        num_experts,
+        tile_rows,
+        BLOCK_PAIRS,
+    );
+
+    let pair = block * BLOCK_PAIRS + local;
     if pair < num_pairs {
         let id = load_expert(expert_ids, pair, num_pairs, num_experts);
         let mut row = i32::new(-1);
         if id >= 0 {
-            let block = pair / BLOCK_PAIRS;
+            let expert = usize::cast_from(id);
             row = i32::cast_from(
-                block_offsets[usize::cast_from(id) * num_blocks + block]
-                    + u32::cast_from(row_of_pair[pair]),
+                offsets[expert] + rows_before[expert] + u32::cast_from(row_of_pair[pair]),
             );
         }
         write_permutation(
@@ -397,7 +439,7 @@ pub fn scatter_pairs<I: Int>(
             routed_pairs,
             pair,
             row,
-            usize::cast_from(expert_offsets[num_experts]),
+            offsets[num_experts] as usize,
         );
     }
 }

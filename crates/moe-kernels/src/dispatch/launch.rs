@@ -4,8 +4,8 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::kernel::{
-    BLOCK_PAIRS, SCAN_UNITS, SINGLE_CUBE_PAIRS, count_blocks, dispatch_in_one_cube, scan_counts,
-    scatter_pairs,
+    BLOCK_PAIRS, FOLD_BLOCKS, ROW_SCAN_UNITS, SINGLE_CUBE_PAIRS, count_blocks,
+    dispatch_in_one_cube, scan_block_rows, scatter_pairs,
 };
 use super::reference::{TILE_ROWS, max_tiles};
 use crate::InvalidValue;
@@ -51,8 +51,8 @@ impl DispatchOnDevice {
     }
 }
 
-/// Most experts dispatch supports: the scan keeps one unit per expert.
-pub const MAX_EXPERTS: usize = SCAN_UNITS;
+/// Most experts dispatch supports: the single-cube plan keeps one unit per expert.
+pub const MAX_EXPERTS: usize = SINGLE_CUBE_PAIRS;
 
 /// Plans the dispatch of `expert_ids` (`[num_pairs]` of `I`, -1 for unused slots).
 pub fn dispatch<R: Runtime, I: Int + CubeElement>(
@@ -111,10 +111,15 @@ pub(crate) fn launch<R: Runtime, I: Int + CubeElement>(
         return;
     }
 
-    let block_counts = client.empty(num_experts * num_blocks * size_of::<u32>());
+    let counts_len = num_experts * num_blocks;
+    let counts = client.empty(counts_len * size_of::<u32>());
+    let rows_scanned = num_blocks > FOLD_BLOCKS;
+    // Written by `scan_block_rows`; with few blocks `scatter_pairs` sums the counts instead.
+    let totals = client.empty(num_experts * size_of::<u32>());
     // SAFETY: `validate_into` checked the buffers against (num_pairs, num_experts, num_blocks); the
-    // kernels index `expert_ids`, `row_of_pair` and `routed_pairs` below num_pairs, `block_counts`
-    // below E * B, `expert_offsets` up to E and `tiles` below 2 * max_tiles.
+    // kernels index `expert_ids`, `row_of_pair` and `routed_pairs` below num_pairs, the block
+    // counts below E * B, the totals below E, `expert_offsets` up to E and `tiles` below
+    // 2 * max_tiles.
     unsafe {
         count_blocks::launch_unchecked::<I, R>(
             client,
@@ -122,36 +127,39 @@ pub(crate) fn launch<R: Runtime, I: Int + CubeElement>(
             CubeDim::new_1d(BLOCK_PAIRS as u32),
             ArrayArg::from_raw_parts(expert_ids.clone(), num_pairs),
             ArrayArg::from_raw_parts(plan.row_of_pair.clone(), num_pairs),
-            ArrayArg::from_raw_parts(block_counts.clone(), num_experts * num_blocks),
+            ArrayArg::from_raw_parts(counts.clone(), counts_len),
             num_pairs,
             num_blocks,
             num_experts,
         );
-        scan_counts::launch_unchecked::<I, R>(
-            client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(SCAN_UNITS as u32),
-            ArrayArg::from_raw_parts(block_counts.clone(), num_experts * num_blocks),
-            ArrayArg::from_raw_parts(plan.expert_offsets.clone(), num_experts + 1),
-            ArrayArg::from_raw_parts(plan.tiles.clone(), 2 * tiles_capacity),
-            ArrayArg::from_raw_parts(plan.num_tiles.clone(), 1),
-            num_blocks,
-            tiles_capacity,
-            num_experts,
-            TILE_ROWS,
-        );
+        if rows_scanned {
+            scan_block_rows::launch_unchecked::<R>(
+                client,
+                CubeCount::Static(num_experts as u32, 1, 1),
+                CubeDim::new_1d(ROW_SCAN_UNITS as u32),
+                ArrayArg::from_raw_parts(counts.clone(), counts_len),
+                ArrayArg::from_raw_parts(totals.clone(), num_experts),
+                num_blocks,
+            );
+        }
         scatter_pairs::launch_unchecked::<I, R>(
             client,
             CubeCount::Static(num_blocks as u32, 1, 1),
             CubeDim::new_1d(BLOCK_PAIRS as u32),
             ArrayArg::from_raw_parts(expert_ids.clone(), num_pairs),
-            ArrayArg::from_raw_parts(block_counts, num_experts * num_blocks),
+            ArrayArg::from_raw_parts(counts.clone(), counts_len),
+            ArrayArg::from_raw_parts(totals.clone(), num_experts),
             ArrayArg::from_raw_parts(plan.expert_offsets.clone(), num_experts + 1),
             ArrayArg::from_raw_parts(plan.row_of_pair.clone(), num_pairs),
             ArrayArg::from_raw_parts(plan.routed_pairs.clone(), num_pairs),
+            ArrayArg::from_raw_parts(plan.tiles.clone(), 2 * tiles_capacity),
+            ArrayArg::from_raw_parts(plan.num_tiles.clone(), 1),
             num_pairs,
             num_blocks,
+            tiles_capacity,
             num_experts,
+            TILE_ROWS,
+            rows_scanned,
         );
     }
 }

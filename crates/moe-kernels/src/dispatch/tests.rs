@@ -93,8 +93,8 @@ fn random_routing(seed: u64, num_tokens: usize, slots: usize, num_experts: usize
     ids
 }
 
-/// Random routings from one token to 65536 tokens, E in {2, 8, 64, 256}, 1 to 8 slots, on both
-/// sides of the single-cube limit.
+/// Random routings from one token to 65536 tokens, E in {2, 8, 64, 256, 1024}, 1 to 8 slots, on
+/// both sides of the single-cube and the block-scan limits.
 pub fn dispatch_matches_reference_on_random_routings<R: Runtime>(client: ComputeClient<R>) {
     let cases = [
         (1, 1, 2),
@@ -106,6 +106,10 @@ pub fn dispatch_matches_reference_on_random_routings<R: Runtime>(client: Compute
         (1025, 1, 8), // the smallest multi-pass plan
         (1000, 4, 64),
         (4096, 2, 8),
+        (8192, 2, 64), // 64 blocks: the largest plan whose scatter sums the block counts
+        (16385, 1, 2), // 65 blocks: the smallest with a scan of the block rows
+        (100, 8, 1024), // the most experts, single cube
+        (5000, 2, 1024),
         (3000, 8, 256),
         (65536, 2, 64),
         (65536, 1, 8),
