@@ -272,3 +272,12 @@ fn quick_routing_benchmark_writes_its_table_on_wgpu() {
     }
     std::fs::remove_dir_all(results).unwrap();
 }
+
+#[test]
+fn bench_case_filter_that_matches_nothing_lists_the_cases() {
+    let output = experiments(&["bench", "--backend", "wgpu", "--quick", "--case", "T=3 "]);
+    assert_clean_failure(
+        &output,
+        "no benchmark case contains `T=3 `; the cases are: T=32 E=8 threshold(tau=0.5), ",
+    );
+}

@@ -60,6 +60,14 @@ pub enum ExperimentError {
         /// First line of what the backend reported.
         reason: String,
     },
+    /// `bench --case` matches no benchmark case.
+    #[error("no benchmark case contains `{filter}`; the cases are: {cases}")]
+    NoBenchCase {
+        /// The text given to `--case`.
+        filter: String,
+        /// The labels of all cases.
+        cases: String,
+    },
     /// The results directory of the run already exists.
     #[error(
         "{0} already exists; pass --overwrite to replace it or --name to pick another run name"

@@ -58,6 +58,9 @@ enum Command {
         /// Fewer, smaller cases (CI, CPU-emulated devices).
         #[arg(long)]
         quick: bool,
+        /// Only the cases whose label contains this text, e.g. `--case T=65536`.
+        #[arg(long)]
+        case: Option<String>,
         /// Directory holding the run directories.
         #[arg(long, default_value = "results")]
         results: PathBuf,
@@ -107,11 +110,13 @@ fn run(command: Command) -> Result<(), ExperimentError> {
         Command::Bench {
             backend,
             quick,
+            case,
             results,
         } => {
             let csv = experiments::bench::bench(experiments::bench::BenchRequest {
                 backend,
                 quick,
+                case_filter: case,
                 results_root: results,
             })?;
             println!("table written to {}", csv.display());

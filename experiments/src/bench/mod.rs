@@ -26,6 +26,8 @@ pub struct BenchRequest {
     pub backend: BackendKind,
     /// Fewer and smaller cases (for CI and CPU-emulated devices).
     pub quick: bool,
+    /// Only the cases whose label contains this text (e.g. `T=65536`).
+    pub case_filter: Option<String>,
     /// Directory holding the run directories (`results`).
     pub results_root: PathBuf,
 }
@@ -48,28 +50,37 @@ pub struct BenchRow {
 }
 
 /// Runs the routing benchmarks, prints the table and writes `results/<run>/routing.csv`.
+/// Checks the request before touching a device.
 pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
-    run_on_runtime(request.backend, request)
+    let cases = routing::select_cases(request.quick, request.case_filter.as_deref())?;
+    run_on_runtime(request.backend, BenchJob { request, cases })
 }
 
-impl RuntimeJob for BenchRequest {
+/// A checked [`BenchRequest`] and the cases it selects.
+struct BenchJob {
+    request: BenchRequest,
+    cases: Vec<routing::Case>,
+}
+
+impl RuntimeJob for BenchJob {
     type Output = PathBuf;
 
     fn run<R: CubeRuntime>(self, device: R::Device) -> Result<PathBuf, ExperimentError> {
+        let BenchJob { request, cases } = self;
         let client = R::client(&device);
-        let copy_bandwidth = bandwidth::copy_bandwidth(&client, self.quick);
+        let copy_bandwidth = bandwidth::copy_bandwidth(&client, request.quick);
         println!(
             "{} backend, measured copy bandwidth {:.0} GB/s (read + write)",
-            self.backend.name(),
+            request.backend.name(),
             copy_bandwidth / 1e9
         );
         let spinner = device_time::Spinner::calibrate(&client);
-        let rows = routing::run::<R>(&client, &spinner, &device, self.quick);
+        let rows = routing::run::<R>(&client, &spinner, &device, cases, request.quick);
         let table = render(&rows, copy_bandwidth);
         println!("{table}");
 
-        let name = format!("bench-routing-{}", self.backend.name());
-        let run_dir = RunDir::create(&self.results_root, None, &name, false)?;
+        let name = format!("bench-routing-{}", request.backend.name());
+        let run_dir = RunDir::create(&request.results_root, None, &name, false)?;
         let csv_path = run_dir.path.join("routing.csv");
         std::fs::write(&csv_path, csv(&rows, copy_bandwidth))
             .map_err(ExperimentError::io(&csv_path))?;

@@ -20,14 +20,43 @@ use rand::{RngExt, SeedableRng};
 
 use super::device_time::{Spinner, wall_and_device_time};
 use super::{BenchRow, time_per_call};
+use crate::error::ExperimentError;
 
 type Cube<R> = CubeBackend<R, f32, i32, u32>;
 
 /// One benchmark shape.
-struct Case {
+pub struct Case {
     tokens: usize,
     experts: usize,
     policy: RoutingPolicy,
+}
+
+impl Case {
+    /// How the table names the case, e.g. `T=4096 E=8 threshold(tau=0.5)`.
+    fn label(&self) -> String {
+        format!("T={} E={} {}", self.tokens, self.experts, self.policy)
+    }
+}
+
+/// The cases to measure: all of them (fewer and smaller if `quick`), or those whose label
+/// contains `filter`.
+pub fn select_cases(quick: bool, filter: Option<&str>) -> Result<Vec<Case>, ExperimentError> {
+    let all = cases(quick);
+    let Some(filter) = filter else {
+        return Ok(all);
+    };
+    let labels: Vec<String> = all.iter().map(Case::label).collect();
+    let chosen: Vec<Case> = all
+        .into_iter()
+        .filter(|case| case.label().contains(filter))
+        .collect();
+    if chosen.is_empty() {
+        return Err(ExperimentError::NoBenchCase {
+            filter: filter.to_owned(),
+            cases: labels.join(", "),
+        });
+    }
+    Ok(chosen)
 }
 
 fn cases(quick: bool) -> Vec<Case> {
@@ -60,16 +89,19 @@ fn cases(quick: bool) -> Vec<Case> {
     ]
 }
 
-/// Measures every case; `device` is the Burn device of the same runtime as `client`.
+/// Measures `cases`; `device` is the Burn device of the same runtime as `client`; `quick` picks
+/// a smaller model width for combine.
 pub fn run<R: CubeRuntime>(
     client: &ComputeClient<R>,
     spinner: &Spinner<R>,
     device: &R::Device,
+    cases: Vec<Case>,
     quick: bool,
 ) -> Vec<BenchRow> {
     let d_model = if quick { 256 } else { 2048 };
     let mut rows = Vec::new();
-    for case in cases(quick) {
+    for case in cases {
+        let label = case.label();
         let Case {
             tokens,
             experts,
@@ -77,7 +109,6 @@ pub fn run<R: CubeRuntime>(
         } = case;
         let slots = policy.max_slots();
         let pairs = tokens * slots;
-        let label = format!("T={tokens} E={experts} {policy}");
         let work = tokens * experts;
         let kernel_iters = if work <= 100_000 {
             200
