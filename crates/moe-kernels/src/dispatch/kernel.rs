@@ -26,7 +26,8 @@ pub const FOLD_BLOCKS: usize = 64;
 /// Units of each cube of `scan_block_rows`.
 pub const ROW_SCAN_UNITS: usize = 256;
 
-/// Pass 1: ranks within the block (into `pair_rank`) and per-expert counts of the block.
+/// Pass 1: ranks within the block (into `pair_rank`) and per-expert counts of the block. With
+/// `by_planes` (planes of exactly [`PLANE_UNITS`] units) the ranks come from plane ballots.
 #[cube(launch_unchecked)]
 pub fn count_blocks<I: Int>(
     expert_ids: &Array<I>,         // [P] expert of each pair, -1 if unused
@@ -35,22 +36,27 @@ pub fn count_blocks<I: Int>(
     num_pairs: usize,
     num_blocks: usize,
     #[comptime] num_experts: usize,
+    #[comptime] by_planes: bool,
 ) {
     let block = CUBE_POS;
     let local = UNIT_POS as usize;
     let pair = block * BLOCK_PAIRS + local;
-    let mut ids = SharedMemory::<i32>::new(BLOCK_PAIRS);
     let mut counts = SharedMemory::<u32>::new(num_experts);
     let id = load_expert(expert_ids, pair, num_pairs, num_experts);
-    let pairs_here = min(BLOCK_PAIRS, num_pairs - block * BLOCK_PAIRS);
-    let rank = rank_in_block(
-        &mut ids,
-        &mut counts,
-        id,
-        pairs_here,
-        BLOCK_PAIRS,
-        num_experts,
-    );
+    let rank = if by_planes {
+        rank_in_block_by_planes(&mut counts, id, BLOCK_PAIRS, num_experts)
+    } else {
+        let mut ids = SharedMemory::<i32>::new(BLOCK_PAIRS);
+        let pairs_here = min(BLOCK_PAIRS, num_pairs - block * BLOCK_PAIRS);
+        rank_in_block(
+            &mut ids,
+            &mut counts,
+            id,
+            pairs_here,
+            BLOCK_PAIRS,
+            num_experts,
+        )
+    };
     if id >= 0 {
         pair_rank[pair] = I::cast_from(rank);
     }
@@ -118,12 +124,77 @@ fn rank_in_block(
     before
 }
 
-/// Inclusive scan of `values[0..units]` in shared memory (Hillis-Steele), by the cube's `units`.
+/// Units per plane that [`rank_in_block_by_planes`] requires (one bit of a ballot word each).
+pub const PLANE_UNITS: usize = 32;
+
+/// Like [`rank_in_block`] for a cube whose planes have exactly [`PLANE_UNITS`] units, every unit
+/// holding a pair (-1 past the end): within a plane, ballots over the bits of `id + 1` give the
+/// lanes that hold the same expert, so the rank costs a few ballots instead of a loop over the
+/// block; the planes' counts per expert are then added in shared memory.
 #[cube]
-fn scan_in_cube(values: &mut SharedMemory<u32>, #[comptime] units: usize) {
+fn rank_in_block_by_planes(
+    counts: &mut SharedMemory<u32>,
+    id: i32,
+    #[comptime] units: usize,
+    #[comptime] num_experts: usize,
+) -> u32 {
+    let planes = comptime!(units / PLANE_UNITS);
+    let key_bits = comptime!((num_experts as u32).ilog2() + 1); // keys 0 (unused) ..= E
+    let local = UNIT_POS as usize;
+    let lane = UNIT_POS_PLANE;
+    let plane = local / PLANE_UNITS;
+    // plane_counts[p * E + e]: pairs of expert e in plane p.
+    let mut plane_counts = SharedMemory::<u32>::new(planes * num_experts);
+    let mut i = local;
+    while i < planes * num_experts {
+        plane_counts[i] = 0u32;
+        i += units;
+    }
+
+    let key = u32::cast_from(id + 1);
+    let mut same = u32::MAX; // lanes whose key equals this lane's
+    #[unroll]
+    for bit in 0..key_bits {
+        let set = ((key >> bit) & 1u32) == 1u32;
+        let voters = plane_ballot(set)[0];
+        same &= select(set, voters, !voters);
+    }
+    let lanes_below = (1u32 << lane) - 1u32;
+    let rank_in_plane = (same & lanes_below).count_ones();
+    sync_cube();
+    if id >= 0 && (same >> lane) == 1u32 {
+        // The plane's last lane of this expert reports the plane's count.
+        plane_counts[plane * num_experts + usize::cast_from(id)] = rank_in_plane + 1;
+    }
+    sync_cube();
+
+    let mut rank = rank_in_plane;
+    if id >= 0 {
+        for p in 0..plane {
+            rank += plane_counts[p * num_experts + usize::cast_from(id)];
+        }
+    }
+    let mut e = local;
+    while e < num_experts {
+        let mut total: u32 = 0;
+        #[unroll]
+        for p in 0..planes {
+            total += plane_counts[p * num_experts + e];
+        }
+        counts[e] = total;
+        e += units;
+    }
+    rank
+}
+
+/// Inclusive scan of `values[0..len]` in shared memory (Hillis-Steele) by all units of the cube,
+/// which has at least `len` units and `values` an entry per unit (those past `len` are left
+/// undefined).
+#[cube]
+fn scan_in_cube(values: &mut SharedMemory<u32>, #[comptime] len: usize) {
     let local = UNIT_POS as usize;
     let mut step: usize = 1;
-    while step < units {
+    while step < len {
         let mut addend: u32 = 0;
         if local >= step {
             addend = values[local - step];
@@ -144,6 +215,7 @@ fn exclusive_scan_in_cube(
     #[comptime] units: usize,
 ) {
     let items = comptime!(len.div_ceil(units)); // consecutive entries per unit
+    let used_units = comptime!(len.div_ceil(items));
     let local = UNIT_POS as usize;
     let first = local * items;
     let mut partial = SharedMemory::<u32>::new(units);
@@ -156,7 +228,7 @@ fn exclusive_scan_in_cube(
     }
     partial[local] = sum;
     sync_cube();
-    scan_in_cube(&mut partial, units);
+    scan_in_cube(&mut partial, used_units);
     let mut running = partial[local] - sum;
     #[unroll]
     for i in 0..items {
@@ -166,8 +238,8 @@ fn exclusive_scan_in_cube(
             running += value;
         }
     }
-    if local == units - 1 {
-        values[len] = running;
+    if local == 0 {
+        values[len] = partial[used_units - 1];
     }
     sync_cube();
 }
@@ -209,9 +281,9 @@ pub fn scan_block_rows(
 }
 
 /// Writes the share of cube `cube` of `num_cubes` (each of `units` units) of the outputs that
-/// follow from the expert offsets (`offsets`, `[E + 1]` in shared memory): `expert_offsets` (the
-/// first cube) and the tile work list, where expert e owns ceil(count_e / tile_rows) tiles, in
-/// expert order.
+/// follow from the expert offsets (`offsets`, `[E + 1]` in shared memory): `expert_offsets` and
+/// the tile count (the first cube) and the tile work list, where expert e owns
+/// ceil(count_e / tile_rows) tiles, in expert order. Cubes past the tile list skip its scan.
 #[cube]
 #[allow(
     clippy::manual_div_ceil,
@@ -231,52 +303,55 @@ fn write_offsets_and_tiles<I: Int>(
     #[comptime] units: usize,
 ) {
     let local = UNIT_POS as usize;
-    // tile_start[e]: the first tile of expert e; tile_start[E]: the tiles in use.
-    let mut tile_start = SharedMemory::<u32>::new(num_experts + 1);
-    let mut e = local;
-    while e < num_experts {
-        let count = offsets[e + 1] - offsets[e];
-        tile_start[e] = (count + tile_rows as u32 - 1) / tile_rows as u32;
-        e += units;
-    }
-    sync_cube();
-    exclusive_scan_in_cube(&mut tile_start, num_experts, units);
-    let used_tiles = tile_start[num_experts] as usize;
     if cube == 0 {
         let mut e = local;
         while e <= num_experts {
             expert_offsets[e] = I::cast_from(offsets[e]);
             e += units;
         }
-        if local == 0 {
+    }
+    let first_tile = cube * units;
+    if first_tile < max_tiles {
+        // tile_start[e]: the first tile of expert e; tile_start[E]: the tiles in use.
+        let mut tile_start = SharedMemory::<u32>::new(num_experts + 1);
+        let mut e = local;
+        while e < num_experts {
+            let count = offsets[e + 1] - offsets[e];
+            tile_start[e] = (count + tile_rows as u32 - 1) / tile_rows as u32;
+            e += units;
+        }
+        sync_cube();
+        exclusive_scan_in_cube(&mut tile_start, num_experts, units);
+        let used_tiles = tile_start[num_experts] as usize;
+        if cube == 0 && local == 0 {
             num_tiles[0] = I::cast_from(used_tiles);
         }
-    }
 
-    let mut tile = cube * units + local;
-    while tile < max_tiles {
-        let mut expert = i32::new(-1);
-        let mut first_row = i32::new(-1);
-        if tile < used_tiles {
-            // The expert whose tile range holds `tile`: the first e with tile_start[e + 1] > tile.
-            let mut low: usize = 0;
-            let mut high = usize::new(comptime!((num_experts - 1) as i64));
-            while low < high {
-                let mid = (low + high) / 2;
-                if tile_start[mid + 1] as usize > tile {
-                    high = mid;
-                } else {
-                    low = mid + 1;
+        let mut tile = first_tile + local;
+        while tile < max_tiles {
+            let mut expert = i32::new(-1);
+            let mut first_row = i32::new(-1);
+            if tile < used_tiles {
+                // The expert whose tile range holds `tile`: the first e with tile_start[e + 1] > tile.
+                let mut low: usize = 0;
+                let mut high = usize::new(comptime!((num_experts - 1) as i64));
+                while low < high {
+                    let mid = (low + high) / 2;
+                    if tile_start[mid + 1] as usize > tile {
+                        high = mid;
+                    } else {
+                        low = mid + 1;
+                    }
                 }
+                expert = i32::cast_from(low);
+                first_row = i32::cast_from(
+                    offsets[low] as usize + (tile - tile_start[low] as usize) * tile_rows,
+                );
             }
-            expert = i32::cast_from(low);
-            first_row = i32::cast_from(
-                offsets[low] as usize + (tile - tile_start[low] as usize) * tile_rows,
-            );
+            tiles[2 * tile] = I::cast_from(expert);
+            tiles[2 * tile + 1] = I::cast_from(first_row);
+            tile += num_cubes * units;
         }
-        tiles[2 * tile] = I::cast_from(expert);
-        tiles[2 * tile + 1] = I::cast_from(first_row);
-        tile += num_cubes * units;
     }
 }
 

@@ -48,7 +48,7 @@ pub fn route_and_dispatch_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
     }
     route::launch::validate_into::<R, F, I>(client, logits, routed, num_experts, policy)?;
     dispatch::launch::validate_into::<R, I>(client, &routed.expert_ids, plan)?;
-    let Some((units, team)) = fused_shape(routed.num_tokens, num_pairs, num_experts) else {
+    let Some((units, team)) = fused_shape(routed.num_tokens, routed.slots, num_experts) else {
         route::launch::launch::<R, F, I>(client, logits, routed, num_experts, policy);
         dispatch::launch::launch::<R, I>(client, &routed.expert_ids, plan);
         return Ok(());
@@ -89,12 +89,13 @@ pub fn route_and_dispatch_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
 /// `(units, team)` of the fused cube, or `None` when the batch is too large for one cube: a unit
 /// per pair and per expert, and a team (a power of two, as large as the route kernel's, as the
 /// cube allows) per token.
-fn fused_shape(num_tokens: usize, num_pairs: usize, num_experts: usize) -> Option<(usize, usize)> {
+fn fused_shape(num_tokens: usize, slots: usize, num_experts: usize) -> Option<(usize, usize)> {
+    let num_pairs = num_tokens * slots;
     if num_pairs > FUSED_UNITS || num_experts > FUSED_UNITS {
         return None;
     }
     let room = FUSED_UNITS / num_tokens; // >= slots >= 1
-    let team = route::launch::team_size(num_experts).min(1 << room.ilog2());
+    let team = route::launch::team_size(num_experts, slots).min(1 << room.ilog2());
     let units = num_pairs
         .max(num_experts)
         .max(num_tokens * team)
