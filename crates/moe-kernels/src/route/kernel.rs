@@ -1,9 +1,9 @@
 //! Fused router: softmax, top-k and the variable-k decision in one pass over each row of logits.
 //!
 //! Tiling: a team of `team` consecutive units routes one token. Member m reads experts
-//! m, m + team, m + 2 * team, ... (so a plane's loads are contiguous), keeps its own top `slots`
-//! experts by logit in registers (a small sorted list; ties keep the lower expert index) and the
-//! sum of exp(logit - its own maximum). The team then merges its members' lists and sums in
+//! m, m + team, m + 2 * team, ... (so a plane's loads are contiguous) in chunks of loads issued
+//! together, keeps its own top `slots` experts by logit in registers (a small sorted list; ties
+//! keep the lower expert index) and the sum of exp(logit - its own maximum), in one pass. The team then merges its members' lists and sums in
 //! log2(team) rounds through shared memory: the merged list is the row's top `slots`, because the
 //! order (logit descending, index ascending) is total. The team's first member applies the policy:
 //! slot s is used while the probability mass of slots `0..s` is below `mass_limit` (no limit:
@@ -11,6 +11,9 @@
 //! type. Assumes contiguous row-major buffers and finite logits.
 
 use cubecl::prelude::*;
+
+/// Most logits a team member loads at once (in flight together) before using them.
+const LOAD_CHUNK: usize = 16;
 
 /// Routes token `ABSOLUTE_POS / team` (see the module docs).
 #[cube(launch_unchecked)]
@@ -81,22 +84,37 @@ pub fn route_token<F: Float, I: Int>(
     let mut sum = 0.0f32;
     if active {
         let row = token * num_experts;
-        let mut e = member;
-        while e < num_experts {
-            insert(
-                &mut top_logit,
-                &mut top_expert,
-                f32::cast_from(logits[row + e]),
-                e as u32,
-                slots,
-            );
-            e += team;
-        }
-        max_logit = top_logit[0];
-        let mut e = member;
-        while e < num_experts {
-            sum += f32::exp(f32::cast_from(logits[row + e]) - max_logit);
-            e += team;
+        let per_member = comptime!(num_experts.div_ceil(team));
+        let chunk_len = comptime!(per_member.min(LOAD_CHUNK));
+        let mut first: usize = 0; // the chunk's first index among the member's experts
+        while first < per_member {
+            // A chunk of loads in flight at once, then the sum (rescaled to the new maximum once
+            // per chunk) and the top list.
+            let mut chunk = Array::<f32>::new(chunk_len);
+            #[unroll]
+            for i in 0..chunk_len {
+                let e = member + (first + i) * team;
+                chunk[i] = f32::min_value();
+                if e < num_experts {
+                    chunk[i] = f32::cast_from(logits[row + e]);
+                }
+            }
+            let mut chunk_max = max_logit;
+            #[unroll]
+            for i in 0..chunk_len {
+                chunk_max = f32::max(chunk_max, chunk[i]);
+            }
+            sum *= f32::exp(max_logit - chunk_max);
+            #[unroll]
+            for i in 0..chunk_len {
+                let e = member + (first + i) * team;
+                if e < num_experts {
+                    sum += f32::exp(chunk[i] - chunk_max);
+                    insert(&mut top_logit, &mut top_expert, chunk[i], e as u32, slots);
+                }
+            }
+            max_logit = chunk_max;
+            first += chunk_len;
         }
     }
 
