@@ -152,7 +152,7 @@ fn rank_in_block_by_planes(
     }
 
     let key = u32::cast_from(id + 1);
-    let mut same = u32::MAX; // lanes whose key equals this lane's
+    let mut same = u32::new(u32::MAX as i64); // lanes whose key equals this lane's
     #[unroll]
     for bit in 0..key_bits {
         let set = ((key >> bit) & 1u32) == 1u32;
