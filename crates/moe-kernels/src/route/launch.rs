@@ -11,12 +11,17 @@ use crate::{InvalidValue, RoutingPolicy};
 pub const MAX_SLOTS: usize = 8;
 /// Units per cube of the route kernel.
 const CUBE_UNITS: usize = 256;
-/// Experts each member of a token's team reads at least (when E allows a team of several), and
-/// at least this many per slot: merging two members' lists costs slots^2 steps, so a team with
-/// more slots has fewer, busier members (on an H100, E=64 top-8 at T=65536: 77 us with 8 members,
-/// 37 us with 2; E=256 top-8 at T=16384: 93 us with 32, 35 us with 8).
+/// Experts each member of a token's team reads at least (when E allows a team of several).
 const EXPERTS_PER_MEMBER: usize = 8;
+/// In a batch large enough to fill the device, also at least this many experts per member and
+/// slot: merging two members' lists costs slots^2 steps, so more slots call for fewer, busier
+/// members (on an H100, E=64 top-8 at T=65536: 77 us with 8 members, 33 us with 2; E=256 top-8
+/// at T=16384: 93 us with 32, 31 us with 8).
 const EXPERTS_PER_MEMBER_AND_SLOT: usize = 4;
+/// Units (tokens x team) below which a batch cannot fill the device: its teams are as large as
+/// E allows, which shortens each token's chain (E=256 top-8 at T=32: 11.6 us with 32 members,
+/// 12.9 us with 8).
+const SMALL_BATCH_UNITS: usize = 8192;
 /// Largest team of units routing one token (a plane on every supported device).
 const MAX_TEAM: usize = 32;
 
@@ -120,12 +125,18 @@ pub(crate) fn validate_into<R: Runtime, F: Float + CubeElement, I: Int + CubeEle
 }
 
 /// Units routing one token: a power of two, such that each reads `EXPERTS_PER_MEMBER` experts or
-/// more and `EXPERTS_PER_MEMBER_AND_SLOT` per slot or more (E = 8: 1; E = 64: 8 with 2 slots, 2
-/// with 8; E = 256: 32 with 2 slots, 8 with 8).
-pub(crate) fn team_size(num_experts: usize, slots: usize) -> usize {
-    let per_member = EXPERTS_PER_MEMBER.max(EXPERTS_PER_MEMBER_AND_SLOT * slots);
-    let members = (num_experts / per_member).max(1);
-    (1usize << members.ilog2()).min(MAX_TEAM)
+/// more (E = 8: 1, E = 64: 8, E = 256: 32), and in a large batch also
+/// `EXPERTS_PER_MEMBER_AND_SLOT` per slot or more (E = 64: 2 with 8 slots; E = 256: 8 with 8).
+pub(crate) fn team_size(num_tokens: usize, num_experts: usize, slots: usize) -> usize {
+    let team_of = |per_member: usize| {
+        let members = (num_experts / per_member).max(1);
+        (1usize << members.ilog2()).min(MAX_TEAM)
+    };
+    let widest = team_of(EXPERTS_PER_MEMBER);
+    if num_tokens * widest <= SMALL_BATCH_UNITS {
+        return widest;
+    }
+    team_of(EXPERTS_PER_MEMBER.max(EXPERTS_PER_MEMBER_AND_SLOT * slots))
 }
 
 fn check<R: Runtime, F: CubeElement>(
@@ -152,7 +163,9 @@ fn check<R: Runtime, F: CubeElement>(
         ));
     }
     let max_cubes = client.properties().hardware.max_cube_count.0 as usize;
-    if (num_tokens * team_size(num_experts, policy.max_slots())).div_ceil(CUBE_UNITS) > max_cubes {
+    if (num_tokens * team_size(num_tokens, num_experts, policy.max_slots())).div_ceil(CUBE_UNITS)
+        > max_cubes
+    {
         return Err(InvalidValue::new(
             "num_tokens",
             num_tokens,
@@ -172,7 +185,7 @@ pub(crate) fn launch<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
 ) {
     let num_tokens = routed.num_tokens;
     let slots = routed.slots;
-    let team = team_size(num_experts, slots);
+    let team = team_size(num_tokens, num_experts, slots);
     let cubes = (num_tokens * team).div_ceil(CUBE_UNITS) as u32;
     // SAFETY: every buffer was sized from (num_tokens, num_experts, slots) by `check` and
     // `RoutedOnDevice::empty`; the kernel reads only `[0, T * E)` and writes only inside them.

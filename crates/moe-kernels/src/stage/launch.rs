@@ -95,7 +95,7 @@ fn fused_shape(num_tokens: usize, slots: usize, num_experts: usize) -> Option<(u
         return None;
     }
     let room = FUSED_UNITS / num_tokens; // >= slots >= 1
-    let team = route::launch::team_size(num_experts, slots).min(1 << room.ilog2());
+    let team = route::launch::team_size(num_tokens, num_experts, slots).min(1 << room.ilog2());
     let units = num_pairs
         .max(num_experts)
         .max(num_tokens * team)
