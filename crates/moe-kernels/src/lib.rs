@@ -8,6 +8,7 @@ mod buffer;
 pub mod combine;
 pub mod dispatch;
 mod error;
+mod plane;
 mod policy;
 pub mod route;
 pub mod stage;

@@ -16,6 +16,8 @@
 
 use cubecl::prelude::*;
 
+use crate::plane::PLANE_UNITS;
+
 /// Pairs per block of `count_blocks` and `scatter_pairs` (one unit per pair).
 pub const BLOCK_PAIRS: usize = 256;
 /// Most pairs `dispatch_in_one_cube` plans (one unit per pair); also its most experts.
@@ -123,9 +125,6 @@ fn rank_in_block(
     }
     before
 }
-
-/// Units per plane that [`rank_in_block_by_planes`] requires (one bit of a ballot word each).
-pub const PLANE_UNITS: usize = 32;
 
 /// Like [`rank_in_block`] for a cube whose planes have exactly [`PLANE_UNITS`] units, every unit
 /// holding a pair (-1 past the end): within a plane, ballots over the bits of `id + 1` give the

@@ -1,16 +1,16 @@
 //! Host side of dispatch: validate, allocate, launch the single-cube plan or the three passes.
 
-use cubecl::ir::features::Plane;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::kernel::{
-    BLOCK_PAIRS, FOLD_BLOCKS, PLANE_UNITS, ROW_SCAN_UNITS, SINGLE_CUBE_PAIRS, count_blocks,
+    BLOCK_PAIRS, FOLD_BLOCKS, ROW_SCAN_UNITS, SINGLE_CUBE_PAIRS, count_blocks,
     dispatch_in_one_cube, scan_block_rows, scatter_pairs,
 };
 use super::reference::{TILE_ROWS, max_tiles};
 use crate::InvalidValue;
 use crate::buffer::expect_len;
+use crate::plane::has_planes_of_32;
 
 /// The dispatch plan in device buffers (the device form of
 /// [`DispatchPlan`](super::reference::DispatchPlan)); all of element type `I`.
@@ -164,16 +164,6 @@ pub(crate) fn launch<R: Runtime, I: Int + CubeElement>(
             rows_scanned,
         );
     }
-}
-
-/// Whether the device's planes (warps) have exactly [`PLANE_UNITS`] units and support plane
-/// operations (CUDA; not wgpu on a CPU), as `count_blocks`' ballot ranking needs.
-fn has_planes_of_32<R: Runtime>(client: &ComputeClient<R>) -> bool {
-    let properties = client.properties();
-    let hardware = &properties.hardware;
-    properties.features.plane.contains(Plane::Ops)
-        && hardware.plane_size_min == PLANE_UNITS as u32
-        && hardware.plane_size_max == PLANE_UNITS as u32
 }
 
 /// Checks the arguments of [`dispatch_into`] (also those of the fused routing stage).

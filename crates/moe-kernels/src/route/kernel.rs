@@ -3,12 +3,13 @@
 //! Tiling: a team of `team` consecutive units routes one token. Member m reads experts
 //! m, m + team, m + 2 * team, ... (so a plane's loads are contiguous) in chunks of loads issued
 //! together, keeps its own top `slots` experts by logit in registers (a small sorted list; ties
-//! keep the lower expert index) and the sum of exp(logit - its own maximum), in one pass. The team then merges its members' lists and sums in
-//! log2(team) rounds through shared memory: the merged list is the row's top `slots`, because the
-//! order (logit descending, index ascending) is total. The team's first member applies the policy:
-//! slot s is used while the probability mass of slots `0..s` is below `mass_limit` (no limit:
-//! every slot), and writes the renormalised weights. Computation is in f32 whatever the logits'
-//! type. Assumes contiguous row-major buffers and finite logits.
+//! keep the lower expert index) and the sum of exp(logit - its own maximum), in one pass. The
+//! team then merges its members' lists and sums in log2(team) rounds, by plane shuffles where the
+//! device has 32-wide planes, else through shared memory: the merged list is the row's top
+//! `slots`, because the order (logit descending, index ascending) is total. The team's first
+//! member applies the policy: slot s is used while the probability mass of slots `0..s` is below
+//! `mass_limit` (no limit: every slot), and writes the renormalised weights. Computation is in
+//! f32 whatever the logits' type. Assumes contiguous row-major buffers and finite logits.
 
 use cubecl::prelude::*;
 
@@ -29,6 +30,7 @@ pub fn route_kernel<F: Float, I: Int>(
     #[comptime] team: usize,
     #[comptime] cube_units: usize,
     #[comptime] has_mass_limit: bool,
+    #[comptime] by_planes: bool,
 ) {
     route_token::<F, I>(
         logits,
@@ -43,12 +45,14 @@ pub fn route_kernel<F: Float, I: Int>(
         team,
         cube_units,
         has_mass_limit,
+        by_planes,
     );
 }
 
 /// The body of [`route_kernel`] for the unit's `token`, also run by the fused routing stage.
 /// Every unit of the cube (`cube_units` of them) must call it: the team merge synchronises the
-/// cube.
+/// cube, or with `by_planes` (planes of exactly `PLANE_UNITS` units) exchanges through plane
+/// shuffles.
 #[cube]
 #[allow(
     clippy::too_many_arguments,
@@ -68,6 +72,7 @@ pub fn route_token<F: Float, I: Int>(
     #[comptime] team: usize,
     #[comptime] cube_units: usize,
     #[comptime] has_mass_limit: bool,
+    #[comptime] by_planes: bool,
 ) {
     let member = UNIT_POS as usize % team;
     let active = token < num_tokens;
@@ -118,42 +123,71 @@ pub fn route_token<F: Float, I: Int>(
         }
     }
 
-    // Phase 2: merge the team's lists and sums, halving the members holding data each round.
-    let mut shared_logit = SharedMemory::<f32>::new(cube_units * slots);
-    let mut shared_expert = SharedMemory::<u32>::new(cube_units * slots);
-    let mut shared_max = SharedMemory::<f32>::new(cube_units);
-    let mut shared_sum = SharedMemory::<f32>::new(cube_units);
-    let local = UNIT_POS as usize;
-    let mut step: usize = 1;
-    while step < team {
-        #[unroll]
-        for s in 0..slots {
-            shared_logit[local * slots + s] = top_logit[s];
-            shared_expert[local * slots + s] = top_expert[s];
-        }
-        shared_max[local] = max_logit;
-        shared_sum[local] = sum;
-        sync_cube();
-        if member % (2 * step) == 0 {
-            let partner = local + step;
+    // Phase 2: merge the team's lists and sums.
+    if by_planes {
+        // Butterfly within the plane: each round every member merges with member ^ mask, so all
+        // end with the team's list (partners always hold disjoint experts).
+        let mut partner_logit = Array::<f32>::new(slots);
+        let mut partner_expert = Array::<u32>::new(slots);
+        let mut mask: u32 = 1;
+        while (mask as usize) < team {
+            #[unroll]
+            for s in 0..slots {
+                partner_logit[s] = plane_shuffle_xor(top_logit[s], mask);
+                partner_expert[s] = plane_shuffle_xor(top_expert[s], mask);
+            }
+            let partner_max = plane_shuffle_xor(max_logit, mask);
+            let partner_sum = plane_shuffle_xor(sum, mask);
             #[unroll]
             for s in 0..slots {
                 insert(
                     &mut top_logit,
                     &mut top_expert,
-                    shared_logit[partner * slots + s],
-                    shared_expert[partner * slots + s],
+                    partner_logit[s],
+                    partner_expert[s],
                     slots,
                 );
             }
-            let partner_max = shared_max[partner];
-            let merged_max = f32::max(max_logit, partner_max);
-            sum = sum * f32::exp(max_logit - merged_max)
-                + shared_sum[partner] * f32::exp(partner_max - merged_max);
-            max_logit = merged_max;
+            sum = merged_sum(sum, max_logit, partner_sum, partner_max);
+            max_logit = f32::max(max_logit, partner_max);
+            mask *= 2;
         }
-        sync_cube();
-        step *= 2;
+    } else {
+        // Through shared memory, halving the members holding data each round.
+        let mut shared_logit = SharedMemory::<f32>::new(cube_units * slots);
+        let mut shared_expert = SharedMemory::<u32>::new(cube_units * slots);
+        let mut shared_max = SharedMemory::<f32>::new(cube_units);
+        let mut shared_sum = SharedMemory::<f32>::new(cube_units);
+        let local = UNIT_POS as usize;
+        let mut step: usize = 1;
+        while step < team {
+            #[unroll]
+            for s in 0..slots {
+                shared_logit[local * slots + s] = top_logit[s];
+                shared_expert[local * slots + s] = top_expert[s];
+            }
+            shared_max[local] = max_logit;
+            shared_sum[local] = sum;
+            sync_cube();
+            if member % (2 * step) == 0 {
+                let partner = local + step;
+                #[unroll]
+                for s in 0..slots {
+                    insert(
+                        &mut top_logit,
+                        &mut top_expert,
+                        shared_logit[partner * slots + s],
+                        shared_expert[partner * slots + s],
+                        slots,
+                    );
+                }
+                let partner_max = shared_max[partner];
+                sum = merged_sum(sum, max_logit, shared_sum[partner], partner_max);
+                max_logit = f32::max(max_logit, partner_max);
+            }
+            sync_cube();
+            step *= 2;
+        }
     }
 
     // Phase 3: the policy's prefix, then renormalised weights.
@@ -183,6 +217,14 @@ pub fn route_token<F: Float, I: Int>(
         }
         token_k[token] = I::cast_from(used);
     }
+}
+
+/// The sum of exp(logit - m) over two members' experts, m the larger of their maxima, from each
+/// member's sum relative to its own maximum.
+#[cube]
+fn merged_sum(sum: f32, max_logit: f32, partner_sum: f32, partner_max: f32) -> f32 {
+    let merged_max = f32::max(max_logit, partner_max);
+    sum * f32::exp(max_logit - merged_max) + partner_sum * f32::exp(partner_max - merged_max)
 }
 
 /// Inserts `(logit, expert)` into the sorted list `top_*` (logit descending, expert ascending),

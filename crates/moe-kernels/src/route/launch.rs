@@ -5,6 +5,7 @@ use cubecl::server::Handle;
 
 use super::kernel::route_kernel;
 use crate::buffer::expect_len;
+use crate::plane::has_planes_of_32;
 use crate::{InvalidValue, RoutingPolicy};
 
 /// Most slots (experts per token) the route kernel keeps in registers.
@@ -205,6 +206,7 @@ pub(crate) fn launch<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
             team,
             CUBE_UNITS,
             policy.mass_limit().is_some(),
+            has_planes_of_32(client),
         );
     }
 }

@@ -28,6 +28,7 @@ pub fn route_and_dispatch_in_one_cube<F: Float, I: Int>(
     #[comptime] has_mass_limit: bool,
     #[comptime] tile_rows: usize,
     #[comptime] units: usize,
+    #[comptime] by_planes: bool,
 ) {
     route_token::<F, I>(
         logits,
@@ -42,6 +43,7 @@ pub fn route_and_dispatch_in_one_cube<F: Float, I: Int>(
         team,
         units,
         has_mass_limit,
+        by_planes,
     );
     // The ids written above, by other units of this cube, are read below.
     sync_storage();

@@ -6,6 +6,7 @@ use cubecl::server::Handle;
 use super::kernel::route_and_dispatch_in_one_cube;
 use crate::dispatch::reference::{TILE_ROWS, max_tiles};
 use crate::dispatch::{self, DispatchOnDevice};
+use crate::plane::has_planes_of_32;
 use crate::route::{self, RoutedOnDevice};
 use crate::{InvalidValue, RoutingPolicy};
 
@@ -81,6 +82,7 @@ pub fn route_and_dispatch_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
             policy.mass_limit().is_some(),
             TILE_ROWS,
             units,
+            has_planes_of_32(client),
         );
     }
     Ok(())
