@@ -6,8 +6,8 @@
 //! the first row of pair p of expert e in block b is
 //! `offset[e] + (rows of e in blocks before b) + (rank of p among e's pairs in b)`:
 //! 1. `count_blocks`: per block, the rank of every pair among earlier pairs of the same expert
-//!    (a loop over the block's ids in shared memory) and the block's count of every expert, stored
-//!    expert-major: `block_counts[e * num_blocks + b]`.
+//!    (plane ballots where planes are 32 wide, else a loop over the block's ids in shared memory)
+//!    and the block's count of every expert, stored expert-major: `block_counts[e * num_blocks + b]`.
 //! 2. `scan_block_rows`, only for more than [`FOLD_BLOCKS`] blocks: one cube per expert scans its
 //!    row of counts in place (rows of e before each block) and stores the row's total.
 //! 3. `scatter_pairs`: every cube reads, per expert, the rows of its earlier blocks and the total
