@@ -173,7 +173,9 @@ mod tests {
     use super::*;
     use crate::UNUSED_SLOT;
     use crate::mlp::DenseMlpConfig;
-    use crate::test_support::{TestBackend, feed_forward_f64, host_f64, random_tensor, rng};
+    use crate::test_support::{
+        TestBackend, feed_forward_f64, host_f64, host_i64, random_tensor, rng,
+    };
 
     /// The layer computed row by row in f64 from its own weights and the reference routing.
     fn reference_forward(
@@ -289,20 +291,8 @@ mod tests {
         let x = random_tensor::<B, 2>(&mut rng(6), [64, 6], 2.0, &device);
         let target = random_tensor::<B, 2>(&mut rng(7), [64, 6], 1.0, &device);
         let out = layer.forward(x);
-        let counts: Vec<i64> = out
-            .stats
-            .expert_counts
-            .clone()
-            .into_data()
-            .iter::<i64>()
-            .collect();
-        let token_k: Vec<i64> = out
-            .stats
-            .token_k
-            .clone()
-            .into_data()
-            .iter::<i64>()
-            .collect();
+        let counts = host_i64(out.stats.expert_counts.clone());
+        let token_k = host_i64(out.stats.token_k.clone());
         assert!(
             token_k.contains(&2),
             "some tokens must use two experts: {token_k:?}"

@@ -106,7 +106,7 @@ mod tests {
     use moe_kernels::route::reference;
 
     use super::*;
-    use crate::test_support::{TestBackend, host_f64, random_values, rng};
+    use crate::test_support::{TestBackend, host_f64, host_i64, random_values, rng};
 
     /// Routes random logits with tensor ops and with the f64 reference; ids and k must match
     /// exactly, weights to f32 precision.
@@ -125,16 +125,12 @@ mod tests {
         let routing = route(tensor, &policy);
         let expected = reference::route(&logits, num_experts, &policy);
 
-        let ids: Vec<i32> = routing
-            .expert_ids
-            .into_data()
-            .iter::<i64>()
+        let ids: Vec<i32> = host_i64(routing.expert_ids)
+            .into_iter()
             .map(|v| v as i32)
             .collect();
-        let token_k: Vec<usize> = routing
-            .token_k
-            .into_data()
-            .iter::<i64>()
+        let token_k: Vec<usize> = host_i64(routing.token_k)
+            .into_iter()
             .map(|v| v as usize)
             .collect();
         assert_eq!(ids, expected.expert_ids, "{policy}");
@@ -175,7 +171,7 @@ mod tests {
             Tensor::<TestBackend, 2>::from_data(TensorData::new(logits, [100, 6]), &device);
         let routing = route(tensor, &RoutingPolicy::TopP { p: 0.7, max_k: 3 });
         let weights = host_f64(routing.weights);
-        let ids: Vec<i64> = routing.expert_ids.into_data().iter::<i64>().collect();
+        let ids = host_i64(routing.expert_ids);
         for (token_weights, token_ids) in weights.chunks(3).zip(ids.chunks(3)) {
             assert!((token_weights.iter().sum::<f64>() - 1.0).abs() < 1e-6);
             for (w, id) in token_weights.iter().zip(token_ids) {

@@ -1,7 +1,7 @@
 //! Shared helpers of the unit tests: seeded random inputs and host copies of tensors.
 
 use burn::backend::NdArray;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -32,6 +32,11 @@ pub fn random_tensor<B: Backend, const D: usize>(
 /// Host copy of a float tensor, widened to f64.
 pub fn host_f64<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f64> {
     tensor.into_data().iter::<f64>().collect()
+}
+
+/// Host copy of an integer tensor, widened to i64.
+pub fn host_i64<B: Backend, const D: usize>(tensor: Tensor<B, D, Int>) -> Vec<i64> {
+    tensor.into_data().iter::<i64>().collect()
 }
 
 /// Reference MLP in f64 for one row: `act(x W_in) W_out` with `w_in` `[d, c*F]` and `w_out`

@@ -4,12 +4,12 @@
 use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 use cubecl::wgpu::WgpuRuntime;
 
 use super::MoeBackend;
-use crate::test_support::{TestBackend, host_f64, random_values, rng};
+use crate::test_support::{TestBackend, host_f64, host_i64, random_values, rng};
 use crate::{Activation, MoeLayer, MoeLayerConfig, RoutingPolicy};
 
 type Wgpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
@@ -77,8 +77,8 @@ fn kernel_path_matches_tensor_op_path_in_outputs_and_gradients() {
             &format!("{routing} output"),
         );
         assert_eq!(
-            ints(gpu.stats.token_k),
-            ints(cpu.stats.token_k),
+            host_i64(gpu.stats.token_k),
+            host_i64(cpu.stats.token_k),
             "{routing} k"
         );
 
@@ -99,10 +99,6 @@ fn kernel_path_matches_tensor_op_path_in_outputs_and_gradients() {
             &format!("{routing} expert gradient"),
         );
     }
-}
-
-fn ints<B: Backend>(tensor: Tensor<B, 1, Int>) -> Vec<i64> {
-    tensor.into_data().iter::<i64>().collect()
 }
 
 /// Gradients of `sum(output^2) + aux_loss` for the router gate and the experts' input weights.
