@@ -331,20 +331,10 @@ fn write_offsets_and_tiles<I: Int>(
             let mut expert = i32::new(-1);
             let mut first_row = i32::new(-1);
             if tile < used_tiles {
-                // The expert whose tile range holds `tile`: the first e with tile_start[e + 1] > tile.
-                let mut low: usize = 0;
-                let mut high = usize::new(comptime!((num_experts - 1) as i64));
-                while low < high {
-                    let mid = (low + high) / 2;
-                    if tile_start[mid + 1] as usize > tile {
-                        high = mid;
-                    } else {
-                        low = mid + 1;
-                    }
-                }
-                expert = i32::cast_from(low);
+                let owner = expert_of_tile(&tile_start, tile, num_experts);
+                expert = i32::cast_from(owner);
                 first_row = i32::cast_from(
-                    offsets[low] as usize + (tile - tile_start[low] as usize) * tile_rows,
+                    offsets[owner] as usize + (tile - tile_start[owner] as usize) * tile_rows,
                 );
             }
             tiles[2 * tile] = I::cast_from(expert);
@@ -352,6 +342,27 @@ fn write_offsets_and_tiles<I: Int>(
             tile += num_cubes * units;
         }
     }
+}
+
+/// The expert whose tile range holds `tile` (< the tiles in use): the first e with
+/// `tile_start[e + 1] > tile`, by binary search.
+#[cube]
+fn expert_of_tile(
+    tile_start: &SharedMemory<u32>,
+    tile: usize,
+    #[comptime] num_experts: usize,
+) -> usize {
+    let mut low: usize = 0;
+    let mut high = usize::new(comptime!((num_experts - 1) as i64));
+    while low < high {
+        let mid = (low + high) / 2;
+        if tile_start[mid + 1] as usize > tile {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    low
 }
 
 /// The whole plan of up to `units` pairs over up to `units` experts in one cube of `units` units
