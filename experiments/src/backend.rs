@@ -36,6 +36,38 @@ impl BackendKind {
     }
 }
 
+/// The float type of a run's tensors on a CubeCL backend (`--dtype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatType {
+    /// 32-bit IEEE floats (every backend).
+    #[default]
+    F32,
+    /// bfloat16 (tensor cores on CUDA).
+    Bf16,
+    /// IEEE half precision (tensor cores on CUDA).
+    F16,
+}
+
+impl FloatType {
+    /// The name used on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FloatType::F32 => "f32",
+            FloatType::Bf16 => "bf16",
+            FloatType::F16 => "f16",
+        }
+    }
+
+    /// Bytes per value.
+    pub fn size(&self) -> usize {
+        match self {
+            FloatType::F32 => 4,
+            FloatType::Bf16 | FloatType::F16 => 2,
+        }
+    }
+}
+
 /// Work that can run on any training backend; [`run_on`] picks the backend at run time.
 pub trait BackendJob {
     /// What the job returns.
@@ -90,6 +122,18 @@ pub fn run_on_runtime<J: RuntimeJob>(
         }
         #[allow(unreachable_patterns)]
         other => Err(ExperimentError::BackendNotCompiled(other.name())),
+    }
+}
+
+/// Whether the CubeCL runtime of `kind` was compiled in and has a device that answers.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn runtime_available(kind: BackendKind) -> bool {
+    match kind {
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => probe::<CubeWgpu>(&Default::default(), "wgpu").is_ok(),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => probe::<CubeCuda>(&Default::default(), "cuda").is_ok(),
+        _ => false,
     }
 }
 

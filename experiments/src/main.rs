@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use experiments::backend::FloatType;
 use experiments::train::{TrainRequest, train};
 use experiments::{BackendKind, ExperimentError, RunConfig, eval, report};
 
@@ -49,18 +51,25 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
     },
-    /// Time the routing kernels (route, dispatch, combine) against Burn tensor ops.
+    /// Time the MoE kernels (routing, grouped GEMMs, the whole layer) against Burn, cuBLAS,
+    /// dense MLPs and the memory floor.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     Bench {
-        /// CubeCL backend to run on.
-        #[arg(long, value_enum, default_value_t = BackendKind::Cuda)]
-        backend: BackendKind,
-        /// Fewer, smaller cases (CI, CPU-emulated devices).
+        /// CubeCL backend to run on (default: CUDA when a device answers, else wgpu).
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+        /// Float type of the expert rows.
+        #[arg(long, value_enum, default_value_t)]
+        dtype: FloatType,
+        /// Fewer, smaller cases of every kind (CI, CPU-emulated devices).
         #[arg(long)]
         quick: bool,
-        /// Only the cases whose label contains this text, e.g. `--case T=65536`.
+        /// Only the cases whose label contains this text, e.g. `--case T=65536` or `--case layer`.
         #[arg(long)]
         case: Option<String>,
+        /// Also time Burn's matmul on each grouped GEMM's FLOPs (autotunes each new shape first).
+        #[arg(long)]
+        burn_matmul: bool,
         /// Directory holding the run directories.
         #[arg(long, default_value = "results")]
         results: PathBuf,
@@ -109,17 +118,21 @@ fn run(command: Command) -> Result<(), ExperimentError> {
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
         Command::Bench {
             backend,
+            dtype,
             quick,
             case,
+            burn_matmul,
             results,
         } => {
-            let csv = experiments::bench::bench(experiments::bench::BenchRequest {
+            let run_dir = experiments::bench::bench(experiments::bench::BenchRequest {
                 backend,
+                dtype,
                 quick,
                 case_filter: case,
+                burn_matmul,
                 results_root: results,
             })?;
-            println!("table written to {}", csv.display());
+            println!("tables written to {}", run_dir.display());
         }
         Command::Compare { results } => println!("{}", report::compare(&results)?),
     }

@@ -29,3 +29,16 @@ impl InvalidValue {
         self
     }
 }
+
+/// Why a kernel did not run: the caller's input was wrong, or the kernel does not cover this
+/// shape or device (a caller may then take a slower path, and should say so).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KernelError {
+    /// A value the caller got wrong (a shape mismatch, a short buffer).
+    #[error(transparent)]
+    Invalid(#[from] InvalidValue),
+    /// Valid input the kernel does not handle, e.g. more routing slots than it keeps in
+    /// registers, or a tile that does not fit the device's shared memory.
+    #[error("not supported by the kernel: {0}")]
+    Unsupported(String),
+}

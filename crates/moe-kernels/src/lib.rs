@@ -4,10 +4,12 @@
 //! Every operation comes with a plain-Rust `reference` module: the specification the kernels and
 //! the Burn tensor-op path are tested against.
 
+mod activation;
 mod buffer;
 pub mod combine;
 pub mod dispatch;
 mod error;
+pub mod grouped_gemm;
 mod plane;
 mod policy;
 pub mod route;
@@ -15,5 +17,6 @@ pub mod stage;
 #[cfg(test)]
 mod testgen;
 
-pub use error::InvalidValue;
+pub use activation::Activation;
+pub use error::{InvalidValue, KernelError};
 pub use policy::{RoutingPolicy, UNUSED_SLOT};

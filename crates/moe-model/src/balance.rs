@@ -1,24 +1,21 @@
 //! Auxiliary router losses that keep experts used evenly and router logits small.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Int, Tensor, backend::Backend};
 
 /// Switch Transformer load-balancing loss `E * sum_e f_e * P_e`, where `f_e` is the fraction of
 /// routed pairs sent to expert e (not differentiated) and `P_e` its mean router probability.
 /// Equals 1 when both are uniform.
 ///
 /// # Shapes
-/// - `probs`: `[T, E]`, `expert_counts`: `[E]` (rows routed to each expert)
+/// - `probs`: `[T, E]`, `expert_counts`: `[E]` (rows routed to each expert, on the device: no
+///   host read)
 pub fn load_balancing_loss<B: Backend>(
     probs: Tensor<B, 2>,
-    expert_counts: &[usize],
+    expert_counts: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
-    let num_experts = expert_counts.len();
-    let total: usize = expert_counts.iter().sum();
-    let fractions: Vec<f32> = expert_counts
-        .iter()
-        .map(|&c| c as f32 / total as f32)
-        .collect();
-    let fractions = Tensor::<B, 1>::from_floats(fractions.as_slice(), &probs.device()); // [E]
+    let [num_experts] = expert_counts.dims();
+    let counts = expert_counts.float(); // [E]
+    let fractions = counts.clone() / counts.sum(); // [E]
     let mean_probs = probs.mean_dim(0).squeeze_dim(0); // [E]
     (fractions * mean_probs)
         .sum()

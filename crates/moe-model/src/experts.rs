@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::feed_forward::{Activation, feed_forward};
+use crate::feed_forward::Activation;
 use crate::init::projection;
 
 /// E independent MLPs of hidden width F.
@@ -34,25 +34,9 @@ impl<B: Backend> Experts<B> {
         }
     }
 
-    /// Runs expert `e` on rows `expert_offsets[e]..expert_offsets[e + 1]` of `rows`, for every
-    /// expert with rows; empty experts cost nothing.
-    ///
-    /// # Shapes
-    /// - `rows`: `[S, d]` in expert-contiguous order, `expert_offsets`: `[E + 1]`
-    /// - returns `[S, d]`
-    pub fn forward_grouped(&self, rows: Tensor<B, 2>, expert_offsets: &[usize]) -> Tensor<B, 2> {
-        let outputs: Vec<Tensor<B, 2>> = expert_offsets
-            .windows(2)
-            .enumerate()
-            .filter(|(_, range)| range[1] > range[0])
-            .map(|(expert, range)| {
-                let expert_rows = rows.clone().slice([range[0]..range[1]]); // [n_e, d]
-                let w_in = self.w_in.val().slice([expert..expert + 1]).squeeze_dim(0); // [d, c*F]
-                let w_out = self.w_out.val().slice([expert..expert + 1]).squeeze_dim(0); // [F, d]
-                feed_forward(expert_rows, w_in, w_out, self.activation)
-            })
-            .collect();
-        Tensor::cat(outputs, 0)
+    /// The experts' nonlinearity.
+    pub fn activation(&self) -> Activation {
+        self.activation
     }
 
     /// Number of experts E.

@@ -2,28 +2,7 @@
 
 use burn::tensor::activation::{gelu, silu};
 use burn::tensor::{Tensor, backend::Backend};
-use serde::{Deserialize, Serialize};
-
-/// Nonlinearity of an MLP: SwiGLU (gated, LLaMA/Mixtral style) or GELU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    /// `silu(x W_gate) * (x W_up)`: two input projections, stored side by side.
-    #[default]
-    SwiGlu,
-    /// `gelu(x W_in)`: one input projection.
-    Gelu,
-}
-
-impl Activation {
-    /// Columns of the input projection for an MLP of hidden `width` (SwiGLU stores gate and up).
-    pub fn input_columns(&self, width: usize) -> usize {
-        match self {
-            Activation::SwiGlu => 2 * width,
-            Activation::Gelu => width,
-        }
-    }
-}
+pub use moe_kernels::Activation;
 
 /// `act(x W_in) W_out`: one MLP applied to a block of rows.
 ///

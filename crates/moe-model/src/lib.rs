@@ -7,7 +7,6 @@
 
 pub mod backend_ext;
 pub mod balance;
-pub mod dispatch;
 pub mod experts;
 pub mod feed_forward;
 pub mod ffn;
@@ -19,12 +18,11 @@ pub mod router;
 #[cfg(test)]
 mod test_support;
 
-pub use backend_ext::{MoeAutodiffBackend, MoeBackend};
-pub use dispatch::Dispatch;
+pub use backend_ext::{Dispatch, ExpertRows, MoeAutodiffBackend, MoeBackend, Routing};
 pub use feed_forward::Activation;
 pub use ffn::{Ffn, FfnConfig, FfnOutput};
 pub use mlp::{DenseMlp, DenseMlpConfig};
 pub use model::{Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
 pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT};
-pub use router::{Router, Routing, route};
+pub use router::Router;

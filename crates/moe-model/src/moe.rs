@@ -2,8 +2,9 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, backend::Backend};
 use moe_kernels::RoutingPolicy;
+use moe_kernels::grouped_gemm::ExpertShape;
 
 use crate::InvalidValue;
 use crate::backend_ext::MoeBackend;
@@ -112,32 +113,35 @@ pub struct MoeLayer<B: MoeBackend> {
 }
 
 impl<B: MoeBackend> MoeLayer<B> {
-    /// Routes, dispatches, runs each expert on its rows and combines, with the backend's routing
-    /// stages (CubeCL kernels on CubeCL backends, tensor ops otherwise).
+    /// Routes, dispatches, runs each expert on its rows and combines, with the backend's
+    /// operations: on CubeCL backends the kernels, with no host round trip; tensor ops otherwise.
     ///
     /// # Shapes
     /// - `x`: `[T, d]` -> output `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> MoeOutput<B> {
-        let device = x.device();
-        let slots = self.router.policy().max_slots();
+        let [num_tokens, d_model] = x.dims();
+        let activation = self.experts.activation();
+        let shape = ExpertShape {
+            num_tokens,
+            slots: self.router.policy().max_slots(),
+            num_experts: self.num_experts(),
+            d_model,
+            width: self.experts.w_out.dims()[1],
+        };
         let routing = self.router.forward(x.clone());
-        let dispatch = B::moe_dispatch(routing.expert_ids.clone(), self.num_experts());
+        let tile_rows = B::moe_tile_rows(&shape, activation, &x.device());
+        let dispatch = B::moe_dispatch(routing.expert_ids.clone(), shape.num_experts, tile_rows);
+        let rows = B::moe_experts(
+            x,
+            &dispatch,
+            self.experts.w_in.val(),
+            self.experts.w_out.val(),
+            activation,
+        );
+        let output = B::moe_combine(rows, routing.weights.clone(), &dispatch); // [T, d]
 
-        // The expert loop slices rows per expert on the host: one read of E + 1 offsets.
-        let expert_offsets: Vec<usize> = dispatch
-            .expert_offsets
-            .to_data()
-            .iter::<i64>()
-            .map(|v| v as usize)
-            .collect();
-        let num_rows = expert_offsets[self.num_experts()];
-        let pairs = dispatch.routed_pairs.clone().slice([0..num_rows]); // [S]
-        let rows = x.select(0, pairs.div_scalar(slots as i64)); // [S, d]
-        let expert_outputs = self.experts.forward_grouped(rows, &expert_offsets); // [S, d]
-        let output = B::moe_combine(expert_outputs, routing.weights.clone(), &dispatch); // [T, d]
-
-        let expert_counts: Vec<usize> = expert_offsets.windows(2).map(|w| w[1] - w[0]).collect();
-        let aux_loss = load_balancing_loss(routing.probs, &expert_counts)
+        let expert_counts = dispatch.expert_counts(); // [E]
+        let aux_loss = load_balancing_loss(routing.probs, expert_counts.clone())
             .mul_scalar(self.balance_loss_coef)
             + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
         MoeOutput {
@@ -145,7 +149,7 @@ impl<B: MoeBackend> MoeLayer<B> {
             aux_loss,
             stats: RoutingStats {
                 token_k: routing.token_k,
-                expert_counts: int_tensor(&expert_counts, &device),
+                expert_counts,
             },
         }
     }
@@ -154,13 +158,6 @@ impl<B: MoeBackend> MoeLayer<B> {
     pub fn num_experts(&self) -> usize {
         self.experts.num_experts()
     }
-}
-
-/// A 1-D integer tensor holding `values`.
-fn int_tensor<B: Backend>(values: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    let values: Vec<i64> = values.iter().map(|&v| v as i64).collect();
-    let len = values.len();
-    Tensor::from_data(TensorData::new(values, [len]), device)
 }
 
 #[cfg(test)]

@@ -53,29 +53,8 @@ pub fn feed_forward_f64(
     let projected: Vec<f64> = (0..columns)
         .map(|j| (0..d).map(|i| x[i] * w_in[i * columns + j]).sum())
         .collect();
-    let hidden: Vec<f64> = match activation {
-        crate::Activation::SwiGlu => (0..width)
-            .map(|j| {
-                let gate = projected[j];
-                gate / (1.0 + (-gate).exp()) * projected[width + j]
-            })
-            .collect(),
-        crate::Activation::Gelu => projected
-            .iter()
-            .map(|&v| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2)))
-            .collect(),
-    };
+    let hidden = activation.hidden_f64(&projected, width);
     (0..d)
         .map(|o| (0..width).map(|j| hidden[j] * w_out[j * d + o]).sum())
         .collect()
-}
-
-/// Error function (Abramowitz and Stegun 7.1.26, absolute error below 1.5e-7).
-fn erf(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    (1.0 - poly * (-x * x).exp()).copysign(x)
 }

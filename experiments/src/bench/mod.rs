@@ -1,38 +1,50 @@
-//! Kernel benchmarks: each case is timed on the chosen CubeCL runtime and set against the same
-//! work done with Burn tensor ops on the same device and against its memory floor.
+//! Kernel benchmarks on a CubeCL runtime: the routing stage (route, dispatch, combine against Burn
+//! tensor ops and the copy-bandwidth floor) and the experts (grouped GEMMs and the whole layer
+//! against cuBLAS, Burn's matmul, the memory floor and dense MLPs), every ratio measured in the
+//! same run.
 //!
-//! Timing: after warm-up (compilation, autotuning), `iterations` back-to-back launches of the
-//! case, then one device sync; the wall time per iteration includes the host's launch overhead,
-//! which dominates at decode sizes. Kernels are also timed on the device alone (queued behind a
-//! busy device, see [`device_time`]): what a busy stream or a replayed launch graph would see.
+//! Timing: after warm-up (compilation, autotuning), GEMM and layer rows take the median of
+//! repeated device timings (events around each call on CUDA) and report the range; routing rows
+//! and layer rows also give the wall time of back-to-back calls, which includes the host's launch
+//! overhead, and the time on a busy device (see [`device_time`]).
 
 mod bandwidth;
+#[cfg(feature = "cuda")]
+mod cublas;
 mod device_time;
+mod experts;
+mod report;
 mod routing;
+mod timing;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use burn_cubecl::CubeRuntime;
+use burn_cubecl::{CubeRuntime, FloatElement};
 use cubecl::prelude::*;
 
+pub use crate::backend::FloatType;
 use crate::backend::{BackendKind, RuntimeJob, run_on_runtime};
 use crate::error::ExperimentError;
 use crate::run_dir::RunDir;
 
-/// What to benchmark and where to write the table.
+/// What to benchmark and where to write the tables.
 pub struct BenchRequest {
-    /// CubeCL backend to run on (wgpu or cuda).
-    pub backend: BackendKind,
+    /// CubeCL backend to run on; `None` picks CUDA when a device answers, else wgpu.
+    pub backend: Option<BackendKind>,
+    /// Float type of the expert rows (routing rows are f32).
+    pub dtype: FloatType,
     /// Fewer and smaller cases (for CI and CPU-emulated devices).
     pub quick: bool,
-    /// Only the cases whose label contains this text (e.g. `T=65536`).
+    /// Only the cases whose label contains this text (e.g. `T=65536` or `layer mixtral`).
     pub case_filter: Option<String>,
+    /// Also time Burn's matmul on the FLOPs of every grouped GEMM (slow while it autotunes).
+    pub burn_matmul: bool,
     /// Directory holding the run directories (`results`).
     pub results_root: PathBuf,
 }
 
-/// One measured case.
+/// One measured routing case.
 #[derive(Clone, Debug)]
 pub struct BenchRow {
     /// Operation (`route`, `dispatch`, `route+dispatch`, `combine`).
@@ -49,43 +61,233 @@ pub struct BenchRow {
     pub tensor_ops: Duration,
 }
 
-/// Runs the routing benchmarks, prints the table and writes `results/<run>/routing.csv`.
-/// Checks the request before touching a device.
+/// Runs the benchmarks, prints the tables and writes `results/bench-<backend>-<dtype>/`
+/// (`routing.csv`, `experts.csv`, `bench.json`). Checks the request, and creates the output
+/// directory, before touching a device.
 pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
-    let cases = routing::select_cases(request.quick, request.case_filter.as_deref())?;
-    run_on_runtime(request.backend, BenchJob { request, cases })
+    let routing_cases = routing::cases(request.quick);
+    let expert_cases = experts::cases(request.quick);
+    let (routing_cases, expert_cases) =
+        select(routing_cases, expert_cases, request.case_filter.as_deref())?;
+    let backend = match request.backend {
+        Some(backend) => backend,
+        None => pick_backend(),
+    };
+    let name = format!("bench-{}-{}", backend.name(), request.dtype.name());
+    let run_dir = RunDir::create(&request.results_root, None, &name, false)?;
+    run_on_runtime(
+        backend,
+        BenchJob {
+            request,
+            backend,
+            routing_cases,
+            expert_cases,
+            run_dir,
+        },
+    )
 }
 
-/// A checked [`BenchRequest`] and the cases it selects.
+/// CUDA when a device answers, else wgpu; says which.
+fn pick_backend() -> BackendKind {
+    let backend = [BackendKind::Cuda, BackendKind::Wgpu]
+        .into_iter()
+        .find(|&kind| crate::backend::runtime_available(kind))
+        .unwrap_or(BackendKind::Wgpu);
+    println!(
+        "bench: no --backend given, using {} (the best backend with a device here)",
+        backend.name()
+    );
+    backend
+}
+
+/// The routing and expert cases whose labels contain `filter` (all without one); an error naming
+/// every case when none matches.
+fn select(
+    routing_cases: Vec<routing::Case>,
+    expert_cases: Vec<experts::ExpertCase>,
+    filter: Option<&str>,
+) -> Result<(Vec<routing::Case>, Vec<experts::ExpertCase>), ExperimentError> {
+    let Some(filter) = filter else {
+        return Ok((routing_cases, expert_cases));
+    };
+    let labels: Vec<String> = routing_cases
+        .iter()
+        .map(routing::Case::label)
+        .chain(expert_cases.iter().map(experts::ExpertCase::label))
+        .collect();
+    let routing_cases: Vec<_> = routing_cases
+        .into_iter()
+        .filter(|case| case.label().contains(filter))
+        .collect();
+    let expert_cases: Vec<_> = expert_cases
+        .into_iter()
+        .filter(|case| case.label().contains(filter))
+        .collect();
+    if routing_cases.is_empty() && expert_cases.is_empty() {
+        return Err(ExperimentError::NoBenchCase {
+            filter: filter.to_owned(),
+            cases: labels.join(", "),
+        });
+    }
+    Ok((routing_cases, expert_cases))
+}
+
+/// A checked [`BenchRequest`], the cases it selects and where the tables go.
 struct BenchJob {
     request: BenchRequest,
-    cases: Vec<routing::Case>,
+    backend: BackendKind,
+    routing_cases: Vec<routing::Case>,
+    expert_cases: Vec<experts::ExpertCase>,
+    run_dir: RunDir,
 }
 
 impl RuntimeJob for BenchJob {
     type Output = PathBuf;
 
     fn run<R: CubeRuntime>(self, device: R::Device) -> Result<PathBuf, ExperimentError> {
-        let BenchJob { request, cases } = self;
+        match self.request.dtype {
+            FloatType::F32 => self.run_typed::<R, f32>(device),
+            FloatType::Bf16 => self.run_typed::<R, half::bf16>(device),
+            FloatType::F16 => self.run_typed::<R, half::f16>(device),
+        }
+    }
+}
+
+impl BenchJob {
+    fn run_typed<R: CubeRuntime, F: FloatElement>(
+        self,
+        device: R::Device,
+    ) -> Result<PathBuf, ExperimentError> {
         let client = R::client(&device);
-        let copy_bandwidth = bandwidth::copy_bandwidth(&client, request.quick);
+        let quick = self.request.quick;
+        let copy_bandwidth = bandwidth::copy_bandwidth(&client, quick);
         println!(
-            "{} backend, measured copy bandwidth {:.0} GB/s (read + write)",
-            request.backend.name(),
+            "{} backend, {}, measured copy bandwidth {:.0} GB/s (read + write)",
+            self.backend.name(),
+            self.request.dtype.name(),
             copy_bandwidth / 1e9
         );
         let spinner = device_time::Spinner::calibrate(&client);
-        let rows = routing::run::<R>(&client, &spinner, &device, cases, request.quick);
-        let table = render(&rows, copy_bandwidth);
-        println!("{table}");
-
-        let name = format!("bench-routing-{}", request.backend.name());
-        let run_dir = RunDir::create(&request.results_root, None, &name, false)?;
-        let csv_path = run_dir.path.join("routing.csv");
-        std::fs::write(&csv_path, csv(&rows, copy_bandwidth))
-            .map_err(ExperimentError::io(&csv_path))?;
-        Ok(csv_path)
+        let routing_rows = routing::run::<R>(&client, &spinner, &device, self.routing_cases, quick);
+        if !routing_rows.is_empty() {
+            println!("{}", report::routing_table(&routing_rows, copy_bandwidth));
+        }
+        let baselines = Baselines::new(self.backend, self.request.burn_matmul);
+        let expert_rows = experts::run::<R, F>(
+            &client,
+            &device,
+            &spinner,
+            &self.expert_cases,
+            self.request.dtype,
+            &baselines,
+        );
+        if !expert_rows.is_empty() {
+            println!("{}", report::experts_table(&expert_rows, copy_bandwidth));
+        }
+        report::write(
+            &self.run_dir,
+            &report::Context {
+                backend: self.backend,
+                dtype: self.request.dtype,
+                copy_bandwidth,
+                cublas: baselines.cublas_status(),
+            },
+            &routing_rows,
+            &expert_rows,
+            copy_bandwidth,
+        )
     }
+}
+
+/// The dense baselines a run can compare with: cuBLAS (CUDA, when it loads) and Burn's matmul
+/// (when asked for).
+pub struct Baselines {
+    #[cfg(feature = "cuda")]
+    cublas: Result<cublas::Cublas, String>,
+    #[cfg(not(feature = "cuda"))]
+    cublas: Result<(), String>,
+    /// Time Burn's matmul on the grouped GEMMs' FLOPs.
+    pub burn_matmul: bool,
+}
+
+impl Baselines {
+    fn new(backend: BackendKind, burn_matmul: bool) -> Self {
+        let unavailable = |why: &str| Err(format!("cuBLAS unavailable: {why}"));
+        #[cfg(feature = "cuda")]
+        let cublas = if backend == BackendKind::Cuda {
+            cublas::Cublas::new()
+        } else {
+            unavailable("not a CUDA run")
+        };
+        #[cfg(not(feature = "cuda"))]
+        let cublas = {
+            let _ = backend;
+            unavailable("built without the cuda feature")
+        };
+        Self {
+            cublas,
+            burn_matmul,
+        }
+    }
+
+    /// `available` or why cuBLAS is not.
+    fn cublas_status(&self) -> String {
+        match &self.cublas {
+            Ok(_) => "available".into(),
+            Err(why) => why.clone(),
+        }
+    }
+
+    /// Median microseconds of cuBLAS's `[m, k] @ [k, n]`, or why there is none.
+    pub fn cublas_gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        dtype: FloatType,
+    ) -> Result<f64, String> {
+        #[cfg(feature = "cuda")]
+        {
+            let cublas = self.cublas.as_ref().map_err(Clone::clone)?;
+            let repeats = if 2.0 * (m * n * k) as f64 > 1e12 {
+                10
+            } else {
+                30
+            };
+            cublas
+                .gemm(m, n, k, dtype, repeats)
+                .map(|t| t.median.as_secs_f64() * 1e6)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (m, n, k, dtype);
+            Err(self.cublas.clone().unwrap_err())
+        }
+    }
+
+    /// Median microseconds of a dense SwiGLU MLP of hidden `width` on `tokens` rows as two cuBLAS
+    /// GEMMs (gate and up together, then down; the activation's pass is not counted).
+    pub fn dense_mlp(
+        &self,
+        tokens: usize,
+        d_model: usize,
+        width: usize,
+        dtype: FloatType,
+    ) -> Result<f64, String> {
+        Ok(self.cublas_gemm(tokens, 2 * width, d_model, dtype)?
+            + self.cublas_gemm(tokens, d_model, width, dtype)?)
+    }
+}
+
+/// The device the rows were measured on, as far as the runtime tells.
+fn device_name(backend: BackendKind) -> String {
+    #[cfg(feature = "cuda")]
+    if backend == BackendKind::Cuda {
+        if let Ok(description) = cublas::device_description() {
+            return description;
+        }
+    }
+    backend.name().to_string()
 }
 
 /// Times `iterations` back-to-back calls of `work` followed by one device sync.
@@ -109,65 +311,4 @@ pub fn time_per_call<R: Runtime>(
 /// Waits until the device has finished all submitted work.
 pub fn sync<R: Runtime>(client: &ComputeClient<R>) {
     cubecl::future::block_on(client.sync()).expect("device sync");
-}
-
-fn micros(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e6
-}
-
-/// Column headers and cells of one table row, shared by the printed table and the CSV.
-fn cells(row: &BenchRow, copy_bandwidth: f64) -> [String; 8] {
-    let floor = row.floor_bytes as f64 / copy_bandwidth;
-    let device = row.kernel_device.as_secs_f64();
-    [
-        row.op.to_string(),
-        row.case.clone(),
-        format!("{:.1}", micros(row.kernel_wall)),
-        format!("{:.1}", micros(row.kernel_device)),
-        format!("{:.0}", row.floor_bytes as f64 / device.max(1e-12) / 1e9),
-        format!("{:.1}", device / floor),
-        format!("{:.1}", micros(row.tensor_ops)),
-        format!(
-            "{:.1}",
-            row.tensor_ops.as_secs_f64() / row.kernel_wall.as_secs_f64()
-        ),
-    ]
-}
-
-const HEADERS: [&str; 8] = [
-    "op",
-    "case",
-    "wall us",
-    "device us",
-    "GB/s",
-    "x floor",
-    "tensor-ops us",
-    "speed-up",
-];
-
-fn render(rows: &[BenchRow], copy_bandwidth: f64) -> String {
-    let line = |c: [String; 8]| {
-        format!(
-            "{:<15} {:<34} {:>8} {:>10} {:>7} {:>8} {:>14} {:>9}",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
-        )
-    };
-    let mut lines = vec![line(HEADERS.map(String::from))];
-    lines.extend(rows.iter().map(|row| line(cells(row, copy_bandwidth))));
-    lines.push(
-        "wall: back-to-back calls, launch overhead included; device: queued behind a busy \
-         device; GB/s and x floor from device time; speed-up = tensor-ops wall / wall"
-            .to_string(),
-    );
-    lines.join("\n")
-}
-
-fn csv(rows: &[BenchRow], copy_bandwidth: f64) -> String {
-    let header = "op,case,wall_us,device_us,achieved_gb_s,ratio_to_floor,tensor_ops_us,speedup";
-    let mut out = format!("{header},floor_bytes\n");
-    for row in rows {
-        let c = cells(row, copy_bandwidth);
-        out.push_str(&format!("{},{}\n", c.join(","), row.floor_bytes));
-    }
-    out
 }

@@ -13,14 +13,13 @@ use moe_kernels::dispatch::dispatch;
 use moe_kernels::dispatch::reference::max_tiles;
 use moe_kernels::route::route;
 use moe_kernels::stage::route_and_dispatch;
-use moe_model::MoeBackend;
-use moe_model::dispatch::{combine_with_tensor_ops, dispatch_with_tensor_ops};
+use moe_model::backend_ext::{DEFAULT_TILE_ROWS, tensor_ops};
+use moe_model::{ExpertRows, MoeBackend};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::device_time::{Spinner, wall_and_device_time};
 use super::{BenchRow, time_per_call};
-use crate::error::ExperimentError;
 
 type Cube<R> = CubeBackend<R, f32, i32, u32>;
 
@@ -33,33 +32,13 @@ pub struct Case {
 
 impl Case {
     /// How the table names the case, e.g. `T=4096 E=8 threshold(tau=0.5)`.
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         format!("T={} E={} {}", self.tokens, self.experts, self.policy)
     }
 }
 
-/// The cases to measure: all of them (fewer and smaller if `quick`), or those whose label
-/// contains `filter`.
-pub fn select_cases(quick: bool, filter: Option<&str>) -> Result<Vec<Case>, ExperimentError> {
-    let all = cases(quick);
-    let Some(filter) = filter else {
-        return Ok(all);
-    };
-    let labels: Vec<String> = all.iter().map(Case::label).collect();
-    let chosen: Vec<Case> = all
-        .into_iter()
-        .filter(|case| case.label().contains(filter))
-        .collect();
-    if chosen.is_empty() {
-        return Err(ExperimentError::NoBenchCase {
-            filter: filter.to_owned(),
-            cases: labels.join(", "),
-        });
-    }
-    Ok(chosen)
-}
-
-fn cases(quick: bool) -> Vec<Case> {
+/// The routing cases: all of them, or fewer and smaller if `quick`.
+pub fn cases(quick: bool) -> Vec<Case> {
     let threshold = RoutingPolicy::Threshold { tau: 0.5 };
     let top = |k| RoutingPolicy::TopK { k };
     let case = |tokens, experts, policy| Case {
@@ -132,31 +111,57 @@ pub fn run<R: CubeRuntime>(
         let routed = route_kernel();
         let route_time = wall_and_device_time(spinner, kernel_iters, || drop(route_kernel()));
         let route_ops = time_per_call(client, baseline_iters, || {
-            drop(moe_model::route(logits_tensor.clone(), &policy))
+            drop(tensor_ops::route(logits_tensor.clone(), &policy))
         });
 
-        let dispatch_kernel =
-            || dispatch::<R, i32>(client, &routed.expert_ids, pairs, experts).expect("valid case");
+        let dispatch_kernel = || {
+            dispatch::<R, i32>(
+                client,
+                &routed.expert_ids,
+                pairs,
+                experts,
+                DEFAULT_TILE_ROWS,
+            )
+            .expect("valid case")
+        };
         let dispatch_time = wall_and_device_time(spinner, kernel_iters, || drop(dispatch_kernel()));
-        let routing = moe_model::route(logits_tensor.clone(), &policy);
+        let routing = tensor_ops::route(logits_tensor.clone(), &policy);
         let ids = routing.expert_ids.clone();
         let dispatch_ops = time_per_call(client, baseline_iters, || {
-            drop(dispatch_with_tensor_ops(ids.clone(), experts))
+            drop(tensor_ops::dispatch(
+                ids.clone(),
+                experts,
+                DEFAULT_TILE_ROWS,
+            ))
         });
 
         let stage_time = wall_and_device_time(spinner, kernel_iters, || {
             drop(
-                route_and_dispatch::<R, f32, i32>(client, &logits, tokens, experts, &policy)
-                    .expect("valid case"),
+                route_and_dispatch::<R, f32, i32>(
+                    client,
+                    &logits,
+                    tokens,
+                    experts,
+                    &policy,
+                    DEFAULT_TILE_ROWS,
+                )
+                .expect("valid case"),
             )
         });
         let stage_ops = time_per_call(client, baseline_iters, || {
-            let routing = moe_model::route(logits_tensor.clone(), &policy);
-            drop(dispatch_with_tensor_ops(routing.expert_ids, experts));
+            let routing = tensor_ops::route(logits_tensor.clone(), &policy);
+            drop(tensor_ops::dispatch(
+                routing.expert_ids,
+                experts,
+                DEFAULT_TILE_ROWS,
+            ));
         });
 
         let route_bytes = work * 4 + pairs * 8 + tokens * 4;
-        let plan_bytes = (experts + 1) * 4 + 2 * pairs * 4 + max_tiles(pairs, experts) * 8 + 4;
+        let plan_bytes = (experts + 1) * 4
+            + 2 * pairs * 4
+            + max_tiles(pairs, experts, DEFAULT_TILE_ROWS) * 8
+            + 4;
         let mut row = |op, case: String, (wall, device), floor_bytes, tensor_ops: Duration| {
             rows.push(BenchRow {
                 op,
@@ -200,10 +205,11 @@ pub fn run<R: CubeRuntime>(
             slots,
             num_rows: routed_rows,
             d_model,
+            splits: 1,
         };
         let combine_time = wall_and_device_time(spinner, kernel_iters, || {
             drop(
-                combine::<R, f32, i32>(
+                combine::<R, f32, f32, i32>(
                     client,
                     &rows_handle,
                     &routed.weights,
@@ -213,12 +219,18 @@ pub fn run<R: CubeRuntime>(
                 .expect("valid case"),
             )
         });
-        let tensor_plan =
-            <Cube<R> as MoeBackend>::moe_dispatch(routing.expert_ids.clone(), experts);
+        let tensor_plan = <Cube<R> as MoeBackend>::moe_dispatch(
+            routing.expert_ids.clone(),
+            experts,
+            DEFAULT_TILE_ROWS,
+        );
         let weights = routing.weights.clone();
+        let blocks = expert_rows.clone().unsqueeze_dim(0);
         let combine_ops = time_per_call(client, baseline_iters, || {
-            drop(combine_with_tensor_ops(
-                expert_rows.clone(),
+            drop(tensor_ops::combine(
+                ExpertRows {
+                    blocks: blocks.clone(),
+                },
                 weights.clone(),
                 &tensor_plan,
             ))

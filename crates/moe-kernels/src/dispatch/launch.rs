@@ -7,10 +7,10 @@ use super::kernel::{
     BLOCK_PAIRS, FOLD_BLOCKS, ROW_SCAN_UNITS, SINGLE_CUBE_PAIRS, count_blocks,
     dispatch_in_one_cube, scan_block_rows, scatter_pairs,
 };
-use super::reference::{TILE_ROWS, max_tiles};
-use crate::InvalidValue;
+use super::reference::max_tiles;
 use crate::buffer::expect_len;
 use crate::plane::has_planes_of_32;
+use crate::{InvalidValue, KernelError};
 
 /// The dispatch plan in device buffers (the device form of
 /// [`DispatchPlan`](super::reference::DispatchPlan)); all of element type `I`.
@@ -22,7 +22,7 @@ pub struct DispatchOnDevice {
     pub routed_pairs: Handle,
     /// Row of each pair, -1 for unused slots. `[P]`
     pub row_of_pair: Handle,
-    /// `(expert, first row)` per tile of `TILE_ROWS` rows, -1 past the used tiles. `[max_tiles, 2]`
+    /// `(expert, first row)` per tile of `tile_rows` rows, -1 past the used tiles. `[max_tiles, 2]`
     pub tiles: Handle,
     /// Tiles in use. `[1]`
     pub num_tiles: Handle,
@@ -30,24 +30,29 @@ pub struct DispatchOnDevice {
     pub num_pairs: usize,
     /// Experts E.
     pub num_experts: usize,
+    /// Rows per tile of the tile list (the grouped GEMM's tile rows).
+    pub tile_rows: usize,
 }
 
 impl DispatchOnDevice {
-    /// Uninitialised buffers for `num_pairs` pairs over `num_experts` experts.
+    /// Uninitialised buffers for `num_pairs` pairs over `num_experts` experts, tiles of
+    /// `tile_rows` rows.
     pub fn empty<R: Runtime, I: CubeElement>(
         client: &ComputeClient<R>,
         num_pairs: usize,
         num_experts: usize,
+        tile_rows: usize,
     ) -> Self {
         let int = size_of::<I>();
         Self {
             expert_offsets: client.empty((num_experts + 1) * int),
             routed_pairs: client.empty(num_pairs * int),
             row_of_pair: client.empty(num_pairs * int),
-            tiles: client.empty(2 * max_tiles(num_pairs, num_experts) * int),
+            tiles: client.empty(2 * max_tiles(num_pairs, num_experts, tile_rows.max(1)) * int),
             num_tiles: client.empty(int),
             num_pairs,
             num_experts,
+            tile_rows,
         }
     }
 }
@@ -55,14 +60,16 @@ impl DispatchOnDevice {
 /// Most experts dispatch supports: the single-cube plan keeps one unit per expert.
 pub const MAX_EXPERTS: usize = SINGLE_CUBE_PAIRS;
 
-/// Plans the dispatch of `expert_ids` (`[num_pairs]` of `I`, -1 for unused slots).
+/// Plans the dispatch of `expert_ids` (`[num_pairs]` of `I`, -1 for unused slots) with a tile
+/// list of `tile_rows` rows per tile.
 pub fn dispatch<R: Runtime, I: Int + CubeElement>(
     client: &ComputeClient<R>,
     expert_ids: &Handle,
     num_pairs: usize,
     num_experts: usize,
-) -> Result<DispatchOnDevice, InvalidValue> {
-    let plan = DispatchOnDevice::empty::<R, I>(client, num_pairs, num_experts);
+    tile_rows: usize,
+) -> Result<DispatchOnDevice, KernelError> {
+    let plan = DispatchOnDevice::empty::<R, I>(client, num_pairs, num_experts, tile_rows);
     dispatch_into::<R, I>(client, expert_ids, &plan)?;
     Ok(plan)
 }
@@ -72,7 +79,7 @@ pub fn dispatch_into<R: Runtime, I: Int + CubeElement>(
     client: &ComputeClient<R>,
     expert_ids: &Handle,
     plan: &DispatchOnDevice,
-) -> Result<(), InvalidValue> {
+) -> Result<(), KernelError> {
     validate_into::<R, I>(client, expert_ids, plan)?;
     launch::<R, I>(client, expert_ids, plan);
     Ok(())
@@ -86,7 +93,7 @@ pub(crate) fn launch<R: Runtime, I: Int + CubeElement>(
 ) {
     let (num_pairs, num_experts) = (plan.num_pairs, plan.num_experts);
     let num_blocks = num_pairs.div_ceil(BLOCK_PAIRS);
-    let tiles_capacity = max_tiles(num_pairs, num_experts);
+    let tiles_capacity = max_tiles(num_pairs, num_experts, plan.tile_rows);
     if num_pairs <= SINGLE_CUBE_PAIRS {
         // One unit per pair and per expert (the scans), a whole plane at least.
         let units = num_pairs.max(num_experts).next_power_of_two().max(32);
@@ -105,7 +112,7 @@ pub(crate) fn launch<R: Runtime, I: Int + CubeElement>(
                 num_pairs,
                 tiles_capacity,
                 num_experts,
-                TILE_ROWS,
+                plan.tile_rows,
                 units,
             );
         }
@@ -160,7 +167,7 @@ pub(crate) fn launch<R: Runtime, I: Int + CubeElement>(
             num_blocks,
             tiles_capacity,
             num_experts,
-            TILE_ROWS,
+            plan.tile_rows,
             rows_scanned,
         );
     }
@@ -171,17 +178,33 @@ pub(crate) fn validate_into<R: Runtime, I: Int + CubeElement>(
     client: &ComputeClient<R>,
     expert_ids: &Handle,
     plan: &DispatchOnDevice,
-) -> Result<(), InvalidValue> {
+) -> Result<(), KernelError> {
     let (num_pairs, num_experts) = (plan.num_pairs, plan.num_experts);
     if num_pairs == 0 {
-        return Err(InvalidValue::new("num_pairs", 0, "must be >= 1"));
+        return Err(KernelError::from(InvalidValue::new(
+            "num_pairs",
+            0,
+            "must be >= 1",
+        )));
     }
-    if num_experts == 0 || num_experts > MAX_EXPERTS {
-        return Err(InvalidValue::new(
+    if plan.tile_rows == 0 {
+        return Err(KernelError::from(InvalidValue::new(
+            "tile_rows",
+            0,
+            "must be >= 1",
+        )));
+    }
+    if num_experts == 0 {
+        return Err(KernelError::from(InvalidValue::new(
             "num_experts",
-            num_experts,
-            format!("must be in 1..={MAX_EXPERTS}"),
-        ));
+            0,
+            "must be >= 1",
+        )));
+    }
+    if num_experts > MAX_EXPERTS {
+        return Err(KernelError::Unsupported(format!(
+            "num_experts = {num_experts} (dispatch plans at most {MAX_EXPERTS} experts)"
+        )));
     }
     let int = size_of::<I>();
     expect_len(expert_ids, "expert_ids", num_pairs, int)?;
@@ -191,18 +214,17 @@ pub(crate) fn validate_into<R: Runtime, I: Int + CubeElement>(
     expect_len(
         &plan.tiles,
         "tiles",
-        2 * max_tiles(num_pairs, num_experts),
+        2 * max_tiles(num_pairs, num_experts, plan.tile_rows),
         int,
     )?;
     expect_len(&plan.num_tiles, "num_tiles", 1, int)?;
     let num_blocks = num_pairs.div_ceil(BLOCK_PAIRS);
     let max_cubes = client.properties().hardware.max_cube_count.0 as usize;
     if num_blocks > max_cubes {
-        return Err(InvalidValue::new(
-            "num_pairs",
-            num_pairs,
-            format!("must be at most {}", max_cubes * BLOCK_PAIRS),
-        ));
+        return Err(KernelError::Unsupported(format!(
+            "num_pairs = {num_pairs} (at most {} on this device)",
+            max_cubes * BLOCK_PAIRS
+        )));
     }
     Ok(())
 }

@@ -3,10 +3,6 @@
 
 use crate::UNUSED_SLOT;
 
-/// Rows per tile of the grouped GEMM's work list: one tile covers up to this many rows of one
-/// expert.
-pub const TILE_ROWS: usize = 64;
-
 /// Where each routed (token, slot) pair goes. Experts own contiguous row ranges and, within an
 /// expert, rows follow token order; the row count S is the number of used slots (no padding).
 /// Buffers are sized for the worst case (every slot used) so a device needs no host round trip;
@@ -20,11 +16,13 @@ pub struct DispatchPlan {
     pub routed_pairs: Vec<i32>,
     /// Row of each (token, slot) pair. `[T * slots]`
     pub row_of_pair: Vec<i32>,
-    /// `(expert, first row)` of each tile of at most [`TILE_ROWS`] rows, in expert order.
-    /// `[max_tiles(T * slots, E), 2]`, used: `[num_tiles, 2]`
+    /// `(expert, first row)` of each tile of at most `tile_rows` rows, in expert order.
+    /// `[max_tiles(T * slots, E, tile_rows), 2]`, used: `[num_tiles, 2]`
     pub tiles: Vec<[i32; 2]>,
     /// Tiles in use.
     pub num_tiles: i32,
+    /// Most rows per tile.
+    pub tile_rows: usize,
 }
 
 impl DispatchPlan {
@@ -42,14 +40,16 @@ impl DispatchPlan {
     }
 }
 
-/// Capacity of the tile list for `num_pairs` (token, slot) pairs over `num_experts` experts:
-/// every expert's last tile may be partial, so at most `ceil(pairs / TILE_ROWS) + E` tiles.
-pub fn max_tiles(num_pairs: usize, num_experts: usize) -> usize {
-    num_pairs.div_ceil(TILE_ROWS) + num_experts
+/// Capacity of the tile list for `num_pairs` (token, slot) pairs over `num_experts` experts in
+/// tiles of `tile_rows` rows: every expert's last tile may be partial, so at most
+/// `ceil(pairs / tile_rows) + E` tiles.
+pub fn max_tiles(num_pairs: usize, num_experts: usize, tile_rows: usize) -> usize {
+    num_pairs.div_ceil(tile_rows) + num_experts
 }
 
-/// Plans the dispatch of `expert_ids` (`[T, slots]`, row-major, [`UNUSED_SLOT`] where unused).
-pub fn plan(expert_ids: &[i32], num_experts: usize) -> DispatchPlan {
+/// Plans the dispatch of `expert_ids` (`[T, slots]`, row-major, [`UNUSED_SLOT`] where unused)
+/// with a tile list of `tile_rows` rows per tile.
+pub fn plan(expert_ids: &[i32], num_experts: usize, tile_rows: usize) -> DispatchPlan {
     let num_pairs = expert_ids.len();
     let mut counts = vec![0i32; num_experts];
     for &id in expert_ids.iter().filter(|&&id| id != UNUSED_SLOT) {
@@ -74,10 +74,10 @@ pub fn plan(expert_ids: &[i32], num_experts: usize) -> DispatchPlan {
         next_row[id as usize] += 1;
     }
 
-    let mut tiles = vec![[UNUSED_SLOT; 2]; max_tiles(num_pairs, num_experts)];
+    let mut tiles = vec![[UNUSED_SLOT; 2]; max_tiles(num_pairs, num_experts, tile_rows)];
     let mut num_tiles = 0;
     for (expert, range) in expert_offsets.windows(2).enumerate() {
-        for first_row in (range[0]..range[1]).step_by(TILE_ROWS) {
+        for first_row in (range[0]..range[1]).step_by(tile_rows) {
             tiles[num_tiles] = [expert as i32, first_row];
             num_tiles += 1;
         }
@@ -88,6 +88,7 @@ pub fn plan(expert_ids: &[i32], num_experts: usize) -> DispatchPlan {
         row_of_pair,
         tiles,
         num_tiles: num_tiles as i32,
+        tile_rows,
     }
 }
 
@@ -98,7 +99,7 @@ mod tests {
     #[test]
     fn groups_pairs_by_expert_in_token_order() {
         // Token 0 -> experts 2, 0; token 1 -> expert 2 only; token 2 -> experts 0, 2.
-        let plan = plan(&[2, 0, 2, UNUSED_SLOT, 0, 2], 3);
+        let plan = plan(&[2, 0, 2, UNUSED_SLOT, 0, 2], 3, 64);
         assert_eq!(plan.expert_offsets, vec![0, 2, 2, 5]);
         assert_eq!(plan.routed_pairs, vec![1, 4, 0, 2, 5, UNUSED_SLOT]);
         assert_eq!(plan.row_of_pair, vec![2, 0, 3, UNUSED_SLOT, 1, 4]);
@@ -109,11 +110,8 @@ mod tests {
 
     #[test]
     fn a_large_expert_spans_several_tiles() {
-        let plan = plan(&vec![1; 2 * TILE_ROWS + 1], 2);
+        let plan = plan(&[1; 33], 2, 16);
         assert_eq!(plan.num_tiles, 3);
-        assert_eq!(
-            &plan.tiles[..3],
-            &[[1, 0], [1, TILE_ROWS as i32], [1, 2 * TILE_ROWS as i32]]
-        );
+        assert_eq!(&plan.tiles[..3], &[[1, 0], [1, 16], [1, 32]]);
     }
 }

@@ -6,7 +6,7 @@ use cubecl::server::Handle;
 use super::kernel::route_kernel;
 use crate::buffer::expect_len;
 use crate::plane::has_planes_of_32;
-use crate::{InvalidValue, RoutingPolicy};
+use crate::{InvalidValue, KernelError, RoutingPolicy};
 
 /// Most slots (experts per token) the route kernel keeps in registers.
 pub const MAX_SLOTS: usize = 8;
@@ -67,7 +67,7 @@ pub fn route<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
     num_tokens: usize,
     num_experts: usize,
     policy: &RoutingPolicy,
-) -> Result<RoutedOnDevice, InvalidValue> {
+) -> Result<RoutedOnDevice, KernelError> {
     check::<R, F>(client, logits, num_tokens, num_experts, policy)?;
     let routed = RoutedOnDevice::empty::<R, F, I>(client, num_tokens, policy);
     launch::<R, F, I>(client, logits, &routed, num_experts, policy);
@@ -81,7 +81,7 @@ pub fn route_into<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
     routed: &RoutedOnDevice,
     num_experts: usize,
     policy: &RoutingPolicy,
-) -> Result<(), InvalidValue> {
+) -> Result<(), KernelError> {
     validate_into::<R, F, I>(client, logits, routed, num_experts, policy)?;
     launch::<R, F, I>(client, logits, routed, num_experts, policy);
     Ok(())
@@ -94,7 +94,7 @@ pub(crate) fn validate_into<R: Runtime, F: Float + CubeElement, I: Int + CubeEle
     routed: &RoutedOnDevice,
     num_experts: usize,
     policy: &RoutingPolicy,
-) -> Result<(), InvalidValue> {
+) -> Result<(), KernelError> {
     check::<R, F>(client, logits, routed.num_tokens, num_experts, policy)?;
     let slots = routed.slots;
     expect_len(
@@ -116,11 +116,11 @@ pub(crate) fn validate_into<R: Runtime, F: Float + CubeElement, I: Int + CubeEle
         size_of::<I>(),
     )?;
     if routed.slots != policy.max_slots() {
-        return Err(InvalidValue::new(
+        return Err(KernelError::from(InvalidValue::new(
             "routed.slots",
             routed.slots,
             format!("must equal the policy's slots ({})", policy.max_slots()),
-        ));
+        )));
     }
     Ok(())
 }
@@ -146,34 +146,44 @@ fn check<R: Runtime, F: CubeElement>(
     num_tokens: usize,
     num_experts: usize,
     policy: &RoutingPolicy,
-) -> Result<(), InvalidValue> {
+) -> Result<(), KernelError> {
     if num_tokens == 0 {
-        return Err(InvalidValue::new("num_tokens", 0, "must be >= 1"));
+        return Err(KernelError::from(InvalidValue::new(
+            "num_tokens",
+            0,
+            "must be >= 1",
+        )));
     }
     if num_experts == 0 {
-        return Err(InvalidValue::new("num_experts", 0, "must be >= 1"));
+        return Err(KernelError::from(InvalidValue::new(
+            "num_experts",
+            0,
+            "must be >= 1",
+        )));
     }
     policy
         .validate(num_experts)
         .map_err(|e| e.within("policy"))?;
     if policy.max_slots() > MAX_SLOTS {
-        return Err(InvalidValue::new(
-            "policy slots",
-            policy.max_slots(),
-            format!("the route kernel keeps at most {MAX_SLOTS} experts per token"),
-        ));
+        return Err(KernelError::Unsupported(format!(
+            "{} slots per token (the route kernel keeps at most {MAX_SLOTS})",
+            policy.max_slots()
+        )));
     }
     let max_cubes = client.properties().hardware.max_cube_count.0 as usize;
     if (num_tokens * team_size(num_tokens, num_experts, policy.max_slots())).div_ceil(CUBE_UNITS)
         > max_cubes
     {
-        return Err(InvalidValue::new(
-            "num_tokens",
-            num_tokens,
-            format!("too many for one launch on this device ({max_cubes} cubes)"),
-        ));
+        return Err(KernelError::Unsupported(format!(
+            "num_tokens = {num_tokens} is too many for one launch on this device ({max_cubes} cubes)"
+        )));
     }
-    expect_len(logits, "logits", num_tokens * num_experts, size_of::<F>())
+    Ok(expect_len(
+        logits,
+        "logits",
+        num_tokens * num_experts,
+        size_of::<F>(),
+    )?)
 }
 
 /// Launches the route kernel into `routed`, whose buffers [`validate_into`] has checked.

@@ -217,7 +217,11 @@ pub fn route_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) {
     assert!(route(4, 4, RoutingPolicy::TopK { k: 5 }).contains("policy.k = 5"));
     assert!(route(4, 4, RoutingPolicy::Threshold { tau: 1.5 }).contains("policy.tau = 1.5"));
     assert!(route(0, 4, RoutingPolicy::TopK { k: 1 }).contains("num_tokens = 0"));
-    assert!(route(1, 16, RoutingPolicy::TopK { k: 9 }).contains("9"));
+    let too_many_slots = RoutingPolicy::TopK { k: 9 };
+    assert!(matches!(
+        super::route::<R, f32, i32>(&client, &logits, 1, 16, &too_many_slots),
+        Err(crate::KernelError::Unsupported(reason)) if reason.contains("9 slots")
+    ));
     assert!(route(8, 4, RoutingPolicy::TopK { k: 1 }).contains("logits"));
 }
 

@@ -4,11 +4,11 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::kernel::route_and_dispatch_in_one_cube;
-use crate::dispatch::reference::{TILE_ROWS, max_tiles};
+use crate::dispatch::reference::max_tiles;
 use crate::dispatch::{self, DispatchOnDevice};
 use crate::plane::has_planes_of_32;
 use crate::route::{self, RoutedOnDevice};
-use crate::{InvalidValue, RoutingPolicy};
+use crate::{InvalidValue, KernelError, RoutingPolicy};
 
 /// Largest cube of the fused stage: it routes and plans up to this many (token, slot) pairs over
 /// up to this many experts in one launch.
@@ -16,16 +16,19 @@ pub const FUSED_UNITS: usize = 256;
 
 /// Routes `logits` (`[num_tokens, num_experts]` of `F`, contiguous) with `policy` and plans the
 /// dispatch of the result: one launch, without host synchronisation, when
-/// `num_tokens * slots <= FUSED_UNITS` and `num_experts <= FUSED_UNITS`.
+/// `num_tokens * slots <= FUSED_UNITS` and `num_experts <= FUSED_UNITS`. The tile list has
+/// `tile_rows` rows per tile.
 pub fn route_and_dispatch<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
     client: &ComputeClient<R>,
     logits: &Handle,
     num_tokens: usize,
     num_experts: usize,
     policy: &RoutingPolicy,
-) -> Result<(RoutedOnDevice, DispatchOnDevice), InvalidValue> {
+    tile_rows: usize,
+) -> Result<(RoutedOnDevice, DispatchOnDevice), KernelError> {
     let routed = RoutedOnDevice::empty::<R, F, I>(client, num_tokens, policy);
-    let plan = DispatchOnDevice::empty::<R, I>(client, num_tokens * routed.slots, num_experts);
+    let plan =
+        DispatchOnDevice::empty::<R, I>(client, num_tokens * routed.slots, num_experts, tile_rows);
     route_and_dispatch_into::<R, F, I>(client, logits, &routed, &plan, policy)?;
     Ok((routed, plan))
 }
@@ -37,15 +40,15 @@ pub fn route_and_dispatch_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
     routed: &RoutedOnDevice,
     plan: &DispatchOnDevice,
     policy: &RoutingPolicy,
-) -> Result<(), InvalidValue> {
+) -> Result<(), KernelError> {
     let num_experts = plan.num_experts;
     let num_pairs = routed.num_tokens * routed.slots;
     if plan.num_pairs != num_pairs {
-        return Err(InvalidValue::new(
+        return Err(KernelError::from(InvalidValue::new(
             "plan.num_pairs",
             plan.num_pairs,
             format!("must equal tokens x slots ({num_pairs})"),
-        ));
+        )));
     }
     route::launch::validate_into::<R, F, I>(client, logits, routed, num_experts, policy)?;
     dispatch::launch::validate_into::<R, I>(client, &routed.expert_ids, plan)?;
@@ -56,7 +59,7 @@ pub fn route_and_dispatch_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
     };
 
     let (num_tokens, slots) = (routed.num_tokens, routed.slots);
-    let tiles_capacity = max_tiles(num_pairs, num_experts);
+    let tiles_capacity = max_tiles(num_pairs, num_experts, plan.tile_rows);
     // SAFETY: the buffers were checked against (num_tokens, slots, num_experts) above; the cube
     // has a unit per pair, per expert and per team member of every token, and indexes inside them.
     unsafe {
@@ -80,7 +83,7 @@ pub fn route_and_dispatch_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
             slots,
             team,
             policy.mass_limit().is_some(),
-            TILE_ROWS,
+            plan.tile_rows,
             units,
             has_planes_of_32(client),
         );

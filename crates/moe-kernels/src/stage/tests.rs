@@ -19,7 +19,7 @@ fn check_stage<R: Runtime>(
     let num_tokens = logits.len() / num_experts;
     let slots = policy.max_slots();
     let routed = poisoned_routed(client, num_tokens, slots);
-    let plan = poisoned_plan(client, num_tokens * slots, num_experts);
+    let plan = poisoned_plan(client, num_tokens * slots, num_experts, 32);
     let input = upload(client, logits);
     route_and_dispatch_into::<R, f32, i32>(client, &input, &routed, &plan, &policy).unwrap();
 
@@ -61,8 +61,8 @@ pub fn stage_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) {
             .unwrap_err()
             .to_string()
     };
-    assert!(error(poisoned_plan(&client, 6, 8)).contains("plan.num_pairs = 6"));
-    assert!(error(poisoned_plan(&client, 8, 16)).contains("logits buffer"));
+    assert!(error(poisoned_plan(&client, 6, 8, 64)).contains("plan.num_pairs = 6"));
+    assert!(error(poisoned_plan(&client, 8, 16, 64)).contains("logits buffer"));
 }
 
 crate::runtime_tests!(stage_matches_references, stage_rejects_bad_arguments);

@@ -1,7 +1,10 @@
-//! `MoeBackend` for CubeCL backends (CUDA, wgpu): the `moe-kernels` route, dispatch and combine.
+//! `MoeBackend` for CubeCL backends (CUDA, wgpu): the `moe-kernels` route, dispatch, grouped
+//! GEMMs and combine, with no host round trip between them.
 //!
-//! A shape a kernel does not support (e.g. more slots than it keeps in registers) falls back to
-//! the tensor-op default, so every configuration the layer accepts runs.
+//! A kernel that reports an input it does not support (e.g. more slots than the route kernel
+//! keeps in registers) hands the operation to the tensor ops, and the fallback is printed once
+//! (`fallback.rs`). An invalid input means the layer built wrong arguments: that is a bug, and it
+//! panics with the kernel's message rather than hiding behind the slow path.
 
 use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
@@ -9,15 +12,17 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::server::Handle;
-use moe_kernels::RoutingPolicy;
 use moe_kernels::combine::{CombineShape, combine};
-use moe_kernels::dispatch::dispatch;
 use moe_kernels::dispatch::reference::max_tiles;
+use moe_kernels::dispatch::{DispatchOnDevice, dispatch};
+use moe_kernels::grouped_gemm::{
+    ExpertGemmConfig, ExpertShape, has_tensor_cores, input_projection, output_projection,
+};
 use moe_kernels::route::route;
+use moe_kernels::{Activation, KernelError, RoutingPolicy};
 
-use super::MoeBackend;
-use crate::dispatch::{Dispatch, combine_with_tensor_ops, dispatch_with_tensor_ops};
-use crate::router::{Routing, route as route_with_tensor_ops};
+use super::fallback::note_fallback;
+use super::{Dispatch, ExpertRows, MoeBackend, Routing, tensor_ops};
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
@@ -27,58 +32,126 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
         let [num_tokens, num_experts] = logits.dims();
         let input = contiguous_float(&logits);
-        let Ok(routed) = route::<R, F, I>(
+        let routed = match route::<R, F, I>(
             &input.client,
             &input.handle,
             num_tokens,
             num_experts,
             policy,
-        ) else {
-            return route_with_tensor_ops(logits, policy);
+        ) {
+            Ok(routed) => routed,
+            Err(error) => {
+                fall_back("route", error);
+                return tensor_ops::route(logits, policy);
+            }
         };
         let slots = routed.slots;
         Routing {
             probs: softmax(logits.clone(), 1),
-            expert_ids: int_tensor::<R, F, I, BT, 2>(
-                &input,
-                routed.expert_ids,
-                [num_tokens, slots],
-            ),
-            weights: float_tensor::<R, F, I, BT, 2>(&input, routed.weights, [num_tokens, slots]),
-            token_k: int_tensor::<R, F, I, BT, 1>(&input, routed.token_k, [num_tokens]),
+            expert_ids: int_tensor(&input, routed.expert_ids, [num_tokens, slots]),
+            weights: float_tensor(&input, routed.weights, [num_tokens, slots], F::dtype()),
+            token_k: int_tensor(&input, routed.token_k, [num_tokens]),
             logits,
         }
     }
 
-    fn moe_dispatch(expert_ids: Tensor<Self, 2, Int>, num_experts: usize) -> Dispatch<Self> {
+    fn moe_tile_rows(shape: &ExpertShape, activation: Activation, device: &Self::Device) -> usize {
+        expert_config::<R, F>(&R::client(device), shape, activation).tile_rows()
+    }
+
+    fn moe_dispatch(
+        expert_ids: Tensor<Self, 2, Int>,
+        num_experts: usize,
+        tile_rows: usize,
+    ) -> Dispatch<Self> {
         let [num_tokens, slots] = expert_ids.dims();
         let num_pairs = num_tokens * slots;
         let ids = into_contiguous(expert_ids.clone().into_primitive());
-        let Ok(plan) = dispatch::<R, I>(&ids.client, &ids.handle, num_pairs, num_experts) else {
-            return dispatch_with_tensor_ops(expert_ids, num_experts);
-        };
-        let tiles = max_tiles(num_pairs, num_experts);
+        let plan =
+            match dispatch::<R, I>(&ids.client, &ids.handle, num_pairs, num_experts, tile_rows) {
+                Ok(plan) => plan,
+                Err(error) => {
+                    fall_back("dispatch", error);
+                    return tensor_ops::dispatch(expert_ids, num_experts, tile_rows);
+                }
+            };
+        let tiles = max_tiles(num_pairs, num_experts, tile_rows);
         Dispatch {
-            expert_offsets: int_tensor::<R, F, I, BT, 1>(
-                &ids,
-                plan.expert_offsets,
-                [num_experts + 1],
-            ),
-            routed_pairs: int_tensor::<R, F, I, BT, 1>(&ids, plan.routed_pairs, [num_pairs]),
-            row_of_pair: int_tensor::<R, F, I, BT, 2>(&ids, plan.row_of_pair, [num_tokens, slots]),
-            tiles: int_tensor::<R, F, I, BT, 2>(&ids, plan.tiles, [tiles, 2]),
-            num_tiles: int_tensor::<R, F, I, BT, 1>(&ids, plan.num_tiles, [1]),
+            expert_offsets: int_tensor(&ids, plan.expert_offsets, [num_experts + 1]),
+            routed_pairs: int_tensor(&ids, plan.routed_pairs, [num_pairs]),
+            row_of_pair: int_tensor(&ids, plan.row_of_pair, [num_tokens, slots]),
+            tiles: int_tensor(&ids, plan.tiles, [tiles, 2]),
+            num_tiles: int_tensor(&ids, plan.num_tiles, [1]),
+            tile_rows,
+        }
+    }
+
+    fn moe_experts(
+        x: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        w_in: Tensor<Self, 3>,
+        w_out: Tensor<Self, 3>,
+        activation: Activation,
+    ) -> ExpertRows<Self> {
+        let [num_tokens, d_model] = x.dims();
+        let [num_experts, width, _] = w_out.dims();
+        let [_, slots] = dispatch.row_of_pair.dims();
+        let shape = ExpertShape {
+            num_tokens,
+            slots,
+            num_experts,
+            d_model,
+            width,
+        };
+        let input = contiguous_float(&x);
+        let client = &input.client;
+        let config = expert_config::<R, F>(client, &shape, activation);
+        let plan = plan_on_device(dispatch);
+        let projections = input_projection::<R, F, I>(
+            client,
+            &input.handle,
+            &contiguous_float(&w_in).handle,
+            &plan,
+            shape,
+            &config.input,
+        )
+        .and_then(|hidden| {
+            output_projection::<R, F, I>(
+                client,
+                &hidden,
+                &contiguous_float(&w_out).handle,
+                &plan,
+                shape,
+                &config.output,
+            )
+        });
+        match projections {
+            Ok(rows) => {
+                let dtype = if rows.splits > 1 {
+                    DType::F32
+                } else {
+                    F::dtype()
+                };
+                let blocks = [rows.splits, shape.num_pairs(), d_model];
+                ExpertRows {
+                    blocks: float_tensor(&input, rows.rows, blocks, dtype),
+                }
+            }
+            Err(error) => {
+                fall_back("experts", error);
+                tensor_ops::experts(x, dispatch, w_in, w_out, activation)
+            }
         }
     }
 
     fn moe_combine(
-        expert_rows: Tensor<Self, 2>,
+        rows: ExpertRows<Self>,
         weights: Tensor<Self, 2>,
         dispatch: &Dispatch<Self>,
     ) -> Tensor<Self, 2> {
-        let [num_rows, d_model] = expert_rows.dims();
+        let [splits, num_rows, d_model] = rows.blocks.dims();
         let [num_tokens, slots] = weights.dims();
-        let rows = contiguous_float(&expert_rows);
+        let blocks = contiguous_float(&rows.blocks);
         let row_weights = contiguous_float(&weights);
         let row_of_pair = into_contiguous(dispatch.row_of_pair.clone().into_primitive());
         let shape = CombineShape {
@@ -86,17 +159,75 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
             slots,
             num_rows,
             d_model,
+            splits,
         };
-        match combine::<R, F, I>(
-            &rows.client,
-            &rows.handle,
+        let combined = match blocks.dtype {
+            DType::F32 => combine::<R, F, f32, I>,
+            _ => combine::<R, F, F, I>,
+        }(
+            &blocks.client,
+            &blocks.handle,
             &row_weights.handle,
             &row_of_pair.handle,
             shape,
-        ) {
-            Ok(output) => float_tensor::<R, F, I, BT, 2>(&rows, output, [num_tokens, d_model]),
-            Err(_) => combine_with_tensor_ops(expert_rows, weights, dispatch),
+        );
+        match combined {
+            Ok(output) => float_tensor(&blocks, output, [num_tokens, d_model], F::dtype()),
+            Err(error) => {
+                fall_back("combine", error);
+                let blocks = rows.blocks.cast(F::dtype());
+                tensor_ops::combine(ExpertRows { blocks }, weights, dispatch)
+            }
         }
+    }
+}
+
+/// The size rule's tiles for `shape` on this device (tensor cores where it has them for `F`).
+fn expert_config<R: CubeRuntime, F: FloatElement>(
+    client: &cubecl::prelude::ComputeClient<R>,
+    shape: &ExpertShape,
+    activation: Activation,
+) -> ExpertGemmConfig {
+    let multiprocessors = client
+        .properties()
+        .hardware
+        .num_streaming_multiprocessors
+        .map(|n| n as usize);
+    ExpertGemmConfig::choose(
+        shape,
+        activation,
+        has_tensor_cores::<R, F>(client),
+        multiprocessors,
+    )
+}
+
+/// Falls back on an unsupported input (said once); panics on an invalid one, which is a bug of
+/// the layer.
+fn fall_back(op: &'static str, error: KernelError) {
+    match error {
+        KernelError::Unsupported(reason) => note_fallback(op, reason),
+        KernelError::Invalid(error) => panic!("MoE {op} kernel got invalid input: {error}"),
+    }
+}
+
+/// The dispatch's tensors as the kernels' device plan.
+fn plan_on_device<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    dispatch: &Dispatch<Cube<R, F, I, BT>>,
+) -> DispatchOnDevice {
+    let handle = |tensor: &Tensor<Cube<R, F, I, BT>, 1, Int>| {
+        into_contiguous(tensor.clone().into_primitive()).handle
+    };
+    let [num_tokens, slots] = dispatch.row_of_pair.dims();
+    let [num_offsets] = dispatch.expert_offsets.dims();
+    DispatchOnDevice {
+        expert_offsets: handle(&dispatch.expert_offsets),
+        routed_pairs: handle(&dispatch.routed_pairs),
+        row_of_pair: into_contiguous(dispatch.row_of_pair.clone().into_primitive()).handle,
+        tiles: into_contiguous(dispatch.tiles.clone().into_primitive()).handle,
+        num_tiles: handle(&dispatch.num_tiles),
+        num_pairs: num_tokens * slots,
+        num_experts: num_offsets - 1,
+        tile_rows: dispatch.tile_rows,
     }
 }
 
@@ -113,13 +244,14 @@ fn contiguous_float<
     into_contiguous(tensor.clone().into_primitive().tensor())
 }
 
-/// A float tensor over a kernel's output buffer, on the device of `like`.
+/// A float tensor of `dtype` over a kernel's output buffer, on the device of `like`.
 fn float_tensor<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement, const D: usize>(
     like: &CubeTensor<R>,
     handle: Handle,
     shape: [usize; D],
+    dtype: DType,
 ) -> Tensor<Cube<R, F, I, BT>, D> {
-    let primitive = wrap(like, handle, Shape::from(shape), F::dtype());
+    let primitive = wrap(like, handle, Shape::from(shape), dtype);
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 

@@ -1,44 +1,83 @@
-//! The MoE layer's backend extension: routing, dispatch and combine as backend operations, so a
-//! backend can bring its own kernels (Burn's custom-kernel pattern).
+//! The MoE layer's backend extension: routing, dispatch, the experts and combine as backend
+//! operations, so a backend can bring its own kernels (Burn's custom-kernel pattern).
 //!
-//! The default methods use Burn tensor ops and serve every backend (NdArray here). CubeCL
-//! backends override route, dispatch and combine with the `moe-kernels` kernels. Under
+//! The default methods are Burn tensor ops (`tensor_ops`) and serve every backend (NdArray here);
+//! they are also the reference the kernel path is tested against. CubeCL backends override every
+//! operation with the `moe-kernels` kernels, which run the whole layer without a host round trip;
+//! a shape a kernel does not support falls back to the tensor ops and says so once. Under
 //! `Autodiff`, the routing decision and the dispatch come from the inner backend (kernels on
-//! CubeCL) and the differentiable parts (the renormalised weights, combine) are tensor ops, so
-//! no hand-written backward pass is needed.
+//! CubeCL) and the differentiable parts (the renormalised weights, the experts, combine) are
+//! tensor ops, so no hand-written backward pass is needed.
 
 mod autodiff;
 #[cfg(feature = "cubecl")]
 mod cubecl;
+mod fallback;
+mod outputs;
 #[cfg(all(test, feature = "cubecl", feature = "ndarray"))]
 mod parity_tests;
+pub mod tensor_ops;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
-use moe_kernels::RoutingPolicy;
+use moe_kernels::grouped_gemm::ExpertShape;
+use moe_kernels::{Activation, RoutingPolicy};
 
-use crate::dispatch::{Dispatch, combine_with_tensor_ops, dispatch_with_tensor_ops};
-use crate::router::{Routing, route};
+pub use fallback::{Fallback, take_fallbacks};
+pub use outputs::{Dispatch, ExpertRows, Routing};
 
-/// A backend that runs the routing stages of the MoE layer.
+/// Rows per tile of the dispatch's work list when the backend has no preference (tensor ops do
+/// not read the tile list).
+pub const DEFAULT_TILE_ROWS: usize = 64;
+
+/// A backend that runs the stages of the MoE layer.
 pub trait MoeBackend: Backend {
     /// Applies `policy` to router `logits` (`[T, E]`).
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
-        route(logits, policy)
+        tensor_ops::route(logits, policy)
     }
 
-    /// Groups the routed pairs of `expert_ids` (`[T, K]`, -1 unused) by expert.
-    fn moe_dispatch(expert_ids: Tensor<Self, 2, Int>, num_experts: usize) -> Dispatch<Self> {
-        dispatch_with_tensor_ops(expert_ids, num_experts)
+    /// Rows per tile of the dispatch's work list that [`MoeBackend::moe_experts`] needs for a
+    /// batch of `shape` on `device`.
+    fn moe_tile_rows(
+        _shape: &ExpertShape,
+        _activation: Activation,
+        _device: &Self::Device,
+    ) -> usize {
+        DEFAULT_TILE_ROWS
     }
 
-    /// Weighted sum of each token's expert rows (`expert_rows` `[S, d]`, `weights` `[T, K]`).
+    /// Groups the routed pairs of `expert_ids` (`[T, K]`, -1 unused) by expert, with a tile list
+    /// of `tile_rows` rows per tile.
+    fn moe_dispatch(
+        expert_ids: Tensor<Self, 2, Int>,
+        num_experts: usize,
+        tile_rows: usize,
+    ) -> Dispatch<Self> {
+        tensor_ops::dispatch(expert_ids, num_experts, tile_rows)
+    }
+
+    /// Every expert on its routed rows: `rows[row] = act(x[token of row] @ w_in[e]) @ w_out[e]`.
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]`, `w_in`: `[E, d, input_columns(F)]`, `w_out`: `[E, F, d]`
+    fn moe_experts(
+        x: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        w_in: Tensor<Self, 3>,
+        w_out: Tensor<Self, 3>,
+        activation: Activation,
+    ) -> ExpertRows<Self> {
+        tensor_ops::experts(x, dispatch, w_in, w_out, activation)
+    }
+
+    /// Weighted sum of each token's expert rows (`weights` `[T, K]`); returns `[T, d]`.
     fn moe_combine(
-        expert_rows: Tensor<Self, 2>,
+        rows: ExpertRows<Self>,
         weights: Tensor<Self, 2>,
         dispatch: &Dispatch<Self>,
     ) -> Tensor<Self, 2> {
-        combine_with_tensor_ops(expert_rows, weights, dispatch)
+        tensor_ops::combine(rows, weights, dispatch)
     }
 }
 

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 use cubecl::wgpu::WgpuRuntime;
 
-use super::MoeBackend;
+use super::{MoeBackend, take_fallbacks};
 use crate::test_support::{TestBackend, host_f64, host_i64, random_values, rng};
 use crate::{Activation, MoeLayer, MoeLayerConfig, RoutingPolicy};
 
@@ -70,7 +70,9 @@ fn kernel_path_matches_tensor_op_path_in_outputs_and_gradients() {
 
         // Inference: kernels on wgpu vs tensor ops on NdArray.
         let cpu = layer_with::<TestBackend>(&config, d, &weights).forward(tensor(&x, [150, d]));
+        take_fallbacks();
         let gpu = layer_with::<Wgpu>(&config, d, &weights).forward(tensor(&x, [150, d]));
+        assert_eq!(take_fallbacks(), vec![], "{routing}: every kernel ran");
         assert_close(
             &host_f64(gpu.output),
             &host_f64(cpu.output),

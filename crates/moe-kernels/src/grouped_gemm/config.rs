@@ -1,0 +1,139 @@
+//! Which tiles each projection uses, by shape class: the size rule is written down here so that
+//! every benchmark and layer run is reproducible from its shape.
+//!
+//! Classes, by the expected rows per touched expert `r = P / min(E, P)`:
+//! - decode (`r <= 16`): 16-row tiles, so a small batch is not padded to a large block; wide
+//!   depth stages stream each touched expert's weights once; the output projection splits its
+//!   depth (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since
+//!   its few column blocks alone cannot keep the memory system busy;
+//! - medium (`r <= 64`): 64-row tiles;
+//! - prefill: 128-row tiles, 8 planes, 128 x 128 per group (input) and 128 x 256 (output).
+//!
+//! Without tensor cores (f32, or a device without them) one portable shape serves every class.
+
+use serde::Serialize;
+
+use super::launch::ExpertShape;
+use super::params::{Epilogue, GemmParams};
+use crate::Activation;
+
+/// Cubes per multiprocessor the decode class aims for when it chooses split-K.
+pub const CUBES_PER_SM: usize = 4;
+/// Most depth slices of a split-K output projection.
+pub const MAX_SPLITS: usize = 8;
+
+/// The tiles of both expert projections of one batch (they share the dispatch's tile rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ExpertGemmConfig {
+    /// Shape class the rule picked (`decode`, `medium`, `prefill`, `portable`).
+    pub class: &'static str,
+    /// First projection: gather, gate and up (or GELU) in the epilogue.
+    pub input: GemmParams,
+    /// Second projection: rows in dispatch order, optional split-K.
+    pub output: GemmParams,
+}
+
+impl ExpertGemmConfig {
+    /// The configuration for `shape`, on tensor cores when `tensor_cores`, for a device with
+    /// `multiprocessors` (when known; it sizes split-K).
+    pub fn choose(
+        shape: &ExpertShape,
+        activation: Activation,
+        tensor_cores: bool,
+        multiprocessors: Option<usize>,
+    ) -> Self {
+        let epilogue = match activation {
+            Activation::SwiGlu => Epilogue::SwiGlu,
+            Activation::Gelu => Epilogue::Gelu,
+        };
+        let pairs = shape.num_pairs();
+        let touched = shape.num_experts.min(pairs).max(1);
+        let rows_per_expert = pairs.div_ceil(touched);
+        let base = GemmParams {
+            tile_rows: 32,
+            tile_cols: 32,
+            stage_depth: 16,
+            groups: epilogue.groups(),
+            gather: true,
+            epilogue,
+            tensor_cores,
+            warps_m: 1,
+            warps_n: 1,
+            unit_rows: 4,
+            unit_cols: 4,
+            split_k: 1,
+            raster_group: 8,
+        };
+        let output_of = |input: GemmParams, tile_cols, warps_n| GemmParams {
+            tile_cols,
+            warps_n,
+            groups: 1,
+            gather: false,
+            epilogue: Epilogue::Identity,
+            ..input
+        };
+        if !tensor_cores {
+            return Self {
+                class: "portable",
+                input: base,
+                output: output_of(base, 32, 1),
+            };
+        }
+        if rows_per_expert <= 16 {
+            let input = GemmParams {
+                tile_rows: 16,
+                tile_cols: 64,
+                stage_depth: 64,
+                warps_m: 1,
+                warps_n: 4,
+                raster_group: 1,
+                ..base
+            };
+            let mut output = output_of(input, 64, 4);
+            let cubes = touched * shape.d_model.div_ceil(output.tile_cols);
+            let target = CUBES_PER_SM * multiprocessors.unwrap_or(132);
+            let depth_stages = shape.width.div_ceil(output.stage_depth);
+            output.split_k = target
+                .div_ceil(cubes)
+                .clamp(1, MAX_SPLITS.min(depth_stages));
+            return Self {
+                class: "decode",
+                input,
+                output,
+            };
+        }
+        if rows_per_expert <= 64 {
+            let input = GemmParams {
+                tile_rows: 64,
+                tile_cols: 64,
+                stage_depth: 32,
+                warps_m: 2,
+                warps_n: 2,
+                ..base
+            };
+            return Self {
+                class: "medium",
+                input,
+                output: output_of(input, 128, 2),
+            };
+        }
+        let input = GemmParams {
+            tile_rows: 128,
+            tile_cols: 128,
+            stage_depth: 32,
+            warps_m: 2,
+            warps_n: 4,
+            ..base
+        };
+        Self {
+            class: "prefill",
+            input,
+            output: output_of(input, 256, 4),
+        }
+    }
+
+    /// Rows per tile of the dispatch's tile list that both projections need.
+    pub fn tile_rows(&self) -> usize {
+        self.input.tile_rows
+    }
+}

@@ -1,0 +1,588 @@
+//! Grouped GEMM over the dispatch's tile work list: `out[rows of tile t] = epilogue(A_t @ W_e)`.
+//!
+//! Work: one cube per (tile of `tile_rows` routed rows of one expert, block of `tile_cols` output
+//! columns, slice of the depth for split-K). The grid is an upper bound (every tile the list can
+//! hold); cubes past the tiles in use return at once, so the launch needs no host round trip.
+//! Cubes are numbered in groups of `raster_group` tiles: inside a group the tile index runs
+//! fastest, so cubes that run together share weight columns.
+//!
+//! A rows: rows of `a` in dispatch order, or (`gather`) rows of the token-ordered input read
+//! through `routed_pairs` (no permuted copy of the activations). Rows past the expert's end and
+//! depth past the slice's end load as zeros. W columns: `groups` blocks of `tile_cols` columns,
+//! `width` apart (SwiGLU: gate and up), so the epilogue holds both values of an output column.
+//!
+//! Pipeline: each stage of `stage_depth` goes from global memory into registers while the
+//! previous stage, in one of two shared-memory buffers, is multiplied; one barrier per stage.
+//! Multiplication: tensor cores (`cmma` 16x16x16, f32 accumulators; each plane owns a block of
+//! fragments) or, portable, each unit accumulates `unit_rows` x `unit_cols` per group in f32
+//! registers. Epilogue: identity, `silu(gate) * up` or `gelu`; rows past the expert's end and
+//! columns past `width` are not stored. With split-K, slice `s` writes its partial sums to
+//! output block `s` (combine adds the blocks). The launcher validates buffer sizes; the kernel
+//! skips tiles whose expert or first row is out of range and loads zeros for gathered tokens out
+//! of range, so a corrupt plan gives wrong numbers, never an access out of bounds.
+
+use cubecl::prelude::*;
+
+use super::params::{Epilogue, GemmParams};
+
+/// Units per plane on the tensor-core path (CUDA warps).
+pub const PLANE_UNITS: usize = 32;
+/// Side of one tensor-core fragment (m16n16k16).
+pub const FRAGMENT: usize = 16;
+
+/// Grouped GEMM (see the module docs). `a` and `weights` are vectorised along their rows (`N`
+/// values per vector); `depth` and `width` are multiples of `N`.
+#[cube(launch_unchecked)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "kernel arguments are buffers and sizes"
+)]
+pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
+    a: &Array<Vector<F, N>>, // [rows of a, depth]: x [T, d] (gather) or hidden [P, depth]
+    weights: &Array<Vector<F, N>>, // [E, depth, groups * width]
+    routed_pairs: &Array<I>, // [P] pair of each row (gather: token = pair / slots)
+    expert_offsets: &Array<I>, // [E + 1]
+    tiles: &Array<I>,        // [max_tiles, 2]: (expert, first row)
+    num_tiles: &Array<I>,    // [1]
+    output: &mut Array<O>,   // [split_k, P, width]
+    a_rows: usize,
+    depth: usize,
+    width: usize,
+    slots: usize,
+    num_experts: usize,
+    max_tiles: usize,
+    num_pairs: usize,
+    #[comptime] params: GemmParams,
+) {
+    let n = N::value();
+    let col_blocks = (width + params.tile_cols - 1) / params.tile_cols;
+    let group_span = params.raster_group * col_blocks;
+    let cube = CUBE_POS_X as usize;
+    let first_tile = (cube / group_span) * params.raster_group;
+    let tiles_in_group = min(max_tiles - first_tile, params.raster_group);
+    let in_group = cube % group_span;
+    let tile = first_tile + in_group % tiles_in_group;
+    if tile >= usize::cast_from(num_tiles[0]) {
+        terminate!();
+    }
+    let expert = u32::cast_from(tiles[2 * tile]) as usize;
+    let first_row = u32::cast_from(tiles[2 * tile + 1]) as usize;
+    if expert >= num_experts || first_row >= num_pairs {
+        terminate!();
+    }
+    let row_end = min(
+        min(first_row + params.tile_rows, num_pairs),
+        u32::cast_from(expert_offsets[expert + 1]) as usize,
+    );
+    let first_col = (in_group / tiles_in_group) * params.tile_cols;
+
+    // This cube's slice of the depth, in whole stages.
+    let stages_total = (depth + params.stage_depth - 1) / params.stage_depth;
+    let stages_per_split = (stages_total + params.split_k - 1) / params.split_k;
+    let depth_begin = CUBE_POS_Y as usize * stages_per_split * params.stage_depth;
+    let depth_end = min(depth, depth_begin + stages_per_split * params.stage_depth);
+    let mut stages: usize = 0;
+    if depth_end > depth_begin {
+        stages = (depth_end - depth_begin + params.stage_depth - 1) / params.stage_depth;
+    }
+
+    let a_starts = a_row_starts::<I>(
+        routed_pairs,
+        first_row,
+        row_end,
+        a_rows,
+        depth / n,
+        slots,
+        params,
+        n,
+    );
+    // Weight vector where this tile's columns start, row 0 of the depth.
+    let w_base = expert * depth * (params.groups * width / n) + first_col / n;
+
+    let a_stage = comptime!(params.a_stage_vectors(n));
+    let w_stage = comptime!(params.w_stage_vectors(n));
+    let mut stage_a = SharedMemory::<Vector<F, N>>::new_aligned(comptime!(2 * a_stage), 128usize);
+    let mut stage_w = SharedMemory::<Vector<F, N>>::new_aligned(comptime!(2 * w_stage), 128usize);
+    let mut staged_a = Array::<Vector<F, N>>::new(comptime!(params.a_loads_per_unit(n)));
+    let mut staged_w = Array::<Vector<F, N>>::new(comptime!(params.w_loads_per_unit(n)));
+
+    let mut fragments = tensor_core_accumulators(params);
+    let mut sums = Array::<f32>::new(comptime!(params.unit_accumulators()));
+    #[unroll]
+    for i in 0..comptime!(params.unit_accumulators()) {
+        sums[i] = 0.0;
+    }
+
+    if stages > 0 {
+        load_stage::<F, N>(
+            a,
+            weights,
+            &a_starts,
+            w_base,
+            first_col,
+            width,
+            depth_begin,
+            depth_end,
+            &mut staged_a,
+            &mut staged_w,
+            params,
+        );
+        store_stage::<F, N>(&staged_a, &staged_w, &mut stage_a, &mut stage_w, 0, params);
+    }
+    sync_cube();
+    for s in 0..stages {
+        let next = s + 1 < stages;
+        if next {
+            load_stage::<F, N>(
+                a,
+                weights,
+                &a_starts,
+                w_base,
+                first_col,
+                width,
+                depth_begin + (s + 1) * params.stage_depth,
+                depth_end,
+                &mut staged_a,
+                &mut staged_w,
+                params,
+            );
+        }
+        if comptime!(params.tensor_cores) {
+            tensor_core_stage::<F, N>(
+                &stage_a,
+                &stage_w,
+                (s % 2) * a_stage,
+                (s % 2) * w_stage,
+                &mut fragments,
+                params,
+            );
+        } else {
+            unit_stage::<F, N>(
+                &stage_a,
+                &stage_w,
+                (s % 2) * a_stage,
+                (s % 2) * w_stage,
+                &mut sums,
+                params,
+            );
+        }
+        if next {
+            store_stage::<F, N>(
+                &staged_a,
+                &staged_w,
+                &mut stage_a,
+                &mut stage_w,
+                (s + 1) % 2,
+                params,
+            );
+        }
+        sync_cube();
+    }
+
+    let out_offset = CUBE_POS_Y as usize * num_pairs * width;
+    if comptime!(params.tensor_cores) {
+        tensor_core_epilogue::<O>(
+            &fragments, output, first_row, row_end, first_col, width, out_offset, params,
+        );
+    } else {
+        unit_epilogue::<O>(
+            &sums, output, first_row, row_end, first_col, width, out_offset, params,
+        );
+    }
+}
+
+/// For each A vector this unit loads per stage: the vector index where its source row starts, or
+/// -1 past the expert's rows (or for a gathered token out of range).
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn a_row_starts<I: Int>(
+    routed_pairs: &Array<I>,
+    first_row: usize,
+    row_end: usize,
+    a_rows: usize,
+    row_vectors: usize,
+    slots: usize,
+    #[comptime] params: GemmParams,
+    #[comptime] n: usize,
+) -> Array<i32> {
+    let loads = comptime!(params.a_loads_per_unit(n));
+    let stage_row_vectors = comptime!(params.stage_depth / n);
+    let mut starts = Array::<i32>::new(loads);
+    #[unroll]
+    for i in 0..loads {
+        let v = UNIT_POS as usize + i * params.units();
+        let row = first_row + v / stage_row_vectors;
+        let mut start = i32::new(-1);
+        if row < row_end && v < comptime!(params.a_vectors(n)) {
+            let mut source = row;
+            if comptime!(params.gather) {
+                source = u32::cast_from(routed_pairs[row]) as usize / slots;
+            }
+            if source < a_rows {
+                start = i32::cast_from(source * row_vectors);
+            }
+        }
+        starts[i] = start;
+    }
+    starts
+}
+
+/// Loads one stage (depth `k0..k0 + stage_depth`, clipped at `depth_end`) of A rows and weight
+/// columns into this unit's registers; zeros where out of range.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn load_stage<F: Float, N: Size>(
+    a: &Array<Vector<F, N>>,
+    weights: &Array<Vector<F, N>>,
+    a_starts: &Array<i32>,
+    w_base: usize,
+    first_col: usize,
+    width: usize,
+    k0: usize,
+    depth_end: usize,
+    staged_a: &mut Array<Vector<F, N>>,
+    staged_w: &mut Array<Vector<F, N>>,
+    #[comptime] params: GemmParams,
+) {
+    let n = N::value();
+    let stage_row_vectors = comptime!(params.stage_depth / n);
+    #[unroll]
+    for i in 0..comptime!(params.a_loads_per_unit(n)) {
+        let v = UNIT_POS as usize + i * params.units();
+        let k = k0 + (v % stage_row_vectors) * n;
+        let start = a_starts[i];
+        let mut value = Vector::<F, N>::new(F::new(0.0));
+        if start >= 0 && k < depth_end {
+            value = a[usize::cast_from(start) + k / n];
+        }
+        staged_a[i] = value;
+    }
+
+    let tile_col_vectors = comptime!(params.tile_cols / n);
+    let row_vectors = comptime!(params.groups * params.tile_cols / n);
+    let weight_row_vectors = params.groups * width / n;
+    #[unroll]
+    for i in 0..comptime!(params.w_loads_per_unit(n)) {
+        let v = UNIT_POS as usize + i * params.units();
+        let k = k0 + v / row_vectors;
+        let in_row = v % row_vectors;
+        let group = in_row / tile_col_vectors;
+        let col_vector = in_row % tile_col_vectors;
+        let mut value = Vector::<F, N>::new(F::new(0.0));
+        if k < depth_end && first_col + col_vector * n < width && v < comptime!(params.w_vectors(n))
+        {
+            value = weights[w_base + k * weight_row_vectors + group * (width / n) + col_vector];
+        }
+        staged_w[i] = value;
+    }
+}
+
+/// Writes the staged registers into shared-memory buffer `buffer` (0 or 1).
+#[cube]
+fn store_stage<F: Float, N: Size>(
+    staged_a: &Array<Vector<F, N>>,
+    staged_w: &Array<Vector<F, N>>,
+    stage_a: &mut SharedMemory<Vector<F, N>>,
+    stage_w: &mut SharedMemory<Vector<F, N>>,
+    buffer: usize,
+    #[comptime] params: GemmParams,
+) {
+    let n = N::value();
+    let a_base = buffer * comptime!(params.a_stage_vectors(n));
+    let a_row_vectors = comptime!(params.stage_depth / n);
+    let a_stride = comptime!(params.a_stride() / n);
+    #[unroll]
+    for i in 0..comptime!(params.a_loads_per_unit(n)) {
+        let v = UNIT_POS as usize + i * params.units();
+        if v < comptime!(params.a_vectors(n)) {
+            stage_a[a_base + (v / a_row_vectors) * a_stride + v % a_row_vectors] = staged_a[i];
+        }
+    }
+    let w_base = buffer * comptime!(params.w_stage_vectors(n));
+    let w_row_vectors = comptime!(params.groups * params.tile_cols / n);
+    let w_stride = comptime!(params.w_stride() / n);
+    #[unroll]
+    for i in 0..comptime!(params.w_loads_per_unit(n)) {
+        let v = UNIT_POS as usize + i * params.units();
+        if v < comptime!(params.w_vectors(n)) {
+            stage_w[w_base + (v / w_row_vectors) * w_stride + v % w_row_vectors] = staged_w[i];
+        }
+    }
+}
+
+/// The plane's accumulator fragments, zeroed: `groups` x rows x columns of 16x16 (none on the
+/// portable path).
+#[cube]
+fn tensor_core_accumulators(#[comptime] params: GemmParams) -> Sequence<cmma::Matrix<f32>> {
+    let mut fragments = Sequence::new();
+    if comptime!(params.tensor_cores) {
+        #[unroll]
+        for _ in 0..comptime!(
+            params.groups * params.plane_fragment_rows() * params.plane_fragment_cols()
+        ) {
+            fragments.push(cmma::Matrix::<f32>::from_value(
+                cmma::MatrixIdent::Accumulator,
+                FRAGMENT,
+                FRAGMENT,
+                FRAGMENT,
+                cmma::MatrixLayout::Undefined,
+                0.0,
+            ));
+        }
+    }
+    fragments
+}
+
+/// Multiplies one shared-memory stage on the tensor cores: each plane its block of fragments.
+#[cube]
+fn tensor_core_stage<F: Float, N: Size>(
+    stage_a: &SharedMemory<Vector<F, N>>,
+    stage_w: &SharedMemory<Vector<F, N>>,
+    a_base: usize,
+    w_base: usize,
+    fragments: &mut Sequence<cmma::Matrix<f32>>,
+    #[comptime] params: GemmParams,
+) {
+    let n = N::value();
+    let plane = UNIT_POS as usize / PLANE_UNITS;
+    let plane_row = plane / params.warps_n;
+    let plane_col = plane % params.warps_n;
+    let rows = comptime!(params.plane_fragment_rows());
+    let cols = comptime!(params.plane_fragment_cols());
+    let a_stride = comptime!(params.a_stride());
+    let w_stride = comptime!(params.w_stride());
+    let first_a_row = plane_row * rows * FRAGMENT;
+    let first_w_col = plane_col * cols * FRAGMENT;
+    #[unroll]
+    for kk in 0..comptime!(params.stage_depth / FRAGMENT) {
+        let mut a_fragments = Sequence::<cmma::Matrix<Vector<F, N>>>::new();
+        #[unroll]
+        for i in 0..rows {
+            let start = a_base + ((first_a_row + i * FRAGMENT) * a_stride + kk * FRAGMENT) / n;
+            a_fragments.push(cmma::Matrix::<Vector<F, N>>::from_slice(
+                cmma::MatrixIdent::A,
+                FRAGMENT,
+                FRAGMENT,
+                FRAGMENT,
+                cmma::MatrixLayout::RowMajor,
+                &stage_a.slice(start, start + comptime!(FRAGMENT * a_stride / n)),
+                a_stride as u32,
+            ));
+        }
+        #[unroll]
+        for g in 0..params.groups {
+            #[unroll]
+            for j in 0..cols {
+                let start = w_base
+                    + (kk * FRAGMENT * w_stride
+                        + g * params.tile_cols
+                        + first_w_col
+                        + j * FRAGMENT)
+                        / n;
+                let w_fragment = cmma::Matrix::<Vector<F, N>>::from_slice(
+                    cmma::MatrixIdent::B,
+                    FRAGMENT,
+                    FRAGMENT,
+                    FRAGMENT,
+                    cmma::MatrixLayout::RowMajor,
+                    &stage_w.slice(start, start + comptime!(FRAGMENT * w_stride / n)),
+                    w_stride as u32,
+                );
+                #[unroll]
+                for i in 0..rows {
+                    let acc = fragments.index(comptime!((g * rows + i) * cols + j));
+                    cmma::execute::<Vector<F, N>, Vector<F, N>, f32, f32>(
+                        a_fragments.index(i),
+                        &w_fragment,
+                        acc,
+                        acc,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Multiplies one shared-memory stage on the units: `unit_rows` x `unit_cols` sums per group.
+#[cube]
+fn unit_stage<F: Float, N: Size>(
+    stage_a: &SharedMemory<Vector<F, N>>,
+    stage_w: &SharedMemory<Vector<F, N>>,
+    a_base: usize,
+    w_base: usize,
+    sums: &mut Array<f32>,
+    #[comptime] params: GemmParams,
+) {
+    let n = N::value();
+    let rows = params.unit_rows;
+    let cols = params.unit_cols;
+    let units_per_row = comptime!(params.tile_cols / params.unit_cols);
+    let first_row = (UNIT_POS as usize / units_per_row) * rows;
+    let first_col = (UNIT_POS as usize % units_per_row) * cols;
+    let a_stride = comptime!(params.a_stride() / n);
+    let w_stride = comptime!(params.w_stride() / n);
+    let mut a_values = Array::<Vector<F, N>>::new(rows);
+    #[unroll]
+    for kv in 0..comptime!(params.stage_depth / n) {
+        #[unroll]
+        for i in 0..rows {
+            a_values[i] = stage_a[a_base + (first_row + i) * a_stride + kv];
+        }
+        #[unroll]
+        for kk in 0..n {
+            #[unroll]
+            for g in 0..params.groups {
+                #[unroll]
+                for jv in 0..comptime!(cols / n) {
+                    let w = stage_w[w_base
+                        + (kv * n + kk) * w_stride
+                        + (g * params.tile_cols + first_col) / n
+                        + jv];
+                    #[unroll]
+                    for jj in 0..n {
+                        #[unroll]
+                        for i in 0..rows {
+                            let at = comptime!((g * rows + i) * cols + jv * n + jj);
+                            sums[at] += f32::cast_from(a_values[i][kk]) * f32::cast_from(w[jj]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes the tensor-core accumulators through the epilogue: each plane stores a fragment (per
+/// group) into its own shared scratch, then every unit finishes 8 of its elements.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn tensor_core_epilogue<O: Float>(
+    fragments: &Sequence<cmma::Matrix<f32>>,
+    output: &mut Array<O>,
+    first_row: usize,
+    row_end: usize,
+    first_col: usize,
+    width: usize,
+    out_offset: usize,
+    #[comptime] params: GemmParams,
+) {
+    let fragment_size = comptime!(FRAGMENT * FRAGMENT);
+    let mut scratch = SharedMemory::<f32>::new_aligned(
+        comptime!(params.planes() * params.groups * FRAGMENT * FRAGMENT),
+        128usize,
+    );
+    let plane = UNIT_POS as usize / PLANE_UNITS;
+    let lane = UNIT_POS as usize % PLANE_UNITS;
+    let plane_row = plane / params.warps_n;
+    let plane_col = plane % params.warps_n;
+    let rows = comptime!(params.plane_fragment_rows());
+    let cols = comptime!(params.plane_fragment_cols());
+    let own = plane * comptime!(params.groups * FRAGMENT * FRAGMENT);
+    #[unroll]
+    for i in 0..rows {
+        #[unroll]
+        for j in 0..cols {
+            #[unroll]
+            for g in 0..params.groups {
+                let start = own + g * fragment_size;
+                cmma::store(
+                    &mut scratch.slice_mut(start, start + fragment_size),
+                    fragments.index(comptime!((g * rows + i) * cols + j)),
+                    FRAGMENT as u32,
+                    cmma::MatrixLayout::RowMajor,
+                );
+            }
+            sync_plane();
+            #[unroll]
+            for e in 0..comptime!(FRAGMENT * FRAGMENT / PLANE_UNITS) {
+                let at = lane + e * PLANE_UNITS;
+                let row = first_row + (plane_row * rows + i) * FRAGMENT + at / FRAGMENT;
+                let col = first_col + (plane_col * cols + j) * FRAGMENT + at % FRAGMENT;
+                let mut up = 0.0;
+                if comptime!(params.groups == 2) {
+                    up = scratch[own + fragment_size + at];
+                }
+                write_output::<O>(
+                    output,
+                    row,
+                    row_end,
+                    col,
+                    width,
+                    out_offset,
+                    scratch[own + at],
+                    up,
+                    params,
+                );
+            }
+            sync_plane();
+        }
+    }
+}
+
+/// Writes the portable path's register sums through the epilogue.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn unit_epilogue<O: Float>(
+    sums: &Array<f32>,
+    output: &mut Array<O>,
+    first_row: usize,
+    row_end: usize,
+    first_col: usize,
+    width: usize,
+    out_offset: usize,
+    #[comptime] params: GemmParams,
+) {
+    let rows = params.unit_rows;
+    let cols = params.unit_cols;
+    let units_per_row = comptime!(params.tile_cols / params.unit_cols);
+    let unit_row = first_row + (UNIT_POS as usize / units_per_row) * rows;
+    let unit_col = first_col + (UNIT_POS as usize % units_per_row) * cols;
+    #[unroll]
+    for i in 0..rows {
+        #[unroll]
+        for j in 0..cols {
+            let mut up = 0.0;
+            if comptime!(params.groups == 2) {
+                up = sums[comptime!((rows + i) * cols + j)];
+            }
+            write_output::<O>(
+                output,
+                unit_row + i,
+                row_end,
+                unit_col + j,
+                width,
+                out_offset,
+                sums[comptime!(i * cols + j)],
+                up,
+                params,
+            );
+        }
+    }
+}
+
+/// Applies the epilogue to one output element (`value`, and `up` for SwiGLU) and stores it, if
+/// its row belongs to the tile's expert and its column exists.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn write_output<O: Float>(
+    output: &mut Array<O>,
+    row: usize,
+    row_end: usize,
+    col: usize,
+    width: usize,
+    out_offset: usize,
+    value: f32,
+    up: f32,
+    #[comptime] params: GemmParams,
+) {
+    if row < row_end && col < width {
+        let mut result = value;
+        if comptime!(params.epilogue == Epilogue::SwiGlu) {
+            result = value / (1.0 + f32::exp(-value)) * up;
+        }
+        if comptime!(params.epilogue == Epilogue::Gelu) {
+            result = 0.5 * value * (1.0 + Erf::erf(value * std::f32::consts::FRAC_1_SQRT_2));
+        }
+        output[out_offset + row * width + col] = O::cast_from(result);
+    }
+}

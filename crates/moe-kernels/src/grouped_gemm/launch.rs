@@ -1,0 +1,319 @@
+//! Host side of the grouped GEMM: validate, allocate, launch.
+
+use cubecl::ir::features::MmaConfig;
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use super::kernel::{FRAGMENT, grouped_gemm};
+use super::params::GemmParams;
+use crate::buffer::expect_len;
+use crate::dispatch::DispatchOnDevice;
+use crate::dispatch::reference::max_tiles;
+use crate::{InvalidValue, KernelError};
+
+/// Sizes of the expert computation of one batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpertShape {
+    /// Tokens T.
+    pub num_tokens: usize,
+    /// Routing slots per token (P = T x slots pairs).
+    pub slots: usize,
+    /// Experts E.
+    pub num_experts: usize,
+    /// Model width d.
+    pub d_model: usize,
+    /// Hidden width F of each expert.
+    pub width: usize,
+}
+
+impl ExpertShape {
+    /// (token, slot) pairs P: the most rows the experts can receive.
+    pub fn num_pairs(&self) -> usize {
+        self.num_tokens * self.slots
+    }
+}
+
+/// Output rows of the experts, in dispatch order: `[splits, P, d]`. With one split the rows are
+/// of the input's float type; with several, each block holds f32 partial sums over a slice of
+/// the depth and combine adds them.
+#[derive(Clone, Debug)]
+pub struct ExpertRows {
+    /// `[splits, P, d]`; rows past the routed row count S are not written.
+    pub rows: Handle,
+    /// Blocks of partial sums (1: the rows themselves).
+    pub splits: usize,
+}
+
+/// Whether the device multiplies `F` on tensor cores with f32 accumulators (m16n16k16).
+pub fn has_tensor_cores<R: Runtime, F: CubeElement>(client: &ComputeClient<R>) -> bool {
+    client
+        .properties()
+        .features
+        .matmul
+        .cmma
+        .contains(&MmaConfig {
+            a_type: F::cube_type(),
+            b_type: F::cube_type(),
+            cd_type: f32::cube_type(),
+            m: FRAGMENT as u32,
+            n: FRAGMENT as u32,
+            k: FRAGMENT as u32,
+        })
+}
+
+/// First projection of every routed row: `hidden[row] = act(x[token of row] @ w_in[e])`, a new
+/// `[P, F]` buffer of `F` (rows past S not written). `params` must gather and hold the
+/// activation's epilogue.
+///
+/// `x` is `[T, d]`, `w_in` `[E, d, input_columns(F)]`, both of `F`, contiguous.
+pub fn input_projection<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    x: &Handle,
+    w_in: &Handle,
+    plan: &DispatchOnDevice,
+    shape: ExpertShape,
+    params: &GemmParams,
+) -> Result<Handle, KernelError> {
+    let hidden = client.empty(shape.num_pairs() * shape.width * size_of::<F>());
+    input_projection_into::<R, F, I>(client, x, w_in, plan, shape, params, &hidden)?;
+    Ok(hidden)
+}
+
+/// Like [`input_projection`], into a caller-provided `[P, F]` buffer (which tests poison first).
+pub fn input_projection_into<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    x: &Handle,
+    w_in: &Handle,
+    plan: &DispatchOnDevice,
+    shape: ExpertShape,
+    params: &GemmParams,
+    hidden: &Handle,
+) -> Result<(), KernelError> {
+    if !params.gather || params.split_k != 1 {
+        return Err(KernelError::Unsupported(
+            "the input projection gathers token rows and has no split".into(),
+        ));
+    }
+    let operands = Operands {
+        a: x,
+        a_rows: shape.num_tokens,
+        weights: w_in,
+        depth: shape.d_model,
+        width: shape.width,
+        output: hidden,
+    };
+    launch::<R, F, F, I>(client, &operands, plan, shape, params)
+}
+
+/// Second projection of every routed row: `rows[row] = hidden[row] @ w_out[e]`, into new buffers
+/// (see [`ExpertRows`]: f32 partial sums when `params.split_k > 1`).
+///
+/// `hidden` is `[P, F]` (as [`input_projection`] writes it), `w_out` `[E, F, d]`, both of `F`.
+pub fn output_projection<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    hidden: &Handle,
+    w_out: &Handle,
+    plan: &DispatchOnDevice,
+    shape: ExpertShape,
+    params: &GemmParams,
+) -> Result<ExpertRows, KernelError> {
+    let splits = params.split_k;
+    let elem = if splits > 1 {
+        size_of::<f32>()
+    } else {
+        size_of::<F>()
+    };
+    let rows = client.empty(splits * shape.num_pairs() * shape.d_model * elem);
+    output_projection_into::<R, F, I>(client, hidden, w_out, plan, shape, params, &rows)?;
+    Ok(ExpertRows { rows, splits })
+}
+
+/// Like [`output_projection`], into a caller-provided `[splits, P, d]` buffer.
+pub fn output_projection_into<R: Runtime, F: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    hidden: &Handle,
+    w_out: &Handle,
+    plan: &DispatchOnDevice,
+    shape: ExpertShape,
+    params: &GemmParams,
+    rows: &Handle,
+) -> Result<(), KernelError> {
+    if params.gather {
+        return Err(KernelError::Unsupported(
+            "the output projection reads rows in dispatch order".into(),
+        ));
+    }
+    let operands = Operands {
+        a: hidden,
+        a_rows: shape.num_pairs(),
+        weights: w_out,
+        depth: shape.width,
+        width: shape.d_model,
+        output: rows,
+    };
+    if params.split_k > 1 {
+        launch::<R, F, f32, I>(client, &operands, plan, shape, params)
+    } else {
+        launch::<R, F, F, I>(client, &operands, plan, shape, params)
+    }
+}
+
+/// The buffers and sizes of one launch: `output = epilogue(a @ weights)` with `depth` rows of
+/// weights and `width` output columns per group.
+struct Operands<'a> {
+    a: &'a Handle,
+    a_rows: usize,
+    weights: &'a Handle,
+    depth: usize,
+    width: usize,
+    output: &'a Handle,
+}
+
+/// Validates, then launches one grouped GEMM with output element `O`.
+fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + CubeElement>(
+    client: &ComputeClient<R>,
+    operands: &Operands,
+    plan: &DispatchOnDevice,
+    shape: ExpertShape,
+    params: &GemmParams,
+) -> Result<(), KernelError> {
+    let vector = validate::<R, F, O, I>(client, operands, plan, shape, params)?;
+    let num_pairs = shape.num_pairs();
+    let tiles = max_tiles(num_pairs, shape.num_experts, plan.tile_rows);
+    let col_blocks = operands.width.div_ceil(params.tile_cols);
+    let weights_len = shape.num_experts * operands.depth * params.groups * operands.width;
+    // SAFETY: `validate` checked every buffer against these sizes; the kernel reads `a` rows
+    // below `a_rows` (gathered rows are tokens of routed pairs), weights of experts below E,
+    // and writes rows below P of block `split` < split_k.
+    unsafe {
+        grouped_gemm::launch_unchecked::<F, O, I, R>(
+            client,
+            CubeCount::Static((tiles * col_blocks) as u32, params.split_k as u32, 1),
+            CubeDim::new_1d(params.units() as u32),
+            vector,
+            ArrayArg::from_raw_parts(
+                operands.a.clone(),
+                operands.a_rows * operands.depth / vector,
+            ),
+            ArrayArg::from_raw_parts(operands.weights.clone(), weights_len / vector),
+            ArrayArg::from_raw_parts(plan.routed_pairs.clone(), num_pairs),
+            ArrayArg::from_raw_parts(plan.expert_offsets.clone(), shape.num_experts + 1),
+            ArrayArg::from_raw_parts(plan.tiles.clone(), 2 * tiles),
+            ArrayArg::from_raw_parts(plan.num_tiles.clone(), 1),
+            ArrayArg::from_raw_parts(
+                operands.output.clone(),
+                params.split_k * num_pairs * operands.width,
+            ),
+            operands.a_rows,
+            operands.depth,
+            operands.width,
+            shape.slots,
+            shape.num_experts,
+            tiles,
+            num_pairs,
+            *params,
+        );
+    }
+    Ok(())
+}
+
+/// Checks shapes, buffers and the device's limits; returns the vector width of the loads.
+fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
+    client: &ComputeClient<R>,
+    operands: &Operands,
+    plan: &DispatchOnDevice,
+    shape: ExpertShape,
+    params: &GemmParams,
+) -> Result<usize, KernelError> {
+    for (field, value) in [
+        ("num_tokens", shape.num_tokens),
+        ("slots", shape.slots),
+        ("num_experts", shape.num_experts),
+        ("d_model", shape.d_model),
+        ("width", shape.width),
+    ] {
+        if value == 0 {
+            return Err(InvalidValue::new(field, 0, "must be >= 1").into());
+        }
+    }
+    let num_pairs = shape.num_pairs();
+    if plan.num_pairs != num_pairs || plan.num_experts != shape.num_experts {
+        return Err(InvalidValue::new(
+            "plan",
+            format!("{} pairs over {} experts", plan.num_pairs, plan.num_experts),
+            format!(
+                "must be the dispatch of this batch ({num_pairs} pairs over {} experts)",
+                shape.num_experts
+            ),
+        )
+        .into());
+    }
+    if plan.tile_rows != params.tile_rows {
+        return Err(InvalidValue::new(
+            "plan.tile_rows",
+            plan.tile_rows,
+            format!("must equal the GEMM's tile rows ({})", params.tile_rows),
+        )
+        .into());
+    }
+
+    let elem = size_of::<F>();
+    let weights_len = shape.num_experts * operands.depth * params.groups * operands.width;
+    expect_len(operands.a, "a", operands.a_rows * operands.depth, elem)?;
+    expect_len(operands.weights, "weights", weights_len, elem)?;
+    expect_len(
+        operands.output,
+        "output",
+        params.split_k * num_pairs * operands.width,
+        size_of::<O>(),
+    )?;
+    let int = size_of::<I>();
+    let tiles = max_tiles(num_pairs, shape.num_experts, plan.tile_rows);
+    expect_len(&plan.routed_pairs, "routed_pairs", num_pairs, int)?;
+    expect_len(
+        &plan.expert_offsets,
+        "expert_offsets",
+        shape.num_experts + 1,
+        int,
+    )?;
+    expect_len(&plan.tiles, "tiles", 2 * tiles, int)?;
+    expect_len(&plan.num_tiles, "num_tiles", 1, int)?;
+
+    let unsupported = |reason: String| Err(KernelError::Unsupported(reason));
+    if params.tensor_cores && !has_tensor_cores::<R, F>(client) {
+        return unsupported("this device has no tensor cores for this float type".into());
+    }
+    let Some(vector) = [8, 4, 2, 1].into_iter().find(|&v| {
+        v * elem <= 16
+            && operands.depth % v == 0
+            && operands.width % v == 0
+            && params.check(v).is_ok()
+    }) else {
+        return unsupported(params.check(1).err().unwrap_or_default());
+    };
+    let properties = client.properties();
+    let hardware = &properties.hardware;
+    let shared = params.shared_bytes(elem);
+    if shared > hardware.max_shared_memory_size {
+        return unsupported(format!(
+            "tiles need {shared} bytes of shared memory, the device has {}",
+            hardware.max_shared_memory_size
+        ));
+    }
+    let cubes = tiles * operands.width.div_ceil(params.tile_cols);
+    let (max_x, max_y, _) = hardware.max_cube_count;
+    if cubes > max_x as usize || params.split_k > max_y as usize {
+        return unsupported(format!(
+            "{cubes} x {} cubes exceed the grid",
+            params.split_k
+        ));
+    }
+    // Indices are 32-bit: every vector and output index must fit.
+    let largest = (weights_len / vector)
+        .max(params.split_k * num_pairs * operands.width)
+        .max(operands.a_rows * operands.depth / vector);
+    if largest >= i32::MAX as usize {
+        return unsupported(format!("{largest} elements exceed 32-bit indexing"));
+    }
+    Ok(vector)
+}

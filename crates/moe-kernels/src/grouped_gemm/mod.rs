@@ -1,0 +1,17 @@
+//! Grouped GEMM: the experts' two projections on the dispatch's tile work list, with the gather
+//! of token rows and the activation fused into the first.
+
+mod config;
+pub mod kernel;
+mod launch;
+mod params;
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+pub use config::{CUBES_PER_SM, ExpertGemmConfig, MAX_SPLITS};
+pub use launch::{
+    ExpertRows, ExpertShape, has_tensor_cores, input_projection, input_projection_into,
+    output_projection, output_projection_into,
+};
+pub use params::{Epilogue, GemmParams};

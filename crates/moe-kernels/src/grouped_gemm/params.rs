@@ -1,0 +1,183 @@
+//! Compile-time knobs of one grouped-GEMM launch, and the shared-memory and register sizes they
+//! imply.
+
+use serde::{Deserialize, Serialize};
+
+use super::kernel::{FRAGMENT, PLANE_UNITS};
+
+/// Elements of padding at the end of each shared-memory row (16 bytes in 16-bit types): rows of a
+/// stage start in different banks, and tensor-core fragments stay 32-byte aligned.
+pub const ROW_PADDING: usize = 8;
+
+/// What the epilogue applies to each output element.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Epilogue {
+    /// The product itself (the output projection, or split-K partial sums).
+    Identity,
+    /// `silu(gate) * up`, from column groups 0 (gate) and 1 (up).
+    SwiGlu,
+    /// `gelu(x)` (exact, with erf).
+    Gelu,
+}
+
+impl Epilogue {
+    /// Column groups of the weights this epilogue reads (SwiGLU: gate and up).
+    pub fn groups(&self) -> usize {
+        match self {
+            Epilogue::SwiGlu => 2,
+            Epilogue::Identity | Epilogue::Gelu => 1,
+        }
+    }
+}
+
+/// Tile shape, multiplication path and pipeline of one launch (see `kernel.rs`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GemmParams {
+    /// Rows per tile: the dispatch's tile rows.
+    pub tile_rows: usize,
+    /// Output columns per tile and column group.
+    pub tile_cols: usize,
+    /// Depth of one pipeline stage.
+    pub stage_depth: usize,
+    /// Column groups read per output column (2 for SwiGLU).
+    pub groups: usize,
+    /// Rows of `a` are token rows read through the routed pairs (first projection).
+    pub gather: bool,
+    /// What is applied before storing.
+    pub epilogue: Epilogue,
+    /// Multiply on tensor cores (`cmma`); otherwise on units with f32 registers.
+    pub tensor_cores: bool,
+    /// Planes along the rows of a tile (tensor cores).
+    pub warps_m: usize,
+    /// Planes along the columns of a tile (tensor cores).
+    pub warps_n: usize,
+    /// Rows each unit accumulates (portable path).
+    pub unit_rows: usize,
+    /// Columns each unit accumulates per group (portable path).
+    pub unit_cols: usize,
+    /// Slices of the depth, each summed by its own cube into its own output block.
+    pub split_k: usize,
+    /// Tiles whose cubes are numbered together (they share weight columns).
+    pub raster_group: usize,
+}
+
+impl GemmParams {
+    /// Units per cube.
+    pub fn units(&self) -> usize {
+        if self.tensor_cores {
+            self.planes() * PLANE_UNITS
+        } else {
+            (self.tile_rows / self.unit_rows) * (self.tile_cols / self.unit_cols)
+        }
+    }
+
+    /// Planes per cube on the tensor-core path.
+    pub fn planes(&self) -> usize {
+        self.warps_m * self.warps_n
+    }
+
+    /// Fragment rows each plane owns.
+    pub fn plane_fragment_rows(&self) -> usize {
+        self.tile_rows / (self.warps_m * FRAGMENT)
+    }
+
+    /// Fragment columns each plane owns per group.
+    pub fn plane_fragment_cols(&self) -> usize {
+        self.tile_cols / (self.warps_n * FRAGMENT)
+    }
+
+    /// f32 register sums per unit on the portable path (1, unused, on tensor cores).
+    pub fn unit_accumulators(&self) -> usize {
+        if self.tensor_cores {
+            1
+        } else {
+            self.groups * self.unit_rows * self.unit_cols
+        }
+    }
+
+    /// Elements per shared-memory row of the A stage.
+    pub fn a_stride(&self) -> usize {
+        self.stage_depth + ROW_PADDING
+    }
+
+    /// Elements per shared-memory row of the weight stage.
+    pub fn w_stride(&self) -> usize {
+        self.groups * self.tile_cols + ROW_PADDING
+    }
+
+    /// Vectors of `vector` elements in one A stage buffer (padded).
+    pub fn a_stage_vectors(&self, vector: usize) -> usize {
+        self.tile_rows * self.a_stride() / vector
+    }
+
+    /// Vectors in one weight stage buffer (padded).
+    pub fn w_stage_vectors(&self, vector: usize) -> usize {
+        self.stage_depth * self.w_stride() / vector
+    }
+
+    /// Vectors of A data per stage.
+    pub fn a_vectors(&self, vector: usize) -> usize {
+        self.tile_rows * self.stage_depth / vector
+    }
+
+    /// Vectors of weight data per stage.
+    pub fn w_vectors(&self, vector: usize) -> usize {
+        self.stage_depth * self.groups * self.tile_cols / vector
+    }
+
+    /// A vectors each unit loads per stage.
+    pub fn a_loads_per_unit(&self, vector: usize) -> usize {
+        self.a_vectors(vector).div_ceil(self.units())
+    }
+
+    /// Weight vectors each unit loads per stage.
+    pub fn w_loads_per_unit(&self, vector: usize) -> usize {
+        self.w_vectors(vector).div_ceil(self.units())
+    }
+
+    /// Bytes of shared memory one cube uses with elements of `elem_size` bytes.
+    pub fn shared_bytes(&self, elem_size: usize) -> usize {
+        let stages = 2 * (self.tile_rows * self.a_stride() + self.stage_depth * self.w_stride());
+        let scratch = if self.tensor_cores {
+            self.planes() * self.groups * FRAGMENT * FRAGMENT * size_of::<f32>()
+        } else {
+            0
+        };
+        stages * elem_size + scratch
+    }
+
+    /// Why these knobs cannot run with `vector`-wide loads, if they cannot.
+    pub fn check(&self, vector: usize) -> Result<(), String> {
+        let divides = |what: &str, value: usize, by: usize| {
+            if by == 0 || value % by != 0 {
+                Err(format!("{what} = {value} must be a multiple of {by}"))
+            } else {
+                Ok(())
+            }
+        };
+        divides("stage_depth", self.stage_depth, vector)?;
+        divides("tile_cols", self.tile_cols, vector)?;
+        if self.groups != self.epilogue.groups() {
+            return Err(format!(
+                "groups = {} does not match the {:?} epilogue",
+                self.groups, self.epilogue
+            ));
+        }
+        if self.split_k == 0 || self.raster_group == 0 {
+            return Err("split_k and raster_group must be >= 1".into());
+        }
+        if self.split_k > 1 && self.epilogue != Epilogue::Identity {
+            return Err("split-K sums partial products: only the identity epilogue".into());
+        }
+        if self.tensor_cores {
+            divides("tile_rows", self.tile_rows, self.warps_m * FRAGMENT)?;
+            divides("tile_cols", self.tile_cols, self.warps_n * FRAGMENT)?;
+            divides("stage_depth", self.stage_depth, FRAGMENT)?;
+        } else {
+            divides("tile_rows", self.tile_rows, self.unit_rows)?;
+            divides("tile_cols", self.tile_cols, self.unit_cols)?;
+            divides("unit_cols", self.unit_cols, vector)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! Plain-Rust expert projections on the dispatch's rows: the specification of the grouped GEMM.
+
+use crate::Activation;
+use crate::dispatch::reference::DispatchPlan;
+
+/// `hidden[row] = act(x[token of row] @ w_in[e])` for every routed row (expert e owns the row),
+/// in f64.
+///
+/// Shapes: `x` `[T, d]`, `w_in` `[E, d, input_columns(F)]` (SwiGLU: gate columns, then up);
+/// returns `[S, F]` in dispatch order.
+pub fn input_projection(
+    x: &[f32],
+    w_in: &[f32],
+    plan: &DispatchPlan,
+    slots: usize,
+    d_model: usize,
+    width: usize,
+    activation: Activation,
+) -> Vec<f64> {
+    let columns = activation.input_columns(width);
+    let mut hidden = Vec::with_capacity(plan.num_rows() * width);
+    for (expert, row) in rows_by_expert(plan) {
+        let token = plan.routed_pairs[row] as usize / slots;
+        let input = &x[token * d_model..(token + 1) * d_model];
+        let weights = &w_in[expert * d_model * columns..(expert + 1) * d_model * columns];
+        let projected = row_times_matrix(input, weights, columns);
+        hidden.extend(activation.hidden_f64(&projected, width));
+    }
+    hidden
+}
+
+/// `rows[row] = hidden[row] @ w_out[e]` for every routed row, in f64.
+///
+/// Shapes: `hidden` `[S, F]` in dispatch order, `w_out` `[E, F, d]`; returns `[S, d]`.
+pub fn output_projection(
+    hidden: &[f32],
+    w_out: &[f32],
+    plan: &DispatchPlan,
+    width: usize,
+    d_model: usize,
+) -> Vec<f64> {
+    let mut rows = Vec::with_capacity(plan.num_rows() * d_model);
+    for (expert, row) in rows_by_expert(plan) {
+        let input = &hidden[row * width..(row + 1) * width];
+        let weights = &w_out[expert * width * d_model..(expert + 1) * width * d_model];
+        rows.extend(row_times_matrix(input, weights, d_model));
+    }
+    rows
+}
+
+/// `(expert, row)` of every routed row, in row order.
+fn rows_by_expert(plan: &DispatchPlan) -> impl Iterator<Item = (usize, usize)> + '_ {
+    plan.expert_offsets
+        .windows(2)
+        .enumerate()
+        .flat_map(|(expert, range)| {
+            (range[0] as usize..range[1] as usize).map(move |r| (expert, r))
+        })
+}
+
+/// `row @ matrix` for a row-major `[row.len(), columns]` matrix, in f64.
+fn row_times_matrix(row: &[f32], matrix: &[f32], columns: usize) -> Vec<f64> {
+    let mut out = vec![0.0; columns];
+    for (k, &value) in row.iter().enumerate() {
+        let weights = &matrix[k * columns..(k + 1) * columns];
+        for (acc, &w) in out.iter_mut().zip(weights) {
+            *acc += value as f64 * w as f64;
+        }
+    }
+    out
+}

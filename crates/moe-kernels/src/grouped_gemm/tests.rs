@@ -1,0 +1,575 @@
+//! The grouped GEMM against the f64 reference, on every runtime: the portable path in f32
+//! everywhere, tensor cores in bf16 and f16 where the device has them.
+
+use cubecl::prelude::*;
+use half::{bf16, f16};
+
+use super::reference::{
+    input_projection as reference_input, output_projection as reference_output,
+};
+use super::{
+    ExpertGemmConfig, ExpertShape, GemmParams, has_tensor_cores, input_projection_into,
+    output_projection_into,
+};
+use crate::dispatch::DispatchOnDevice;
+use crate::dispatch::reference::{DispatchPlan, plan};
+use crate::route::reference::route;
+use crate::testgen::{download, random_f32, rng, upload};
+use crate::{Activation, KernelError, RoutingPolicy};
+
+/// A float type the tests upload: converts from and to f32 on the host.
+pub trait HostFloat: Float + CubeElement {
+    /// Largest relative error ||out - ref|| / ||ref|| accepted for outputs of this type.
+    const TOLERANCE: f64;
+    /// The nearest value of this type.
+    fn from_f32(value: f32) -> Self;
+    /// The value as f32.
+    fn to_host(self) -> f32;
+}
+
+impl HostFloat for f32 {
+    const TOLERANCE: f64 = 1e-5;
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+    fn to_host(self) -> f32 {
+        self
+    }
+}
+
+impl HostFloat for bf16 {
+    const TOLERANCE: f64 = 2e-2;
+    fn from_f32(value: f32) -> Self {
+        bf16::from_f32(value)
+    }
+    fn to_host(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+impl HostFloat for f16 {
+    const TOLERANCE: f64 = 2e-2;
+    fn from_f32(value: f32) -> Self {
+        f16::from_f32(value)
+    }
+    fn to_host(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+const POISON: f32 = -7.25e4;
+
+/// One test batch: routing, plan and random operands (already rounded to `F`).
+struct Batch {
+    shape: ExpertShape,
+    plan: DispatchPlan,
+    x: Vec<f32>,
+    w_in: Vec<f32>,
+    w_out: Vec<f32>,
+}
+
+impl Batch {
+    /// Routes random logits with `policy` (biased towards expert 0 by `skew`), plans tiles of
+    /// `tile_rows` rows and draws operands scaled so outputs are of order one.
+    #[allow(clippy::too_many_arguments, reason = "test case description")]
+    fn new<F: HostFloat>(
+        seed: u64,
+        num_tokens: usize,
+        num_experts: usize,
+        d_model: usize,
+        width: usize,
+        policy: RoutingPolicy,
+        activation: Activation,
+        skew: f32,
+        tile_rows: usize,
+    ) -> Self {
+        let mut draw = rng(seed);
+        let mut logits = random_f32(&mut draw, num_tokens * num_experts, 2.0);
+        logits
+            .iter_mut()
+            .step_by(num_experts)
+            .for_each(|l| *l += skew);
+        let routed = route(&logits, num_experts, &policy);
+        let plan = plan(&routed.expert_ids, num_experts, tile_rows);
+        let round = |values: Vec<f32>| -> Vec<f32> {
+            values
+                .into_iter()
+                .map(|v| F::from_f32(v).to_host())
+                .collect()
+        };
+        let columns = activation.input_columns(width);
+        let x = round(random_f32(&mut draw, num_tokens * d_model, 1.0));
+        let w_in = round(random_f32(
+            &mut draw,
+            num_experts * d_model * columns,
+            (3.0 / d_model as f32).sqrt(),
+        ));
+        let w_out = round(random_f32(
+            &mut draw,
+            num_experts * width * d_model,
+            (3.0 / width as f32).sqrt(),
+        ));
+        Self {
+            shape: ExpertShape {
+                num_tokens,
+                slots: routed.slots,
+                num_experts,
+                d_model,
+                width,
+            },
+            plan,
+            x,
+            w_in,
+            w_out,
+        }
+    }
+
+    fn upload_plan<R: Runtime>(&self, client: &ComputeClient<R>) -> DispatchOnDevice {
+        let tiles: Vec<i32> = self.plan.tiles.concat();
+        DispatchOnDevice {
+            expert_offsets: upload(client, &self.plan.expert_offsets),
+            routed_pairs: upload(client, &self.plan.routed_pairs),
+            row_of_pair: upload(client, &self.plan.row_of_pair),
+            tiles: upload(client, &tiles),
+            num_tiles: upload(client, &[self.plan.num_tiles]),
+            num_pairs: self.shape.num_pairs(),
+            num_experts: self.shape.num_experts,
+            tile_rows: self.plan.tile_rows,
+        }
+    }
+}
+
+fn to_device<F: HostFloat>(values: &[f32]) -> Vec<F> {
+    values.iter().map(|&v| F::from_f32(v)).collect()
+}
+
+/// ||got - want|| / ||want|| over the first `want.len()` values.
+fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for (&g, &w) in got.iter().zip(want) {
+        diff += (g as f64 - w).powi(2);
+        norm += w * w;
+    }
+    (diff / norm.max(1e-300)).sqrt()
+}
+
+/// Runs both projections of `batch` with `config` into poisoned buffers and checks them against
+/// the reference: every routed row written and within tolerance, no row past S touched.
+fn check_projections<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    batch: &Batch,
+    config: &ExpertGemmConfig,
+    activation: Activation,
+    context: &str,
+) {
+    let ExpertShape {
+        d_model,
+        width,
+        slots,
+        ..
+    } = batch.shape;
+    let pairs = batch.shape.num_pairs();
+    let rows = batch.plan.num_rows();
+    let plan = batch.upload_plan(client);
+    let context = format!("{context} {:?} {}", batch.shape, config.class);
+
+    let hidden = upload(client, &vec![F::from_f32(POISON); pairs * width]);
+    input_projection_into::<R, F, i32>(
+        client,
+        &upload(client, &to_device::<F>(&batch.x)),
+        &upload(client, &to_device::<F>(&batch.w_in)),
+        &plan,
+        batch.shape,
+        &config.input,
+        &hidden,
+    )
+    .unwrap_or_else(|e| panic!("{context}: {e}"));
+    let got: Vec<f32> = download::<R, F>(client, hidden)
+        .into_iter()
+        .map(F::to_host)
+        .collect();
+    let want = reference_input(
+        &batch.x,
+        &batch.w_in,
+        &batch.plan,
+        slots,
+        d_model,
+        width,
+        activation,
+    );
+    assert_written_and_close(
+        &got,
+        &want,
+        rows * width,
+        F::TOLERANCE,
+        &format!("{context} input"),
+    );
+
+    // The second projection reads the device's hidden rows, so its check is independent of the
+    // first's rounding.
+    let splits = config.output.split_k;
+    let out_len = splits * pairs * d_model;
+    let rows_out: Vec<f32> = if splits > 1 {
+        let buffer = upload(client, &vec![POISON; out_len]);
+        run_output::<R, F>(client, &got, batch, &plan, config, &buffer, &context);
+        let partial: Vec<f32> = download::<R, f32>(client, buffer);
+        let block = pairs * d_model;
+        for s in 0..splits {
+            assert!(
+                partial[s * block + rows * d_model..(s + 1) * block]
+                    .iter()
+                    .all(|&v| v == POISON),
+                "{context}: split {s} wrote past the routed rows"
+            );
+        }
+        (0..block)
+            .map(|i| {
+                if i < rows * d_model {
+                    (0..splits).map(|s| partial[s * block + i]).sum()
+                } else {
+                    POISON
+                }
+            })
+            .collect()
+    } else {
+        let buffer = upload(client, &vec![F::from_f32(POISON); out_len]);
+        run_output::<R, F>(client, &got, batch, &plan, config, &buffer, &context);
+        download::<R, F>(client, buffer)
+            .into_iter()
+            .map(F::to_host)
+            .collect()
+    };
+    let want = reference_output(&got, &batch.w_out, &batch.plan, width, d_model);
+    assert_written_and_close(
+        &rows_out,
+        &want,
+        rows * d_model,
+        F::TOLERANCE,
+        &format!("{context} output"),
+    );
+}
+
+fn run_output<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    hidden: &[f32],
+    batch: &Batch,
+    plan: &DispatchOnDevice,
+    config: &ExpertGemmConfig,
+    rows: &cubecl::server::Handle,
+    context: &str,
+) {
+    output_projection_into::<R, F, i32>(
+        client,
+        &upload(client, &to_device::<F>(hidden)),
+        &upload(client, &to_device::<F>(&batch.w_out)),
+        plan,
+        batch.shape,
+        &config.output,
+        rows,
+    )
+    .unwrap_or_else(|e| panic!("{context}: {e}"));
+}
+
+/// The first `written` values are finite and within `tolerance` of `want`; the rest still hold
+/// the poison.
+fn assert_written_and_close(
+    got: &[f32],
+    want: &[f64],
+    written: usize,
+    tolerance: f64,
+    context: &str,
+) {
+    assert_eq!(want.len(), written, "{context}: reference length");
+    if let Some(i) = got[..written]
+        .iter()
+        .position(|v| !v.is_finite() || *v == POISON)
+    {
+        panic!("{context}: element {i} not written ({})", got[i]);
+    }
+    let error = relative_error(&got[..written], want);
+    assert!(
+        error < tolerance,
+        "{context}: relative error {error:.2e} >= {tolerance:.0e}"
+    );
+    if let Some(i) = got[written..].iter().position(|&v| v != POISON) {
+        panic!(
+            "{context}: element {} past the routed rows written ({})",
+            written + i,
+            got[written + i]
+        );
+    }
+}
+
+/// Batches that cover the edge cases: T=1, d and F off the tile sizes (and off the
+/// vector widths), one expert taking every token, experts with no tokens, E=256 top-8, and
+/// variable-k batches where most tokens use one expert.
+/// `(tokens, experts, d, F, policy, activation, skew)`.
+fn cases() -> Vec<(usize, usize, usize, usize, RoutingPolicy, Activation, f32)> {
+    let threshold = RoutingPolicy::Threshold { tau: 0.3 };
+    vec![
+        (
+            1,
+            8,
+            64,
+            96,
+            RoutingPolicy::TopK { k: 2 },
+            Activation::SwiGlu,
+            0.0,
+        ),
+        (
+            5,
+            4,
+            30,
+            45,
+            RoutingPolicy::TopK { k: 1 },
+            Activation::Gelu,
+            0.0,
+        ),
+        (40, 6, 72, 40, threshold, Activation::SwiGlu, 0.0),
+        (
+            70,
+            4,
+            48,
+            24,
+            RoutingPolicy::TopK { k: 2 },
+            Activation::SwiGlu,
+            30.0,
+        ),
+        (
+            4,
+            64,
+            40,
+            56,
+            RoutingPolicy::TopK { k: 2 },
+            Activation::Gelu,
+            0.0,
+        ),
+        (
+            9,
+            256,
+            32,
+            16,
+            RoutingPolicy::TopK { k: 8 },
+            Activation::SwiGlu,
+            0.0,
+        ),
+        (300, 4, 64, 80, threshold, Activation::SwiGlu, 0.0),
+    ]
+}
+
+/// Portable configurations with every knob moved: tile rows, split-K, raster groups.
+fn portable_configs(activation: Activation) -> Vec<ExpertGemmConfig> {
+    let shape = ExpertShape {
+        num_tokens: 1,
+        slots: 1,
+        num_experts: 1,
+        d_model: 8,
+        width: 8,
+    };
+    let base = ExpertGemmConfig::choose(&shape, activation, false, None);
+    let variant = |tile_rows, tile_cols, split_k, raster_group| {
+        let mut config = base;
+        config.input.tile_rows = tile_rows;
+        config.input.raster_group = raster_group;
+        config.output.tile_rows = tile_rows;
+        config.output.tile_cols = tile_cols;
+        config.output.split_k = split_k;
+        config.output.raster_group = raster_group;
+        config
+    };
+    vec![base, variant(16, 16, 3, 1), variant(64, 32, 2, 3)]
+}
+
+/// The portable path in f32 with several tile shapes, on every case.
+pub fn portable_path_matches_reference<R: Runtime>(client: ComputeClient<R>) {
+    for (seed, &(tokens, experts, d, width, policy, activation, skew)) in cases().iter().enumerate()
+    {
+        for config in portable_configs(activation) {
+            let batch = Batch::new::<f32>(
+                seed as u64,
+                tokens,
+                experts,
+                d,
+                width,
+                policy,
+                activation,
+                skew,
+                config.tile_rows(),
+            );
+            check_projections::<R, f32>(&client, &batch, &config, activation, "portable f32");
+        }
+    }
+}
+
+/// The configurations the size rule picks (tensor cores in 16-bit floats where the device has
+/// them), on every case and on batches large enough for each shape class.
+fn chosen_configs_match_reference<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
+    let tensor_cores = has_tensor_cores::<R, F>(client);
+    if !tensor_cores && size_of::<F>() == 2 {
+        println!(
+            "no tensor cores for {}: skipped",
+            std::any::type_name::<F>()
+        );
+        return;
+    }
+    let multiprocessors = client
+        .properties()
+        .hardware
+        .num_streaming_multiprocessors
+        .map(|n| n as usize);
+    let mut all = cases();
+    all.push((
+        100,
+        8,
+        96,
+        72,
+        RoutingPolicy::TopK { k: 2 },
+        Activation::SwiGlu,
+        0.0,
+    )); // medium
+    all.push((
+        600,
+        4,
+        128,
+        136,
+        RoutingPolicy::TopK { k: 2 },
+        Activation::SwiGlu,
+        0.0,
+    )); // prefill
+    all.push((
+        600,
+        4,
+        64,
+        128,
+        RoutingPolicy::TopK { k: 1 },
+        Activation::Gelu,
+        1.0,
+    ));
+    for (seed, &(tokens, experts, d, width, policy, activation, skew)) in all.iter().enumerate() {
+        let shape = ExpertShape {
+            num_tokens: tokens,
+            slots: policy.max_slots(),
+            num_experts: experts,
+            d_model: d,
+            width,
+        };
+        let config = ExpertGemmConfig::choose(&shape, activation, tensor_cores, multiprocessors);
+        let batch = Batch::new::<F>(
+            seed as u64 + 100,
+            tokens,
+            experts,
+            d,
+            width,
+            policy,
+            activation,
+            skew,
+            config.tile_rows(),
+        );
+        check_projections::<R, F>(
+            client,
+            &batch,
+            &config,
+            activation,
+            std::any::type_name::<F>(),
+        );
+    }
+}
+
+/// The size rule's choice in f32 (portable), bf16 and f16 (tensor cores where present).
+pub fn chosen_configs_match_reference_in_every_float_type<R: Runtime>(client: ComputeClient<R>) {
+    chosen_configs_match_reference::<R, f32>(&client);
+    chosen_configs_match_reference::<R, bf16>(&client);
+    chosen_configs_match_reference::<R, f16>(&client);
+}
+
+/// Bad input is an error value, never a launch: shape mismatches, short buffers, a plan from
+/// another batch, knobs the kernel cannot run.
+pub fn grouped_gemm_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) {
+    let activation = Activation::SwiGlu;
+    let batch = Batch::new::<f32>(
+        1,
+        10,
+        4,
+        16,
+        8,
+        RoutingPolicy::TopK { k: 2 },
+        activation,
+        0.0,
+        32,
+    );
+    let config = ExpertGemmConfig::choose(&batch.shape, activation, false, None);
+    let plan = batch.upload_plan(&client);
+    let x = upload(&client, &batch.x);
+    let w_in = upload(&client, &batch.w_in);
+    let hidden = upload(&client, &vec![0.5f32; batch.shape.num_pairs() * 8]);
+    let run = |shape: ExpertShape,
+               params: &GemmParams,
+               x: &cubecl::server::Handle,
+               plan: &DispatchOnDevice| {
+        input_projection_into::<R, f32, i32>(&client, x, &w_in, plan, shape, params, &hidden)
+            .unwrap_err()
+    };
+    let message = |error: KernelError| error.to_string();
+    assert!(
+        message(run(
+            ExpertShape {
+                d_model: 0,
+                ..batch.shape
+            },
+            &config.input,
+            &x,
+            &plan
+        ))
+        .contains("d_model = 0")
+    );
+    assert!(
+        message(run(
+            ExpertShape {
+                num_tokens: 11,
+                ..batch.shape
+            },
+            &config.input,
+            &x,
+            &plan
+        ))
+        .contains("plan")
+    );
+    assert!(
+        message(run(
+            batch.shape,
+            &config.input,
+            &upload(&client, &[1.0f32; 8]),
+            &plan
+        ))
+        .contains("a buffer")
+    );
+    let other_tiles = DispatchOnDevice {
+        tile_rows: 16,
+        ..plan.clone()
+    };
+    assert!(
+        message(run(batch.shape, &config.input, &x, &other_tiles)).contains("plan.tile_rows = 16")
+    );
+    let split_swiglu = GemmParams {
+        split_k: 2,
+        ..config.input
+    };
+    assert!(matches!(
+        run(batch.shape, &split_swiglu, &x, &plan),
+        KernelError::Unsupported(_)
+    ));
+    let odd_tiles = GemmParams {
+        tile_cols: 30,
+        ..config.input
+    };
+    assert!(matches!(
+        run(batch.shape, &odd_tiles, &x, &plan),
+        KernelError::Unsupported(_)
+    ));
+}
+
+crate::runtime_tests!(
+    portable_path_matches_reference,
+    chosen_configs_match_reference_in_every_float_type,
+    grouped_gemm_rejects_bad_arguments,
+);

@@ -1,0 +1,222 @@
+//! The MoE layer's operations in Burn tensor ops: the portable path (NdArray, and autodiff on
+//! every backend) and the reference the kernel path is compared with.
+
+use burn::tensor::activation::softmax;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use moe_kernels::dispatch::reference::plan;
+use moe_kernels::{Activation, RoutingPolicy, UNUSED_SLOT};
+
+use super::{Dispatch, ExpertRows, Routing};
+use crate::feed_forward::feed_forward;
+
+/// Applies `policy` to router `logits`; differentiable in the weights.
+///
+/// # Shapes
+/// - `logits`: `[T, E]`
+pub fn route<B: Backend>(logits: Tensor<B, 2>, policy: &RoutingPolicy) -> Routing<B> {
+    let [num_tokens, _] = logits.dims();
+    let slots = policy.max_slots();
+    let probs = softmax(logits.clone(), 1); // [T, E]
+    let (top_probs, top_ids) = probs.clone().topk_with_indices(slots, 1); // [T, K]
+
+    let used = match policy.mass_limit() {
+        None => top_probs.ones_like().bool(),
+        Some(limit) => {
+            let sorted = top_probs.clone().detach();
+            let mass_before = sorted.clone().cumsum(1) - sorted; // [T, K]
+            // Slot 0 is always used: give it a mass below any limit.
+            let mass_before = mass_before.slice_fill([0..num_tokens, 0..1], -1.0);
+            mass_before.lower_elem(limit)
+        }
+    }; // [T, K]
+
+    let kept = top_probs * used.clone().float(); // [T, K]
+    let weights = kept.clone() / kept.sum_dim(1); // [T, K]
+    let expert_ids = top_ids.mask_fill(used.clone().bool_not(), UNUSED_SLOT); // [T, K]
+    let token_k = used.int().sum_dim(1).squeeze_dim(1); // [T]
+    Routing {
+        logits,
+        probs,
+        expert_ids,
+        weights,
+        token_k,
+    }
+}
+
+/// Plans the dispatch of `expert_ids` on the host (a device round trip) and uploads the plan.
+///
+/// # Shapes
+/// - `expert_ids`: `[T, K]`, -1 for unused slots
+pub fn dispatch<B: Backend>(
+    expert_ids: Tensor<B, 2, Int>,
+    num_experts: usize,
+    tile_rows: usize,
+) -> Dispatch<B> {
+    let [num_tokens, slots] = expert_ids.dims();
+    let device = expert_ids.device();
+    let ids = expert_ids.into_data().convert::<i32>();
+    let plan = plan(
+        ids.as_slice::<i32>().expect("i32 data"),
+        num_experts,
+        tile_rows,
+    );
+    let int = |values: Vec<i32>| {
+        let len = values.len();
+        Tensor::<B, 1, Int>::from_data(TensorData::new(values, [len]), &device)
+    };
+    let num_tile_slots = plan.tiles.len();
+    Dispatch {
+        expert_offsets: int(plan.expert_offsets),
+        routed_pairs: int(plan.routed_pairs),
+        row_of_pair: int(plan.row_of_pair).reshape([num_tokens, slots]),
+        tiles: int(plan.tiles.concat()).reshape([num_tile_slots, 2]),
+        num_tiles: int(vec![plan.num_tiles]),
+        tile_rows,
+    }
+}
+
+/// Runs expert `e` on its rows for every expert with rows (one matmul pair each, after one host
+/// read of the E + 1 offsets); empty experts cost nothing. Returns one block of S rows.
+///
+/// # Shapes
+/// - `x`: `[T, d]`, `w_in`: `[E, d, input_columns(F)]`, `w_out`: `[E, F, d]`
+pub fn experts<B: Backend>(
+    x: Tensor<B, 2>,
+    dispatch: &Dispatch<B>,
+    w_in: Tensor<B, 3>,
+    w_out: Tensor<B, 3>,
+    activation: Activation,
+) -> ExpertRows<B> {
+    let [_, slots] = dispatch.row_of_pair.dims();
+    let offsets: Vec<usize> = dispatch
+        .expert_offsets
+        .to_data()
+        .iter::<i64>()
+        .map(|v| v as usize)
+        .collect();
+    let num_rows = *offsets.last().expect("E + 1 offsets");
+    let pairs = dispatch.routed_pairs.clone().slice([0..num_rows]); // [S]
+    let rows = x.select(0, pairs.div_scalar(slots as i64)); // [S, d]
+    let outputs: Vec<Tensor<B, 2>> = offsets
+        .windows(2)
+        .enumerate()
+        .filter(|(_, range)| range[1] > range[0])
+        .map(|(expert, range)| {
+            let expert_rows = rows.clone().slice([range[0]..range[1]]); // [n_e, d]
+            let w_in = w_in.clone().slice([expert..expert + 1]).squeeze_dim(0); // [d, c*F]
+            let w_out = w_out.clone().slice([expert..expert + 1]).squeeze_dim(0); // [F, d]
+            feed_forward(expert_rows, w_in, w_out, activation)
+        })
+        .collect();
+    ExpertRows {
+        blocks: Tensor::cat(outputs, 0).unsqueeze_dim(0), // [1, S, d]
+    }
+}
+
+/// `out[t] = sum_s weights[t, s] * rows[row_of_pair[t, s]]` by a gather of each pair's row
+/// (unused slots read row 0 with weight 0); differentiable in the rows and the weights.
+///
+/// # Shapes
+/// - `rows.blocks`: `[splits, R, d]` with rows in dispatch order, `weights`: `[T, K]`
+/// - returns `[T, d]`
+pub fn combine<B: Backend>(
+    rows: ExpertRows<B>,
+    weights: Tensor<B, 2>,
+    dispatch: &Dispatch<B>,
+) -> Tensor<B, 2> {
+    let [_, num_rows, d_model] = rows.blocks.dims();
+    let [num_tokens, slots] = weights.dims();
+    let rows = rows.blocks.sum_dim(0).reshape([num_rows, d_model]); // [R, d]
+    let row_of_pair = dispatch.row_of_pair.clone().reshape([num_tokens * slots]); // [T*K]
+    let used = row_of_pair.clone().greater_equal_elem(0); // [T*K]
+    let pair_rows = rows.select(0, row_of_pair.clamp_min(0)); // [T*K, d]
+    let pair_weights = weights
+        .reshape([num_tokens * slots])
+        .mask_fill(used.bool_not(), 0.0); // [T*K]
+    let weighted = pair_rows * pair_weights.unsqueeze_dim(1); // [T*K, d]
+    weighted
+        .reshape([num_tokens, slots, d_model])
+        .sum_dim(1)
+        .reshape([num_tokens, d_model])
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Tensor, TensorData};
+    use moe_kernels::route::reference;
+
+    use super::*;
+    use crate::test_support::{TestBackend, host_f64, host_i64, random_values, rng};
+
+    /// Routes random logits with tensor ops and with the f64 reference; ids and k must match
+    /// exactly, weights to f32 precision.
+    fn check_against_reference(
+        policy: RoutingPolicy,
+        num_tokens: usize,
+        num_experts: usize,
+        seed: u64,
+    ) {
+        let device = Default::default();
+        let logits = random_values(&mut rng(seed), num_tokens * num_experts, 4.0);
+        let tensor = Tensor::<TestBackend, 2>::from_data(
+            TensorData::new(logits.clone(), [num_tokens, num_experts]),
+            &device,
+        );
+        let routing = route(tensor, &policy);
+        let expected = reference::route(&logits, num_experts, &policy);
+
+        let ids: Vec<i32> = host_i64(routing.expert_ids)
+            .into_iter()
+            .map(|v| v as i32)
+            .collect();
+        let token_k: Vec<usize> = host_i64(routing.token_k)
+            .into_iter()
+            .map(|v| v as usize)
+            .collect();
+        assert_eq!(ids, expected.expert_ids, "{policy}");
+        assert_eq!(token_k, expected.token_k, "{policy}");
+        for (got, want) in host_f64(routing.weights).iter().zip(&expected.weights) {
+            assert!(
+                (got - want).abs() < 1e-5,
+                "{policy}: weight {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_policy_matches_the_reference_on_random_logits() {
+        let policies = [
+            RoutingPolicy::TopK { k: 1 },
+            RoutingPolicy::TopK { k: 2 },
+            RoutingPolicy::TopK { k: 8 },
+            RoutingPolicy::Threshold { tau: 0.0 },
+            RoutingPolicy::Threshold { tau: 0.5 },
+            RoutingPolicy::Threshold { tau: 0.9 },
+            RoutingPolicy::Threshold { tau: 1.0 },
+            RoutingPolicy::TopP { p: 0.5, max_k: 4 },
+            RoutingPolicy::TopP { p: 0.9, max_k: 8 },
+            RoutingPolicy::TopP { p: 1.0, max_k: 3 },
+        ];
+        for (seed, policy) in policies.into_iter().enumerate() {
+            check_against_reference(policy, 257, 8, seed as u64);
+        }
+        check_against_reference(RoutingPolicy::Threshold { tau: 0.3 }, 64, 64, 99);
+    }
+
+    #[test]
+    fn weights_of_every_token_sum_to_one_and_unused_slots_weigh_nothing() {
+        let device = Default::default();
+        let logits = random_values(&mut rng(5), 100 * 6, 3.0);
+        let tensor =
+            Tensor::<TestBackend, 2>::from_data(TensorData::new(logits, [100, 6]), &device);
+        let routing = route(tensor, &RoutingPolicy::TopP { p: 0.7, max_k: 3 });
+        let weights = host_f64(routing.weights);
+        let ids = host_i64(routing.expert_ids);
+        for (token_weights, token_ids) in weights.chunks(3).zip(ids.chunks(3)) {
+            assert!((token_weights.iter().sum::<f64>() - 1.0).abs() < 1e-6);
+            for (w, id) in token_weights.iter().zip(token_ids) {
+                assert_eq!(*id == UNUSED_SLOT as i64, *w == 0.0);
+            }
+        }
+    }
+}
