@@ -18,7 +18,7 @@ use cubecl::prelude::*;
 
 use crate::backend::{BackendKind, RuntimeJob, run_on_runtime};
 use crate::error::ExperimentError;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, RunName};
 
 /// What to benchmark and where to write the table.
 pub struct BenchRequest {
@@ -50,23 +50,38 @@ pub struct BenchRow {
 }
 
 /// Runs the routing benchmarks, prints the table and writes `results/<run>/routing.csv`.
-/// Checks the request before touching a device.
+/// Checks the request and claims the output directory before touching a device.
 pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
     let cases = routing::select_cases(request.quick, request.case_filter.as_deref())?;
-    run_on_runtime(request.backend, BenchJob { request, cases })
+    let name = RunName::parse(&format!("bench-routing-{}", request.backend.name()))
+        .expect("backend names make valid run names");
+    let run_dir = RunDir::claim_next_free(&request.results_root, &name)?;
+    run_on_runtime(
+        request.backend,
+        BenchJob {
+            request,
+            cases,
+            run_dir,
+        },
+    )
 }
 
-/// A checked [`BenchRequest`] and the cases it selects.
+/// A checked [`BenchRequest`], the cases it selects and where the table goes.
 struct BenchJob {
     request: BenchRequest,
     cases: Vec<routing::Case>,
+    run_dir: RunDir,
 }
 
 impl RuntimeJob for BenchJob {
     type Output = PathBuf;
 
     fn run<R: CubeRuntime>(self, device: R::Device) -> Result<PathBuf, ExperimentError> {
-        let BenchJob { request, cases } = self;
+        let BenchJob {
+            request,
+            cases,
+            run_dir,
+        } = self;
         let client = R::client(&device);
         let copy_bandwidth = bandwidth::copy_bandwidth(&client, request.quick);
         println!(
@@ -79,12 +94,11 @@ impl RuntimeJob for BenchJob {
         let table = render(&rows, copy_bandwidth);
         println!("{table}");
 
-        let name = format!("bench-routing-{}", request.backend.name());
-        let run_dir = RunDir::create(&request.results_root, None, &name, false)?;
-        let csv_path = run_dir.path.join("routing.csv");
+        let csv_name = "routing.csv";
+        let csv_path = run_dir.staging().join(csv_name);
         std::fs::write(&csv_path, csv(&rows, copy_bandwidth))
             .map_err(ExperimentError::io(&csv_path))?;
-        Ok(csv_path)
+        Ok(run_dir.commit()?.join(csv_name))
     }
 }
 
