@@ -312,10 +312,11 @@ fn compare_lists_readable_runs_and_names_the_unreadable_ones() {
     let mut diverged: serde_json::Value = serde_json::from_str(&good_metrics).unwrap();
     diverged["run"] = "diverged".into();
     diverged["test_loss"] = serde_json::Value::Null; // how a NaN loss is written
+    let diverged = diverged.to_string();
     let broken = [
         ("corrupt", "{ \"run\": \"corr"),
         ("foreign", "{\"hello\": 1}"),
-        ("diverged", diverged.to_string().as_str()),
+        ("diverged", diverged.as_str()),
     ];
     for (name, text) in broken {
         std::fs::create_dir(results.join(name)).unwrap();
