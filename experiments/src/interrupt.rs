@@ -4,6 +4,7 @@
 //! dashboard reads Ctrl-C as a key) is treated the same way.
 
 use std::fmt;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -67,7 +68,9 @@ impl StopOnSignal {
             let thread = std::thread::spawn(move || {
                 for signal in signals.forever() {
                     if received.swap(signal, Ordering::SeqCst) != 0 {
-                        eprintln!("error: a second signal: stopped at once; {left_behind}");
+                        // Not `eprintln!`: it panics when stderr is closed, and the exit must come.
+                        let message = format!("error: a second signal: stopped at once; {left_behind}\n");
+                        let _ = std::io::stderr().write_all(message.as_bytes());
                         std::process::exit(128 + signal);
                     }
                     interrupter.stop(Some("signal"));

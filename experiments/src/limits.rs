@@ -9,8 +9,9 @@ use crate::error::ExperimentError;
 
 /// Most experts an MoE layer may have. Until the grouped GEMM replaces the expert loop, every
 /// expert a batch uses costs a matmul pair and, in the backward pass, a gradient the size of all
-/// experts' stacked weights, so a training step grows with E squared: beyond this a step of even
-/// the smallest model takes minutes.
+/// experts' stacked weights, so a training step grows with E squared: at this E one step of the
+/// smoke model already takes about two minutes on a 2-core CPU (measured), beyond it a run is a
+/// mistake.
 pub const MAX_EXPERTS: usize = 65536;
 
 /// Bytes of one weight or activation (f32).
@@ -76,10 +77,10 @@ impl MemoryEstimate {
         let largest_tensor = ffn_largest.max(input * d).max(d * classes);
         let per_token = input + classes + blocks * (4.0 * d + ffn_per_token);
         let test = task.test_size as f64;
-        let point = input * FLOAT_BYTES + ITEM_OVERHEAD_BYTES;
+        let point_bytes = input * FLOAT_BYTES + ITEM_OVERHEAD_BYTES;
         let teachers = task.num_clusters as f64 * (7.0 * input + 6.0 * classes + 6.0) * 8.0;
         let points = task.train_size as f64 + task.valid_size as f64 + test;
-        let data = teachers + (points + 2.0 * test) * point + 3.0 * test * 8.0;
+        let data = teachers + (points + 2.0 * test) * point_bytes + 3.0 * test * 8.0;
         let eval_batch = config.train.eval_batch_size as f64 * per_token;
         let floats = match purpose {
             // Weights, gradients and Adam's moments, the per-expert gradients the backward pass
