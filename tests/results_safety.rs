@@ -29,7 +29,10 @@ const TINY: [&str; 8] = [
 ];
 
 fn smoke_config() -> String {
-    repo_path("configs/smoke.toml").to_str().unwrap().to_string()
+    repo_path("configs/smoke.toml")
+        .to_str()
+        .unwrap()
+        .to_string()
 }
 
 /// `train --config configs/smoke.toml --results <results>` with the tiny sizes, then `extra`.
@@ -132,7 +135,10 @@ fn bad_run_names_end_with_one_line_and_touch_nothing() {
         "--results",
         results.to_str().unwrap(),
     ]);
-    assert_clean_failure(&output, "\"my run\" is not a valid run name: it contains ' '");
+    assert_clean_failure(
+        &output,
+        "\"my run\" is not a valid run name: it contains ' '",
+    );
     std::fs::remove_file(&spaced).unwrap();
     assert_eq!(snapshot(&base), before);
     std::fs::remove_dir_all(base).unwrap();
@@ -246,7 +252,10 @@ fn interrupted_or_killed_runs_leave_the_previous_run_intact() {
     assert_success(&compare);
     assert!(String::from_utf8_lossy(&compare.stdout).contains("keep"));
     let notes = String::from_utf8_lossy(&compare.stderr);
-    assert!(notes.contains(&leftovers[0]) && notes.contains("an unfinished run"), "{notes}");
+    assert!(
+        notes.contains(&leftovers[0]) && notes.contains("an unfinished run"),
+        "{notes}"
+    );
     let eval = experiments(&["eval", "--run", leftover.to_str().unwrap()]);
     assert_clean_failure(&eval, "not a complete run: an unfinished run");
     std::fs::remove_dir_all(results).unwrap();
@@ -291,15 +300,25 @@ fn sizes_beyond_the_machine_are_refused_before_allocating() {
             "model.ffn.expert_width = 1000000000 is too large for this machine: the run needs \
              about",
         ),
-        ("model.d_model=1000000000", "model.d_model = 1000000000 is too large"),
-        ("task.train_size=1000000000000", "task.train_size = 1000000000000 is too large"),
+        (
+            "model.d_model=1000000000",
+            "model.d_model = 1000000000 is too large",
+        ),
+        (
+            "task.train_size=1000000000000",
+            "task.train_size = 1000000000000 is too large",
+        ),
     ];
     for (assignment, expected) in cases {
         let started = Instant::now();
         let output = train(&results, &["--set", assignment]);
         assert_clean_failure(&output, &format!("error: --set {assignment}: {expected}"));
         assert!(started.elapsed() < Duration::from_secs(30), "{assignment}");
-        assert!(!results.exists(), "{assignment} created {}", results.display());
+        assert!(
+            !results.exists(),
+            "{assignment} created {}",
+            results.display()
+        );
     }
     std::fs::remove_dir_all(results.parent().unwrap()).unwrap();
 }
@@ -330,7 +349,10 @@ fn compare_lists_readable_runs_and_names_the_unreadable_ones() {
     let output = experiments(&["compare", "--results", results.to_str().unwrap()]);
     assert_success(&output);
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(table.contains("good") && table.contains("diverged"), "{table}");
+    assert!(
+        table.contains("good") && table.contains("diverged"),
+        "{table}"
+    );
     let notes = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = notes.lines().collect();
     assert_eq!(lines.len(), 4, "{notes}");
@@ -351,7 +373,9 @@ fn compare_lists_readable_runs_and_names_the_unreadable_ones() {
     assert_eq!(none.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&none.stderr);
     assert!(
-        stderr.trim_end().ends_with("4 skipped (see the notes above)"),
+        stderr
+            .trim_end()
+            .ends_with("4 skipped (see the notes above)"),
         "{stderr}"
     );
     std::fs::remove_dir_all(results).unwrap();
@@ -366,7 +390,11 @@ fn eval_refuses_a_run_whose_files_are_damaged() {
     // The file, what replaces it (`None`: its first half), what the error says.
     let damages: [(&str, Option<&[u8]>, &str); 3] = [
         ("metrics.json", None, "damaged"),
-        ("model.mpk", None, "damaged or not written by this program (it ends too early)"),
+        (
+            "model.mpk",
+            None,
+            "damaged or not written by this program (it ends too early)",
+        ),
         ("config.toml", Some(b"[model\n"), "config.toml: line 1"),
     ];
     for (file, replacement, expected) in damages {
@@ -404,7 +432,10 @@ fn config_errors_name_the_full_field_and_who_set_it() {
                 negative.display()
             ),
         ),
-        (&empty, format!("error: {}: empty config file", empty.display())),
+        (
+            &empty,
+            format!("error: {}: empty config file", empty.display()),
+        ),
     ];
     for (config, expected) in file_cases {
         let output = experiments(&[
@@ -417,10 +448,22 @@ fn config_errors_name_the_full_field_and_who_set_it() {
         assert_clean_failure(&output, &expected);
     }
     let flag_cases = [
-        ("model.ffn.expert_width=-5", "model.ffn.expert_width: invalid value: integer `-5`"),
-        ("model.ffn.routing.tau=2", "model.ffn.routing.tau = 2 is invalid"),
-        ("model.ffn.routing.tau=\"high\"", "model.ffn.routing.tau: invalid type: string"),
-        ("train=3", "train: invalid type: integer `3`, expected a table"),
+        (
+            "model.ffn.expert_width=-5",
+            "model.ffn.expert_width: invalid value: integer `-5`",
+        ),
+        (
+            "model.ffn.routing.tau=2",
+            "model.ffn.routing.tau = 2 is invalid",
+        ),
+        (
+            "model.ffn.routing.tau=\"high\"",
+            "model.ffn.routing.tau: invalid type: string",
+        ),
+        (
+            "train=3",
+            "train: invalid type: integer `3`, expected a table",
+        ),
         ("train.epoch=3", "unknown key `train.epoch`"),
         ("model.ffn.kind=dense", "model.ffn: missing field `width`"),
     ];

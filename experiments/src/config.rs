@@ -55,7 +55,9 @@ impl ConfigSources {
             .iter()
             .rev()
             .find(|assignment| {
-                let key = assignment.split_once('=').map_or(assignment.as_str(), |(k, _)| k);
+                let key = assignment
+                    .split_once('=')
+                    .map_or(assignment.as_str(), |(k, _)| k);
                 let key = key.trim();
                 !field.is_empty() && (within(key, field) || within(field, key))
             })
@@ -238,7 +240,8 @@ fn locate_in_tagged_table(value: &toml::Value, reported: &str, message: &str) ->
                 }
                 slot.as_table_mut()?.remove(key);
                 let missing = format!("missing field `{key}`");
-                let culprit = matches!(deserialize(&probe), Err((at, m)) if at == reported && m == missing);
+                let culprit =
+                    matches!(deserialize(&probe), Err((at, m)) if at == reported && m == missing);
                 culprit.then(|| (format!("{table_path}.{key}"), field_value.is_table()))
             })
     };

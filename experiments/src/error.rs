@@ -103,9 +103,7 @@ pub enum ExperimentError {
         skipped: usize,
     },
     /// A finished run could not be renamed into place; it is kept where it was written.
-    #[error(
-        "{path}: cannot move the finished run into place ({source}); it is kept in {staging}"
-    )]
+    #[error("{path}: cannot move the finished run into place ({source}); it is kept in {staging}")]
     CommitRun {
         /// Where the run should be.
         path: PathBuf,

@@ -69,7 +69,8 @@ impl StopOnSignal {
                 for signal in signals.forever() {
                     if received.swap(signal, Ordering::SeqCst) != 0 {
                         // Not `eprintln!`: it panics when stderr is closed, and the exit must come.
-                        let message = format!("error: a second signal: stopped at once; {left_behind}\n");
+                        let message =
+                            format!("error: a second signal: stopped at once; {left_behind}\n");
                         let _ = std::io::stderr().write_all(message.as_bytes());
                         std::process::exit(128 + signal);
                     }

@@ -144,20 +144,48 @@ fn size_fields(config: &RunConfig) -> Vec<(&'static str, usize, usize)> {
     let (task, model, train) = (&config.task, &config.model, &config.train);
     let mut fields = vec![
         ("task.input_dim", task.input_dim, defaults.task.input_dim),
-        ("task.num_clusters", task.num_clusters, defaults.task.num_clusters),
-        ("task.num_classes", task.num_classes, defaults.task.num_classes),
+        (
+            "task.num_clusters",
+            task.num_clusters,
+            defaults.task.num_clusters,
+        ),
+        (
+            "task.num_classes",
+            task.num_classes,
+            defaults.task.num_classes,
+        ),
         ("task.train_size", task.train_size, defaults.task.train_size),
         ("task.valid_size", task.valid_size, defaults.task.valid_size),
         ("task.test_size", task.test_size, defaults.task.test_size),
         ("model.d_model", model.d_model, defaults.model.d_model),
-        ("model.num_blocks", model.num_blocks, defaults.model.num_blocks),
-        ("train.batch_size", train.batch_size, defaults.train.batch_size),
-        ("train.eval_batch_size", train.eval_batch_size, defaults.train.eval_batch_size),
+        (
+            "model.num_blocks",
+            model.num_blocks,
+            defaults.model.num_blocks,
+        ),
+        (
+            "train.batch_size",
+            train.batch_size,
+            defaults.train.batch_size,
+        ),
+        (
+            "train.eval_batch_size",
+            train.eval_batch_size,
+            defaults.train.eval_batch_size,
+        ),
     ];
     match (&model.ffn, &defaults.model.ffn) {
         (FfnConfig::Moe(moe), FfnConfig::Moe(default)) => fields.extend([
-            ("model.ffn.num_experts", moe.num_experts, default.num_experts),
-            ("model.ffn.expert_width", moe.expert_width, default.expert_width),
+            (
+                "model.ffn.num_experts",
+                moe.num_experts,
+                default.num_experts,
+            ),
+            (
+                "model.ffn.expert_width",
+                moe.expert_width,
+                default.expert_width,
+            ),
         ]),
         (FfnConfig::Dense(mlp), _) => {
             fields.push(("model.ffn.width", mlp.width, DenseMlpConfig::new().width));
@@ -190,7 +218,13 @@ pub fn available_host_memory() -> Option<u64> {
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     });
-    let read_number = |path: &str| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok();
+    let read_number = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
     let cgroup_room = read_number("/sys/fs/cgroup/memory.max")
         .zip(read_number("/sys/fs/cgroup/memory.current"))
         .map(|(max, current)| max.saturating_sub(current));
@@ -224,7 +258,11 @@ mod tests {
         let config = RunConfig::new();
         let train = MemoryEstimate::of(&config, Purpose::Train);
         let eval = MemoryEstimate::of(&config, Purpose::Eval);
-        assert!(train.total > 1e6 && train.total < 1e9, "{}", bytes(train.total));
+        assert!(
+            train.total > 1e6 && train.total < 1e9,
+            "{}",
+            bytes(train.total)
+        );
         assert!(eval.total < train.total);
         // E d 2F floats of the stacked input projections: 8 * 64 * 256 * 4 bytes.
         assert_eq!(train.largest_tensor, 524_288.0);
@@ -234,7 +272,10 @@ mod tests {
             moe.expert_width = 1_000_000_000;
         }
         assert!(MemoryEstimate::of(&huge, Purpose::Train).total > 1e12);
-        assert_eq!(largest_size_field(&huge), ("model.ffn.expert_width", 1_000_000_000));
+        assert_eq!(
+            largest_size_field(&huge),
+            ("model.ffn.expert_width", 1_000_000_000)
+        );
     }
 
     #[test]
