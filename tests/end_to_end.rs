@@ -1,46 +1,10 @@
 //! End-to-end tests of the `experiments` binary: every shipped config parses, a smoke run trains,
 //! saves, reloads and compares, and bad input ends with one line and exit code 2.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
 
 use experiments::{RunConfig, RunMetrics};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_experiments");
-
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(relative)
-}
-
-/// A fresh, empty directory for one test.
-fn scratch_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("moe-e2e-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn experiments(args: &[&str]) -> Output {
-    Command::new(BINARY)
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-/// Asserts the process failed the way users are promised: exit code 2, one line on stderr that
-/// starts with `error:` and mentions `expected`, no panic.
-fn assert_clean_failure(output: &Output, expected: &str) {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr}");
-    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
-    assert!(
-        stderr.contains(expected),
-        "expected {expected:?} in: {stderr}"
-    );
-}
+use support::{assert_clean_failure, experiments, repo_path, scratch_dir};
 
 #[test]
 fn every_shipped_config_parses_and_validates() {
@@ -239,7 +203,7 @@ fn cuda_backend_either_trains_or_explains_in_one_line() {
 }
 
 #[test]
-fn quick_routing_benchmark_writes_its_table_on_wgpu() {
+fn quick_benchmark_writes_its_tables_on_wgpu() {
     let results = scratch_dir("bench");
     let output = experiments(&[
         "bench",
@@ -254,7 +218,8 @@ fn quick_routing_benchmark_writes_its_table_on_wgpu() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let csv = std::fs::read_to_string(results.join("bench-routing-wgpu/routing.csv")).unwrap();
+    let run = results.join("bench-wgpu-f32");
+    let csv = std::fs::read_to_string(run.join("routing.csv")).unwrap();
     let mut lines = csv.lines();
     assert!(
         lines
@@ -270,6 +235,21 @@ fn quick_routing_benchmark_writes_its_table_on_wgpu() {
             "{op} rows in {csv}"
         );
     }
+    let experts = std::fs::read_to_string(run.join("experts.csv")).unwrap();
+    let mut lines = experts.lines();
+    assert!(lines.next().unwrap().starts_with("op,case,tiles,routed_rows,median_us"));
+    let ops: Vec<&str> = lines.map(|line| line.split(',').next().unwrap()).collect();
+    for (op, count) in [("gemm1", 3), ("gemm2", 3), ("layer", 2)] {
+        assert_eq!(
+            ops.iter().filter(|o| **o == op).count(),
+            count,
+            "{op} rows in {experts}"
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(json["dtype"], "f32");
+    assert_eq!(json["experts"].as_array().unwrap().len(), 8);
     std::fs::remove_dir_all(results).unwrap();
 }
 

@@ -87,6 +87,26 @@ pub fn run_on<J: BackendJob>(kind: BackendKind, job: J) -> Result<J::Output, Exp
     }
 }
 
+/// The largest buffer one allocation may take on the device of `kind` (CubeCL refuses larger
+/// ones); `None` for ndarray, whose memory is the host's. Call once the backend was found usable.
+pub fn max_buffer_bytes(kind: BackendKind) -> Option<u64> {
+    match kind {
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Some(max_page_size::<cubecl::wgpu::WgpuRuntime>()),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Some(max_page_size::<cubecl::cuda::CudaRuntime>()),
+        _ => None,
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn max_page_size<R: cubecl::Runtime>() -> u64 {
+    R::client(&Default::default())
+        .properties()
+        .memory
+        .max_page_size
+}
+
 /// Work that drives CubeCL kernels directly (the benchmarks): needs the wgpu or CUDA runtime.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub trait RuntimeJob {

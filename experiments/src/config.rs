@@ -2,13 +2,71 @@
 //! sections over the defaults (`configs/moe.toml` lists them all); `--set key=value` overrides
 //! single fields.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use burn::config::Config;
 use moe_model::{InvalidValue, ModelConfig};
 
 use crate::error::ExperimentError;
+use crate::limits;
 use crate::task::TaskConfig;
+
+/// Where a config value came from, named in messages: the file, or the `--set` flag that set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    /// The config file.
+    File(PathBuf),
+    /// A `--set key=value` flag, as given.
+    Override(String),
+}
+
+impl fmt::Display for ConfigOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigOrigin::File(path) => write!(f, "{}", path.display()),
+            ConfigOrigin::Override(assignment) => write!(f, "--set {assignment}"),
+        }
+    }
+}
+
+/// A config file and the `--set key=value` overrides applied over it.
+#[derive(Clone, Debug)]
+pub struct ConfigSources {
+    /// The config file.
+    pub file: PathBuf,
+    /// The overrides, in the order given (a later one wins).
+    pub overrides: Vec<String>,
+}
+
+impl ConfigSources {
+    /// Reads the file, applies the overrides, rejects unknown keys and validates.
+    pub fn load(&self) -> Result<RunConfig, ExperimentError> {
+        RunConfig::load(&self.file, &self.overrides)
+    }
+
+    /// Who set `field` (a dotted path): the last override of that field, of a table around it or
+    /// of a field inside it; else the file.
+    pub fn origin_of(&self, field: &str) -> ConfigOrigin {
+        let within = |inner: &str, outer: &str| {
+            inner == outer || inner.starts_with(outer) && inner[outer.len()..].starts_with('.')
+        };
+        self.overrides
+            .iter()
+            .rev()
+            .find(|assignment| {
+                let key = assignment
+                    .split_once('=')
+                    .map_or(assignment.as_str(), |(k, _)| k);
+                let key = key.trim();
+                !field.is_empty() && (within(key, field) || within(field, key))
+            })
+            .map_or_else(
+                || ConfigOrigin::File(self.file.clone()),
+                |assignment| ConfigOrigin::Override(assignment.clone()),
+            )
+    }
+}
 
 /// Optimisation settings.
 #[derive(Config, Debug)]
@@ -72,7 +130,8 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), InvalidValue> {
         self.task.validate().map_err(|e| e.within("task"))?;
         self.model.validate().map_err(|e| e.within("model"))?;
-        self.train.validate().map_err(|e| e.within("train"))
+        self.train.validate().map_err(|e| e.within("train"))?;
+        limits::check_fixed(self)
     }
 
     /// Reads `path`, applies `key=value` overrides, rejects unknown keys and validates.
@@ -83,40 +142,49 @@ impl RunConfig {
 
     /// Like [`RunConfig::load`], from the text of a config file; `path` is used in errors.
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ExperimentError> {
-        let parse_error = |message: String| ExperimentError::ParseConfig {
-            path: path.to_path_buf(),
-            message,
+        let sources = ConfigSources {
+            file: path.to_path_buf(),
+            overrides: overrides.to_vec(),
         };
         let mut value: toml::Value = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map_or(0, |span| text[..span.start].lines().count().max(1));
-            parse_error(format!("line {line}: {}", e.message().trim()))
+            ExperimentError::ParseConfig {
+                origin: ConfigOrigin::File(path.to_path_buf()),
+                message: format!("line {line}: {}", e.message().trim()),
+            }
         })?;
+        if value.as_table().is_some_and(toml::Table::is_empty) {
+            return Err(ExperimentError::EmptyConfig(path.to_path_buf()));
+        }
         for assignment in overrides {
             apply_override(&mut value, assignment)?;
         }
         let defaults = toml::Value::try_from(RunConfig::new()).expect("defaults serialise");
         fill_defaults(&mut value, &defaults);
 
-        let config: RunConfig = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-            let inner = e.inner().message().trim().to_string();
-            match e.path().to_string().as_str() {
-                "." => parse_error(inner),
-                field => parse_error(format!("{field}: {inner}")),
+        let config = deserialize(&value).map_err(|(field, message)| {
+            let field = locate_in_tagged_table(&value, &field, &message).unwrap_or(field);
+            ExperimentError::ParseConfig {
+                origin: sources.origin_of(&field),
+                message: match field.as_str() {
+                    "" => message,
+                    field => format!("{field}: {message}"),
+                },
             }
         })?;
-        let known = toml::Value::try_from(&config).map_err(|e| parse_error(e.to_string()))?;
+        let known = toml::Value::try_from(&config).expect("a parsed config serialises");
         if let Some(key) = first_unknown_key(&value, &known, "") {
             return Err(ExperimentError::UnknownKey {
-                path: path.to_path_buf(),
+                origin: sources.origin_of(&key),
                 key,
             });
         }
         config
             .validate()
             .map_err(|source| ExperimentError::InvalidConfig {
-                path: path.to_path_buf(),
+                origin: sources.origin_of(&source.field),
                 source,
             })?;
         Ok(config)
@@ -130,6 +198,80 @@ impl RunConfig {
 
 /// Keys that name the variant of a tagged enum in config files (`FfnConfig`, `RoutingPolicy`).
 const VARIANT_TAGS: [&str; 2] = ["kind", "policy"];
+
+/// Parses a filled-in config; the error is the dotted path of the field (empty for the whole
+/// file) and what is wrong with it, in the words of the config file rather than Rust type names.
+fn deserialize(value: &toml::Value) -> Result<RunConfig, (String, String)> {
+    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let field = match e.path().to_string() {
+            root if root == "." => String::new(),
+            field => field,
+        };
+        (field, without_type_names(e.inner().message().trim()))
+    })
+}
+
+/// serde reports an error inside an internally tagged table (`model.ffn`, `model.ffn.routing`)
+/// at the table, having buffered its fields. Finds the field inside: removing the culprit turns
+/// the error into "missing field `<it>`", removing any other field leaves it as it was.
+fn locate_in_tagged_table(value: &toml::Value, reported: &str, message: &str) -> Option<String> {
+    if message.starts_with("missing field") {
+        return None; // nothing to find: the field is not there
+    }
+    let table_at = |root: &toml::Value, path: &str| {
+        path.split('.')
+            .try_fold(root, |v, key| v.get(key))
+            .and_then(toml::Value::as_table)
+            .cloned()
+    };
+    let search = |table_path: &str| -> Option<(String, bool)> {
+        let table = table_at(value, table_path)?;
+        if !VARIANT_TAGS.iter().any(|tag| table.contains_key(*tag)) {
+            return None;
+        }
+        table
+            .iter()
+            .filter(|(key, _)| !VARIANT_TAGS.contains(&key.as_str()))
+            .find_map(|(key, field_value)| {
+                let mut probe = value.clone();
+                let mut slot = &mut probe;
+                for part in table_path.split('.') {
+                    slot = slot.get_mut(part)?;
+                }
+                slot.as_table_mut()?.remove(key);
+                let missing = format!("missing field `{key}`");
+                let culprit =
+                    matches!(deserialize(&probe), Err((at, m)) if at == reported && m == missing);
+                culprit.then(|| (format!("{table_path}.{key}"), field_value.is_table()))
+            })
+    };
+    let mut found = None;
+    let mut table_path = reported.to_string();
+    while let Some((field, is_table)) = search(&table_path) {
+        found = Some(field.clone());
+        if !is_table {
+            break;
+        }
+        table_path = field;
+    }
+    found
+}
+
+/// serde names the Rust types it expected (`struct TrainConfigSerde`, `internally tagged enum
+/// FfnConfig`); a config file has tables.
+fn without_type_names(message: &str) -> String {
+    let mut text = message.to_string();
+    for kind in ["internally tagged enum ", "struct ", "enum "] {
+        while let Some(start) = text.find(kind) {
+            let name = start + kind.len();
+            let end = text[name..]
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .map_or(text.len(), |len| name + len);
+            text.replace_range(start..end, "a table");
+        }
+    }
+    text
+}
 
 /// Fills the fields a config file leaves out with the defaults, table by table, so a file only
 /// states what differs. A table naming another variant than the default's (`kind = "dense"`) is

@@ -1,4 +1,5 @@
-//! Errors a user can act on; the binary prints them as one line and exits with code 2.
+//! Errors a user can act on; the binary prints them as one line and exits with code 2 (130 when
+//! Ctrl-C stopped training).
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -6,38 +7,69 @@ use std::sync::{Arc, Mutex};
 
 use moe_model::InvalidValue;
 
+use crate::config::ConfigOrigin;
+use crate::interrupt::StopCause;
+
 /// Everything that stops an experiment before it produces results.
 #[derive(Debug, thiserror::Error)]
 pub enum ExperimentError {
     /// A config field holds a value outside its range.
-    #[error("{path}: {source}")]
+    #[error("{origin}: {source}")]
     InvalidConfig {
-        /// The config file.
-        path: PathBuf,
+        /// The config file, or the `--set` flag that set the field.
+        origin: ConfigOrigin,
         /// The field and its allowed range.
         source: InvalidValue,
     },
     /// A config file could not be parsed or has a field of the wrong type.
-    #[error("{path}: {message}")]
+    #[error("{origin}: {message}")]
     ParseConfig {
-        /// The config file.
-        path: PathBuf,
+        /// The config file, or the `--set` flag that set the field.
+        origin: ConfigOrigin,
         /// What is wrong, with the field's path.
         message: String,
     },
     /// A config file names a field that does not exist.
     #[error(
-        "{path}: unknown key `{key}` (check the spelling, or see configs/moe.toml for the fields)"
+        "{origin}: unknown key `{key}` (check the spelling, or see configs/moe.toml for the fields)"
     )]
     UnknownKey {
-        /// The config file.
-        path: PathBuf,
+        /// The config file, or the `--set` flag that names the key.
+        origin: ConfigOrigin,
         /// Dotted path of the unknown key.
         key: String,
     },
+    /// A config file that sets nothing (empty, or only comments).
+    #[error(
+        "{0}: empty config file; to train the defaults, use configs/moe.toml (it lists every field)"
+    )]
+    EmptyConfig(PathBuf),
     /// A `--set key=value` override is malformed.
     #[error("--set {0}: expected key=value, e.g. --set train.epochs=3")]
     BadOverride(String),
+    /// A run would need more memory than the machine has.
+    #[error("{origin}: {field} = {value} is too large for this machine: {detail}")]
+    TooLarge {
+        /// The config file, or the `--set` flag that set the field.
+        origin: ConfigOrigin,
+        /// The size field that contributes most, by its dotted path.
+        field: String,
+        /// Its value.
+        value: usize,
+        /// Need and limit, e.g. `the run needs about 3.1 TB of memory, 20.4 GB is available`.
+        detail: String,
+    },
+    /// A run name that is not one plain directory name.
+    #[error(
+        "{name} is not a valid run name: {reason}; use letters, digits and . _ - + = (at most \
+         100 characters, not starting with '.' or '-')"
+    )]
+    BadRunName {
+        /// Where the name comes from and the name, e.g. `--name ".."`.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -45,6 +77,48 @@ pub enum ExperimentError {
         path: PathBuf,
         /// The system error.
         source: std::io::Error,
+    },
+    /// A saved file of a run exists but cannot be read as what it should hold.
+    #[error("{path}: damaged or not written by this program ({reason}); train the run again")]
+    DamagedFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, e.g. `EOF while parsing an object at line 5 column 0`.
+        reason: String,
+    },
+    /// `eval` was given a directory that is not a complete run.
+    #[error("{path}: not a complete run: {reason}")]
+    IncompleteRun {
+        /// The directory.
+        path: PathBuf,
+        /// What it is instead.
+        reason: String,
+    },
+    /// `compare` found run directories but could read none of them.
+    #[error("no readable run under {root}: {skipped} skipped (see the notes above)")]
+    NoReadableRun {
+        /// The results directory.
+        root: PathBuf,
+        /// How many were skipped.
+        skipped: usize,
+    },
+    /// A finished run could not be renamed into place; it is kept where it was written.
+    #[error("{path}: cannot move the finished run into place ({source}); it is kept in {staging}")]
+    CommitRun {
+        /// Where the run should be.
+        path: PathBuf,
+        /// Where it was written.
+        staging: PathBuf,
+        /// The system error.
+        source: std::io::Error,
+    },
+    /// Training was stopped by a signal or from the dashboard; nothing was kept.
+    #[error("{cause}: training stopped, nothing was kept; {left}")]
+    Interrupted {
+        /// What stopped it.
+        cause: StopCause,
+        /// What the run's name holds now, e.g. `results/moe still holds the earlier run`.
+        left: String,
     },
     /// The chosen backend is not part of this build.
     #[error("backend `{0}` was not compiled into this binary; rebuild with `--features {0}`")]
@@ -86,6 +160,15 @@ pub enum ExperimentError {
 }
 
 impl ExperimentError {
+    /// The process exit code for this error: 128 + the signal for an interrupted run (130 for
+    /// Ctrl-C), 2 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ExperimentError::Interrupted { cause, .. } => cause.exit_code(),
+            _ => 2,
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
@@ -123,7 +206,7 @@ pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 /// The first non-empty line of `message`, cut to about `max_chars` characters.
-fn first_line(message: &str, max_chars: usize) -> String {
+pub(crate) fn first_line(message: &str, max_chars: usize) -> String {
     let line = message
         .lines()
         .map(str::trim)

@@ -5,22 +5,22 @@ use std::time::Instant;
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::record::CompactRecorder;
+use burn::record::{CompactRecorder, RecorderError};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::train::metric::ItemLazy;
 use moe_model::{MoeAutodiffBackend, MoeBackend};
 
-use crate::backend::{BackendJob, BackendKind, run_on};
+use crate::backend::{BackendJob, BackendKind, max_buffer_bytes, run_on};
 use crate::classifier::{Classifier, host_usizes};
-use crate::config::RunConfig;
+use crate::config::{ConfigSources, RunConfig};
 use crate::data::{TaskBatch, TaskBatcher, TaskDataset, TaskSplits, items};
-use crate::error::{ExperimentError, catch_panic};
+use crate::error::{ExperimentError, catch_panic, first_line};
+use crate::limits::{Purpose, check_memory};
 use crate::report::RunMetrics;
 use crate::routing_metrics::{RoutingReport, RoutingTally, ratio};
-use crate::run_dir::git_commit;
+use crate::run_dir::{CONFIG_FILE, MODEL_FILE, RunState, git_commit, run_state};
 use crate::task::chance_accuracy;
-use crate::train::{CONFIG_FILE, MODEL_FILE};
 
 /// Everything measured on the test split.
 #[derive(Clone, Debug)]
@@ -132,27 +132,54 @@ impl RunMetrics {
     }
 }
 
-/// Re-evaluates the model saved in a run directory on the test split of its task.
+/// Re-evaluates the model saved in a run directory on the test split of its task. An unfinished
+/// run, or one whose `metrics.json` or `config.toml` is damaged, is refused before the backend
+/// starts.
 pub fn eval_saved(run_path: &Path, backend: BackendKind) -> Result<RunMetrics, ExperimentError> {
+    if let RunState::Incomplete(reason) = run_state(run_path) {
+        return Err(ExperimentError::IncompleteRun {
+            path: run_path.to_path_buf(),
+            reason,
+        });
+    }
+    let saved = RunMetrics::load(run_path)?;
+    let sources = ConfigSources {
+        file: run_path.join(CONFIG_FILE),
+        overrides: Vec::new(),
+    };
+    let config = sources.load()?;
     run_on(
         backend,
         SavedRun {
             path: run_path.to_path_buf(),
             backend,
+            sources,
+            config,
+            train_seconds: saved.train_wall_time_s,
         },
     )
 }
 
+/// A run directory whose metrics and config have been read.
 struct SavedRun {
     path: PathBuf,
     backend: BackendKind,
+    sources: ConfigSources,
+    config: RunConfig,
+    train_seconds: f64,
 }
 
 impl BackendJob for SavedRun {
     type Output = RunMetrics;
 
     fn run<B: MoeAutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
-        let config = RunConfig::load(&self.path.join(CONFIG_FILE), &[])?;
+        let config = &self.config;
+        check_memory(
+            config,
+            &self.sources,
+            Purpose::Eval,
+            max_buffer_bytes(self.backend),
+        )?;
         let model_path = self.path.join(MODEL_FILE);
         let fresh: Classifier<B::InnerBackend> = Classifier {
             model: config
@@ -161,7 +188,7 @@ impl BackendJob for SavedRun {
         };
         let expected_shapes = param_shapes(&fresh);
         let load_error = |reason: String| ExperimentError::ModelFile {
-            path: model_path.with_extension("mpk"),
+            path: model_path.clone(),
             action: "load",
             reason,
         };
@@ -169,7 +196,15 @@ impl BackendJob for SavedRun {
         let classifier =
             catch_panic(|| fresh.load_file(&model_path, &CompactRecorder::new(), &device))
                 .map_err(|panic| load_error(format!("{panic}; was config.toml edited?")))?
-                .map_err(|e| load_error(e.to_string()))?;
+                .map_err(|error| match error {
+                    RecorderError::FileNotFound(reason) => load_error(reason),
+                    RecorderError::DeserializeError(reason) | RecorderError::Unknown(reason) => {
+                        ExperimentError::DamagedFile {
+                            path: model_path.clone(),
+                            reason: decode_failure(&reason),
+                        }
+                    }
+                })?;
         let saved_shapes = param_shapes(&classifier);
         if saved_shapes != expected_shapes {
             let detail = match saved_shapes
@@ -202,16 +237,24 @@ impl BackendJob for SavedRun {
             .path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        let train_seconds = RunMetrics::load(&self.path).map_or(f64::NAN, |m| m.train_wall_time_s);
         Ok(RunMetrics::from_test(
             &name,
             self.backend,
-            &config,
+            config,
             &classifier,
             test,
             chance,
-            train_seconds,
+            self.train_seconds,
         ))
+    }
+}
+
+/// Why the recorder could not decode a model file, in a few words: Burn appends a paragraph about
+/// record formats of version 0.14 to every decoding error, which misleads for a truncated file.
+fn decode_failure(reason: &str) -> String {
+    match reason.contains("UnexpectedEof") {
+        true => "it ends too early".into(),
+        false => first_line(reason, 160),
     }
 }
 

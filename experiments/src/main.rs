@@ -1,13 +1,17 @@
 //! Command line: `train`, `eval` and `compare` runs of the variable-k MoE experiments.
+//!
+//! Exit codes: 0 success, 2 an error (one line on stderr), 130 training stopped by Ctrl-C
+//! (143 by SIGTERM), nothing kept.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use experiments::backend::FloatType;
+use experiments::config::ConfigSources;
 use experiments::train::{TrainRequest, train};
-use experiments::{BackendKind, ExperimentError, RunConfig, eval, report};
+use experiments::{BackendKind, ExperimentError, eval, report};
 
 #[derive(Parser)]
 #[command(
@@ -29,10 +33,11 @@ enum Command {
         /// Backend to train on.
         #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
-        /// Run name (default: the config file's name, with -2, -3, ... if taken).
+        /// Run name: one directory name of letters, digits and . _ - + = (default: the config
+        /// file's name, with -2, -3, ... if taken).
         #[arg(long)]
         name: Option<String>,
-        /// Replace results/<name> if it exists.
+        /// Replace results/<name> if it exists, once the new run is complete.
         #[arg(long)]
         overwrite: bool,
         /// Override one config field, e.g. --set train.epochs=3 (repeatable).
@@ -87,7 +92,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::from(2)
+            ExitCode::from(error.exit_code())
         }
     }
 }
@@ -103,10 +108,12 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             results,
         } => {
             let metrics = train(TrainRequest {
-                config: RunConfig::load(&config, &overrides)?,
+                sources: ConfigSources {
+                    file: config,
+                    overrides,
+                },
                 results_root: results,
                 name,
-                default_name: file_stem(&config),
                 overwrite,
                 backend,
             })?;
@@ -134,12 +141,13 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             })?;
             println!("tables written to {}", run_dir.display());
         }
-        Command::Compare { results } => println!("{}", report::compare(&results)?),
+        Command::Compare { results } => {
+            let comparison = report::compare(&results)?;
+            for skipped in &comparison.skipped {
+                eprintln!("note: skipped {skipped}");
+            }
+            println!("{}", comparison.table()?);
+        }
     }
     Ok(())
-}
-
-fn file_stem(path: &Path) -> String {
-    path.file_stem()
-        .map_or_else(|| "run".into(), |s| s.to_string_lossy().into_owned())
 }

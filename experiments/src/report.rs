@@ -1,14 +1,12 @@
 //! `metrics.json` of a run, the summary printed after it, and the side-by-side comparison.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::ExperimentError;
 use crate::routing_metrics::RoutingReport;
-
-/// Name of the metrics file in every run directory.
-pub const METRICS_FILE: &str = "metrics.json";
+use crate::run_dir::{METRICS_FILE, RunState, run_state};
 
 /// What one run measured; written as `results/<run>/metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,7 +27,8 @@ pub struct RunMetrics {
     pub accuracy_hard: Option<f64>,
     /// Accuracy of always predicting the most frequent test label.
     pub chance_accuracy: f64,
-    /// Mean test cross-entropy.
+    /// Mean test cross-entropy (NaN when training diverged; `null` in the file).
+    #[serde(deserialize_with = "null_as_nan")]
     pub test_loss: f64,
     /// Wall time of training (all epochs, validation included), seconds.
     pub train_wall_time_s: f64,
@@ -57,9 +56,9 @@ impl RunMetrics {
     pub fn load(run_dir: &Path) -> Result<Self, ExperimentError> {
         let path = run_dir.join(METRICS_FILE);
         let text = std::fs::read_to_string(&path).map_err(ExperimentError::io(&path))?;
-        serde_json::from_str(&text).map_err(|e| ExperimentError::ParseConfig {
+        serde_json::from_str(&text).map_err(|e| ExperimentError::DamagedFile {
             path,
-            message: e.to_string(),
+            reason: e.to_string(),
         })
     }
 
@@ -129,62 +128,104 @@ impl RunMetrics {
     }
 }
 
-/// Every run under `results_root` side by side, one row per run, sorted by name.
-pub fn compare(results_root: &Path) -> Result<String, ExperimentError> {
+/// What `compare` found under a results directory.
+pub struct Comparison {
+    /// The results directory.
+    pub root: PathBuf,
+    /// Every readable run, sorted by name.
+    pub runs: Vec<RunMetrics>,
+    /// One line per run directory that could not be read: its path and why.
+    pub skipped: Vec<String>,
+}
+
+/// Reads every run under `results_root`; unfinished and unreadable runs are listed in
+/// [`Comparison::skipped`] instead of stopping the comparison.
+pub fn compare(results_root: &Path) -> Result<Comparison, ExperimentError> {
     let entries = std::fs::read_dir(results_root).map_err(ExperimentError::io(results_root))?;
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
+    paths.sort();
     let mut runs = Vec::new();
-    for entry in entries.flatten() {
-        if entry.path().join(METRICS_FILE).exists() {
-            runs.push(RunMetrics::load(&entry.path())?);
+    let mut skipped = Vec::new();
+    for path in paths {
+        match run_state(&path) {
+            RunState::Complete => match RunMetrics::load(&path) {
+                Ok(metrics) => runs.push(metrics),
+                Err(error) => skipped.push(error.to_string()),
+            },
+            RunState::Incomplete(reason) => skipped.push(format!("{}: {reason}", path.display())),
+            RunState::NotARun => {}
         }
     }
     runs.sort_by(|a, b| a.run.cmp(&b.run));
-    let header = [
-        "run",
-        "ffn",
-        "backend",
-        "acc",
-        "easy",
-        "hard",
-        "mean k",
-        "k2 prec",
-        "k2 rec",
-        "load CV",
-        "train s",
-        "tokens/s",
-        "active params",
-        "FLOPs/token",
-    ];
-    let rows: Vec<Vec<String>> = runs
-        .iter()
-        .map(|m| {
-            let routing =
-                |f: fn(&RoutingReport) -> String| m.routing.as_ref().map_or("-".into(), f);
-            vec![
-                m.run.clone(),
-                m.ffn.clone(),
-                m.backend.clone(),
-                percent(Some(m.test_accuracy)),
-                percent(m.accuracy_easy),
-                percent(m.accuracy_hard),
-                routing(|r| format!("{:.3}", r.mean_k)),
-                routing(|r| percent(r.k2_precision_on_hard)),
-                routing(|r| percent(r.k2_recall_on_hard)),
-                routing(|r| format!("{:.3}", r.load_cv)),
-                format!("{:.1}", m.train_wall_time_s),
-                format!("{:.0}", m.inference_tokens_per_s),
-                format!("{:.0}", m.params_active),
-                format!("{:.0}", m.flops_per_token),
-            ]
-        })
-        .collect();
-    if rows.is_empty() {
-        return Ok(format!(
-            "no runs with {METRICS_FILE} under {}",
-            results_root.display()
-        ));
+    Ok(Comparison {
+        root: results_root.to_path_buf(),
+        runs,
+        skipped,
+    })
+}
+
+impl Comparison {
+    /// Every run side by side, one row per run; an error if there were runs but none readable.
+    pub fn table(&self) -> Result<String, ExperimentError> {
+        if self.runs.is_empty() {
+            return match self.skipped.len() {
+                0 => Ok(format!(
+                    "no runs with {METRICS_FILE} under {}",
+                    self.root.display()
+                )),
+                skipped => Err(ExperimentError::NoReadableRun {
+                    root: self.root.clone(),
+                    skipped,
+                }),
+            };
+        }
+        let header = [
+            "run",
+            "ffn",
+            "backend",
+            "acc",
+            "easy",
+            "hard",
+            "mean k",
+            "k2 prec",
+            "k2 rec",
+            "load CV",
+            "train s",
+            "tokens/s",
+            "active params",
+            "FLOPs/token",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .runs
+            .iter()
+            .map(|m| {
+                let routing =
+                    |f: fn(&RoutingReport) -> String| m.routing.as_ref().map_or("-".into(), f);
+                vec![
+                    m.run.clone(),
+                    m.ffn.clone(),
+                    m.backend.clone(),
+                    percent(Some(m.test_accuracy)),
+                    percent(m.accuracy_easy),
+                    percent(m.accuracy_hard),
+                    routing(|r| format!("{:.3}", r.mean_k)),
+                    routing(|r| percent(r.k2_precision_on_hard)),
+                    routing(|r| percent(r.k2_recall_on_hard)),
+                    routing(|r| format!("{:.3}", r.load_cv)),
+                    format!("{:.1}", m.train_wall_time_s),
+                    format!("{:.0}", m.inference_tokens_per_s),
+                    format!("{:.0}", m.params_active),
+                    format!("{:.0}", m.flops_per_token),
+                ]
+            })
+            .collect();
+        Ok(table(&header, &rows))
     }
-    Ok(table(&header, &rows))
+}
+
+/// Reads a number that may be `null` (how JSON writes NaN) as NaN.
+fn null_as_nan<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Option::<f64>::deserialize(deserializer).map(|value| value.unwrap_or(f64::NAN))
 }
 
 /// Left-aligned text table with a header rule.

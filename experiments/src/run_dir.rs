@@ -1,48 +1,296 @@
-//! The results directory of a run: `results/<run-name>/`, never overwritten unless asked.
+//! Run directories under the results root: checked names, the files a run holds, and writing a
+//! run so that a crash, a kill or Ctrl-C never costs an earlier run.
+//!
+//! A run is written into `<root>/.<name>.partial-<pid>` and renamed to `<root>/<name>` only once
+//! it is complete; `--overwrite` moves the earlier run aside at that moment and deletes it after
+//! the rename. A name is claimed before training by creating `<root>/<name>` with `create_dir`,
+//! which fails atomically when the name is taken (concurrent runs take different names); the final
+//! rename replaces that empty directory. Dot-prefixed directories are never runs: `compare` and
+//! `eval` skip them with a note.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::ExperimentError;
 
-/// A created results directory.
-#[derive(Clone, Debug)]
+/// The resolved configuration, saved in every run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The trained weights (Burn's compact recorder).
+pub const MODEL_FILE: &str = "model.mpk";
+/// The measured numbers of the run ([`crate::RunMetrics`]).
+pub const METRICS_FILE: &str = "metrics.json";
+/// burn-train's logs.
+pub const LEARNER_DIR: &str = "learner";
+
+/// Longest run name accepted (the staging directory adds a prefix and a suffix to it).
+const MAX_NAME_LEN: usize = 100;
+/// Infix of a run's staging directory, `.<name>.partial-<pid>`.
+const PARTIAL: &str = ".partial-";
+/// Infix of an earlier run moved aside by `--overwrite`, `.<name>.replaced-<pid>`.
+const REPLACED: &str = ".replaced-";
+
+/// A checked run name: one directory name of letters, digits and `. _ - + =`, not starting with
+/// `.` or `-`, at most 100 characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunName(String);
+
+impl RunName {
+    /// Checks `name`; the error says what is wrong with it, e.g. `it contains '/'`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-+=".contains(c);
+        if name.is_empty() {
+            return Err("it is empty".into());
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(format!("it is longer than {MAX_NAME_LEN} characters"));
+        }
+        if let Some(c) = name.chars().find(|&c| !allowed(c)) {
+            return Err(format!("it contains {c:?}"));
+        }
+        if name.starts_with('.') || name.starts_with('-') {
+            return Err(format!("it starts with '{}'", &name[..1]));
+        }
+        Ok(Self(name.to_string()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `<name>-<n>`, the n-th candidate when the name is taken (`moe-2`, `moe-3`, ...).
+    fn numbered(&self, n: usize) -> String {
+        match n {
+            1 => self.0.clone(),
+            n => format!("{}-{n}", self.0),
+        }
+    }
+}
+
+/// A run being written: its name is claimed, its files go into [`RunDir::staging`] until
+/// [`RunDir::commit`] moves them into place. Dropped without a commit, it removes what it wrote
+/// and its claim, and leaves an earlier run of the same name as it was.
+#[derive(Debug)]
 pub struct RunDir {
-    /// The run's name (the directory's name).
-    pub name: String,
-    /// `results/<name>`.
-    pub path: PathBuf,
+    name: String,
+    path: PathBuf,
+    staging: PathBuf,
+    /// `path` held a run (or anything else) before and `--overwrite` replaces it at the commit.
+    replaces: bool,
+    committed: bool,
 }
 
 impl RunDir {
-    /// Creates `root/<name>`. An explicitly requested name that exists is an error unless
-    /// `overwrite`; when no name is requested, `default_name` gets a suffix (`moe-2`, `moe-3`, ...)
-    /// instead of replacing an earlier run.
-    pub fn create(
-        root: &Path,
-        requested: Option<&str>,
-        default_name: &str,
-        overwrite: bool,
-    ) -> Result<Self, ExperimentError> {
-        let name = match requested {
-            Some(name) => {
-                let path = root.join(name);
-                if path.exists() {
-                    if !overwrite {
-                        return Err(ExperimentError::RunExists(path));
-                    }
-                    std::fs::remove_dir_all(&path).map_err(ExperimentError::io(&path))?;
-                }
-                name.to_string()
+    /// Claims `root/<name>`; a name that exists is an error unless `overwrite`.
+    pub fn claim(root: &Path, name: &RunName, overwrite: bool) -> Result<Self, ExperimentError> {
+        create_root(root)?;
+        let path = root.join(name.as_str());
+        let replaces = match std::fs::create_dir(&path) {
+            Ok(()) => false,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && overwrite => true,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                return Err(ExperimentError::RunExists(path));
             }
-            None => std::iter::once(default_name.to_string())
-                .chain((2..).map(|i| format!("{default_name}-{i}")))
-                .find(|name| !root.join(name).exists())
-                .expect("an unused name exists"),
+            Err(e) => return Err(ExperimentError::io(&path)(e)),
         };
-        let path = root.join(&name);
-        std::fs::create_dir_all(&path).map_err(ExperimentError::io(&path))?;
-        Ok(Self { name, path })
+        Self::with_staging(root, name.as_str().to_string(), path, replaces)
+    }
+
+    /// Claims the first free name of `name`, `name-2`, `name-3`, ...; concurrent runs get
+    /// different names.
+    pub fn claim_next_free(root: &Path, name: &RunName) -> Result<Self, ExperimentError> {
+        create_root(root)?;
+        for n in 1.. {
+            let candidate = name.numbered(n);
+            let path = root.join(&candidate);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Self::with_staging(root, candidate, path, false),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(ExperimentError::io(&path)(e)),
+            }
+        }
+        unreachable!("one of infinitely many names is free")
+    }
+
+    fn with_staging(
+        root: &Path,
+        name: String,
+        path: PathBuf,
+        replaces: bool,
+    ) -> Result<Self, ExperimentError> {
+        let mut run = Self {
+            staging: PathBuf::new(),
+            name,
+            path,
+            replaces,
+            committed: false,
+        };
+        // A staging directory of the same pid can only be left by a killed earlier process.
+        for n in 1.. {
+            let staging = root.join(format!(".{}{PARTIAL}{}", run.name, pid_suffix(n)));
+            match std::fs::create_dir(&staging) {
+                Ok(()) => {
+                    run.staging = staging;
+                    return Ok(run);
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(ExperimentError::io(&staging)(e)),
+            }
+        }
+        unreachable!("one of infinitely many names is free")
+    }
+
+    /// The run's name (the final directory's name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the run will be once complete, `<root>/<name>`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the run's files are written until the commit.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    /// What a run that stops before its commit leaves under its name, for messages.
+    pub fn left_as_it_was(&self) -> String {
+        match self.replaces {
+            true => format!("{} still holds the earlier run", self.path.display()),
+            false => format!("{} was not created", self.path.display()),
+        }
+    }
+
+    /// Moves the complete run into place; with `--overwrite`, the earlier run is moved aside
+    /// first and deleted once the new one is in place.
+    pub fn commit(mut self) -> Result<PathBuf, ExperimentError> {
+        let aside = match self.replaces {
+            true => self.move_earlier_run_aside()?,
+            false => None,
+        };
+        let moved = std::fs::rename(&self.staging, &self.path);
+        // From here on the finished run is never deleted: in place, or kept where it was written.
+        self.committed = true;
+        if let Err(source) = moved {
+            if let Some(aside) = &aside {
+                let _ = std::fs::rename(aside, &self.path);
+            }
+            return Err(ExperimentError::CommitRun {
+                path: self.path.clone(),
+                staging: self.staging.clone(),
+                source,
+            });
+        }
+        if let Some(aside) = aside
+            && let Err(e) = remove_any(&aside)
+        {
+            eprintln!(
+                "note: the replaced run is kept in {} ({e}); delete it by hand",
+                aside.display()
+            );
+        }
+        Ok(self.path.clone())
+    }
+
+    /// Renames `path` to `.<name>.replaced-<pid>`; `None` if it is gone already.
+    fn move_earlier_run_aside(&self) -> Result<Option<PathBuf>, ExperimentError> {
+        let root = self.path.parent().unwrap_or(Path::new("."));
+        for n in 1.. {
+            let aside = root.join(format!(".{}{REPLACED}{}", self.name, pid_suffix(n)));
+            if aside.symlink_metadata().is_ok() {
+                continue;
+            }
+            return match std::fs::rename(&self.path, &aside) {
+                Ok(()) => Ok(Some(aside)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(ExperimentError::io(&self.path)(e)),
+            };
+        }
+        unreachable!("one of infinitely many names is free")
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.staging);
+        if !self.replaces {
+            // Only the empty claim: `remove_dir` refuses a directory someone else filled.
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// What an entry of the results directory holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// A run directory with its metrics.
+    Complete,
+    /// Not a usable run; the text says why, e.g. `an unfinished run (...)`.
+    Incomplete(String),
+    /// Not a training run (a file, a benchmark table, a hidden file).
+    NotARun,
+}
+
+/// Whether `path` is a complete run, an unfinished or damaged one, or something else.
+pub fn run_state(path: &Path) -> RunState {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    if name.starts_with('.') {
+        return if name.contains(PARTIAL) {
+            RunState::Incomplete(
+                "an unfinished run: still training, or stopped by a crash or a kill; \
+                 delete it once no training is running"
+                    .into(),
+            )
+        } else if name.contains(REPLACED) {
+            RunState::Incomplete(
+                "a run replaced by --overwrite whose deletion was cut short; delete it".into(),
+            )
+        } else {
+            RunState::NotARun
+        };
+    }
+    if !path.is_dir() {
+        return RunState::NotARun;
+    }
+    if path.join(METRICS_FILE).exists() {
+        return RunState::Complete;
+    }
+    let is_empty = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none());
+    if is_empty {
+        RunState::Incomplete("empty: a run still training, or one that was killed".into())
+    } else if path.join(CONFIG_FILE).exists() || path.join(MODEL_FILE).exists() {
+        RunState::Incomplete(format!("{METRICS_FILE} is missing"))
+    } else {
+        RunState::NotARun
+    }
+}
+
+/// Creates the results directory (and its parents) if it does not exist.
+fn create_root(root: &Path) -> Result<(), ExperimentError> {
+    std::fs::create_dir_all(root).map_err(ExperimentError::io(root))
+}
+
+/// `<pid>`, then `<pid>-2`, `<pid>-3`, ...
+fn pid_suffix(n: usize) -> String {
+    match n {
+        1 => std::process::id().to_string(),
+        n => format!("{}-{n}", std::process::id()),
+    }
+}
+
+/// Removes a directory tree, or a file.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    match path.symlink_metadata()?.is_dir() {
+        true => std::fs::remove_dir_all(path),
+        false => std::fs::remove_file(path),
     }
 }
 
@@ -61,4 +309,33 @@ pub fn git_commit() -> Option<String> {
     } else {
         commit
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_plain_components() {
+        for good in ["moe", "moe-2", "tau=0.7", "top_k+8", "A.b"] {
+            assert!(RunName::parse(good).is_ok(), "{good}");
+        }
+        for (bad, reason) in [
+            ("", "empty"),
+            (".", "starts with '.'"),
+            ("..", "starts with '.'"),
+            ("../x", "'/'"),
+            ("a/b", "'/'"),
+            ("/abs", "'/'"),
+            ("a\\b", "'\\\\'"),
+            ("a b", "' '"),
+            ("-x", "starts with '-'"),
+            ("é", "'é'"),
+        ] {
+            let error = RunName::parse(bad).unwrap_err();
+            assert!(error.contains(reason), "{bad:?}: {error}");
+        }
+        assert!(RunName::parse(&"x".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(RunName::parse(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
 }

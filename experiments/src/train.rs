@@ -1,4 +1,5 @@
-//! Training a configured model with `burn-train`, then evaluating it on the test split.
+//! Training a configured model with `burn-train`, then evaluating it on the test split; the run
+//! is written through [`RunDir`], so it appears under its name only once complete.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,68 +10,121 @@ use burn::module::Module;
 use burn::optim::AdamConfig;
 use burn::record::CompactRecorder;
 use burn::train::metric::{AccuracyMetric, LossMetric};
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::{Interrupter, Learner, SupervisedTraining};
 use moe_model::{FfnConfig, MoeAutodiffBackend};
 
-use crate::backend::{BackendJob, BackendKind, MetricsBackend, run_on};
+use crate::backend::{BackendJob, BackendKind, MetricsBackend, max_buffer_bytes, run_on};
 use crate::classifier::Classifier;
-use crate::config::RunConfig;
+use crate::config::{ConfigSources, RunConfig};
 use crate::data::{TaskBatcher, TaskSplits, items};
 use crate::error::ExperimentError;
 use crate::eval::evaluate;
+use crate::interrupt::StopOnSignal;
 use crate::learner_metrics::{RoutingMetric, RoutingStatistic};
+use crate::limits::{MemoryEstimate, Purpose, bytes, check_memory};
 use crate::progress::PlainTextProgress;
 use crate::report::RunMetrics;
-use crate::run_dir::RunDir;
+use crate::run_dir::{CONFIG_FILE, LEARNER_DIR, MODEL_FILE, RunDir, RunName};
 use crate::task::chance_accuracy;
-
-/// The resolved configuration, saved in every run directory.
-pub const CONFIG_FILE: &str = "config.toml";
-/// The trained weights (Burn's compact recorder adds `.mpk`).
-pub const MODEL_FILE: &str = "model";
 
 /// One training run: what to train, where to write, on which backend.
 pub struct TrainRequest {
-    /// The validated configuration.
-    pub config: RunConfig,
+    /// The config file and the `--set` overrides over it.
+    pub sources: ConfigSources,
     /// Directory holding the run directories (`results`).
     pub results_root: PathBuf,
-    /// Run name asked for; `None` takes `default_name` (suffixed if taken).
+    /// Run name asked for; `None` takes the config file's name (`moe`, then `moe-2`, ...).
     pub name: Option<String>,
-    /// Run name when none is asked for, usually the config file's name.
-    pub default_name: String,
-    /// Replace an existing run directory of the requested name.
+    /// Replace an existing run directory of the requested name once the new run is complete.
     pub overwrite: bool,
     /// Backend to train on.
     pub backend: BackendKind,
 }
 
-/// Trains, evaluates on the test split and writes `config.toml`, `model.mpk` and `metrics.json`
-/// into `results/<run>/`, created once the backend is known to work.
+/// Checks the run name and the config, then trains, evaluates on the test split and writes
+/// `config.toml`, `model.mpk` and `metrics.json` into `results/<run>/`, which appears once the
+/// run is complete. Nothing is written before the backend is known to work and the sizes fit.
 pub fn train(request: TrainRequest) -> Result<RunMetrics, ExperimentError> {
-    run_on(request.backend, request)
+    let name = match &request.name {
+        Some(name) => RunName::parse(name).map_err(|reason| ExperimentError::BadRunName {
+            name: format!("--name {name:?}"),
+            reason,
+        })?,
+        None => default_name(&request.sources)?,
+    };
+    let config = request.sources.load()?;
+    run_on(
+        request.backend,
+        Training {
+            request,
+            name,
+            config,
+        },
+    )
 }
 
-impl BackendJob for TrainRequest {
+/// The run name taken from the config file's name (`configs/moe.toml` -> `moe`).
+fn default_name(sources: &ConfigSources) -> Result<RunName, ExperimentError> {
+    let stem = sources
+        .file
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    RunName::parse(&stem).map_err(|reason| ExperimentError::BadRunName {
+        name: format!("the config file's name {stem:?}"),
+        reason,
+    })
+}
+
+/// A checked [`TrainRequest`].
+struct Training {
+    request: TrainRequest,
+    name: RunName,
+    config: RunConfig,
+}
+
+impl BackendJob for Training {
     type Output = RunMetrics;
 
     fn run<B: MoeAutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
-        let TrainRequest {
-            config, backend, ..
-        } = &self;
-        let run_dir = RunDir::create(
-            &self.results_root,
-            self.name.as_deref(),
-            &self.default_name,
-            self.overwrite,
+        let Training {
+            request,
+            name,
+            config,
+        } = self;
+        let backend = request.backend;
+        check_memory(
+            &config,
+            &request.sources,
+            Purpose::Train,
+            max_buffer_bytes(backend),
         )?;
+        let run_dir = match request.name {
+            Some(_) => RunDir::claim(&request.results_root, &name, request.overwrite)?,
+            None => RunDir::claim_next_free(&request.results_root, &name)?,
+        };
+        let interrupter = Interrupter::new();
+        let left_behind = format!(
+            "{} is left behind (compare and eval skip it)",
+            run_dir.staging().display()
+        );
+        let stop = StopOnSignal::install(interrupter.clone(), left_behind)
+            .map_err(ExperimentError::io("SIGINT/SIGTERM handler"))?;
+        let interrupted = |stop: &StopOnSignal| match stop.cause() {
+            Some(cause) => Err(ExperimentError::Interrupted {
+                cause,
+                left: run_dir.left_as_it_was(),
+            }),
+            None => Ok(()),
+        };
         println!(
-            "training {} on {} -> {}",
+            "training {} on {} -> {} (model, optimizer and data: about {})",
             config.model.ffn,
             backend.name(),
-            run_dir.path.display()
+            run_dir.path().display(),
+            bytes(MemoryEstimate::of(&config, Purpose::Train).total)
         );
-        let config_path = run_dir.path.join(CONFIG_FILE);
+        let staging = run_dir.staging();
+        let config_path = staging.join(CONFIG_FILE);
         std::fs::write(&config_path, config.to_toml()).map_err(ExperimentError::io(config_path))?;
 
         B::seed(&device, config.train.seed);
@@ -92,12 +146,13 @@ impl BackendJob for TrainRequest {
             .set_device(device.clone())
             .build(splits.valid);
         let mut training =
-            SupervisedTraining::new(run_dir.path.join("learner"), train_loader, valid_loader)
+            SupervisedTraining::new(staging.join(LEARNER_DIR), train_loader, valid_loader)
                 .metrics((
                     AccuracyMetric::<MetricsBackend>::new(),
                     LossMetric::<MetricsBackend>::new(),
                 ))
                 .num_epochs(config.train.epochs)
+                .with_interrupter(interrupter)
                 .with_application_logger(None);
         if matches!(config.model.ffn, FfnConfig::Moe(_)) {
             for statistic in [RoutingStatistic::MeanK, RoutingStatistic::LoadCv] {
@@ -118,8 +173,9 @@ impl BackendJob for TrainRequest {
         let started = Instant::now();
         let trained = training.launch(learner).model;
         let train_seconds = started.elapsed().as_secs_f64();
+        interrupted(&stop)?;
 
-        let model_path = run_dir.path.join(MODEL_FILE);
+        let model_path = staging.join(MODEL_FILE);
         trained
             .clone()
             .save_file(&model_path, &CompactRecorder::new())
@@ -135,15 +191,17 @@ impl BackendJob for TrainRequest {
             &device,
         );
         let metrics = RunMetrics::from_test(
-            &run_dir.name,
-            *backend,
-            config,
+            run_dir.name(),
+            backend,
+            &config,
             &trained,
             test,
             chance,
             train_seconds,
         );
-        metrics.save(&run_dir.path)?;
+        metrics.save(staging)?;
+        interrupted(&stop)?;
+        run_dir.commit()?;
         Ok(metrics)
     }
 }

@@ -26,7 +26,7 @@ use cubecl::prelude::*;
 pub use crate::backend::FloatType;
 use crate::backend::{BackendKind, RuntimeJob, run_on_runtime};
 use crate::error::ExperimentError;
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, RunName};
 
 /// What to benchmark and where to write the tables.
 pub struct BenchRequest {
@@ -62,8 +62,8 @@ pub struct BenchRow {
 }
 
 /// Runs the benchmarks, prints the tables and writes `results/bench-<backend>-<dtype>/`
-/// (`routing.csv`, `experts.csv`, `bench.json`). Checks the request, and creates the output
-/// directory, before touching a device.
+/// (`routing.csv`, `experts.csv`, `bench.json`). Checks the request, and claims the output
+/// directory, before touching a device; the directory appears only once every table is written.
 pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
     let routing_cases = routing::cases(request.quick);
     let expert_cases = experts::cases(request.quick);
@@ -73,8 +73,9 @@ pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
         Some(backend) => backend,
         None => pick_backend(),
     };
-    let name = format!("bench-{}-{}", backend.name(), request.dtype.name());
-    let run_dir = RunDir::create(&request.results_root, None, &name, false)?;
+    let name = RunName::parse(&format!("bench-{}-{}", backend.name(), request.dtype.name()))
+        .expect("backend and dtype names make valid run names");
+    let run_dir = RunDir::claim_next_free(&request.results_root, &name)?;
     run_on_runtime(
         backend,
         BenchJob {
@@ -185,7 +186,7 @@ impl BenchJob {
             println!("{}", report::experts_table(&expert_rows, copy_bandwidth));
         }
         report::write(
-            &self.run_dir,
+            self.run_dir.staging(),
             &report::Context {
                 backend: self.backend,
                 dtype: self.request.dtype,
@@ -195,7 +196,8 @@ impl BenchJob {
             &routing_rows,
             &expert_rows,
             copy_bandwidth,
-        )
+        )?;
+        self.run_dir.commit()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The benchmark's tables: printed, and written as CSV and JSON (with the device, dtype, versions
 //! and git commit) into the run directory.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use serde_json::json;
 
@@ -9,7 +9,7 @@ use super::experts::ExpertRow;
 use super::{BenchRow, FloatType};
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
-use crate::run_dir::{RunDir, git_commit};
+use crate::run_dir::git_commit;
 
 /// What the JSON records about the run besides its rows.
 pub struct Context {
@@ -148,26 +148,31 @@ pub fn experts_table(rows: &[ExpertRow], copy_bandwidth: f64) -> String {
     lines.join("\n")
 }
 
-/// Writes `routing.csv`, `experts.csv` and `bench.json` into `run_dir`; returns its path.
+/// Writes `routing.csv`, `experts.csv` and `bench.json` into `directory`.
 pub fn write(
-    run_dir: &RunDir,
+    directory: &Path,
     context: &Context,
     routing_rows: &[BenchRow],
     expert_rows: &[ExpertRow],
     copy_bandwidth: f64,
-) -> Result<PathBuf, ExperimentError> {
+) -> Result<(), ExperimentError> {
     let write = |name: &str, text: String| {
-        let path = run_dir.path.join(name);
+        let path = directory.join(name);
         std::fs::write(&path, text).map_err(ExperimentError::io(&path))
     };
-    let mut routing_csv = format!("{},floor_bytes\n", ROUTING_HEADERS.join(","));
+    let mut routing_csv = String::from(
+        "op,case,wall_us,device_us,achieved_gb_s,ratio_to_floor,tensor_ops_us,speedup,floor_bytes\n",
+    );
     for row in routing_rows {
         let cells = routing_cells(row, copy_bandwidth);
         routing_csv.push_str(&format!("{},{}\n", cells.join(","), row.floor_bytes));
     }
     write("routing.csv", routing_csv)?;
 
-    let mut experts_csv = format!("{},flops,floor_bytes,mean_k\n", EXPERT_HEADERS.join(","));
+    let mut experts_csv = String::from(
+        "op,case,tiles,routed_rows,median_us,spread,tflops,ratio_to_floor,wall_us,cublas_us,\
+         speedup_vs_cublas,speedup_vs_burn,speedup_vs_dense_total,flops,floor_bytes,mean_k\n",
+    );
     for row in expert_rows {
         let cells = expert_cells(row, copy_bandwidth).map(|c| c.replace(',', ";"));
         experts_csv.push_str(&format!(
@@ -211,6 +216,5 @@ pub fn write(
     write(
         "bench.json",
         serde_json::to_string_pretty(&json).expect("JSON of plain values"),
-    )?;
-    Ok(run_dir.path.clone())
+    )
 }

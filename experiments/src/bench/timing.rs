@@ -25,11 +25,6 @@ impl Timing {
             max: samples[samples.len() - 1],
         }
     }
-
-    /// Spread as a fraction of the median: (max - min) / median.
-    pub fn spread(&self) -> f64 {
-        (self.max - self.min).as_secs_f64() / self.median.as_secs_f64().max(1e-12)
-    }
 }
 
 /// Device time of `work` (events around it on CUDA), `warmup` calls first and then `repeats`

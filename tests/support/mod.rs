@@ -1,0 +1,49 @@
+//! Helpers shared by the end-to-end test files: run the binary, check how it failed.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `experiments` binary under test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_experiments");
+
+/// A path inside the repository.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
+}
+
+/// A fresh, empty directory for one test.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moe-e2e-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the binary with `args` to completion.
+pub fn experiments(args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Asserts the process failed the way users are promised: exit code 2, one line on stderr that
+/// starts with `error:` and mentions `expected`, no panic.
+pub fn assert_clean_failure(output: &Output, expected: &str) {
+    assert_failure_with_code(output, 2, expected);
+}
+
+/// Like [`assert_clean_failure`], with exit code `code`.
+pub fn assert_failure_with_code(output: &Output, code: i32, expected: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "stderr: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
+}
