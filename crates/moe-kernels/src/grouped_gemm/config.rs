@@ -132,6 +132,64 @@ impl ExpertGemmConfig {
         }
     }
 
+    /// The configurations a tuning run compares for `shape`: the size rule's choice first, then
+    /// variants of its class (tile columns, stage depth, planes, split-K). Every candidate keeps
+    /// the class's tile rows, which both projections share.
+    pub fn candidates(
+        shape: &ExpertShape,
+        activation: Activation,
+        multiprocessors: Option<usize>,
+    ) -> Vec<Self> {
+        let chosen = Self::choose(shape, activation, true, multiprocessors);
+        let mut all = vec![chosen];
+        let mut push = |input: GemmParams, output: GemmParams| {
+            let candidate = Self {
+                input,
+                output,
+                ..chosen
+            };
+            if !all.contains(&candidate) {
+                all.push(candidate);
+            }
+        };
+        let (input, output) = (chosen.input, chosen.output);
+        let depths = if chosen.class == "decode" {
+            [64, 128]
+        } else {
+            [32, 64]
+        };
+        for stage_depth in depths {
+            for (tile_cols, warps_m, warps_n) in [
+                (64, 1, 4),
+                (128, 1, 4),
+                (64, 2, 2),
+                (128, 2, 4),
+                (64, 4, 2),
+                (128, 4, 2),
+                (256, 2, 4),
+            ] {
+                if chosen.tile_rows() % (warps_m * super::kernel::FRAGMENT) != 0 {
+                    continue;
+                }
+                let variant = |p: GemmParams, cols: usize| GemmParams {
+                    stage_depth,
+                    tile_cols: cols,
+                    warps_m,
+                    warps_n,
+                    ..p
+                };
+                if tile_cols <= 128 {
+                    push(variant(input, tile_cols), output);
+                }
+                push(input, variant(output, tile_cols));
+            }
+        }
+        for split_k in [1, 2, 4, 8] {
+            push(input, GemmParams { split_k, ..output });
+        }
+        all
+    }
+
     /// Rows per tile of the dispatch's tile list that both projections need.
     pub fn tile_rows(&self) -> usize {
         self.input.tile_rows

@@ -1,0 +1,194 @@
+//! Times every tile candidate of the grouped GEMM on the benchmark's shapes (CUDA, bf16) and
+//! prints a table per shape: how the size rule's table in `grouped_gemm/config.rs` was chosen.
+//!
+//! `cargo run --release -p moe-kernels --example tune_grouped_gemm [-- <shape filter>]`
+
+use std::time::Duration;
+
+use cubecl::cuda::{CudaDevice, CudaRuntime};
+use cubecl::prelude::*;
+use half::bf16;
+use moe_kernels::Activation;
+use moe_kernels::dispatch::DispatchOnDevice;
+use moe_kernels::dispatch::reference::plan;
+use moe_kernels::grouped_gemm::{
+    ExpertGemmConfig, ExpertShape, GemmParams, input_projection, output_projection,
+};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+type R = CudaRuntime;
+
+/// `(name, tokens, d, F, E, slots, mean k)` of the shapes tuned.
+const SHAPES: [(&str, usize, usize, usize, usize, usize, f64); 6] = [
+    ("mixtral T=4096 mean-k 1.3", 4096, 4096, 14336, 8, 2, 1.3),
+    ("fine-grained T=16384 top-2", 16384, 2048, 1408, 64, 2, 2.0),
+    ("deepseek T=4096 top-8", 4096, 7168, 2048, 256, 8, 8.0),
+    ("mixtral T=1 top-2", 1, 4096, 14336, 8, 2, 2.0),
+    ("mixtral T=16 mean-k 1.3", 16, 4096, 14336, 8, 2, 1.3),
+    ("mixtral T=128 mean-k 1.3", 128, 4096, 14336, 8, 2, 1.3),
+];
+
+fn main() {
+    let filter = std::env::args().nth(1).unwrap_or_default();
+    let client = R::client(&CudaDevice::default());
+    let sms = client
+        .properties()
+        .hardware
+        .num_streaming_multiprocessors
+        .map(|n| n as usize);
+    for &(name, tokens, d_model, width, experts, slots, mean_k) in &SHAPES {
+        if !name.contains(&filter) {
+            continue;
+        }
+        let shape = ExpertShape {
+            num_tokens: tokens,
+            slots,
+            num_experts: experts,
+            d_model,
+            width,
+        };
+        let ids = expert_ids(tokens, experts, slots, mean_k);
+        let rows = ids.iter().filter(|&&id| id >= 0).count();
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut random = |len: usize| {
+            let values: Vec<bf16> = (0..len)
+                .map(|_| bf16::from_f32(rng.random_range(-1.0..1.0)))
+                .collect();
+            client.create_from_slice(bf16::as_bytes(&values))
+        };
+        let x = random(tokens * d_model);
+        let w_in = random(experts * d_model * 2 * width);
+        let w_out = random(experts * width * d_model);
+        let hidden = random(tokens * slots * width);
+        println!("\n{name}: {rows} routed rows");
+        let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
+        for config in ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms) {
+            let plan = upload_plan(&client, &ids, experts, config.tile_rows());
+            if !inputs.contains(&config.input) {
+                inputs.push(config.input);
+                let time = time(&client, || {
+                    input_projection::<R, bf16, i32>(
+                        &client,
+                        &x,
+                        &w_in,
+                        &plan,
+                        shape,
+                        &config.input,
+                    )
+                    .map(drop)
+                });
+                report(
+                    "gemm1",
+                    &config.input,
+                    time,
+                    2.0 * (rows * d_model * 2 * width) as f64,
+                );
+            }
+            if !outputs.contains(&config.output) {
+                outputs.push(config.output);
+                let time = time(&client, || {
+                    output_projection::<R, bf16, i32>(
+                        &client,
+                        &hidden,
+                        &w_out,
+                        &plan,
+                        shape,
+                        &config.output,
+                    )
+                    .map(drop)
+                });
+                report(
+                    "gemm2",
+                    &config.output,
+                    time,
+                    2.0 * (rows * width * d_model) as f64,
+                );
+            }
+        }
+    }
+}
+
+/// Synthetic routing: `mean_k - 1` of the tokens use two experts (top-2 shapes: all), the
+/// others one; `slots` distinct experts per token for top-k shapes.
+fn expert_ids(tokens: usize, experts: usize, slots: usize, mean_k: f64) -> Vec<i32> {
+    let mut rng = StdRng::seed_from_u64(tokens as u64);
+    let mut ids = Vec::with_capacity(tokens * slots);
+    for _ in 0..tokens {
+        let used = if slots == 2 {
+            1 + usize::from(rng.random_range(0.0..1.0) < mean_k - 1.0)
+        } else {
+            slots
+        };
+        let mut chosen: Vec<i32> = Vec::new();
+        while chosen.len() < used {
+            let e = rng.random_range(0..experts) as i32;
+            if !chosen.contains(&e) {
+                chosen.push(e);
+            }
+        }
+        chosen.resize(slots, -1);
+        ids.extend(chosen);
+    }
+    ids
+}
+
+fn upload_plan(
+    client: &ComputeClient<R>,
+    ids: &[i32],
+    experts: usize,
+    tile_rows: usize,
+) -> DispatchOnDevice {
+    let plan = plan(ids, experts, tile_rows);
+    let upload = |values: &[i32]| client.create_from_slice(i32::as_bytes(values));
+    DispatchOnDevice {
+        expert_offsets: upload(&plan.expert_offsets),
+        routed_pairs: upload(&plan.routed_pairs),
+        row_of_pair: upload(&plan.row_of_pair),
+        tiles: upload(&plan.tiles.concat()),
+        num_tiles: upload(&[plan.num_tiles]),
+        num_pairs: ids.len(),
+        num_experts: experts,
+        tile_rows,
+    }
+}
+
+/// Median device time of `work` after two warm-up calls, or the kernel's refusal.
+fn time<E: std::fmt::Display>(
+    client: &ComputeClient<R>,
+    mut work: impl FnMut() -> Result<(), E> + Send,
+) -> Result<Duration, String> {
+    for _ in 0..2 {
+        work().map_err(|e| e.to_string())?;
+    }
+    let mut samples: Vec<Duration> = (0..7)
+        .map(|_| {
+            let (_, duration) = client
+                .profile(|| work().map_err(|e| e.to_string()), "tune")
+                .expect("profile");
+            cubecl::future::block_on(duration.resolve()).duration()
+        })
+        .collect();
+    samples.sort();
+    Ok(samples[samples.len() / 2])
+}
+
+fn report(op: &str, params: &GemmParams, time: Result<Duration, String>, flops: f64) {
+    let tiles = format!(
+        "{}x{}x{} planes {}x{} split {}",
+        params.tile_rows,
+        params.tile_cols,
+        params.stage_depth,
+        params.warps_m,
+        params.warps_n,
+        params.split_k
+    );
+    match time {
+        Ok(time) => println!(
+            "  {op} {tiles:<36} {:>10.1} us {:>7.1} TFLOP/s",
+            time.as_secs_f64() * 1e6,
+            flops / time.as_secs_f64() / 1e12
+        ),
+        Err(reason) => println!("  {op} {tiles:<36} skipped: {reason}"),
+    }
+}
