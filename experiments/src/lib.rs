@@ -11,11 +11,14 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod host;
 pub mod learner_metrics;
 pub mod progress;
 pub mod report;
 pub mod routing_metrics;
+pub mod routing_summary;
 pub mod run_dir;
+pub mod sweep;
 pub mod task;
 pub mod train;
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use experiments::sweep::{SweepRequest, sweep};
 use experiments::train::{TrainRequest, train};
 use experiments::{BackendKind, ExperimentError, RunConfig, eval, report};
 
@@ -65,6 +66,24 @@ enum Command {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
+    /// Train every method of a sweep config with every seed; write tables and plots.
+    Sweep {
+        /// Sweep config file.
+        #[arg(long, default_value = "configs/sweep.toml")]
+        config: PathBuf,
+        /// The [sweep.quick] settings: a small task, fewer methods and seeds (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Backend every run trains on.
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
+        /// Start over instead of resuming an earlier, interrupted sweep of the same name.
+        #[arg(long)]
+        fresh: bool,
+        /// Directory holding the sweep directory.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
     /// Print every run's metrics side by side.
     Compare {
         /// Directory holding the run directories.
@@ -120,6 +139,27 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 results_root: results,
             })?;
             println!("table written to {}", csv.display());
+        }
+        Command::Sweep {
+            config,
+            quick,
+            backend,
+            fresh,
+            results,
+        } => {
+            let outcome = sweep(SweepRequest {
+                config,
+                quick,
+                backend,
+                results_root: results,
+                fresh,
+            })?;
+            println!("{}", outcome.table.markdown());
+            println!(
+                "sweep written to {} ({:.0} s)",
+                outcome.dir.display(),
+                outcome.table.wall_time_s
+            );
         }
         Command::Compare { results } => println!("{}", report::compare(&results)?),
     }

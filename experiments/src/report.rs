@@ -6,9 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ExperimentError;
 use crate::routing_metrics::RoutingReport;
-
-/// Name of the metrics file in every run directory.
-pub const METRICS_FILE: &str = "metrics.json";
+use crate::run_dir::METRICS_FILE;
 
 /// What one run measured; written as `results/<run>/metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -121,6 +119,7 @@ impl RunMetrics {
                     ),
                 ),
             ]);
+            rows.extend(crate::routing_summary::rows(routing));
         }
         rows.iter()
             .map(|(name, value)| format!("  {name:<20} {value}"))

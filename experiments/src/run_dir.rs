@@ -5,6 +5,15 @@ use std::process::Command;
 
 use crate::error::ExperimentError;
 
+/// The resolved configuration, saved in every run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// The trained weights (Burn's compact recorder).
+pub const MODEL_FILE: &str = "model.mpk";
+/// The measured numbers of the run ([`crate::RunMetrics`]).
+pub const METRICS_FILE: &str = "metrics.json";
+/// burn-train's logs.
+pub const LEARNER_DIR: &str = "learner";
+
 /// A created results directory.
 #[derive(Clone, Debug)]
 pub struct RunDir {

@@ -21,13 +21,8 @@ use crate::eval::evaluate;
 use crate::learner_metrics::{RoutingMetric, RoutingStatistic};
 use crate::progress::PlainTextProgress;
 use crate::report::RunMetrics;
-use crate::run_dir::RunDir;
+use crate::run_dir::{CONFIG_FILE, MODEL_FILE, RunDir};
 use crate::task::chance_accuracy;
-
-/// The resolved configuration, saved in every run directory.
-pub const CONFIG_FILE: &str = "config.toml";
-/// The trained weights (Burn's compact recorder adds `.mpk`).
-pub const MODEL_FILE: &str = "model";
 
 /// One training run: what to train, where to write, on which backend.
 pub struct TrainRequest {

@@ -16,4 +16,4 @@ pub mod stage;
 mod testgen;
 
 pub use error::InvalidValue;
-pub use policy::{RoutingPolicy, UNUSED_SLOT};
+pub use policy::{RoutingPolicy, UNUSED_SLOT, expert_capacity};

@@ -156,6 +156,13 @@ fn check<R: Runtime, F: CubeElement>(
     policy
         .validate(num_experts)
         .map_err(|e| e.within("policy"))?;
+    if !policy.decides_per_token() {
+        return Err(InvalidValue::new(
+            "policy",
+            policy,
+            "the route kernel decides per token; expert choice ranks tokens across the batch",
+        ));
+    }
     if policy.max_slots() > MAX_SLOTS {
         return Err(InvalidValue::new(
             "policy slots",

@@ -11,6 +11,8 @@ use crate::dispatch::Dispatch;
 use crate::router::Routing;
 
 impl<B: MoeBackend, C: CheckpointStrategy> MoeBackend for Autodiff<B, C> {
+    const ROUTING_KERNELS: bool = B::ROUTING_KERNELS;
+
     /// The inner backend picks the experts and k (not differentiable); the weights are
     /// recomputed from the probabilities of the chosen experts with tensor ops, so gradients
     /// reach the router.

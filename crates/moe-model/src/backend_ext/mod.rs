@@ -22,6 +22,10 @@ use crate::router::{Routing, route};
 
 /// A backend that runs the routing stages of the MoE layer.
 pub trait MoeBackend: Backend {
+    /// Whether route, dispatch and combine run as kernels here (routing steps no kernel covers
+    /// then say once that they run with tensor ops).
+    const ROUTING_KERNELS: bool = false;
+
     /// Applies `policy` to router `logits` (`[T, E]`).
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
         route(logits, policy)
