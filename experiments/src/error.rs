@@ -74,7 +74,9 @@ pub enum ExperimentError {
     )]
     RunExists(PathBuf),
     /// A run of a sweep failed; the sweep stops (finished runs are kept for a resume).
-    #[error("sweep run `{run}` failed: {reason} (its output: {log}); run the sweep again to resume")]
+    #[error(
+        "sweep run `{run}` failed: {reason} (its output: {log}); run the sweep again to resume"
+    )]
     SweepRunFailed {
         /// The run's name.
         run: String,

@@ -263,7 +263,12 @@ pub fn mutual_information_bits(counts: &[Vec<usize>]) -> f64 {
     }
     let columns = counts.iter().map(Vec::len).max().unwrap_or(0);
     let column_sums: Vec<usize> = (0..columns)
-        .map(|c| counts.iter().map(|row| row.get(c).copied().unwrap_or(0)).sum())
+        .map(|c| {
+            counts
+                .iter()
+                .map(|row| row.get(c).copied().unwrap_or(0))
+                .sum()
+        })
         .collect();
     let n = total as f64;
     counts
@@ -327,8 +332,14 @@ mod tests {
     }
 
     #[test]
-    fn specialisation_is_log2_clusters_bits_when_each_cluster_has_its_expert_and_zero_when_independent() {
-        let dedicated = [vec![5, 0, 0, 0], vec![0, 5, 0, 0], vec![0, 0, 0, 5], vec![0, 0, 5, 0]];
+    fn specialisation_is_log2_clusters_bits_when_each_cluster_has_its_expert_and_zero_when_independent()
+     {
+        let dedicated = [
+            vec![5, 0, 0, 0],
+            vec![0, 5, 0, 0],
+            vec![0, 0, 0, 5],
+            vec![0, 0, 5, 0],
+        ];
         assert!((mutual_information_bits(&dedicated) - 2.0).abs() < 1e-12);
         assert_eq!(top_expert_share(&dedicated), 1.0);
         let independent = [vec![2, 6], vec![1, 3]];

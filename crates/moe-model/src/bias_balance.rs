@@ -77,10 +77,10 @@ mod tests {
     fn the_step_raises_underloaded_experts_and_lowers_overloaded_ones() {
         let device = Default::default();
         let bias = Tensor::<TestBackend, 1>::from_floats([0.5, -0.25, 0.0, 1.0], &device);
-        // Mean load 4: experts 0 and 3 are over it, expert 1 under it, expert 2 exactly at it.
-        let load = Tensor::<TestBackend, 1>::from_floats([7.0, 1.0, 4.0, 4.5], &device);
+        // Mean load 4: expert 0 is over it, expert 1 under it, experts 2 and 3 exactly at it.
+        let load = Tensor::<TestBackend, 1>::from_floats([7.0, 1.0, 4.0, 4.0], &device);
         let stepped = host_f64(bias_step(bias, load, 0.125));
-        assert_eq!(stepped, vec![0.375, -0.125, 0.0, 0.875]);
+        assert_eq!(stepped, vec![0.375, -0.125, 0.0, 1.0]);
     }
 
     #[test]

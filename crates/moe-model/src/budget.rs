@@ -52,7 +52,11 @@ impl<B: Backend> MeanKBudget<B> {
     pub fn observe(&self, token_k: Tensor<B, 1, Int>) {
         let mean_k = token_k.float().mean(); // [1]
         let limit = self.limit.value_sync().to_device(&mean_k.device());
-        let next = limit + mean_k.neg().add_scalar(self.target_mean_k).mul_scalar(self.gain);
+        let next = limit
+            + mean_k
+                .neg()
+                .add_scalar(self.target_mean_k)
+                .mul_scalar(self.gain);
         self.limit
             .update(next.clamp(self.range.0, self.range.1).detach());
     }
@@ -153,7 +157,12 @@ mod tests {
     fn targets_outside_what_the_policy_can_reach_are_rejected() {
         let threshold = RoutingPolicy::Threshold { tau: 0.5 };
         assert!(validate(&threshold, 1.3, 0.02).is_ok());
-        assert!(validate(&threshold, 2.5, 0.02).unwrap_err().to_string().contains("[1, 2]"));
+        assert!(
+            validate(&threshold, 2.5, 0.02)
+                .unwrap_err()
+                .to_string()
+                .contains("[1, 2]")
+        );
         assert!(validate(&RoutingPolicy::TopP { p: 0.5, max_k: 4 }, 3.5, 0.02).is_ok());
         assert!(validate(&RoutingPolicy::TopK { k: 2 }, 1.5, 0.02).is_err());
         assert!(validate(&threshold, 1.5, 0.0).unwrap_err().field == "budget_gain");

@@ -38,7 +38,9 @@ pub fn drop_overflow<B: Backend>(
     // Score of each pair, -1 for unused slots (probabilities are >= 0).
     let ids = routing.expert_ids.clone().clamp_min(0); // [T, K]
     let scores = routing.probs.clone().detach().gather(1, ids.clone()); // [T, K]
-    let scores = scores.mask_fill(used.clone().bool_not(), -1.0).reshape([1, num_pairs]);
+    let scores = scores
+        .mask_fill(used.clone().bool_not(), -1.0)
+        .reshape([1, num_pairs]);
     // Row e holds the scores of expert e's pairs, -1 elsewhere; its top C are the kept pairs.
     let experts = Tensor::<B, 1, Int>::arange(0..num_experts as i64, &device)
         .reshape([num_experts, 1])
@@ -76,11 +78,15 @@ mod tests {
     use burn::tensor::activation::softmax;
 
     use super::*;
+    use crate::RoutingPolicy;
     use crate::router::route;
     use crate::test_support::{TestBackend, host_f64, host_i64, random_values, rng};
-    use crate::RoutingPolicy;
 
-    fn routing_of(logits: &[f32], num_experts: usize, policy: RoutingPolicy) -> Routing<TestBackend> {
+    fn routing_of(
+        logits: &[f32],
+        num_experts: usize,
+        policy: RoutingPolicy,
+    ) -> Routing<TestBackend> {
         let tokens = logits.len() / num_experts;
         let tensor = Tensor::<TestBackend, 2>::from_data(
             TensorData::new(logits.to_vec(), [tokens, num_experts]),
@@ -146,10 +152,17 @@ mod tests {
                 let score = |p: usize| probs[(p / slots) * experts + expert as usize];
                 let (kept_pairs, lost): (Vec<usize>, Vec<usize>) =
                     pairs.iter().partition(|&&p| kept_ids[p] == expert);
-                assert_eq!(lost.len(), pairs.len().saturating_sub(capacity), "{policy} e{expert}");
+                assert_eq!(
+                    lost.len(),
+                    pairs.len().saturating_sub(capacity),
+                    "{policy} e{expert}"
+                );
                 total_dropped += lost.len();
                 let lowest_kept = kept_pairs.iter().map(|&p| score(p)).fold(1.0, f64::min);
-                assert!(lost.iter().all(|&p| score(p) <= lowest_kept), "{policy} e{expert}");
+                assert!(
+                    lost.iter().all(|&p| score(p) <= lowest_kept),
+                    "{policy} e{expert}"
+                );
                 for &p in &kept_pairs {
                     assert_eq!(kept_weights[p], weights[p]);
                 }
@@ -157,7 +170,10 @@ mod tests {
                     assert_eq!((kept_ids[p], kept_weights[p]), (-1, 0.0));
                 }
             }
-            assert!(total_dropped > 0, "{policy}: the skew must overflow expert 0");
+            assert!(
+                total_dropped > 0,
+                "{policy}: the skew must overflow expert 0"
+            );
             assert_eq!(dropped.iter().sum::<i64>() as usize, total_dropped);
             for token in 0..tokens {
                 let lost = (0..slots)

@@ -97,7 +97,8 @@ impl<B: MoeBackend> RoutingControl<B> {
         let training = B::ad_enabled(&device);
         let x = match training && self.router_jitter > 0.0 {
             true => {
-                let jitter = Distribution::Uniform(1.0 - self.router_jitter, 1.0 + self.router_jitter);
+                let jitter =
+                    Distribution::Uniform(1.0 - self.router_jitter, 1.0 + self.router_jitter);
                 x.clone() * Tensor::random(x.shape(), jitter, &device) // [T, d]
             }
             false => x,
@@ -287,7 +288,11 @@ mod tests {
     fn load_cv(counts: &[i64]) -> f64 {
         let n = counts.len() as f64;
         let mean = counts.iter().sum::<i64>() as f64 / n;
-        let var = counts.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = counts
+            .iter()
+            .map(|&c| (c as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         var.sqrt() / mean
     }
 
@@ -302,7 +307,10 @@ mod tests {
         // Column 0 of the gate gets a large weight on feature 0, which inputs keep positive.
         gate[0] = 3.0;
         let mut inputs = random_values(&mut rng(22), tokens * d, 1.0);
-        inputs.iter_mut().step_by(d).for_each(|v| *v = v.abs() + 0.5);
+        inputs
+            .iter_mut()
+            .step_by(d)
+            .for_each(|v| *v = v.abs() + 0.5);
 
         let cv_after = |balance: BalanceMethod| {
             let config = MoeLayerConfig::new()
@@ -316,7 +324,9 @@ mod tests {
                 TensorData::new(gate.clone(), [d, experts]),
                 &device,
             ));
-            let x = || Tensor::<Train, 2>::from_data(TensorData::new(inputs.clone(), [tokens, d]), &device);
+            let x = || {
+                Tensor::<Train, 2>::from_data(TensorData::new(inputs.clone(), [tokens, d]), &device)
+            };
             let inference = |layer: &MoeLayer<Train>| {
                 use burn::module::AutodiffModule;
                 let valid = layer.valid();

@@ -87,7 +87,10 @@ mod tests {
             let ids = host_i64(routing.expert_ids);
             let got: Vec<i32> = ids.iter().map(|&v| v as i32).collect();
             assert_eq!(got, expected.expert_ids, "{policy}");
-            let token_k: Vec<usize> = host_i64(routing.token_k).iter().map(|&k| k as usize).collect();
+            let token_k: Vec<usize> = host_i64(routing.token_k)
+                .iter()
+                .map(|&k| k as usize)
+                .collect();
             assert_eq!(token_k, expected.token_k, "{policy}");
             for (g, w) in host_f64(routing.weights).iter().zip(&expected.weights) {
                 assert!((g - w).abs() < 1e-5, "{policy}: weight {g} vs {w}");

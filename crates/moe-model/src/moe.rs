@@ -190,9 +190,10 @@ impl<B: MoeBackend> MoeLayer<B> {
 
         let expert_counts: Vec<usize> = expert_offsets.windows(2).map(|w| w[1] - w[0]).collect();
         let (top_expert, router_entropy) = router_summary(&routing.probs);
-        let aux_loss = (self.control)
-            .balance_loss(routing.probs, &expert_counts, self.balance_loss_coef)
-            + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
+        let aux_loss =
+            self.control
+                .balance_loss(routing.probs, &expert_counts, self.balance_loss_coef)
+                + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
         MoeOutput {
             output,
             aux_loss,

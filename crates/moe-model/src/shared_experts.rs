@@ -56,7 +56,13 @@ mod tests {
         let (d, width, count) = (10, 6, 2);
         for (seed, routing) in [
             (1, RoutingPolicy::Threshold { tau: 0.6 }),
-            (2, RoutingPolicy::ExpertChoice { capacity_factor: 1.0, max_k: 4 }),
+            (
+                2,
+                RoutingPolicy::ExpertChoice {
+                    capacity_factor: 1.0,
+                    max_k: 4,
+                },
+            ),
         ] {
             let config = MoeLayerConfig::new()
                 .with_num_experts(4)
@@ -69,18 +75,24 @@ mod tests {
                 .clone()
                 .with_shared_experts(0)
                 .init::<TestBackend>(d, &device);
-            without.router = with_shared.router.clone();
+            // Params initialise lazily: copy values, not (uninitialised) clones.
+            without.router.gate.weight = Param::from_tensor(with_shared.router.gate.weight.val());
             without.experts.w_in = Param::from_tensor(with_shared.experts.w_in.val());
             without.experts.w_out = Param::from_tensor(with_shared.experts.w_out.val());
 
             let x = random_tensor::<TestBackend, 2>(&mut rng(seed), [33, d], 1.5, &device);
             let both = host_f64(with_shared.forward(x.clone()).output);
             let routed = host_f64(without.forward(x.clone()).output);
-            let mlp = &with_shared.shared_experts.as_ref().expect("shared experts").mlp;
+            let mlp = &with_shared
+                .shared_experts
+                .as_ref()
+                .expect("shared experts")
+                .mlp;
             let (w_in, w_out) = (host_f64(mlp.w_in.val()), host_f64(mlp.w_out.val()));
             assert_eq!(w_out.len(), count * width * d);
             for (token, row) in host_f64(x).chunks(d).enumerate() {
-                let shared = feed_forward_f64(row, &w_in, &w_out, count * width, Activation::SwiGlu);
+                let shared =
+                    feed_forward_f64(row, &w_in, &w_out, count * width, Activation::SwiGlu);
                 for o in 0..d {
                     let added = both[token * d + o] - routed[token * d + o];
                     assert!(

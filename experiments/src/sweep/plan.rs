@@ -144,16 +144,36 @@ fn methods(file: &SweepFile, moe: &MoeLayerConfig) -> Vec<Method> {
         };
         let active = 2 * moe.expert_width;
         let total = moe.num_experts * moe.expert_width;
-        add("dense-active".into(), Family::Dense, dense(active), ("dense", "true".into()));
-        add("dense-total".into(), Family::Dense, dense(total), ("dense", "true".into()));
+        add(
+            "dense-active".into(),
+            Family::Dense,
+            dense(active),
+            ("dense", "true".into()),
+        );
+        add(
+            "dense-total".into(),
+            Family::Dense,
+            dense(total),
+            ("dense", "true".into()),
+        );
     }
     for &k in &s.top_k {
         let ffn = FfnConfig::Moe(routed(RoutingPolicy::TopK { k }));
-        add(format!("top{k}"), Family::TopK, ffn, ("top_k", k.to_string()));
+        add(
+            format!("top{k}"),
+            Family::TopK,
+            ffn,
+            ("top_k", k.to_string()),
+        );
     }
     for &tau in &s.thresholds {
         let ffn = FfnConfig::Moe(routed(RoutingPolicy::Threshold { tau }));
-        add(format!("threshold-{tau}"), Family::Threshold, ffn, ("thresholds", tau.to_string()));
+        add(
+            format!("threshold-{tau}"),
+            Family::Threshold,
+            ffn,
+            ("thresholds", tau.to_string()),
+        );
     }
     for &target in &s.target_mean_k {
         let ffn = FfnConfig::Moe(variant().with_target_mean_k(Some(target)));
@@ -166,7 +186,12 @@ fn methods(file: &SweepFile, moe: &MoeLayerConfig) -> Vec<Method> {
             max_k: s.top_p_max_k,
         };
         let ffn = FfnConfig::Moe(routed(policy));
-        add(format!("top-p-{p}"), Family::TopP, ffn, ("top_p", p.to_string()));
+        add(
+            format!("top-p-{p}"),
+            Family::TopP,
+            ffn,
+            ("top_p", p.to_string()),
+        );
     }
     for &capacity_factor in &s.expert_choice {
         let policy = RoutingPolicy::ExpertChoice {
@@ -175,11 +200,21 @@ fn methods(file: &SweepFile, moe: &MoeLayerConfig) -> Vec<Method> {
         };
         let ffn = FfnConfig::Moe(routed(policy).with_balance(BalanceMethod::None));
         let source = ("expert_choice", capacity_factor.to_string());
-        add(format!("expert-choice-{capacity_factor}"), Family::ExpertChoice, ffn, source);
+        add(
+            format!("expert-choice-{capacity_factor}"),
+            Family::ExpertChoice,
+            ffn,
+            source,
+        );
     }
     for &balance in &s.balance {
         let ffn = FfnConfig::Moe(variant().with_balance(balance));
-        add(format!("balance-{balance}"), Family::Balance, ffn, ("balance", balance.to_string()));
+        add(
+            format!("balance-{balance}"),
+            Family::Balance,
+            ffn,
+            ("balance", balance.to_string()),
+        );
     }
     for &factor in &s.capacity_factor {
         let ffn = FfnConfig::Moe(variant().with_capacity_factor(Some(factor)));
@@ -188,7 +223,12 @@ fn methods(file: &SweepFile, moe: &MoeLayerConfig) -> Vec<Method> {
     }
     for &count in &s.shared_experts {
         let ffn = FfnConfig::Moe(variant().with_shared_experts(count));
-        add(format!("shared-{count}"), Family::Shared, ffn, ("shared_experts", count.to_string()));
+        add(
+            format!("shared-{count}"),
+            Family::Shared,
+            ffn,
+            ("shared_experts", count.to_string()),
+        );
     }
     methods
 }
@@ -243,8 +283,14 @@ mod tests {
     #[test]
     fn a_method_the_model_cannot_run_names_its_sweep_field() {
         let error = plan(&file("top_k = [9]"), Path::new("s.toml")).unwrap_err();
-        assert!(error.to_string().contains("sweep.top_k = 9 is invalid"), "{error}");
+        assert!(
+            error.to_string().contains("sweep.top_k = 9 is invalid"),
+            "{error}"
+        );
         let error = plan(&file("target_mean_k = [2.5]"), Path::new("s.toml")).unwrap_err();
-        assert!(error.to_string().contains("sweep.target_mean_k = 2.5"), "{error}");
+        assert!(
+            error.to_string().contains("sweep.target_mean_k = 2.5"),
+            "{error}"
+        );
     }
 }

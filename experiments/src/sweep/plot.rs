@@ -20,7 +20,11 @@ const FONT_NAME: &str = "sans-serif";
 const SIZE: (u32, u32) = (960, 640);
 
 /// Writes `pareto.{png,svg}` and `load_cv.{png,svg}` into `dir`; returns the paths.
-pub fn plot_all(methods: &[MethodRow], title: &str, dir: &Path) -> Result<Vec<PathBuf>, ExperimentError> {
+pub fn plot_all(
+    methods: &[MethodRow],
+    title: &str,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, ExperimentError> {
     // Registering twice (a second sweep in one process) keeps the first registration.
     let _ = plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT);
     let mut written = Vec::new();
@@ -86,13 +90,24 @@ fn color(family: Family) -> RGBColor {
 }
 
 /// Families drawn as a connected curve (a parameter swept), the others as points.
-const CURVES: [Family; 4] = [Family::TopK, Family::Threshold, Family::Budget, Family::TopP];
+const CURVES: [Family; 4] = [
+    Family::TopK,
+    Family::Threshold,
+    Family::Budget,
+    Family::TopP,
+];
 
 /// A routed method's point: mean k and test accuracy (percent), with their spreads.
 fn point(method: &MethodRow) -> Option<(Spread, Spread)> {
     let k = method.get("mean_k")?;
     let acc = method.get("test_accuracy")?;
-    Some((k, Spread { mean: 100.0 * acc.mean, std: 100.0 * acc.std }))
+    Some((
+        k,
+        Spread {
+            mean: 100.0 * acc.mean,
+            std: 100.0 * acc.std,
+        },
+    ))
 }
 
 /// Test accuracy against mean k, every routed method with its seed spread in both directions,
@@ -106,17 +121,27 @@ where
     DB::ErrorType: 'static,
 {
     area.fill(&WHITE)?;
-    let routed: Vec<(&MethodRow, (Spread, Spread))> =
-        methods.iter().filter_map(|m| Some((m, point(m)?))).collect();
+    let routed: Vec<(&MethodRow, (Spread, Spread))> = methods
+        .iter()
+        .filter_map(|m| Some((m, point(m)?)))
+        .collect();
     let dense: Vec<(&MethodRow, Spread)> = methods
         .iter()
         .filter(|m| m.family == Family::Dense)
         .filter_map(|m| {
             let acc = m.get("test_accuracy")?;
-            Some((m, Spread { mean: 100.0 * acc.mean, std: 100.0 * acc.std }))
+            Some((
+                m,
+                Spread {
+                    mean: 100.0 * acc.mean,
+                    std: 100.0 * acc.std,
+                },
+            ))
         })
         .collect();
-    let ks = routed.iter().flat_map(|(_, (k, _))| [k.mean - k.std, k.mean + k.std]);
+    let ks = routed
+        .iter()
+        .flat_map(|(_, (k, _))| [k.mean - k.std, k.mean + k.std]);
     let (k_min, k_max) = bounds(ks, (1.0, 2.0));
     let accs = routed
         .iter()
@@ -216,10 +241,7 @@ where
         .iter()
         .filter_map(|m| Some((m, m.get("load_cv")?)))
         .collect();
-    let most = rows
-        .iter()
-        .map(|(_, s)| s.mean + s.std)
-        .fold(0.1, f64::max);
+    let most = rows.iter().map(|(_, s)| s.mean + s.std).fold(0.1, f64::max);
     let count = rows.len().max(1);
     let mut chart = ChartBuilder::on(area)
         .caption(
@@ -246,7 +268,10 @@ where
         .draw()?;
     chart.draw_series(rows.iter().enumerate().map(|(i, (m, s))| {
         let mut bar = Rectangle::new(
-            [(0.0, SegmentValue::Exact(i)), (s.mean, SegmentValue::Exact(i + 1))],
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (s.mean, SegmentValue::Exact(i + 1)),
+            ],
             color(m.family).mix(0.8).filled(),
         );
         bar.set_margin(4, 4, 0, 0);
@@ -280,6 +305,8 @@ fn short_label(method: &MethodRow) -> String {
 fn bounds(values: impl Iterator<Item = f64>, fallback: (f64, f64)) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
     if lo <= hi { (lo, hi) } else { fallback }
 }

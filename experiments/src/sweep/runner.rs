@@ -131,7 +131,13 @@ fn train_in_child(
         .arg("train")
         .arg("--config")
         .arg(dirs.config_of(&run.name))
-        .args(["--name", &run.name, "--overwrite", "--backend", backend.name()])
+        .args([
+            "--name",
+            &run.name,
+            "--overwrite",
+            "--backend",
+            backend.name(),
+        ])
         .arg("--results")
         .arg(dirs.runs())
         .stdin(Stdio::null())

@@ -84,7 +84,11 @@ impl SweepSettings {
             ));
         }
         if self.seeds.is_empty() {
-            return Err(InvalidValue::new("seeds", "[]", "must list at least one seed"));
+            return Err(InvalidValue::new(
+                "seeds",
+                "[]",
+                "must list at least one seed",
+            ));
         }
         if let Some(seed) = duplicate(&self.seeds) {
             return Err(InvalidValue::new("seeds", seed, "is listed twice"));
@@ -211,12 +215,12 @@ impl SweepFile {
         }
         let settings: SweepSettings = serde_path_to_error::deserialize(toml::Value::Table(sweep))
             .map_err(|e| {
-                let inner = e.inner().message().trim().to_string();
-                match e.path().to_string().as_str() {
-                    "." => parse_error(format!("sweep: {inner}")),
-                    field => parse_error(format!("sweep.{field}: {inner}")),
-                }
-            })?;
+            let inner = e.inner().message().trim().to_string();
+            match e.path().to_string().as_str() {
+                "." => parse_error(format!("sweep: {inner}")),
+                field => parse_error(format!("sweep.{field}: {inner}")),
+            }
+        })?;
         settings
             .validate()
             .map_err(|source| ExperimentError::InvalidConfig {

@@ -209,7 +209,13 @@ impl SweepTable {
     pub fn markdown(&self) -> String {
         let pm = |s: Option<Spread>, scale: f64, digits: usize| {
             s.map_or("-".into(), |s| {
-                format!("{:.*} ± {:.*}", digits, scale * s.mean, digits, scale * s.std)
+                format!(
+                    "{:.*} ± {:.*}",
+                    digits,
+                    scale * s.mean,
+                    digits,
+                    scale * s.std
+                )
             })
         };
         let mut lines = vec![
@@ -263,7 +269,13 @@ mod tests {
         let s = Spread::of(&[0.7, 0.8, 0.9]).unwrap();
         assert!((s.mean - 0.8).abs() < 1e-12);
         assert!((s.std - 0.1).abs() < 1e-12);
-        assert_eq!(Spread::of(&[2.5]), Some(Spread { mean: 2.5, std: 0.0 }));
+        assert_eq!(
+            Spread::of(&[2.5]),
+            Some(Spread {
+                mean: 2.5,
+                std: 0.0
+            })
+        );
         assert_eq!(Spread::of(&[]), None);
     }
 

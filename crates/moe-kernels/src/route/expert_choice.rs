@@ -60,7 +60,6 @@ fn descending(a: f64, b: f64) -> Ordering {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::RoutingPolicy;
     use crate::route::reference::route;
 

@@ -174,17 +174,28 @@ fn routing_features_agree_between_the_kernel_and_tensor_op_paths() {
         ];
         let bias = random_values(&mut draw, 6, 0.6);
         let x = random_values(&mut draw, 150 * d, 1.5);
-        let prepared = |layer: MoeLayer<_>| with_state(layer, &shared, &bias, d);
-
-        let cpu = prepared(layer_with::<TestBackend>(&config, d, &weights))
+        let cpu = with_state(
+            layer_with::<TestBackend>(&config, d, &weights),
+            &shared,
+            &bias,
+            d,
+        )
+        .forward(tensor(&x, [150, d]));
+        let gpu = with_state(layer_with::<Wgpu>(&config, d, &weights), &shared, &bias, d)
             .forward(tensor(&x, [150, d]));
-        let gpu = prepared(layer_with::<Wgpu>(&config, d, &weights)).forward(tensor(&x, [150, d]));
         assert_close(&host_f64(gpu.output), &host_f64(cpu.output), what);
-        assert_eq!(host_i64(gpu.stats.token_k), host_i64(cpu.stats.token_k), "{what} k");
+        assert_eq!(
+            host_i64(gpu.stats.token_k),
+            host_i64(cpu.stats.token_k),
+            "{what} k"
+        );
         let dropped = host_i64(cpu.stats.dropped_pairs);
         assert_eq!(host_i64(gpu.stats.dropped_pairs), dropped, "{what} dropped");
         if what == "capacity" {
-            assert!(dropped.iter().sum::<i64>() > 0, "capacity 0.9 must drop pairs");
+            assert!(
+                dropped.iter().sum::<i64>() > 0,
+                "capacity 0.9 must drop pairs"
+            );
         }
 
         let cpu_layer = with_state(
@@ -193,10 +204,23 @@ fn routing_features_agree_between_the_kernel_and_tensor_op_paths() {
             &bias,
             d,
         );
-        let gpu_layer = with_state(layer_with::<Autodiff<Wgpu>>(&config, d, &weights), &shared, &bias, d);
+        let gpu_layer = with_state(
+            layer_with::<Autodiff<Wgpu>>(&config, d, &weights),
+            &shared,
+            &bias,
+            d,
+        );
         let (cpu_grads, gpu_grads) = (gradients(&cpu_layer, &x), gradients(&gpu_layer, &x));
-        assert_close(&gpu_grads[0], &cpu_grads[0], &format!("{what} router gradient"));
-        assert_close(&gpu_grads[1], &cpu_grads[1], &format!("{what} expert gradient"));
+        assert_close(
+            &gpu_grads[0],
+            &cpu_grads[0],
+            &format!("{what} router gradient"),
+        );
+        assert_close(
+            &gpu_grads[1],
+            &cpu_grads[1],
+            &format!("{what} expert gradient"),
+        );
     }
     let noted = crate::control::fallbacks_noted();
     assert_eq!(noted, ["capacity dropping", "expert-choice routing"]);
