@@ -90,12 +90,7 @@ fn color(family: Family) -> RGBColor {
 }
 
 /// Families drawn as a connected curve (a parameter swept), the others as points.
-const CURVES: [Family; 4] = [
-    Family::TopK,
-    Family::Threshold,
-    Family::Budget,
-    Family::TopP,
-];
+const CURVES: [Family; 3] = [Family::Threshold, Family::Budget, Family::TopP];
 
 /// A routed method's point: mean k and test accuracy (percent), with their spreads.
 fn point(method: &MethodRow) -> Option<(Spread, Spread)> {
@@ -169,8 +164,8 @@ where
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
 
-    for (method, acc) in &dense {
-        let style = color(Family::Dense).stroke_width(2);
+    for (i, (method, acc)) in dense.iter().enumerate() {
+        let style = [color(Family::Dense), BLACK][i % 2].stroke_width(2);
         chart
             .draw_series(DashedLineSeries::new(
                 [(x_range.start, acc.mean), (x_range.end, acc.mean)],
@@ -195,11 +190,11 @@ where
                 style.stroke_width(2),
             ))?;
         }
-        chart.draw_series(members.iter().flat_map(|(_, (k, a))| {
-            [
-                ErrorBar::new_vertical(k.mean, a.mean - a.std, a.mean, a.mean + a.std, style, 8),
-                ErrorBar::new_horizontal(a.mean, k.mean - k.std, k.mean, k.mean + k.std, style, 8),
-            ]
+        chart.draw_series(members.iter().map(|(_, (k, a))| {
+            ErrorBar::new_vertical(k.mean, a.mean - a.std, a.mean, a.mean + a.std, style, 8)
+        }))?;
+        chart.draw_series(members.iter().map(|(_, (k, a))| {
+            ErrorBar::new_horizontal(a.mean, k.mean - k.std, k.mean, k.mean + k.std, style, 8)
         }))?;
         chart
             .draw_series(
@@ -251,7 +246,7 @@ where
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(150)
-        .build_cartesian_2d(0.0..most * 1.1, (0..count).into_segmented())?;
+        .build_cartesian_2d(0.0..most * 1.1, (0..count - 1).into_segmented())?;
     let names: Vec<String> = rows.iter().map(|(m, _)| m.method.clone()).collect();
     chart
         .configure_mesh()
