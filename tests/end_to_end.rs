@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use experiments::sweep::{SweepFile, plan};
 use experiments::{RunConfig, RunMetrics};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_experiments");
@@ -47,12 +48,19 @@ fn every_shipped_config_parses_and_validates() {
     let mut checked = 0;
     for entry in std::fs::read_dir(repo_path("configs")).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|ext| ext == "toml") {
+        if path.file_name().is_some_and(|name| name == "sweep.toml") {
+            // A sweep config: its [sweep] section and every run it plans, full and quick.
+            for quick in [false, true] {
+                let file = SweepFile::load(&path, quick).unwrap_or_else(|e| panic!("{e}"));
+                plan(&file, &path).unwrap_or_else(|e| panic!("{e}"));
+            }
+            checked += 1;
+        } else if path.extension().is_some_and(|ext| ext == "toml") {
             RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;
         }
     }
-    assert!(checked >= 5, "only {checked} configs found");
+    assert!(checked >= 6, "only {checked} configs found");
 }
 
 #[test]
@@ -392,7 +400,11 @@ fn bad_sweep_configs_end_with_one_line_naming_the_field_and_exit_code_2() {
             "[train]\nepoch = 5",
             "unknown key `train.epoch`",
         ),
-        ("[sweep]\nname", "[sweeps]\nname", "no [sweep] section"),
+        (
+            "[sweep]\nname",
+            "[sweeps]\nname",
+            "sweep: missing field `name`",
+        ),
         ("jobs = 2 ", "jobs = \"two\" ", "sweep.jobs"),
     ];
     for (i, (original, replacement, expected)) in cases.iter().enumerate() {
