@@ -4,7 +4,8 @@
 //! (its slot becomes unused, weight 0, the others are not renormalised) and its token keeps its
 //! other experts; a token that loses every expert passes through the residual only.
 //!
-//! Tensor ops only: no kernel covers it (the dispatch kernels then run on the kept pairs).
+//! Tensor ops (and one scalar read: the routed-pair count sets C); no kernel covers it (the
+//! dispatch kernels then run on the kept pairs).
 
 use burn::tensor::{ElementConversion, IndexingUpdateOp, Int, Tensor, backend::Backend};
 use moe_kernels::UNUSED_SLOT;
