@@ -33,6 +33,11 @@ study *args:
     just backend={{backend}} train dense {{args}}
     just compare
 
+# The routing study: every method of configs/sweep.toml with every seed, tables and plots in
+# results/sweep-<name>/ (resumes if interrupted). `just sweep --quick` (CI-sized), `--backend cuda`, `--fresh`.
+sweep *args:
+    cargo run --release -p experiments -- sweep {{backend_flag}} {{args}}
+
 # Time the routing kernels against Burn tensor ops: `just bench` (CUDA), `just bench --backend wgpu --quick`.
 bench *args:
     cargo run --release -p experiments -- bench {{args}}

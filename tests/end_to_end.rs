@@ -3,6 +3,7 @@
 
 mod support;
 
+use experiments::sweep::{SweepFile, plan};
 use experiments::{RunConfig, RunMetrics};
 use support::{assert_clean_failure, experiments, repo_path, scratch_dir};
 
@@ -11,12 +12,19 @@ fn every_shipped_config_parses_and_validates() {
     let mut checked = 0;
     for entry in std::fs::read_dir(repo_path("configs")).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|ext| ext == "toml") {
+        if path.file_name().is_some_and(|name| name == "sweep.toml") {
+            // A sweep config: its [sweep] section and every run it plans, full and quick.
+            for quick in [false, true] {
+                let file = SweepFile::load(&path, quick).unwrap_or_else(|e| panic!("{e}"));
+                plan(&file, &path).unwrap_or_else(|e| panic!("{e}"));
+            }
+            checked += 1;
+        } else if path.extension().is_some_and(|ext| ext == "toml") {
             RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;
         }
     }
-    assert!(checked >= 5, "only {checked} configs found");
+    assert!(checked >= 6, "only {checked} configs found");
 }
 
 #[test]
@@ -260,4 +268,184 @@ fn bench_case_filter_that_matches_nothing_lists_the_cases() {
         &output,
         "no benchmark case contains `T=3 `; the cases are: T=32 E=8 threshold(tau=0.5), ",
     );
+}
+
+#[test]
+fn quick_sweep_writes_tables_and_plots_and_resumes() {
+    let results = scratch_dir("sweep");
+    let results_arg = results.to_str().unwrap();
+    let config = repo_path("configs/sweep.toml");
+    let args = [
+        "sweep",
+        "--quick",
+        "--config",
+        config.to_str().unwrap(),
+        "--results",
+        results_arg,
+    ];
+    let first = experiments(&args);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let dir = results.join("sweep-routing-quick");
+    for file in [
+        "sweep.json",
+        "sweep.csv",
+        "pareto.md",
+        "pareto.svg",
+        "load_cv.svg",
+    ] {
+        let size = std::fs::metadata(dir.join(file)).map_or(0, |m| m.len());
+        assert!(size > 200, "{file}: {size} bytes");
+    }
+    for png in ["pareto.png", "load_cv.png"] {
+        let bytes = std::fs::read(dir.join(png)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{png} is not a PNG"
+        );
+    }
+    let svg = std::fs::read_to_string(dir.join("pareto.svg")).unwrap();
+    assert!(svg.contains("mean k") && svg.contains("dense-active"));
+
+    // One row per run (9 methods x 2 seeds), then one per method with mean and std.
+    let csv = std::fs::read_to_string(dir.join("sweep.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("kind,method,family,seed,runs,test_accuracy,test_accuracy_std,")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.iter().filter(|r| r[0] == "run").count(), 18, "{csv}");
+    let methods: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == "method").collect();
+    assert_eq!(methods.len(), 9, "{csv}");
+    for row in &methods {
+        let accuracy: f64 = row[5].parse().unwrap();
+        assert!(accuracy > 0.4 && row[4] == "2", "{row:?}");
+    }
+
+    // Expert choice gives every expert exactly its capacity in every test batch: no spread.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    let expert_choice: Vec<&serde_json::Value> = runs
+        .iter()
+        .filter(|r| r["family"] == "expert_choice")
+        .collect();
+    assert_eq!(expert_choice.len(), 2);
+    for run in expert_choice {
+        let cv = run["metrics"]["routing"]["load_cv"].as_f64().unwrap();
+        assert!(cv < 1e-9, "expert choice load CV {cv}");
+    }
+
+    // A second invocation finds every run finished and only rewrites the tables.
+    let again = experiments(&args);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("resuming: 18 of 18 runs"));
+    std::fs::remove_dir_all(results).unwrap();
+}
+
+#[test]
+fn bad_sweep_configs_end_with_one_line_naming_the_field_and_exit_code_2() {
+    let dir = scratch_dir("bad-sweeps");
+    let base = std::fs::read_to_string(repo_path("configs/sweep.toml")).unwrap();
+    let cases = [
+        (
+            "thresholds = [0.3,",
+            "thresholds = [1.3,",
+            "sweep.thresholds = 1.3",
+        ),
+        (
+            "top_k = [1, 2]",
+            "top_k = [1, 12]",
+            "sweep.top_k = 12 is invalid",
+        ),
+        (
+            "top_k = [1, 2]",
+            "top_kk = [1, 2]",
+            "unknown field `top_kk`",
+        ),
+        ("seeds = [0, 1, 2]", "seeds = []", "sweep.seeds"),
+        (
+            "target_mean_k = [1.2,",
+            "target_mean_k = [2.2,",
+            "sweep.target_mean_k = 2.2",
+        ),
+        (
+            "[train]\nepochs = 5",
+            "[train]\nepoch = 5",
+            "unknown key `train.epoch`",
+        ),
+        (
+            "[sweep]\nname",
+            "[sweeps]\nname",
+            "sweep: missing field `name`",
+        ),
+        ("jobs = 2 ", "jobs = \"two\" ", "sweep.jobs"),
+    ];
+    for (i, (original, replacement, expected)) in cases.iter().enumerate() {
+        assert!(base.contains(original), "sweep.toml lacks {original:?}");
+        let path = dir.join(format!("bad-{i}.toml"));
+        std::fs::write(&path, base.replacen(original, replacement, 1)).unwrap();
+        let output = experiments(&[
+            "sweep",
+            "--config",
+            path.to_str().unwrap(),
+            "--results",
+            dir.to_str().unwrap(),
+        ]);
+        assert_clean_failure(&output, expected);
+    }
+    assert_clean_failure(
+        &experiments(&["sweep", "--config", "no/such/sweep.toml"]),
+        "no/such/sweep.toml",
+    );
+    // Nothing was written for sweeps that never started.
+    assert!(
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .all(|e| e.unwrap().path().extension().is_some())
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn budget_controller_meets_its_mean_k_target_on_the_default_task() {
+    let results = scratch_dir("budget");
+    let train = experiments(&[
+        "train",
+        "--config",
+        repo_path("configs/moe.toml").to_str().unwrap(),
+        "--set",
+        "model.ffn.target_mean_k=1.3",
+        "--set",
+        "train.epochs=2",
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    assert!(
+        train.status.success(),
+        "{}",
+        String::from_utf8_lossy(&train.stderr)
+    );
+    let metrics = RunMetrics::load(&results.join("moe")).unwrap();
+    let routing = metrics.routing.expect("an MoE run reports routing");
+    assert!(
+        (routing.mean_k - 1.3).abs() <= 0.05,
+        "mean k {} for a target of 1.3",
+        routing.mean_k
+    );
+    // The threshold it froze is stored with the model and differs from the configured 0.5.
+    assert_eq!(routing.routing_limits.len(), 2);
+    assert!(
+        routing
+            .routing_limits
+            .iter()
+            .all(|&tau| (tau - 0.5).abs() > 0.01)
+    );
+    std::fs::remove_dir_all(results).unwrap();
 }

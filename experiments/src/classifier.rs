@@ -35,6 +35,8 @@ pub struct ClassifierOutput<B: Backend> {
     pub routing: Vec<RoutingStats<B>>,
     /// Whether each point is hard. `[T]`
     pub hard: Vec<bool>,
+    /// Each point's cluster. `[T]`
+    pub clusters: Vec<usize>,
 }
 
 impl<B: MoeBackend> Classifier<B> {
@@ -51,6 +53,7 @@ impl<B: MoeBackend> Classifier<B> {
             targets: batch.targets,
             routing: output.routing,
             hard: batch.hard,
+            clusters: batch.clusters,
         }
     }
 }
@@ -93,9 +96,13 @@ impl<B: Backend> ItemLazy for ClassifierOutput<B> {
                 .map(|stats| RoutingStats {
                     token_k: int(stats.token_k),
                     expert_counts: int(stats.expert_counts),
+                    dropped_pairs: int(stats.dropped_pairs),
+                    top_expert: int(stats.top_expert),
+                    router_entropy: float(stats.router_entropy),
                 })
                 .collect(),
             hard: self.hard,
+            clusters: self.clusters,
         }
     }
 }
@@ -116,13 +123,4 @@ impl<B: Backend> Adaptor<RoutingMetricInput> for ClassifierOutput<B> {
     fn adapt(&self) -> RoutingMetricInput {
         RoutingMetricInput::from_stats(&self.routing)
     }
-}
-
-/// Host copy of a 1-D integer tensor.
-pub fn host_usizes<B: Backend>(tensor: Tensor<B, 1, Int>) -> Vec<usize> {
-    tensor
-        .into_data()
-        .iter::<i64>()
-        .map(|v| v as usize)
-        .collect()
 }

@@ -50,6 +50,8 @@ pub struct TaskBatch<B: Backend> {
     pub targets: Tensor<B, 1, Int>,
     /// Whether each point is hard (kept on the host for the easy/hard breakdown). `[T]`
     pub hard: Vec<bool>,
+    /// Each point's cluster (kept on the host for the specialisation metrics). `[T]`
+    pub clusters: Vec<usize>,
 }
 
 /// Stacks [`TaskItem`]s into a [`TaskBatch`].
@@ -68,6 +70,7 @@ impl<B: Backend> Batcher<B, TaskItem, TaskBatch<B>> for TaskBatcher {
             inputs: Tensor::from_data(TensorData::new(features, [items.len(), input_dim]), device),
             targets: Tensor::from_data(TensorData::new(labels, [items.len()]), device),
             hard: items.iter().map(|item| item.hard).collect(),
+            clusters: items.iter().map(|item| item.cluster).collect(),
         }
     }
 }

@@ -147,6 +147,31 @@ pub enum ExperimentError {
         "{0} already exists; pass --overwrite to replace it or --name to pick another run name"
     )]
     RunExists(PathBuf),
+    /// A run of a sweep failed; the sweep stops (finished runs are kept for a resume).
+    #[error(
+        "sweep run `{run}` failed: {reason} (its output: {log}); run the sweep again to resume"
+    )]
+    SweepRunFailed {
+        /// The run's name.
+        run: String,
+        /// The run's error line.
+        reason: String,
+        /// The run's output.
+        log: PathBuf,
+    },
+    /// A finished run of a sweep was trained with another config than the sweep now plans.
+    #[error(
+        "{0} was trained with another config than the sweep now plans (was the sweep config edited?); pass --fresh to start the sweep over"
+    )]
+    SweepChanged(PathBuf),
+    /// A plot could not be drawn or written.
+    #[error("{path}: cannot draw the plot: {reason}")]
+    Plot {
+        /// The plot file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
     /// A model file could not be written, or read back into the model its config describes.
     #[error("{path}: cannot {action} the model: {reason}")]
     ModelFile {

@@ -12,13 +12,14 @@ use burn::train::metric::ItemLazy;
 use moe_model::{MoeAutodiffBackend, MoeBackend};
 
 use crate::backend::{BackendJob, BackendKind, max_buffer_bytes, run_on};
-use crate::classifier::{Classifier, host_usizes};
+use crate::classifier::Classifier;
 use crate::config::{ConfigSources, RunConfig};
 use crate::data::{TaskBatch, TaskBatcher, TaskDataset, TaskSplits, items};
 use crate::error::{ExperimentError, catch_panic, first_line};
+use crate::host::host_usizes;
 use crate::limits::{Purpose, check_memory};
 use crate::report::RunMetrics;
-use crate::routing_metrics::{RoutingReport, RoutingTally, ratio};
+use crate::routing_metrics::{BatchPoints, LayerDecisions, RoutingReport, RoutingTally, ratio};
 use crate::run_dir::{CONFIG_FILE, MODEL_FILE, RunState, git_commit, run_state};
 use crate::task::chance_accuracy;
 
@@ -79,13 +80,11 @@ pub fn evaluate<B: MoeBackend>(
         }
         loss_sum += output.loss.clone().into_scalar() as f64 * targets.len() as f64;
         for (layer, stats) in output.routing.iter().enumerate() {
-            let token_k = host_usizes(stats.token_k.clone());
-            tally.add(
-                layer,
-                &token_k,
-                &host_usizes(stats.expert_counts.clone()),
-                &output.hard,
-            );
+            let points = BatchPoints {
+                hard: &output.hard,
+                clusters: &output.clusters,
+            };
+            tally.add_decisions(layer, &LayerDecisions::from_stats(stats), points);
         }
     }
     let total = test_items.len();
@@ -94,7 +93,10 @@ pub fn evaluate<B: MoeBackend>(
         accuracy_easy: ratio(correct_easy, total - hard_points),
         accuracy_hard: ratio(correct_hard, hard_points),
         loss: loss_sum / total as f64,
-        routing: tally.report(),
+        routing: tally.report().map(|report| RoutingReport {
+            routing_limits: classifier.model.routing_limits(),
+            ..report
+        }),
         tokens_per_second: total as f64 / seconds,
     }
 }

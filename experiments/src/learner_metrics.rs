@@ -10,8 +10,7 @@ use burn::train::metric::{
 };
 use moe_model::RoutingStats;
 
-use crate::classifier::host_usizes;
-use crate::routing_metrics::RoutingTally;
+use crate::routing_metrics::{BatchPoints, LayerDecisions, RoutingTally};
 
 /// Routing numbers of one batch, read from the model output.
 pub struct RoutingMetricInput {
@@ -26,15 +25,14 @@ impl RoutingMetricInput {
         let mut tally = RoutingTally::default();
         let mut tokens = 0;
         for (layer, stats) in routing.iter().enumerate() {
-            let token_k = host_usizes(stats.token_k.clone());
-            tokens = token_k.len();
-            let hard = vec![false; token_k.len()];
-            tally.add(
-                layer,
-                &token_k,
-                &host_usizes(stats.expert_counts.clone()),
-                &hard,
-            );
+            let decisions = LayerDecisions::from_stats(stats);
+            tokens = decisions.token_k.len();
+            let hard = vec![false; tokens];
+            let points = BatchPoints {
+                hard: &hard,
+                clusters: &[],
+            };
+            tally.add_decisions(layer, &decisions, points);
         }
         let report = tally.report();
         Self {

@@ -11,13 +11,16 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod host;
 pub mod interrupt;
 pub mod learner_metrics;
 pub mod limits;
 pub mod progress;
 pub mod report;
 pub mod routing_metrics;
+pub mod routing_summary;
 pub mod run_dir;
+pub mod sweep;
 pub mod task;
 pub mod train;
 

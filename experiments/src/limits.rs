@@ -68,9 +68,15 @@ impl MemoryEstimate {
                 let columns = moe.activation.input_columns(1) as f64;
                 let slots = moe.routing.max_slots() as f64;
                 let stacked_in = experts * d * columns * width;
-                let weights = d * experts + stacked_in + experts * width * d;
-                let per_token = 4.0 * experts + slots * (2.0 * d + (columns + 1.0) * width);
-                (weights, stacked_in, per_token)
+                // Shared experts: one MLP of their summed width.
+                let shared = (moe.shared_experts * moe.shared_expert_width) as f64;
+                let shared_in = d * columns * shared;
+                let weights =
+                    d * experts + stacked_in + experts * width * d + shared_in + shared * d;
+                let per_token = 4.0 * experts
+                    + slots * (2.0 * d + (columns + 1.0) * width)
+                    + (columns + 1.0) * shared;
+                (weights, stacked_in.max(shared_in), per_token)
             }
         };
         let weights = input * d + blocks * (2.0 * d + ffn_weights) + 2.0 * d + d * classes;
@@ -186,6 +192,16 @@ fn size_fields(config: &RunConfig) -> Vec<(&'static str, usize, usize)> {
                 moe.expert_width,
                 default.expert_width,
             ),
+            (
+                "model.ffn.shared_experts",
+                moe.shared_experts,
+                default.shared_experts,
+            ),
+            (
+                "model.ffn.shared_expert_width",
+                moe.shared_expert_width,
+                default.shared_expert_width,
+            ),
         ]),
         (FfnConfig::Dense(mlp), _) => {
             fields.push(("model.ffn.width", mlp.width, DenseMlpConfig::new().width));
@@ -275,6 +291,17 @@ mod tests {
         assert_eq!(
             largest_size_field(&huge),
             ("model.ffn.expert_width", 1_000_000_000)
+        );
+
+        let mut shared = RunConfig::new();
+        if let FfnConfig::Moe(moe) = &mut shared.model.ffn {
+            moe.shared_experts = 2;
+            moe.shared_expert_width = 1_000_000_000;
+        }
+        assert!(MemoryEstimate::of(&shared, Purpose::Train).total > 1e12);
+        assert_eq!(
+            largest_size_field(&shared),
+            ("model.ffn.shared_expert_width", 1_000_000_000)
         );
     }
 

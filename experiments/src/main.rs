@@ -1,4 +1,5 @@
-//! Command line: `train`, `eval` and `compare` runs of the variable-k MoE experiments.
+//! Command line: `train`, `eval`, `compare`, `bench` and `sweep` runs of the variable-k MoE
+//! experiments.
 //!
 //! Exit codes: 0 success, 2 an error (one line on stderr), 130 training stopped by Ctrl-C
 //! (143 by SIGTERM), nothing kept.
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use experiments::backend::FloatType;
 use experiments::config::ConfigSources;
+use experiments::sweep::{SweepRequest, sweep};
 use experiments::train::{TrainRequest, train};
 use experiments::{BackendKind, ExperimentError, eval, report};
 
@@ -79,6 +81,24 @@ enum Command {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
+    /// Train every method of a sweep config with every seed; write tables and plots.
+    Sweep {
+        /// Sweep config file.
+        #[arg(long, default_value = "configs/sweep.toml")]
+        config: PathBuf,
+        /// The [sweep.quick] settings: a small task, fewer methods and seeds (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Backend every run trains on.
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
+        /// Start over instead of resuming an earlier, interrupted sweep of the same name.
+        #[arg(long)]
+        fresh: bool,
+        /// Directory holding the sweep directory.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
     /// Print every run's metrics side by side.
     Compare {
         /// Directory holding the run directories.
@@ -140,6 +160,27 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 results_root: results,
             })?;
             println!("tables written to {}", run_dir.display());
+        }
+        Command::Sweep {
+            config,
+            quick,
+            backend,
+            fresh,
+            results,
+        } => {
+            let outcome = sweep(SweepRequest {
+                config,
+                quick,
+                backend,
+                results_root: results,
+                fresh,
+            })?;
+            println!("{}", outcome.table.markdown());
+            println!(
+                "sweep written to {} ({:.0} s)",
+                outcome.dir.display(),
+                outcome.table.wall_time_s
+            );
         }
         Command::Compare { results } => {
             let comparison = report::compare(&results)?;

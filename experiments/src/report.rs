@@ -120,6 +120,7 @@ impl RunMetrics {
                     ),
                 ),
             ]);
+            rows.extend(crate::routing_summary::rows(routing));
         }
         rows.iter()
             .map(|(name, value)| format!("  {name:<20} {value}"))

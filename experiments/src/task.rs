@@ -111,6 +111,8 @@ pub struct TaskItem {
     pub label: usize,
     /// Whether the point lies between two clusters (its label needs both teachers).
     pub hard: bool,
+    /// The cluster the point belongs to (of a hard point: the first of its two).
+    pub cluster: usize,
 }
 
 /// A random two-layer tanh network giving class scores to points near its cluster.
@@ -187,6 +189,7 @@ pub fn generate(config: &TaskConfig) -> Vec<TaskItem> {
                     .collect(),
                 label: argmax(&scores),
                 hard,
+                cluster: a,
             }
         })
         .collect()

@@ -19,4 +19,4 @@ mod testgen;
 
 pub use activation::Activation;
 pub use error::{InvalidValue, KernelError};
-pub use policy::{RoutingPolicy, UNUSED_SLOT};
+pub use policy::{RoutingPolicy, UNUSED_SLOT, expert_capacity};

@@ -31,6 +31,16 @@ pub enum RoutingPolicy {
         /// Most experts a token may use, in `1..=num_experts`.
         max_k: usize,
     },
+    /// Expert choice (Zhou et al. 2022): each expert takes the `C = ceil(capacity_factor * T / E)`
+    /// tokens of the batch that rank it highest, so every expert gets exactly C tokens and a token
+    /// gets 0 to E experts (mean k = capacity_factor); a token picked by more than `max_k` experts
+    /// keeps its `max_k` most probable ones. Decided over the batch, not per token.
+    ExpertChoice {
+        /// Mean experts per token, in `(0, num_experts]`.
+        capacity_factor: f64,
+        /// Most experts a token may use, in `1..=num_experts` (`num_experts`: no cap).
+        max_k: usize,
+    },
 }
 
 impl RoutingPolicy {
@@ -40,14 +50,21 @@ impl RoutingPolicy {
             RoutingPolicy::TopK { k } => k,
             RoutingPolicy::Threshold { .. } => 2,
             RoutingPolicy::TopP { max_k, .. } => max_k,
+            RoutingPolicy::ExpertChoice { max_k, .. } => max_k,
         }
+    }
+
+    /// Whether each token's experts follow from its own probabilities alone (every policy but
+    /// expert choice, which ranks tokens across the batch).
+    pub fn decides_per_token(&self) -> bool {
+        !matches!(self, RoutingPolicy::ExpertChoice { .. })
     }
 
     /// Probability mass below which a token takes one more expert, up to `max_slots`: `tau` for
     /// `Threshold`, `p` for `TopP`, none for `TopK` (every slot is used).
     pub fn mass_limit(&self) -> Option<f64> {
         match *self {
-            RoutingPolicy::TopK { .. } => None,
+            RoutingPolicy::TopK { .. } | RoutingPolicy::ExpertChoice { .. } => None,
             RoutingPolicy::Threshold { tau } => Some(tau),
             RoutingPolicy::TopP { p, .. } => Some(p),
         }
@@ -79,12 +96,29 @@ impl RoutingPolicy {
             RoutingPolicy::TopP { p, .. } if !(p > 0.0 && p <= 1.0) => {
                 Err(InvalidValue::new("p", p, "must be in (0, 1]"))
             }
-            RoutingPolicy::TopP { max_k, .. } if max_k < 1 || max_k > num_experts => {
+            RoutingPolicy::TopP { max_k, .. } | RoutingPolicy::ExpertChoice { max_k, .. }
+                if max_k < 1 || max_k > num_experts =>
+            {
                 Err(InvalidValue::new("max_k", max_k, slots_allowed))
+            }
+            RoutingPolicy::ExpertChoice {
+                capacity_factor, ..
+            } if !(capacity_factor > 0.0 && capacity_factor <= num_experts as f64) => {
+                Err(InvalidValue::new(
+                    "capacity_factor",
+                    capacity_factor,
+                    format!("must be in (0, {num_experts}] (num_experts)"),
+                ))
             }
             _ => Ok(()),
         }
     }
+}
+
+/// Tokens each expert takes under expert choice: `ceil(capacity_factor * T / E)`, within `1..=T`.
+pub fn expert_capacity(num_tokens: usize, num_experts: usize, capacity_factor: f64) -> usize {
+    let capacity = (capacity_factor * num_tokens as f64 / num_experts as f64).ceil() as usize;
+    capacity.clamp(1, num_tokens.max(1))
 }
 
 impl std::fmt::Display for RoutingPolicy {
@@ -93,6 +127,10 @@ impl std::fmt::Display for RoutingPolicy {
             RoutingPolicy::TopK { k } => write!(f, "top-{k}"),
             RoutingPolicy::Threshold { tau } => write!(f, "threshold(tau={tau})"),
             RoutingPolicy::TopP { p, max_k } => write!(f, "top-p(p={p}, max_k={max_k})"),
+            RoutingPolicy::ExpertChoice {
+                capacity_factor,
+                max_k,
+            } => write!(f, "expert-choice(c={capacity_factor}, max_k={max_k})"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Auxiliary router losses that keep experts used evenly and router logits small.
 
 use burn::tensor::{Int, Tensor, backend::Backend};
+use serde::{Deserialize, Serialize};
 
 /// Switch Transformer load-balancing loss `E * sum_e f_e * P_e`, where `f_e` is the fraction of
 /// routed pairs sent to expert e (not differentiated) and `P_e` its mean router probability.
@@ -30,4 +31,28 @@ pub fn router_z_loss<B: Backend>(logits: Tensor<B, 2>) -> Tensor<B, 1> {
     let max = logits.clone().max_dim(1).detach(); // [T, 1]
     let log_sum_exp = (logits - max.clone()).exp().sum_dim(1).log() + max; // [T, 1]
     log_sum_exp.powi_scalar(2).mean()
+}
+
+/// How a layer keeps its experts evenly loaded; `balance = "..."` in config files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceMethod {
+    /// Nothing: the router is free to overload experts.
+    None,
+    /// The Switch Transformer loss [`load_balancing_loss`], weighted by `balance_loss_coef`.
+    #[default]
+    AuxLoss,
+    /// Auxiliary-loss-free (DeepSeek-V3): a per-expert bias on the selection scores, stepped
+    /// toward equal load after every training step ([`crate::bias_balance`]).
+    Bias,
+}
+
+impl std::fmt::Display for BalanceMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BalanceMethod::None => "none",
+            BalanceMethod::AuxLoss => "aux_loss",
+            BalanceMethod::Bias => "bias",
+        })
+    }
 }

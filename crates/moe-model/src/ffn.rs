@@ -43,8 +43,11 @@ impl std::fmt::Display for FfnConfig {
             FfnConfig::Dense(c) => write!(f, "dense F={}", c.width),
             FfnConfig::Moe(c) => write!(
                 f,
-                "moe E={} F={} {}",
-                c.num_experts, c.expert_width, c.routing
+                "moe E={} F={} {}{}",
+                c.num_experts,
+                c.expert_width,
+                c.routing,
+                crate::control::describe(c)
             ),
         }
     }

@@ -7,6 +7,11 @@
 
 pub mod backend_ext;
 pub mod balance;
+pub mod bias_balance;
+pub mod budget;
+pub mod capacity;
+pub mod control;
+pub mod expert_choice;
 pub mod experts;
 pub mod feed_forward;
 pub mod ffn;
@@ -15,14 +20,16 @@ pub mod mlp;
 pub mod model;
 pub mod moe;
 pub mod router;
+pub mod shared_experts;
 #[cfg(test)]
 mod test_support;
 
 pub use backend_ext::{Dispatch, ExpertRows, MoeAutodiffBackend, MoeBackend, Routing};
+pub use balance::BalanceMethod;
 pub use feed_forward::Activation;
 pub use ffn::{Ffn, FfnConfig, FfnOutput};
 pub use mlp::{DenseMlp, DenseMlpConfig};
 pub use model::{Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
-pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT};
+pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT, expert_capacity};
 pub use router::Router;

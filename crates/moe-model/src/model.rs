@@ -115,6 +115,17 @@ impl<B: MoeBackend> Model<B> {
         }
     }
 
+    /// The mean-k budget's limit (tau or p) of every MoE block that has one, in block order.
+    pub fn routing_limits(&self) -> Vec<f64> {
+        self.blocks
+            .iter()
+            .filter_map(|block| match &block.ffn {
+                Ffn::Moe(moe) => moe.control.limit(),
+                Ffn::Dense(_) => None,
+            })
+            .collect()
+    }
+
     /// Total parameters, and those a token uses when it visits `mean_k` experts per MoE block.
     pub fn param_counts(&self, mean_k: f64) -> ParamCounts {
         let total = self.num_params();

@@ -8,10 +8,12 @@ use moe_kernels::grouped_gemm::ExpertShape;
 
 use crate::InvalidValue;
 use crate::backend_ext::MoeBackend;
-use crate::balance::{load_balancing_loss, router_z_loss};
+use crate::balance::{BalanceMethod, router_z_loss};
+use crate::control::{RoutingControl, router_summary};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
 use crate::router::Router;
+use crate::shared_experts::SharedExperts;
 
 /// Configuration of [`MoeLayer`]; the model width `d` is given by the host model at `init`.
 #[derive(Config, Debug)]
@@ -34,6 +36,33 @@ pub struct MoeLayerConfig {
     /// Weight of the router z-loss in the training loss.
     #[config(default = 0.001)]
     pub z_loss_coef: f64,
+    /// Load balancing: `none`, `aux_loss` (Switch, weighted by `balance_loss_coef`) or `bias`
+    /// (DeepSeek-V3 auxiliary-loss-free selection bias, stepped by `bias_update_rate`).
+    #[config(default = "BalanceMethod::AuxLoss")]
+    pub balance: BalanceMethod,
+    /// Step of the selection bias after each training step (`balance = "bias"`).
+    #[config(default = 0.01)]
+    pub bias_update_rate: f64,
+    /// Training only: the router sees its input scaled by U(1 - eps, 1 + eps); 0 is off.
+    #[config(default = 0.0)]
+    pub router_jitter: f64,
+    /// Capacity with token dropping: each expert takes at most ceil(factor * routed pairs / E)
+    /// pairs, the lowest-scored rest are dropped; `None` is padding-free (no limit, no drops).
+    #[config(default = "None")]
+    pub capacity_factor: Option<f64>,
+    /// Always-on experts added to every token's output (DeepSeek-V3, Qwen-MoE style).
+    #[config(default = 0)]
+    pub shared_experts: usize,
+    /// Hidden width of each shared expert.
+    #[config(default = 128)]
+    pub shared_expert_width: usize,
+    /// Mean-k budget (threshold, top-p): the limit adapts during training so that tokens use this
+    /// many experts on average, then is frozen with the model; `None` keeps the configured limit.
+    #[config(default = "None")]
+    pub target_mean_k: Option<f64>,
+    /// Step of the budget controller: limit += gain * (target - mean k of the batch).
+    #[config(default = 0.02)]
+    pub budget_gain: f64,
 }
 
 impl MoeLayerConfig {
@@ -60,7 +89,7 @@ impl MoeLayerConfig {
                 ));
             }
         }
-        Ok(())
+        crate::control::validate(self)
     }
 
     /// A freshly initialised layer over rows of width `d_model`.
@@ -76,6 +105,14 @@ impl MoeLayerConfig {
             ),
             balance_loss_coef: self.balance_loss_coef,
             z_loss_coef: self.z_loss_coef,
+            control: RoutingControl::new(self, device),
+            shared_experts: SharedExperts::new(
+                self.shared_experts,
+                self.shared_expert_width,
+                self.activation,
+                d_model,
+                device,
+            ),
         }
     }
 }
@@ -87,6 +124,12 @@ pub struct RoutingStats<B: Backend> {
     pub token_k: Tensor<B, 1, Int>,
     /// Rows routed to each expert. `[E]`
     pub expert_counts: Tensor<B, 1, Int>,
+    /// Routed pairs each token lost to the capacity limit. `[T]`
+    pub dropped_pairs: Tensor<B, 1, Int>,
+    /// Each token's most probable expert. `[T]`
+    pub top_expert: Tensor<B, 1, Int>,
+    /// Entropy of each token's router distribution, in nats. `[T]`
+    pub router_entropy: Tensor<B, 1>,
 }
 
 /// Output of [`MoeLayer::forward`].
@@ -110,27 +153,35 @@ pub struct MoeLayer<B: MoeBackend> {
     pub experts: Experts<B>,
     balance_loss_coef: f64,
     z_loss_coef: f64,
+    /// Jitter, selection bias, mean-k budget and capacity around the router's policy.
+    pub control: RoutingControl<B>,
+    /// Always-on experts, if configured.
+    pub shared_experts: Option<SharedExperts<B>>,
 }
 
 impl<B: MoeBackend> MoeLayer<B> {
-    /// Routes, dispatches, runs each expert on its rows and combines, with the backend's
-    /// operations: on CubeCL backends the kernels, with no host round trip; tensor ops otherwise.
+    /// Routes (the routing step of [`RoutingControl`]), dispatches, runs each expert on its rows
+    /// and combines, with the backend's operations: on CubeCL backends the kernels, with no host
+    /// round trip; tensor ops otherwise. Shared experts, if any, are added to the output. A
+    /// mean-k budget reads its limit and capacity dropping its routed-pair count from the device
+    /// (one scalar each); the default routing reads nothing back.
     ///
     /// # Shapes
     /// - `x`: `[T, d]` -> output `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> MoeOutput<B> {
         let [num_tokens, d_model] = x.dims();
         let activation = self.experts.activation();
+        let (routing, dropped_pairs) = self.control.route(&self.router, x.clone());
         let shape = ExpertShape {
             num_tokens,
-            slots: self.router.policy().max_slots(),
+            slots: routing.expert_ids.dims()[1],
             num_experts: self.num_experts(),
             d_model,
             width: self.experts.w_out.dims()[1],
         };
-        let routing = self.router.forward(x.clone());
         let tile_rows = B::moe_tile_rows(&shape, activation, &x.device());
         let dispatch = B::moe_dispatch(routing.expert_ids.clone(), shape.num_experts, tile_rows);
+        let shared_output = self.shared_experts.as_ref().map(|s| s.forward(x.clone())); // [T, d]
         let rows = B::moe_experts(
             x,
             &dispatch,
@@ -139,17 +190,27 @@ impl<B: MoeBackend> MoeLayer<B> {
             activation,
         );
         let output = B::moe_combine(rows, routing.weights.clone(), &dispatch); // [T, d]
+        let output = match shared_output {
+            Some(shared) => output + shared,
+            None => output,
+        };
 
         let expert_counts = dispatch.expert_counts(); // [E]
-        let aux_loss = load_balancing_loss(routing.probs, expert_counts.clone())
-            .mul_scalar(self.balance_loss_coef)
-            + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
+        let (top_expert, router_entropy) = router_summary(&routing.probs);
+        let aux_loss = self.control.balance_loss(
+            routing.probs,
+            expert_counts.clone(),
+            self.balance_loss_coef,
+        ) + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
         MoeOutput {
             output,
             aux_loss,
             stats: RoutingStats {
                 token_k: routing.token_k,
                 expert_counts,
+                dropped_pairs,
+                top_expert,
+                router_entropy,
             },
         }
     }

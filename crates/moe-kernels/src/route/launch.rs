@@ -164,6 +164,11 @@ fn check<R: Runtime, F: CubeElement>(
     policy
         .validate(num_experts)
         .map_err(|e| e.within("policy"))?;
+    if !policy.decides_per_token() {
+        return Err(KernelError::Unsupported(format!(
+            "{policy}: expert choice ranks tokens across the batch; the route kernel decides per token"
+        )));
+    }
     if policy.max_slots() > MAX_SLOTS {
         return Err(KernelError::Unsupported(format!(
             "{} slots per token (the route kernel keeps at most {MAX_SLOTS})",

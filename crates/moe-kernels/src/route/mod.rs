@@ -1,5 +1,6 @@
 //! Routing: router logits `[T, E]` to the chosen experts, their weights and each token's k.
 
+pub mod expert_choice;
 pub mod kernel;
 pub(crate) mod launch;
 pub mod reference;

@@ -25,6 +25,13 @@ pub fn route(logits: &[f32], num_experts: usize, policy: &RoutingPolicy) -> Rout
         num_experts > 0 && logits.len().is_multiple_of(num_experts),
         "logits must be [T, num_experts]"
     );
+    if let RoutingPolicy::ExpertChoice {
+        capacity_factor,
+        max_k,
+    } = *policy
+    {
+        return super::expert_choice::reference(logits, num_experts, capacity_factor, max_k);
+    }
     let slots = policy.max_slots();
     let num_tokens = logits.len() / num_experts;
     let mut routed = RoutedTokens {

@@ -11,6 +11,8 @@ use super::{Dispatch, MoeBackend, Routing};
 /// The experts and combine take the tensor-op defaults (differentiable); the routing decision
 /// and the dispatch plan are not differentiable and come from the inner backend.
 impl<B: MoeBackend, C: CheckpointStrategy> MoeBackend for Autodiff<B, C> {
+    const ROUTING_KERNELS: bool = B::ROUTING_KERNELS;
+
     /// The inner backend picks the experts and k; the weights are recomputed from the
     /// probabilities of the chosen experts with tensor ops, so gradients reach the router.
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {

@@ -29,6 +29,8 @@ type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
     for Cube<R, F, I, BT>
 {
+    const ROUTING_KERNELS: bool = true;
+
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
         let [num_tokens, num_experts] = logits.dims();
         let input = contiguous_float(&logits);

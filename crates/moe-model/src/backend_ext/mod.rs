@@ -23,6 +23,7 @@ use burn::tensor::{Int, Tensor};
 use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::{Activation, RoutingPolicy};
 
+pub(crate) use fallback::note_fallback;
 pub use fallback::{Fallback, take_fallbacks};
 pub use outputs::{Dispatch, ExpertRows, Routing};
 
@@ -32,6 +33,10 @@ pub const DEFAULT_TILE_ROWS: usize = 64;
 
 /// A backend that runs the stages of the MoE layer.
 pub trait MoeBackend: Backend {
+    /// Whether the layer's operations run as kernels here: routing steps no kernel covers
+    /// (expert choice, capacity dropping) then note a fallback to tensor ops.
+    const ROUTING_KERNELS: bool = false;
+
     /// Applies `policy` to router `logits` (`[T, E]`).
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
         tensor_ops::route(logits, policy)

@@ -8,9 +8,10 @@ use burn::tensor::{Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 use cubecl::wgpu::WgpuRuntime;
 
-use super::{MoeBackend, take_fallbacks};
+use super::{Fallback, MoeBackend, take_fallbacks};
+use crate::control::{CAPACITY_FALLBACK, EXPERT_CHOICE_FALLBACK};
 use crate::test_support::{TestBackend, host_f64, host_i64, random_values, rng};
-use crate::{Activation, MoeLayer, MoeLayerConfig, RoutingPolicy};
+use crate::{Activation, BalanceMethod, MoeLayer, MoeLayerConfig, RoutingPolicy};
 
 type Wgpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
 
@@ -119,4 +120,144 @@ fn gradients<B: MoeBackend + AutodiffBackend>(layer: &MoeLayer<B>, x: &[f32]) ->
         ),
         host_f64(layer.experts.w_in.grad(&grads).expect("expert gradient")),
     ]
+}
+
+/// The routing steps around the policy on both paths. Covered by the route kernel: a selection
+/// bias, a mean-k budget's limit, shared experts: no fallback. Not covered (tensor ops on wgpu
+/// too, each noted as a fallback): expert choice and capacity dropping. Outputs, k, dropped pairs
+/// and gradients agree.
+#[test]
+fn routing_features_agree_between_the_kernel_and_tensor_op_paths() {
+    let d = 16;
+    let base = MoeLayerConfig::new()
+        .with_num_experts(6)
+        .with_expert_width(24)
+        .with_activation(Activation::SwiGlu);
+    let route_fallback = |reason: &str| Fallback {
+        op: "route",
+        reason: reason.to_string(),
+    };
+    let cases = [
+        (
+            "bias + shared experts",
+            base.clone()
+                .with_routing(RoutingPolicy::Threshold { tau: 0.5 })
+                .with_balance(BalanceMethod::Bias)
+                .with_shared_experts(2)
+                .with_shared_expert_width(8),
+        ),
+        (
+            "budget",
+            base.clone()
+                .with_routing(RoutingPolicy::TopP { p: 0.7, max_k: 4 })
+                .with_target_mean_k(Some(1.6)),
+        ),
+        (
+            "capacity",
+            base.clone()
+                .with_routing(RoutingPolicy::TopK { k: 2 })
+                .with_capacity_factor(Some(0.9)),
+        ),
+        (
+            "expert choice",
+            base.clone()
+                .with_routing(RoutingPolicy::ExpertChoice {
+                    capacity_factor: 1.5,
+                    max_k: 6,
+                })
+                .with_balance(BalanceMethod::None),
+        ),
+    ];
+    for (seed, (what, config)) in cases.into_iter().enumerate() {
+        let mut draw = rng(10 + seed as u64);
+        let columns = config.activation.input_columns(24);
+        let weights = [
+            random_values(&mut draw, d * 6, 0.5),
+            random_values(&mut draw, 6 * d * columns, 0.3),
+            random_values(&mut draw, 6 * 24 * d, 0.3),
+        ];
+        let shared = [
+            random_values(&mut draw, d * 2 * 16, 0.3),
+            random_values(&mut draw, 16 * d, 0.3),
+        ];
+        let bias = random_values(&mut draw, 6, 0.6);
+        let x = random_values(&mut draw, 150 * d, 1.5);
+        let cpu = with_state(
+            layer_with::<TestBackend>(&config, d, &weights),
+            &shared,
+            &bias,
+            d,
+        )
+        .forward(tensor(&x, [150, d]));
+        take_fallbacks();
+        let gpu = with_state(layer_with::<Wgpu>(&config, d, &weights), &shared, &bias, d)
+            .forward(tensor(&x, [150, d]));
+        let expected_fallbacks = match what {
+            "capacity" => vec![route_fallback(CAPACITY_FALLBACK)],
+            "expert choice" => vec![route_fallback(EXPERT_CHOICE_FALLBACK)],
+            _ => vec![],
+        };
+        assert_eq!(take_fallbacks(), expected_fallbacks, "{what}: fallbacks");
+        assert_close(&host_f64(gpu.output), &host_f64(cpu.output), what);
+        assert_eq!(
+            host_i64(gpu.stats.token_k),
+            host_i64(cpu.stats.token_k),
+            "{what} k"
+        );
+        let dropped = host_i64(cpu.stats.dropped_pairs);
+        assert_eq!(host_i64(gpu.stats.dropped_pairs), dropped, "{what} dropped");
+        if what == "capacity" {
+            assert!(
+                dropped.iter().sum::<i64>() > 0,
+                "capacity 0.9 must drop pairs"
+            );
+        }
+
+        let cpu_layer = with_state(
+            layer_with::<Autodiff<TestBackend>>(&config, d, &weights),
+            &shared,
+            &bias,
+            d,
+        );
+        let gpu_layer = with_state(
+            layer_with::<Autodiff<Wgpu>>(&config, d, &weights),
+            &shared,
+            &bias,
+            d,
+        );
+        let (cpu_grads, gpu_grads) = (gradients(&cpu_layer, &x), gradients(&gpu_layer, &x));
+        assert_close(
+            &gpu_grads[0],
+            &cpu_grads[0],
+            &format!("{what} router gradient"),
+        );
+        assert_close(
+            &gpu_grads[1],
+            &cpu_grads[1],
+            &format!("{what} expert gradient"),
+        );
+    }
+}
+
+/// `layer` with shared-expert weights `(w_in, w_out)` where it has shared experts, the selection
+/// bias `bias` where it balances by bias, and a budget limit of 0.55 where it has a budget.
+fn with_state<B: MoeBackend>(
+    mut layer: MoeLayer<B>,
+    shared: &[Vec<f32>; 2],
+    bias: &[f32],
+    d: usize,
+) -> MoeLayer<B> {
+    if let Some(experts) = layer.shared_experts.as_mut() {
+        let width = experts.mlp.w_out.dims()[0];
+        let columns = experts.mlp.w_in.dims()[1];
+        experts.mlp.w_in = Param::from_tensor(tensor(&shared[0][..d * columns], [d, columns]));
+        experts.mlp.w_out = Param::from_tensor(tensor(&shared[1][..width * d], [width, d]));
+    }
+    if let Some(expert_bias) = &layer.control.bias {
+        expert_bias.bias.update(tensor(bias, [bias.len()]));
+    }
+    if let Some(budget) = &layer.control.budget {
+        budget.limit.update(tensor(&[0.55], [1]));
+    }
+    layer
 }

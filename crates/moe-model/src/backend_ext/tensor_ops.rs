@@ -7,13 +7,22 @@ use moe_kernels::dispatch::reference::plan;
 use moe_kernels::{Activation, RoutingPolicy, UNUSED_SLOT};
 
 use super::{Dispatch, ExpertRows, Routing};
+use crate::expert_choice::route_expert_choice;
 use crate::feed_forward::feed_forward;
 
-/// Applies `policy` to router `logits`; differentiable in the weights.
+/// Applies `policy` to router `logits`; differentiable in the weights. Expert choice ranks the
+/// tokens of the batch (`crate::expert_choice`); every other policy decides per token.
 ///
 /// # Shapes
 /// - `logits`: `[T, E]`
 pub fn route<B: Backend>(logits: Tensor<B, 2>, policy: &RoutingPolicy) -> Routing<B> {
+    if let RoutingPolicy::ExpertChoice {
+        capacity_factor,
+        max_k,
+    } = *policy
+    {
+        return route_expert_choice(logits, capacity_factor, max_k);
+    }
     let [num_tokens, _] = logits.dims();
     let slots = policy.max_slots();
     let probs = softmax(logits.clone(), 1); // [T, E]

@@ -1,0 +1,298 @@
+//! The runs of a sweep: one per method and seed, each a full run config derived from the shared
+//! one by changing only the feed-forward (its routing, or a dense MLP) and the training seed.
+
+use std::path::Path;
+
+use moe_model::{
+    BalanceMethod, DenseMlpConfig, FfnConfig, InvalidValue, MoeLayerConfig, RoutingPolicy,
+};
+use serde::{Deserialize, Serialize};
+
+use super::settings::SweepFile;
+use crate::config::{ConfigOrigin, RunConfig};
+use crate::error::ExperimentError;
+
+/// Kinds of method, for grouping in tables and plots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Dense MLP baselines.
+    Dense,
+    /// Fixed top-k.
+    TopK,
+    /// Variable-k with a fixed threshold.
+    Threshold,
+    /// Variable-k with the mean-k budget controller.
+    Budget,
+    /// Top-p.
+    TopP,
+    /// Expert choice.
+    ExpertChoice,
+    /// Threshold routing with another balancing method.
+    Balance,
+    /// Threshold routing with capacity and token dropping.
+    Capacity,
+    /// Threshold routing plus shared experts.
+    Shared,
+}
+
+impl Family {
+    /// Label in plots and tables.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Family::Dense => "dense",
+            Family::TopK => "top-k",
+            Family::Threshold => "threshold",
+            Family::Budget => "mean-k budget",
+            Family::TopP => "top-p",
+            Family::ExpertChoice => "expert choice",
+            Family::Balance => "balancing",
+            Family::Capacity => "capacity",
+            Family::Shared => "shared experts",
+        }
+    }
+}
+
+/// One method of the sweep: a feed-forward configuration.
+#[derive(Clone, Debug)]
+pub struct Method {
+    /// Run-name prefix, e.g. `threshold-0.5`.
+    pub name: String,
+    /// What kind of method it is.
+    pub family: Family,
+    /// The feed-forward every block uses.
+    pub ffn: FfnConfig,
+    /// The `[sweep]` field and entry it comes from, for errors.
+    source: (&'static str, String),
+}
+
+/// One run of the sweep.
+#[derive(Clone, Debug)]
+pub struct PlannedRun {
+    /// Run name, `<method>-s<seed>`.
+    pub name: String,
+    /// Method name.
+    pub method: String,
+    /// Method family.
+    pub family: Family,
+    /// Training seed.
+    pub seed: u64,
+    /// The validated run config.
+    pub config: RunConfig,
+}
+
+/// Every run of the sweep in `file` (read from `path`), methods in file order, seeds inside each.
+pub fn plan(file: &SweepFile, path: &Path) -> Result<Vec<PlannedRun>, ExperimentError> {
+    let base = RunConfig::parse(&file.run_config_text, path, &file.run_overrides)?;
+    let FfnConfig::Moe(moe) = &base.model.ffn else {
+        return Err(ExperimentError::InvalidConfig {
+            origin: ConfigOrigin::File(path.to_path_buf()),
+            source: InvalidValue::new(
+                "model.ffn.kind",
+                "\"dense\"",
+                "must be \"moe\" in a sweep config (its methods vary the MoE's routing)",
+            ),
+        });
+    };
+    let mut runs = Vec::new();
+    for method in methods(file, moe) {
+        let mut config = base.clone();
+        config.model.ffn = method.ffn.clone();
+        config.validate().map_err(|e| {
+            let (field, value) = &method.source;
+            ExperimentError::InvalidConfig {
+                origin: ConfigOrigin::File(path.to_path_buf()),
+                source: InvalidValue::new(format!("sweep.{field}"), value, e.to_string()),
+            }
+        })?;
+        for &seed in &file.settings.seeds {
+            let mut config = config.clone();
+            config.train.seed = seed;
+            runs.push(PlannedRun {
+                name: format!("{}-s{seed}", method.name),
+                method: method.name.clone(),
+                family: method.family,
+                seed,
+                config,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// The methods the settings list, over the shared MoE configuration `moe`.
+fn methods(file: &SweepFile, moe: &MoeLayerConfig) -> Vec<Method> {
+    let s = &file.settings;
+    let mut methods = Vec::new();
+    let routed = |policy: RoutingPolicy| moe.clone().with_routing(policy);
+    let variant = || routed(RoutingPolicy::Threshold { tau: s.variant_tau });
+    let mut add = |name: String, family, ffn, source: (&'static str, String)| {
+        methods.push(Method {
+            name,
+            family,
+            ffn,
+            source,
+        })
+    };
+    if s.dense {
+        let dense = |width: usize| {
+            FfnConfig::Dense(
+                DenseMlpConfig::new()
+                    .with_width(width)
+                    .with_activation(moe.activation),
+            )
+        };
+        let active = 2 * moe.expert_width;
+        let total = moe.num_experts * moe.expert_width;
+        add(
+            "dense-active".into(),
+            Family::Dense,
+            dense(active),
+            ("dense", "true".into()),
+        );
+        add(
+            "dense-total".into(),
+            Family::Dense,
+            dense(total),
+            ("dense", "true".into()),
+        );
+    }
+    for &k in &s.top_k {
+        let ffn = FfnConfig::Moe(routed(RoutingPolicy::TopK { k }));
+        add(
+            format!("top{k}"),
+            Family::TopK,
+            ffn,
+            ("top_k", k.to_string()),
+        );
+    }
+    for &tau in &s.thresholds {
+        let ffn = FfnConfig::Moe(routed(RoutingPolicy::Threshold { tau }));
+        add(
+            format!("threshold-{tau}"),
+            Family::Threshold,
+            ffn,
+            ("thresholds", tau.to_string()),
+        );
+    }
+    for &target in &s.target_mean_k {
+        let ffn = FfnConfig::Moe(variant().with_target_mean_k(Some(target)));
+        let source = ("target_mean_k", target.to_string());
+        add(format!("budget-{target}"), Family::Budget, ffn, source);
+    }
+    for &p in &s.top_p {
+        let policy = RoutingPolicy::TopP {
+            p,
+            max_k: s.top_p_max_k,
+        };
+        let ffn = FfnConfig::Moe(routed(policy));
+        add(
+            format!("top-p-{p}"),
+            Family::TopP,
+            ffn,
+            ("top_p", p.to_string()),
+        );
+    }
+    for &capacity_factor in &s.expert_choice {
+        let policy = RoutingPolicy::ExpertChoice {
+            capacity_factor,
+            max_k: moe.num_experts,
+        };
+        let ffn = FfnConfig::Moe(routed(policy).with_balance(BalanceMethod::None));
+        let source = ("expert_choice", capacity_factor.to_string());
+        add(
+            format!("expert-choice-{capacity_factor}"),
+            Family::ExpertChoice,
+            ffn,
+            source,
+        );
+    }
+    for &balance in &s.balance {
+        let ffn = FfnConfig::Moe(variant().with_balance(balance));
+        add(
+            format!("balance-{balance}"),
+            Family::Balance,
+            ffn,
+            ("balance", balance.to_string()),
+        );
+    }
+    for &factor in &s.capacity_factor {
+        let ffn = FfnConfig::Moe(variant().with_capacity_factor(Some(factor)));
+        let source = ("capacity_factor", factor.to_string());
+        add(format!("capacity-{factor}"), Family::Capacity, ffn, source);
+    }
+    for &count in &s.shared_experts {
+        let ffn = FfnConfig::Moe(variant().with_shared_experts(count));
+        add(
+            format!("shared-{count}"),
+            Family::Shared,
+            ffn,
+            ("shared_experts", count.to_string()),
+        );
+    }
+    methods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(sweep: &str) -> SweepFile {
+        // The run config part must not be empty (an empty config file is an error); the sweep
+        // replaces the seed it sets.
+        let text = format!("[train]\nseed = 9\n[sweep]\nname = \"t\"\nseeds = [0, 5]\n{sweep}\n");
+        SweepFile::parse(&text, Path::new("s.toml"), false).unwrap()
+    }
+
+    #[test]
+    fn every_listed_method_runs_once_per_seed_with_only_its_routing_changed() {
+        let runs = plan(
+            &file("dense = true\ntop_k = [2]\ntarget_mean_k = [1.3]\nexpert_choice = [1.5]"),
+            Path::new("s.toml"),
+        )
+        .unwrap();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "dense-active-s0",
+                "dense-active-s5",
+                "dense-total-s0",
+                "dense-total-s5",
+                "top2-s0",
+                "top2-s5",
+                "budget-1.3-s0",
+                "budget-1.3-s5",
+                "expert-choice-1.5-s0",
+                "expert-choice-1.5-s5",
+            ]
+        );
+        let defaults = RunConfig::new();
+        for run in &runs {
+            assert_eq!(run.config.train.seed, run.seed);
+            assert_eq!(run.config.task.to_string(), defaults.task.to_string());
+        }
+        let FfnConfig::Dense(dense) = &runs[2].config.model.ffn else {
+            panic!("dense-total is dense")
+        };
+        assert_eq!(dense.width, 8 * 128);
+        let FfnConfig::Moe(budget) = &runs[6].config.model.ffn else {
+            panic!("budget is an MoE")
+        };
+        assert_eq!(budget.target_mean_k, Some(1.3));
+    }
+
+    #[test]
+    fn a_method_the_model_cannot_run_names_its_sweep_field() {
+        let error = plan(&file("top_k = [9]"), Path::new("s.toml")).unwrap_err();
+        assert!(
+            error.to_string().contains("sweep.top_k = 9 is invalid"),
+            "{error}"
+        );
+        let error = plan(&file("target_mean_k = [2.5]"), Path::new("s.toml")).unwrap_err();
+        assert!(
+            error.to_string().contains("sweep.target_mean_k = 2.5"),
+            "{error}"
+        );
+    }
+}
