@@ -2,14 +2,17 @@
 //! every benchmark and layer run is reproducible from its shape.
 //!
 //! Classes, by the expected rows per touched expert `r = P / min(E, P)`:
-//! - decode (`r <= 16`): 16-row tiles, so a small batch is not padded to a large block; wide
-//!   depth stages stream each touched expert's weights once; the output projection splits its
-//!   depth (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since
-//!   its few column blocks alone cannot keep the memory system busy;
-//! - medium (`r <= 64`): 64-row tiles;
-//! - prefill: 128-row tiles, 8 planes, 128 x 128 per group (input) and 128 x 256 (output).
+//! - decode (`r <= 16`): 16-row tiles, so a small batch is not padded to a large block; 64-deep
+//!   stages stream each touched expert's weights once; the output projection splits its depth
+//!   (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since its few
+//!   column blocks alone cannot keep the memory system busy;
+//! - medium (`r <= 64`): 64-row tiles, 64-deep stages;
+//! - prefill: 128-row tiles, 8 planes; 128 x 64 per group (input, planes 4 x 2) and 128 x 128
+//!   (output, planes 2 x 4).
 //!
-//! Without tensor cores (f32, or a device without them) one portable shape serves every class.
+//! The picks are the fastest candidates of `examples/tune_grouped_gemm.rs` on an H100 in bf16
+//! (docs/GPU.md has the table). Without tensor cores (f32, or a device without them) one
+//! portable shape serves every class.
 
 use serde::Serialize;
 
@@ -18,7 +21,7 @@ use super::params::{Epilogue, GemmParams};
 use crate::Activation;
 
 /// Cubes per multiprocessor the decode class aims for when it chooses split-K.
-pub const CUBES_PER_SM: usize = 4;
+pub const CUBES_PER_SM: usize = 8;
 /// Most depth slices of a split-K output projection.
 pub const MAX_SPLITS: usize = 8;
 
@@ -106,29 +109,35 @@ impl ExpertGemmConfig {
             let input = GemmParams {
                 tile_rows: 64,
                 tile_cols: 64,
-                stage_depth: 32,
-                warps_m: 2,
+                stage_depth: 64,
+                warps_m: 4,
                 warps_n: 2,
                 ..base
             };
             return Self {
                 class: "medium",
                 input,
-                output: output_of(input, 128, 2),
+                output: GemmParams {
+                    warps_m: 2,
+                    ..output_of(input, 128, 4)
+                },
             };
         }
         let input = GemmParams {
             tile_rows: 128,
-            tile_cols: 128,
+            tile_cols: 64,
             stage_depth: 32,
-            warps_m: 2,
-            warps_n: 4,
+            warps_m: 4,
+            warps_n: 2,
             ..base
         };
         Self {
             class: "prefill",
             input,
-            output: output_of(input, 256, 4),
+            output: GemmParams {
+                warps_m: 2,
+                ..output_of(input, 128, 4)
+            },
         }
     }
 
@@ -168,7 +177,7 @@ impl ExpertGemmConfig {
                 (128, 4, 2),
                 (256, 2, 4),
             ] {
-                if chosen.tile_rows() % (warps_m * super::kernel::FRAGMENT) != 0 {
+                if chosen.tile_rows() % (warps_m * super::tensor_cores::MMA_M) != 0 {
                     continue;
                 }
                 let variant = |p: GemmParams, cols: usize| GemmParams {

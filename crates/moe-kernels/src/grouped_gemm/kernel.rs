@@ -13,9 +13,9 @@
 //!
 //! Pipeline: each stage of `stage_depth` goes from global memory into registers while the
 //! previous stage, in one of two shared-memory buffers, is multiplied; one barrier per stage.
-//! Multiplication: tensor cores (`cmma` 16x16x16, f32 accumulators; each plane owns a block of
-//! fragments) or, portable, each unit accumulates `unit_rows` x `unit_cols` per group in f32
-//! registers. Epilogue: identity, `silu(gate) * up` or `gelu`; rows past the expert's end and
+//! Multiplication: tensor cores (`tensor_cores.rs`: `mma.sync` fed by `ldmatrix`, f32
+//! accumulators in each plane's registers) or, portable (`units.rs`), each unit accumulates
+//! `unit_rows` x `unit_cols` per group in f32 registers. Epilogue: identity, `silu(gate) * up` or `gelu`; rows past the expert's end and
 //! columns past `width` are not stored. With split-K, slice `s` writes its partial sums to
 //! output block `s` (combine adds the blocks). The launcher validates buffer sizes; the kernel
 //! skips tiles whose expert or first row is out of range and loads zeros for gathered tokens out
@@ -24,11 +24,10 @@
 use cubecl::prelude::*;
 
 use super::params::{Epilogue, GemmParams};
-
-/// Units per plane on the tensor-core path (CUDA warps).
-pub const PLANE_UNITS: usize = 32;
-/// Side of one tensor-core fragment (m16n16k16).
-pub const FRAGMENT: usize = 16;
+use super::tensor_cores::{
+    register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue, tensor_core_stage,
+};
+use super::units::{unit_epilogue, unit_stage};
 
 /// Grouped GEMM (see the module docs). `a` and `weights` are vectorised along their rows (`N`
 /// values per vector); `depth` and `width` are multiples of `N`.
@@ -106,7 +105,8 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     let mut staged_a = Array::<Vector<F, N>>::new(comptime!(params.a_loads_per_unit(n)));
     let mut staged_w = Array::<Vector<F, N>>::new(comptime!(params.w_loads_per_unit(n)));
 
-    let mut fragments = tensor_core_accumulators(params);
+    register_fragment_sizes::<F>(params.tensor_cores);
+    let mut fragments = tensor_core_accumulators::<F>(params);
     let mut sums = Array::<f32>::new(comptime!(params.unit_accumulators()));
     #[unroll]
     for i in 0..comptime!(params.unit_accumulators()) {
@@ -181,7 +181,7 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
 
     let out_offset = CUBE_POS_Y as usize * num_pairs * width;
     if comptime!(params.tensor_cores) {
-        tensor_core_epilogue::<O>(
+        tensor_core_epilogue::<F, O>(
             &fragments, output, first_row, row_end, first_col, width, out_offset, params,
         );
     } else {
@@ -310,261 +310,11 @@ fn store_stage<F: Float, N: Size>(
     }
 }
 
-/// The plane's accumulator fragments, zeroed: `groups` x rows x columns of 16x16 (none on the
-/// portable path).
-#[cube]
-fn tensor_core_accumulators(#[comptime] params: GemmParams) -> Sequence<cmma::Matrix<f32>> {
-    let mut fragments = Sequence::new();
-    if comptime!(params.tensor_cores) {
-        #[unroll]
-        for _ in 0..comptime!(
-            params.groups * params.plane_fragment_rows() * params.plane_fragment_cols()
-        ) {
-            fragments.push(cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                FRAGMENT,
-                FRAGMENT,
-                FRAGMENT,
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            ));
-        }
-    }
-    fragments
-}
-
-/// Multiplies one shared-memory stage on the tensor cores: each plane its block of fragments.
-#[cube]
-fn tensor_core_stage<F: Float, N: Size>(
-    stage_a: &SharedMemory<Vector<F, N>>,
-    stage_w: &SharedMemory<Vector<F, N>>,
-    a_base: usize,
-    w_base: usize,
-    fragments: &mut Sequence<cmma::Matrix<f32>>,
-    #[comptime] params: GemmParams,
-) {
-    let n = N::value();
-    let plane = UNIT_POS as usize / PLANE_UNITS;
-    let plane_row = plane / params.warps_n;
-    let plane_col = plane % params.warps_n;
-    let rows = comptime!(params.plane_fragment_rows());
-    let cols = comptime!(params.plane_fragment_cols());
-    let a_stride = comptime!(params.a_stride());
-    let w_stride = comptime!(params.w_stride());
-    let first_a_row = plane_row * rows * FRAGMENT;
-    let first_w_col = plane_col * cols * FRAGMENT;
-    #[unroll]
-    for kk in 0..comptime!(params.stage_depth / FRAGMENT) {
-        let mut a_fragments = Sequence::<cmma::Matrix<Vector<F, N>>>::new();
-        #[unroll]
-        for i in 0..rows {
-            let start = a_base + ((first_a_row + i * FRAGMENT) * a_stride + kk * FRAGMENT) / n;
-            a_fragments.push(cmma::Matrix::<Vector<F, N>>::from_slice(
-                cmma::MatrixIdent::A,
-                FRAGMENT,
-                FRAGMENT,
-                FRAGMENT,
-                cmma::MatrixLayout::RowMajor,
-                &stage_a.slice(start, start + comptime!(FRAGMENT * a_stride / n)),
-                a_stride as u32,
-            ));
-        }
-        #[unroll]
-        for g in 0..params.groups {
-            #[unroll]
-            for j in 0..cols {
-                let start = w_base
-                    + (kk * FRAGMENT * w_stride
-                        + g * params.tile_cols
-                        + first_w_col
-                        + j * FRAGMENT)
-                        / n;
-                let w_fragment = cmma::Matrix::<Vector<F, N>>::from_slice(
-                    cmma::MatrixIdent::B,
-                    FRAGMENT,
-                    FRAGMENT,
-                    FRAGMENT,
-                    cmma::MatrixLayout::RowMajor,
-                    &stage_w.slice(start, start + comptime!(FRAGMENT * w_stride / n)),
-                    w_stride as u32,
-                );
-                #[unroll]
-                for i in 0..rows {
-                    let acc = fragments.index(comptime!((g * rows + i) * cols + j));
-                    cmma::execute::<Vector<F, N>, Vector<F, N>, f32, f32>(
-                        a_fragments.index(i),
-                        &w_fragment,
-                        acc,
-                        acc,
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// Multiplies one shared-memory stage on the units: `unit_rows` x `unit_cols` sums per group.
-#[cube]
-fn unit_stage<F: Float, N: Size>(
-    stage_a: &SharedMemory<Vector<F, N>>,
-    stage_w: &SharedMemory<Vector<F, N>>,
-    a_base: usize,
-    w_base: usize,
-    sums: &mut Array<f32>,
-    #[comptime] params: GemmParams,
-) {
-    let n = N::value();
-    let rows = params.unit_rows;
-    let cols = params.unit_cols;
-    let units_per_row = comptime!(params.tile_cols / params.unit_cols);
-    let first_row = (UNIT_POS as usize / units_per_row) * rows;
-    let first_col = (UNIT_POS as usize % units_per_row) * cols;
-    let a_stride = comptime!(params.a_stride() / n);
-    let w_stride = comptime!(params.w_stride() / n);
-    let mut a_values = Array::<Vector<F, N>>::new(rows);
-    #[unroll]
-    for kv in 0..comptime!(params.stage_depth / n) {
-        #[unroll]
-        for i in 0..rows {
-            a_values[i] = stage_a[a_base + (first_row + i) * a_stride + kv];
-        }
-        #[unroll]
-        for kk in 0..n {
-            #[unroll]
-            for g in 0..params.groups {
-                #[unroll]
-                for jv in 0..comptime!(cols / n) {
-                    let w = stage_w[w_base
-                        + (kv * n + kk) * w_stride
-                        + (g * params.tile_cols + first_col) / n
-                        + jv];
-                    #[unroll]
-                    for jj in 0..n {
-                        #[unroll]
-                        for i in 0..rows {
-                            let at = comptime!((g * rows + i) * cols + jv * n + jj);
-                            sums[at] += f32::cast_from(a_values[i][kk]) * f32::cast_from(w[jj]);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Writes the tensor-core accumulators through the epilogue: each plane stores a fragment (per
-/// group) into its own shared scratch, then every unit finishes 8 of its elements.
-#[cube]
-#[allow(clippy::too_many_arguments, reason = "kernel helper")]
-fn tensor_core_epilogue<O: Float>(
-    fragments: &Sequence<cmma::Matrix<f32>>,
-    output: &mut Array<O>,
-    first_row: usize,
-    row_end: usize,
-    first_col: usize,
-    width: usize,
-    out_offset: usize,
-    #[comptime] params: GemmParams,
-) {
-    let fragment_size = comptime!(FRAGMENT * FRAGMENT);
-    let mut scratch = SharedMemory::<f32>::new_aligned(
-        comptime!(params.planes() * params.groups * FRAGMENT * FRAGMENT),
-        128usize,
-    );
-    let plane = UNIT_POS as usize / PLANE_UNITS;
-    let lane = UNIT_POS as usize % PLANE_UNITS;
-    let plane_row = plane / params.warps_n;
-    let plane_col = plane % params.warps_n;
-    let rows = comptime!(params.plane_fragment_rows());
-    let cols = comptime!(params.plane_fragment_cols());
-    let own = plane * comptime!(params.groups * FRAGMENT * FRAGMENT);
-    #[unroll]
-    for i in 0..rows {
-        #[unroll]
-        for j in 0..cols {
-            #[unroll]
-            for g in 0..params.groups {
-                let start = own + g * fragment_size;
-                cmma::store(
-                    &mut scratch.slice_mut(start, start + fragment_size),
-                    fragments.index(comptime!((g * rows + i) * cols + j)),
-                    FRAGMENT as u32,
-                    cmma::MatrixLayout::RowMajor,
-                );
-            }
-            sync_plane();
-            #[unroll]
-            for e in 0..comptime!(FRAGMENT * FRAGMENT / PLANE_UNITS) {
-                let at = lane + e * PLANE_UNITS;
-                let row = first_row + (plane_row * rows + i) * FRAGMENT + at / FRAGMENT;
-                let col = first_col + (plane_col * cols + j) * FRAGMENT + at % FRAGMENT;
-                let mut up = 0.0;
-                if comptime!(params.groups == 2) {
-                    up = scratch[own + fragment_size + at];
-                }
-                write_output::<O>(
-                    output,
-                    row,
-                    row_end,
-                    col,
-                    width,
-                    out_offset,
-                    scratch[own + at],
-                    up,
-                    params,
-                );
-            }
-            sync_plane();
-        }
-    }
-}
-
-/// Writes the portable path's register sums through the epilogue.
-#[cube]
-#[allow(clippy::too_many_arguments, reason = "kernel helper")]
-fn unit_epilogue<O: Float>(
-    sums: &Array<f32>,
-    output: &mut Array<O>,
-    first_row: usize,
-    row_end: usize,
-    first_col: usize,
-    width: usize,
-    out_offset: usize,
-    #[comptime] params: GemmParams,
-) {
-    let rows = params.unit_rows;
-    let cols = params.unit_cols;
-    let units_per_row = comptime!(params.tile_cols / params.unit_cols);
-    let unit_row = first_row + (UNIT_POS as usize / units_per_row) * rows;
-    let unit_col = first_col + (UNIT_POS as usize % units_per_row) * cols;
-    #[unroll]
-    for i in 0..rows {
-        #[unroll]
-        for j in 0..cols {
-            let mut up = 0.0;
-            if comptime!(params.groups == 2) {
-                up = sums[comptime!((rows + i) * cols + j)];
-            }
-            write_output::<O>(
-                output,
-                unit_row + i,
-                row_end,
-                unit_col + j,
-                width,
-                out_offset,
-                sums[comptime!(i * cols + j)],
-                up,
-                params,
-            );
-        }
-    }
-}
-
 /// Applies the epilogue to one output element (`value`, and `up` for SwiGLU) and stores it, if
 /// its row belongs to the tile's expert and its column exists.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
-fn write_output<O: Float>(
+pub fn write_output<O: Float>(
     output: &mut Array<O>,
     row: usize,
     row_end: usize,

@@ -4,8 +4,9 @@ use cubecl::ir::features::MmaConfig;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use super::kernel::{FRAGMENT, grouped_gemm};
+use super::kernel::grouped_gemm;
 use super::params::GemmParams;
+use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
 use crate::buffer::expect_len;
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::max_tiles;
@@ -44,21 +45,18 @@ pub struct ExpertRows {
     pub splits: usize,
 }
 
-/// Whether the device multiplies `F` on tensor cores with f32 accumulators (m16n16k16).
+/// Whether the device multiplies `F` on tensor cores with f32 accumulators (`mma.sync`
+/// m16n8k16 fed by `ldmatrix`, which the tensor-core path uses).
 pub fn has_tensor_cores<R: Runtime, F: CubeElement>(client: &ComputeClient<R>) -> bool {
-    client
-        .properties()
-        .features
-        .matmul
-        .cmma
-        .contains(&MmaConfig {
-            a_type: F::cube_type(),
-            b_type: F::cube_type(),
-            cd_type: f32::cube_type(),
-            m: FRAGMENT as u32,
-            n: FRAGMENT as u32,
-            k: FRAGMENT as u32,
-        })
+    let config = MmaConfig {
+        a_type: F::cube_type(),
+        b_type: F::cube_type(),
+        cd_type: f32::cube_type(),
+        m: MMA_M as u32,
+        n: MMA_N as u32,
+        k: MMA_K as u32,
+    };
+    size_of::<F>() == 2 && client.properties().features.matmul.mma.contains(&config)
 }
 
 /// First projection of every routed row: `hidden[row] = act(x[token of row] @ w_in[e])`, a new

@@ -6,8 +6,10 @@ pub mod kernel;
 mod launch;
 mod params;
 pub mod reference;
+mod tensor_cores;
 #[cfg(test)]
 mod tests;
+mod units;
 
 pub use config::{CUBES_PER_SM, ExpertGemmConfig, MAX_SPLITS};
 pub use launch::{

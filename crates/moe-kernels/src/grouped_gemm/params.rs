@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::kernel::{FRAGMENT, PLANE_UNITS};
+use super::tensor_cores::{COLUMN_PAIR, MMA_K, MMA_M, PLANE_UNITS};
 
-/// Elements of padding at the end of each shared-memory row (16 bytes in 16-bit types): rows of a
-/// stage start in different banks, and tensor-core fragments stay 32-byte aligned.
+/// Elements of padding at the end of each shared-memory row (16 bytes in 16-bit types): the eight
+/// rows an `ldmatrix` reads start in different banks, and every row stays 16-byte aligned.
 pub const ROW_PADDING: usize = 8;
 
 /// What the epilogue applies to each output element.
@@ -45,7 +45,7 @@ pub struct GemmParams {
     pub gather: bool,
     /// What is applied before storing.
     pub epilogue: Epilogue,
-    /// Multiply on tensor cores (`cmma`); otherwise on units with f32 registers.
+    /// Multiply on tensor cores (`mma.sync`); otherwise on units with f32 registers.
     pub tensor_cores: bool,
     /// Planes along the rows of a tile (tensor cores).
     pub warps_m: usize,
@@ -74,16 +74,6 @@ impl GemmParams {
     /// Planes per cube on the tensor-core path.
     pub fn planes(&self) -> usize {
         self.warps_m * self.warps_n
-    }
-
-    /// Fragment rows each plane owns.
-    pub fn plane_fragment_rows(&self) -> usize {
-        self.tile_rows / (self.warps_m * FRAGMENT)
-    }
-
-    /// Fragment columns each plane owns per group.
-    pub fn plane_fragment_cols(&self) -> usize {
-        self.tile_cols / (self.warps_n * FRAGMENT)
     }
 
     /// f32 register sums per unit on the portable path (1, unused, on tensor cores).
@@ -138,12 +128,7 @@ impl GemmParams {
     /// Bytes of shared memory one cube uses with elements of `elem_size` bytes.
     pub fn shared_bytes(&self, elem_size: usize) -> usize {
         let stages = 2 * (self.tile_rows * self.a_stride() + self.stage_depth * self.w_stride());
-        let scratch = if self.tensor_cores {
-            self.planes() * self.groups * FRAGMENT * FRAGMENT * size_of::<f32>()
-        } else {
-            0
-        };
-        stages * elem_size + scratch
+        stages * elem_size
     }
 
     /// Why these knobs cannot run with `vector`-wide loads, if they cannot.
@@ -170,9 +155,9 @@ impl GemmParams {
             return Err("split-K sums partial products: only the identity epilogue".into());
         }
         if self.tensor_cores {
-            divides("tile_rows", self.tile_rows, self.warps_m * FRAGMENT)?;
-            divides("tile_cols", self.tile_cols, self.warps_n * FRAGMENT)?;
-            divides("stage_depth", self.stage_depth, FRAGMENT)?;
+            divides("tile_rows", self.tile_rows, self.warps_m * MMA_M)?;
+            divides("tile_cols", self.tile_cols, self.warps_n * COLUMN_PAIR)?;
+            divides("stage_depth", self.stage_depth, MMA_K)?;
         } else {
             divides("tile_rows", self.tile_rows, self.unit_rows)?;
             divides("tile_cols", self.tile_cols, self.unit_cols)?;
