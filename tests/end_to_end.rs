@@ -245,7 +245,12 @@ fn quick_benchmark_writes_its_tables_on_wgpu() {
     }
     let experts = std::fs::read_to_string(run.join("experts.csv")).unwrap();
     let mut lines = experts.lines();
-    assert!(lines.next().unwrap().starts_with("op,case,tiles,routed_rows,median_us"));
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("op,case,tiles,routed_rows,median_us")
+    );
     let ops: Vec<&str> = lines.map(|line| line.split(',').next().unwrap()).collect();
     for (op, count) in [("gemm1", 3), ("gemm2", 3), ("layer", 2)] {
         assert_eq!(

@@ -179,7 +179,7 @@ impl<B: MoeBackend> MoeLayer<B> {
             d_model,
             width: self.experts.w_out.dims()[1],
         };
-        let tile_rows = B::moe_tile_rows(&shape, activation, &x.device());
+        let tile_rows = B::moe_tile_rows(&shape, activation, x.dtype(), &x.device());
         let dispatch = B::moe_dispatch(routing.expert_ids.clone(), shape.num_experts, tile_rows);
         let shared_output = self.shared_experts.as_ref().map(|s| s.forward(x.clone())); // [T, d]
         let rows = B::moe_experts(
@@ -197,11 +197,10 @@ impl<B: MoeBackend> MoeLayer<B> {
 
         let expert_counts = dispatch.expert_counts(); // [E]
         let (top_expert, router_entropy) = router_summary(&routing.probs);
-        let aux_loss = self.control.balance_loss(
-            routing.probs,
-            expert_counts.clone(),
-            self.balance_loss_coef,
-        ) + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
+        let aux_loss =
+            self.control
+                .balance_loss(routing.probs, expert_counts.clone(), self.balance_loss_coef)
+                + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
         MoeOutput {
             output,
             aux_loss,

@@ -73,8 +73,12 @@ pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
         Some(backend) => backend,
         None => pick_backend(),
     };
-    let name = RunName::parse(&format!("bench-{}-{}", backend.name(), request.dtype.name()))
-        .expect("backend and dtype names make valid run names");
+    let name = RunName::parse(&format!(
+        "bench-{}-{}",
+        backend.name(),
+        request.dtype.name()
+    ))
+    .expect("backend and dtype names make valid run names");
     let run_dir = RunDir::claim_next_free(&request.results_root, &name)?;
     run_on_runtime(
         backend,

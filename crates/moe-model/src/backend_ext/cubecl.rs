@@ -1,13 +1,17 @@
 //! `MoeBackend` for CubeCL backends (CUDA, wgpu): the `moe-kernels` route, dispatch, grouped
 //! GEMMs and combine, with no host round trip between them.
 //!
+//! The kernels run in the element type of the tensors they are given (f32, f16 or bf16), not in
+//! the backend's default float type: Burn keeps default dtypes per device, so a tensor on a
+//! `CubeBackend<R, bf16>` can hold f32 values when another backend set up the device first.
+//!
 //! A kernel that reports an input it does not support (e.g. more slots than the route kernel
 //! keeps in registers) hands the operation to the tensor ops, and the fallback is printed once
 //! (`fallback.rs`). An invalid input means the layer built wrong arguments: that is a bug, and it
 //! panics with the kernel's message rather than hiding behind the slow path.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive, bf16, f16};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -26,6 +30,28 @@ use super::{Dispatch, ExpertRows, MoeBackend, Routing, tensor_ops};
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
+/// Evaluates `$body` with the type `$K` set to the kernel element of the float `$dtype` (f32,
+/// f16, bf16), or `$other` for a dtype the kernels do not take.
+macro_rules! with_float_kernel {
+    ($dtype:expr, $K:ident => $body:expr, else $other:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $K = f32;
+                $body
+            }
+            DType::F16 => {
+                type $K = f16;
+                $body
+            }
+            DType::BF16 => {
+                type $K = bf16;
+                $body
+            }
+            _ => $other,
+        }
+    };
+}
+
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
     for Cube<R, F, I, BT>
 {
@@ -34,13 +60,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
         let [num_tokens, num_experts] = logits.dims();
         let input = contiguous_float(&logits);
-        let routed = match route::<R, F, I>(
+        let routed = with_float_kernel!(input.dtype, K => route::<R, K, I>(
             &input.client,
             &input.handle,
             num_tokens,
             num_experts,
             policy,
-        ) {
+        ), else Err(unsupported_dtype("logits", input.dtype)));
+        let routed = match routed {
             Ok(routed) => routed,
             Err(error) => {
                 fall_back("route", error);
@@ -51,14 +78,19 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         Routing {
             probs: softmax(logits.clone(), 1),
             expert_ids: int_tensor(&input, routed.expert_ids, [num_tokens, slots]),
-            weights: float_tensor(&input, routed.weights, [num_tokens, slots], F::dtype()),
+            weights: float_tensor(&input, routed.weights, [num_tokens, slots], input.dtype),
             token_k: int_tensor(&input, routed.token_k, [num_tokens]),
             logits,
         }
     }
 
-    fn moe_tile_rows(shape: &ExpertShape, activation: Activation, device: &Self::Device) -> usize {
-        expert_config::<R, F>(&R::client(device), shape, activation).tile_rows()
+    fn moe_tile_rows(
+        shape: &ExpertShape,
+        activation: Activation,
+        dtype: DType,
+        device: &Self::Device,
+    ) -> usize {
+        expert_config::<R>(&R::client(device), shape, activation, dtype).tile_rows()
     }
 
     fn moe_dispatch(
@@ -68,7 +100,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
     ) -> Dispatch<Self> {
         let [num_tokens, slots] = expert_ids.dims();
         let num_pairs = num_tokens * slots;
-        let ids = into_contiguous(expert_ids.clone().into_primitive());
+        let ids = contiguous_int(&expert_ids);
         let plan =
             match dispatch::<R, I>(&ids.client, &ids.handle, num_pairs, num_experts, tile_rows) {
                 Ok(plan) => plan,
@@ -106,34 +138,39 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
             width,
         };
         let input = contiguous_float(&x);
+        let (w_in_primitive, w_out_primitive) = (contiguous_float(&w_in), contiguous_float(&w_out));
         let client = &input.client;
-        let config = expert_config::<R, F>(client, &shape, activation);
+        let dtype = input.dtype;
+        let config = expert_config::<R>(client, &shape, activation, dtype);
         let plan = plan_on_device(dispatch);
-        let projections = input_projection::<R, F, I>(
-            client,
-            &input.handle,
-            &contiguous_float(&w_in).handle,
-            &plan,
-            shape,
-            &config.input,
-        )
-        .and_then(|hidden| {
-            output_projection::<R, F, I>(
+        let projections = if w_in_primitive.dtype != dtype || w_out_primitive.dtype != dtype {
+            Err(KernelError::Unsupported(format!(
+                "mixed float types: x {dtype:?}, w_in {:?}, w_out {:?}",
+                w_in_primitive.dtype, w_out_primitive.dtype
+            )))
+        } else {
+            with_float_kernel!(dtype, K => input_projection::<R, K, I>(
                 client,
-                &hidden,
-                &contiguous_float(&w_out).handle,
+                &input.handle,
+                &w_in_primitive.handle,
                 &plan,
                 shape,
-                &config.output,
+                &config.input,
             )
-        });
+            .and_then(|hidden| {
+                output_projection::<R, K, I>(
+                    client,
+                    &hidden,
+                    &w_out_primitive.handle,
+                    &plan,
+                    shape,
+                    &config.output,
+                )
+            }), else Err(unsupported_dtype("x", dtype)))
+        };
         match projections {
             Ok(rows) => {
-                let dtype = if rows.splits > 1 {
-                    DType::F32
-                } else {
-                    F::dtype()
-                };
+                let dtype = if rows.splits > 1 { DType::F32 } else { dtype };
                 let blocks = [rows.splits, shape.num_pairs(), d_model];
                 ExpertRows {
                     blocks: float_tensor(&input, rows.rows, blocks, dtype),
@@ -155,7 +192,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         let [num_tokens, slots] = weights.dims();
         let blocks = contiguous_float(&rows.blocks);
         let row_weights = contiguous_float(&weights);
-        let row_of_pair = into_contiguous(dispatch.row_of_pair.clone().into_primitive());
+        let row_of_pair = contiguous_int(&dispatch.row_of_pair);
         let shape = CombineShape {
             num_tokens,
             slots,
@@ -163,32 +200,45 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
             d_model,
             splits,
         };
-        let combined = match blocks.dtype {
-            DType::F32 => combine::<R, F, f32, I>,
-            _ => combine::<R, F, F, I>,
-        }(
-            &blocks.client,
-            &blocks.handle,
-            &row_weights.handle,
-            &row_of_pair.handle,
-            shape,
-        );
+        let dtype = row_weights.dtype;
+        let combined = with_float_kernel!(dtype, K => {
+            let kernel = if blocks.dtype == DType::F32 {
+                combine::<R, K, f32, I>
+            } else if blocks.dtype == dtype {
+                combine::<R, K, K, I>
+            } else {
+                return Self::moe_combine(
+                    ExpertRows { blocks: rows.blocks.cast(dtype) },
+                    weights,
+                    dispatch,
+                );
+            };
+            kernel(
+                &blocks.client,
+                &blocks.handle,
+                &row_weights.handle,
+                &row_of_pair.handle,
+                shape,
+            )
+        }, else Err(unsupported_dtype("routing weights", dtype)));
         match combined {
-            Ok(output) => float_tensor(&blocks, output, [num_tokens, d_model], F::dtype()),
+            Ok(output) => float_tensor(&blocks, output, [num_tokens, d_model], dtype),
             Err(error) => {
                 fall_back("combine", error);
-                let blocks = rows.blocks.cast(F::dtype());
+                let blocks = rows.blocks.cast(dtype);
                 tensor_ops::combine(ExpertRows { blocks }, weights, dispatch)
             }
         }
     }
 }
 
-/// The size rule's tiles for `shape` on this device (tensor cores where it has them for `F`).
-fn expert_config<R: CubeRuntime, F: FloatElement>(
+/// The size rule's tiles for `shape` in `dtype` on this device (tensor cores where it has them
+/// for `dtype`).
+fn expert_config<R: CubeRuntime>(
     client: &cubecl::prelude::ComputeClient<R>,
     shape: &ExpertShape,
     activation: Activation,
+    dtype: DType,
 ) -> ExpertGemmConfig {
     let multiprocessors = client
         .properties()
@@ -198,9 +248,16 @@ fn expert_config<R: CubeRuntime, F: FloatElement>(
     ExpertGemmConfig::choose(
         shape,
         activation,
-        has_tensor_cores::<R, F>(client),
+        with_float_kernel!(dtype, K => has_tensor_cores::<R, K>(client), else false),
         multiprocessors,
     )
+}
+
+/// The error for a float tensor whose dtype no kernel takes (e.g. f64).
+fn unsupported_dtype(name: &str, dtype: DType) -> KernelError {
+    KernelError::Unsupported(format!(
+        "{name} in {dtype:?} (the kernels take f32, f16, bf16)"
+    ))
 }
 
 /// Falls back on an unsupported input (said once); panics on an invalid one, which is a bug of
@@ -216,17 +273,14 @@ fn fall_back(op: &'static str, error: KernelError) {
 fn plan_on_device<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     dispatch: &Dispatch<Cube<R, F, I, BT>>,
 ) -> DispatchOnDevice {
-    let handle = |tensor: &Tensor<Cube<R, F, I, BT>, 1, Int>| {
-        into_contiguous(tensor.clone().into_primitive()).handle
-    };
     let [num_tokens, slots] = dispatch.row_of_pair.dims();
     let [num_offsets] = dispatch.expert_offsets.dims();
     DispatchOnDevice {
-        expert_offsets: handle(&dispatch.expert_offsets),
-        routed_pairs: handle(&dispatch.routed_pairs),
-        row_of_pair: into_contiguous(dispatch.row_of_pair.clone().into_primitive()).handle,
-        tiles: into_contiguous(dispatch.tiles.clone().into_primitive()).handle,
-        num_tiles: handle(&dispatch.num_tiles),
+        expert_offsets: contiguous_int(&dispatch.expert_offsets).handle,
+        routed_pairs: contiguous_int(&dispatch.routed_pairs).handle,
+        row_of_pair: contiguous_int(&dispatch.row_of_pair).handle,
+        tiles: contiguous_int(&dispatch.tiles).handle,
+        num_tiles: contiguous_int(&dispatch.num_tiles).handle,
         num_pairs: num_tokens * slots,
         num_experts: num_offsets - 1,
         tile_rows: dispatch.tile_rows,
@@ -244,6 +298,20 @@ fn contiguous_float<
     tensor: &Tensor<Cube<R, F, I, BT>, D>,
 ) -> CubeTensor<R> {
     into_contiguous(tensor.clone().into_primitive().tensor())
+}
+
+/// The contiguous CubeCL primitive of an int tensor in the kernels' int type `I` (a dispatch by
+/// tensor ops holds the device's default int type).
+fn contiguous_int<
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+    const D: usize,
+>(
+    tensor: &Tensor<Cube<R, F, I, BT>, D, Int>,
+) -> CubeTensor<R> {
+    into_contiguous(tensor.clone().cast(I::dtype()).into_primitive())
 }
 
 /// A float tensor of `dtype` over a kernel's output buffer, on the device of `like`.

@@ -16,10 +16,12 @@ mod fallback;
 mod outputs;
 #[cfg(all(test, feature = "cubecl", feature = "ndarray"))]
 mod parity_tests;
+#[cfg(all(test, feature = "cubecl"))]
+mod precision_tests;
 pub mod tensor_ops;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::{Activation, RoutingPolicy};
 
@@ -43,10 +45,11 @@ pub trait MoeBackend: Backend {
     }
 
     /// Rows per tile of the dispatch's work list that [`MoeBackend::moe_experts`] needs for a
-    /// batch of `shape` on `device`.
+    /// batch of `shape` in float type `dtype` on `device`.
     fn moe_tile_rows(
         _shape: &ExpertShape,
         _activation: Activation,
+        _dtype: DType,
         _device: &Self::Device,
     ) -> usize {
         DEFAULT_TILE_ROWS
