@@ -19,6 +19,7 @@ mod init;
 pub mod mlp;
 pub mod model;
 pub mod moe;
+pub mod precision;
 pub mod router;
 pub mod shared_experts;
 #[cfg(test)]
@@ -32,4 +33,5 @@ pub use mlp::{DenseMlp, DenseMlpConfig};
 pub use model::{Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
 pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT, expert_capacity};
+pub use precision::cast_float_params;
 pub use router::Router;

@@ -17,7 +17,7 @@ use moe_kernels::grouped_gemm::{
     ExpertGemmConfig, ExpertShape, has_tensor_cores, input_projection, output_projection,
 };
 use moe_kernels::{Activation, RoutingPolicy};
-use moe_model::{MoeLayer, MoeLayerConfig};
+use moe_model::{MoeLayer, MoeLayerConfig, cast_float_params};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
@@ -293,12 +293,13 @@ fn synthetic_ids(case: &ExpertCase) -> Vec<i32> {
     ids
 }
 
-/// Random `[dims]` values of `F` on the device.
+/// Random `[dims]` values of `F` on the device (`F` explicitly: the device's default float type
+/// is whichever backend set it up first, f32 for the backend probe).
 fn random<R: CubeRuntime, F: FloatElement, const D: usize>(
     dims: [usize; D],
     device: &R::Device,
 ) -> Tensor<Cube<R, F>, D> {
-    Tensor::random(dims, Distribution::Uniform(-1.0, 1.0), device)
+    Tensor::random(dims, Distribution::Uniform(-1.0, 1.0), (device, F::dtype()))
 }
 
 fn handle<R: CubeRuntime, F: FloatElement, const D: usize>(
@@ -415,11 +416,12 @@ fn layer_row<R: CubeRuntime, F: FloatElement>(
         CaseRouting::TopK(k) => RoutingPolicy::TopK { k },
         CaseRouting::MeanK(_) | CaseRouting::Skewed => RoutingPolicy::Threshold { tau: 0.5 },
     };
-    let mut layer: MoeLayer<Cube<R, F>> = MoeLayerConfig::new()
+    let layer: MoeLayer<Cube<R, F>> = MoeLayerConfig::new()
         .with_num_experts(experts)
         .with_expert_width(width)
         .with_routing(policy)
         .init(d, device);
+    let mut layer = cast_float_params(layer, F::dtype().into());
     let x = random::<R, F, 2>([tokens, d], device);
     if let CaseRouting::MeanK(mean) = case.routing {
         let tau = calibrated_threshold(&layer, x.clone(), mean);

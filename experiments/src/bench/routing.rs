@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::prelude::*;
 use moe_kernels::RoutingPolicy;
@@ -103,7 +103,7 @@ pub fn run<R: CubeRuntime>(
         let logits = client.create_from_slice(f32::as_bytes(&host_logits));
         let logits_tensor = Tensor::<Cube<R>, 2>::from_data(
             TensorData::new(host_logits, [tokens, experts]),
-            device,
+            (device, DType::F32),
         );
 
         let route_kernel =
@@ -197,7 +197,7 @@ pub fn run<R: CubeRuntime>(
         let expert_rows = Tensor::<Cube<R>, 2>::random(
             [routed_rows, d_model],
             burn::tensor::Distribution::Default,
-            device,
+            (device, DType::F32),
         );
         let rows_handle = expert_rows.clone().into_primitive().tensor().handle;
         let shape = CombineShape {
