@@ -138,6 +138,7 @@ pub fn run_on_runtime<J: RuntimeJob>(
         BackendKind::Cuda => {
             let device = cubecl::cuda::CudaDevice::default();
             probe::<CubeCuda>(&device, "cuda")?;
+            note_autotune();
             job.run::<cubecl::cuda::CudaRuntime>(device)
         }
         #[allow(unreachable_patterns)]
@@ -180,7 +181,18 @@ fn run_on_wgpu<J: BackendJob>(_: J) -> Result<J::Output, ExperimentError> {
 fn run_on_cuda<J: BackendJob>(job: J) -> Result<J::Output, ExperimentError> {
     let device = cubecl::cuda::CudaDevice::default();
     probe::<CubeCuda>(&device, "cuda")?;
+    note_autotune();
     job.run::<Autodiff<CubeCuda>>(device)
+}
+
+/// Says up front why the first steps of a CUDA run can be slow: Burn tunes its matmuls there.
+#[cfg(feature = "cuda")]
+fn note_autotune() {
+    println!(
+        "cuda: Burn's matmuls autotune each new shape on first use (up to minutes per shape on \
+         a large GPU; kept under target/autotune for later runs; CUBECL_AUTOTUNE_LEVEL=minimal \
+         tunes less)"
+    );
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -7,7 +7,7 @@ use moe_kernels::RoutingPolicy;
 use moe_kernels::grouped_gemm::ExpertShape;
 
 use crate::InvalidValue;
-use crate::backend_ext::MoeBackend;
+use crate::backend_ext::{Dispatch, MoeBackend, Routing};
 use crate::balance::{BalanceMethod, router_z_loss};
 use crate::control::{RoutingControl, router_summary};
 use crate::experts::Experts;
@@ -159,6 +159,14 @@ pub struct MoeLayer<B: MoeBackend> {
     pub shared_experts: Option<SharedExperts<B>>,
 }
 
+/// One pass through the layer: its output and the routing and dispatch behind it.
+struct LayerPass<B: MoeBackend> {
+    output: Tensor<B, 2>,
+    routing: Routing<B>,
+    dispatch: Dispatch<B>,
+    dropped_pairs: Tensor<B, 1, Int>,
+}
+
 impl<B: MoeBackend> MoeLayer<B> {
     /// Routes (the routing step of [`RoutingControl`]), dispatches, runs each expert on its rows
     /// and combines, with the backend's operations: on CubeCL backends the kernels, with no host
@@ -169,6 +177,43 @@ impl<B: MoeBackend> MoeLayer<B> {
     /// # Shapes
     /// - `x`: `[T, d]` -> output `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> MoeOutput<B> {
+        let LayerPass {
+            output,
+            routing,
+            dispatch,
+            dropped_pairs,
+        } = self.pass(x);
+        let expert_counts = dispatch.expert_counts(); // [E]
+        let (top_expert, router_entropy) = router_summary(&routing.probs);
+        let aux_loss =
+            self.control
+                .balance_loss(routing.probs, expert_counts.clone(), self.balance_loss_coef)
+                + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
+        MoeOutput {
+            output,
+            aux_loss,
+            stats: RoutingStats {
+                token_k: routing.token_k,
+                expert_counts,
+                dropped_pairs,
+                top_expert,
+                router_entropy,
+            },
+        }
+    }
+
+    /// The output of [`MoeLayer::forward`] alone, for serving: no balance losses and no routing
+    /// statistics, so only route, dispatch, the experts and combine run (what decode pays for).
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]` -> `[T, d]`
+    pub fn infer(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.pass(x).output
+    }
+
+    /// Route, dispatch, experts, combine and shared experts: the output and what the statistics
+    /// are made of.
+    fn pass(&self, x: Tensor<B, 2>) -> LayerPass<B> {
         let [num_tokens, d_model] = x.dims();
         let activation = self.experts.activation();
         let (routing, dropped_pairs) = self.control.route(&self.router, x.clone());
@@ -194,23 +239,11 @@ impl<B: MoeBackend> MoeLayer<B> {
             Some(shared) => output + shared,
             None => output,
         };
-
-        let expert_counts = dispatch.expert_counts(); // [E]
-        let (top_expert, router_entropy) = router_summary(&routing.probs);
-        let aux_loss =
-            self.control
-                .balance_loss(routing.probs, expert_counts.clone(), self.balance_loss_coef)
-                + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
-        MoeOutput {
+        LayerPass {
             output,
-            aux_loss,
-            stats: RoutingStats {
-                token_k: routing.token_k,
-                expert_counts,
-                dropped_pairs,
-                top_expert,
-                router_entropy,
-            },
+            routing,
+            dispatch,
+            dropped_pairs,
         }
     }
 
@@ -280,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn forward_matches_a_row_by_row_f64_reference() {
+    fn forward_and_infer_match_a_row_by_row_f64_reference() {
         let device = Default::default();
         for (seed, activation, routing) in [
             (1, Activation::SwiGlu, RoutingPolicy::Threshold { tau: 0.5 }),
@@ -300,12 +333,16 @@ mod tests {
                 .init::<TestBackend>(d, &device);
             let x = random_tensor::<TestBackend, 2>(&mut rng(seed), [40, d], 1.5, &device);
             let expected = reference_forward(&layer, &host_f64(x.clone()), d, width, activation);
-            let got = host_f64(layer.forward(x).output);
-            for (g, e) in got.iter().zip(&expected) {
-                assert!(
-                    (g - e).abs() < 1e-4 * (1.0 + e.abs()),
-                    "{routing}: {g} vs {e}"
-                );
+            for (path, output) in [
+                ("forward", layer.forward(x.clone()).output),
+                ("infer", layer.infer(x)),
+            ] {
+                for (g, e) in host_f64(output).iter().zip(&expected) {
+                    assert!(
+                        (g - e).abs() < 1e-4 * (1.0 + e.abs()),
+                        "{path} {routing}: {g} vs {e}"
+                    );
+                }
             }
         }
     }

@@ -438,9 +438,9 @@ fn layer_row<R: CubeRuntime, F: FloatElement>(
     let mean_k = routed_rows as f64 / tokens as f64;
 
     let flops = 2.0 * (routed_rows * 3 * width * d) as f64 + 2.0 * (tokens * d * experts) as f64;
-    let time = device_timing(client, 2, repeats(flops), || drop(layer.forward(x.clone())));
+    let time = device_timing(client, 2, repeats(flops), || drop(layer.infer(x.clone())));
     let (wall, queued) =
-        wall_and_device_time(spinner, repeats(flops), || drop(layer.forward(x.clone())));
+        wall_and_device_time(spinner, repeats(flops), || drop(layer.infer(x.clone())));
     let shape = ExpertShape {
         num_tokens: tokens,
         slots: layer.router.policy().max_slots(),
