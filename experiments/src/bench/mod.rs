@@ -178,6 +178,7 @@ impl BenchJob {
             println!("{}", report::routing_table(&routing_rows, copy_bandwidth));
         }
         let baselines = Baselines::new(self.backend, self.request.burn_matmul);
+        println!("cuBLAS baseline: {}", baselines.cublas_status());
         let expert_rows = experts::run::<R, F>(
             &client,
             &device,
