@@ -18,9 +18,11 @@ struct CastFloats {
 }
 
 impl<B: Backend> ModuleMapper<B> for CastFloats {
+    /// Casts at initialisation when the parameter is still lazy, so the default-type copy of a
+    /// large weight never coexists with every other weight.
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let (id, tensor, mapper) = param.consume();
-        Param::from_mapped_value(id, tensor.cast(self.dtype), mapper)
+        let dtype = self.dtype;
+        param.init_mapper(move |tensor| tensor.cast(dtype))
     }
 }
 

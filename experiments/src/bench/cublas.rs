@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cudarc::cublas::{CudaBlas, result, sys};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -94,7 +95,7 @@ impl Cublas {
         let (alpha, beta) = (1.0f32, 0.0f32);
         let event = |what| {
             self.stream
-                .record_event(None)
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)) // None disables timing
                 .map_err(|e| format!("event {what}: {e}"))
         };
         let start = event("start")?;

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use burn::module::Param;
 use burn::tensor::{Distribution, Tensor};
 use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement};
 use cubecl::prelude::*;
@@ -25,6 +26,7 @@ use serde::Serialize;
 use super::device_time::{Spinner, wall_and_device_time};
 use super::timing::{Timing, device_timing};
 use super::{Baselines, FloatType};
+use crate::error::catch_panic;
 
 type Cube<R, F> = CubeBackend<R, F, i32, u8>;
 
@@ -189,7 +191,9 @@ pub struct ExpertRow {
     pub mean_k: Option<f64>,
 }
 
-/// Measures `cases` with floats `F` (`dtype`).
+/// Measures `cases` with floats `F` (`dtype`). A case that fails (e.g. out of device memory)
+/// ends the measurements, since the device may be unusable after it; the rows measured so far
+/// are kept.
 pub fn run<R: CubeRuntime, F: FloatElement>(
     client: &ComputeClient<R>,
     device: &R::Device,
@@ -201,13 +205,22 @@ pub fn run<R: CubeRuntime, F: FloatElement>(
     let mut rows = Vec::new();
     for case in cases {
         println!("  measuring {}", case.label());
-        match case.kind {
-            CaseKind::Gemm => {
-                rows.extend(gemm_rows::<R, F>(client, device, case, dtype, baselines))
-            }
-            CaseKind::Layer => rows.push(layer_row::<R, F>(
+        let measured = catch_panic(|| match case.kind {
+            CaseKind::Gemm => gemm_rows::<R, F>(client, device, case, dtype, baselines),
+            CaseKind::Layer => vec![layer_row::<R, F>(
                 client, device, spinner, case, dtype, baselines,
-            )),
+            )],
+        });
+        match measured {
+            Ok(case_rows) => rows.extend(case_rows),
+            Err(reason) => {
+                println!(
+                    "  {} failed: {reason}; stopping here, the {} rows measured so far are kept",
+                    case.label(),
+                    rows.len()
+                );
+                break;
+            }
         }
         client.memory_cleanup();
     }
@@ -300,6 +313,16 @@ fn random<R: CubeRuntime, F: FloatElement, const D: usize>(
     device: &R::Device,
 ) -> Tensor<Cube<R, F>, D> {
     Tensor::random(dims, Distribution::Uniform(-1.0, 1.0), (device, F::dtype()))
+}
+
+/// A random weight `[dims]` of `F` drawn from N(0, 1/fan_in), like the model's initialiser.
+fn random_weight<R: CubeRuntime, F: FloatElement, const D: usize>(
+    dims: [usize; D],
+    fan_in: usize,
+    device: &R::Device,
+) -> Tensor<Cube<R, F>, D> {
+    let std = 1.0 / (fan_in as f64).sqrt();
+    Tensor::random(dims, Distribution::Normal(0.0, std), (device, F::dtype()))
 }
 
 fn handle<R: CubeRuntime, F: FloatElement, const D: usize>(
@@ -422,6 +445,14 @@ fn layer_row<R: CubeRuntime, F: FloatElement>(
         .with_routing(policy)
         .init(d, device);
     let mut layer = cast_float_params(layer, F::dtype().into());
+    // The expert weights are drawn in F directly: the initialiser draws in the device's default
+    // type first (f32 after the backend probe), and DeepSeek's w_in in f32 (30 GB) is larger than
+    // CubeCL's largest buffer on an 80 GB card (a quarter of the memory).
+    let columns = layer.experts.activation().input_columns(width);
+    layer.experts.w_in =
+        Param::from_tensor(random_weight::<R, F, 3>([experts, d, columns], d, device));
+    layer.experts.w_out =
+        Param::from_tensor(random_weight::<R, F, 3>([experts, width, d], width, device));
     let x = random::<R, F, 2>([tokens, d], device);
     if let CaseRouting::MeanK(mean) = case.routing {
         let tau = calibrated_threshold(&layer, x.clone(), mean);
