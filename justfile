@@ -38,7 +38,8 @@ study *args:
 sweep *args:
     cargo run --release -p experiments -- sweep {{backend_flag}} {{args}}
 
-# Time the routing kernels against Burn tensor ops: `just bench` (CUDA), `just bench --backend wgpu --quick`.
+# Time the routing kernels, grouped GEMMs and whole layer against tensor ops, cuBLAS, dense MLPs and the
+# memory floor: `just bench` (best backend here), `just bench --backend cuda --dtype bf16`, `--quick`.
 bench *args:
     cargo run --release -p experiments -- bench {{args}}
 

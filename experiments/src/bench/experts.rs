@@ -481,7 +481,8 @@ fn layer_row<R: CubeRuntime, F: FloatElement>(
     };
     let config = config_for::<R, F>(client, &shape);
 
-    let active_width = ((mean_k * width as f64).round() as usize).max(1);
+    // Rounded to a multiple of 128: an odd width (1.3 x 14336 = 18637) puts cuBLAS on a slow path.
+    let active_width = ((mean_k * width as f64 / 128.0).round() as usize).max(1) * 128;
     let total_width = experts * width;
     let dense_bytes = (d * 3 * total_width + tokens * 3 * total_width) * dtype.size();
     ExpertRow {
