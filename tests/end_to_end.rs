@@ -79,6 +79,48 @@ fn smoke_run_beats_chance_uses_variable_k_and_reloads() {
     let accuracy_line = format!("{:.1}%", 100.0 * metrics.test_accuracy);
     assert!(String::from_utf8_lossy(&eval.stdout).contains(&accuracy_line));
 
+    // In f16 (on wgpu, where the device has it) the saved model keeps its accuracy within two
+    // points; bf16 on the CPU backend is refused in one line.
+    let run_arg = run.to_str().unwrap();
+    let half = experiments(&[
+        "eval",
+        "--run",
+        run_arg,
+        "--backend",
+        "wgpu",
+        "--dtype",
+        "f16",
+    ]);
+    let half_stderr = String::from_utf8_lossy(&half.stderr);
+    if half_stderr.contains("cannot run it here") {
+        println!("this wgpu device has no f16: {half_stderr}");
+    } else {
+        assert!(half.status.success(), "{half_stderr}");
+        let stdout = String::from_utf8_lossy(&half.stdout);
+        let accuracy: f64 = stdout
+            .lines()
+            .find_map(|line| line.trim_start().strip_prefix("test accuracy"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.trim_end_matches('%').parse().ok())
+            .expect("a test accuracy line");
+        assert!(
+            (accuracy - 100.0 * metrics.test_accuracy).abs() <= 2.0,
+            "f16 accuracy {accuracy}% vs f32 {accuracy_line}"
+        );
+    }
+    assert_clean_failure(
+        &experiments(&[
+            "eval",
+            "--run",
+            run_arg,
+            "--backend",
+            "ndarray",
+            "--dtype",
+            "bf16",
+        ]),
+        "--dtype bf16: backend `ndarray` cannot run it here",
+    );
+
     let compare = experiments(&["compare", "--results", results_arg]);
     assert!(String::from_utf8_lossy(&compare.stdout).contains("smoke"));
 

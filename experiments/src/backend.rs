@@ -2,8 +2,8 @@
 
 use burn::backend::Autodiff;
 use burn::backend::ndarray::{NdArray, NdArrayDevice};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 use moe_model::MoeAutodiffBackend;
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,33 @@ impl FloatType {
             FloatType::Bf16 | FloatType::F16 => 2,
         }
     }
+
+    /// Burn's data type.
+    pub fn dtype(&self) -> DType {
+        match self {
+            FloatType::F32 => DType::F32,
+            FloatType::Bf16 => DType::BF16,
+            FloatType::F16 => DType::F16,
+        }
+    }
+}
+
+/// Makes `dtype` the float type of every tensor created on `device` from now on. Burn keeps one
+/// default per device, fixed by the first tensor created there, so this must come before any
+/// (the backend probe creates its tensor with an explicit type for that reason).
+pub fn use_float_type<B: Backend>(
+    device: &B::Device,
+    dtype: FloatType,
+    backend: BackendKind,
+) -> Result<(), ExperimentError> {
+    let int = <B::IntElem as burn::tensor::Element>::dtype();
+    burn::tensor::set_default_dtypes::<B>(device, dtype.dtype(), int).map_err(|error| {
+        ExperimentError::FloatTypeUnavailable {
+            dtype: dtype.name(),
+            backend: backend.name(),
+            reason: error.to_string(),
+        }
+    })
 }
 
 /// Work that can run on any training backend; [`run_on`] picks the backend at run time.
@@ -204,7 +231,7 @@ fn run_on_cuda<J: BackendJob>(_: J) -> Result<J::Output, ExperimentError> {
 /// CubeCL, which becomes an error naming the backend.
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(dead_code))]
 fn probe<B: Backend>(device: &B::Device, backend: &'static str) -> Result<(), ExperimentError> {
-    catch_panic(|| Tensor::<B, 1>::ones([1], device).into_data())
+    catch_panic(|| Tensor::<B, 1>::ones([1], (device, DType::F32)).into_data())
         .map(|_| ())
         .map_err(|reason| ExperimentError::BackendUnavailable { backend, reason })
 }

@@ -120,6 +120,18 @@ pub enum ExperimentError {
         /// What the run's name holds now, e.g. `results/moe still holds the earlier run`.
         left: String,
     },
+    /// `--dtype` names a float type the chosen backend's device does not have.
+    #[error(
+        "--dtype {dtype}: backend `{backend}` cannot run it here ({reason}); use f32, or bf16/f16 on --backend cuda"
+    )]
+    FloatTypeUnavailable {
+        /// The float type asked for.
+        dtype: &'static str,
+        /// The backend asked for.
+        backend: &'static str,
+        /// Why not.
+        reason: String,
+    },
     /// The chosen backend is not part of this build.
     #[error("backend `{0}` was not compiled into this binary; rebuild with `--features {0}`")]
     BackendNotCompiled(&'static str),

@@ -11,7 +11,9 @@ use burn::tensor::backend::Backend;
 use burn::train::metric::ItemLazy;
 use moe_model::{MoeAutodiffBackend, MoeBackend};
 
-use crate::backend::{BackendJob, BackendKind, max_buffer_bytes, run_on};
+use crate::backend::{
+    BackendJob, BackendKind, FloatType, max_buffer_bytes, run_on, use_float_type,
+};
 use crate::classifier::Classifier;
 use crate::config::{ConfigSources, RunConfig};
 use crate::data::{TaskBatch, TaskBatcher, TaskDataset, TaskSplits, items};
@@ -134,10 +136,14 @@ impl RunMetrics {
     }
 }
 
-/// Re-evaluates the model saved in a run directory on the test split of its task. An unfinished
-/// run, or one whose `metrics.json` or `config.toml` is damaged, is refused before the backend
-/// starts.
-pub fn eval_saved(run_path: &Path, backend: BackendKind) -> Result<RunMetrics, ExperimentError> {
+/// Re-evaluates the model saved in a run directory on the test split of its task, with weights
+/// and activations in `dtype`. An unfinished run, or one whose `metrics.json` or `config.toml` is
+/// damaged, is refused before the backend starts.
+pub fn eval_saved(
+    run_path: &Path,
+    backend: BackendKind,
+    dtype: FloatType,
+) -> Result<RunMetrics, ExperimentError> {
     if let RunState::Incomplete(reason) = run_state(run_path) {
         return Err(ExperimentError::IncompleteRun {
             path: run_path.to_path_buf(),
@@ -155,6 +161,7 @@ pub fn eval_saved(run_path: &Path, backend: BackendKind) -> Result<RunMetrics, E
         SavedRun {
             path: run_path.to_path_buf(),
             backend,
+            dtype,
             sources,
             config,
             train_seconds: saved.train_wall_time_s,
@@ -166,6 +173,7 @@ pub fn eval_saved(run_path: &Path, backend: BackendKind) -> Result<RunMetrics, E
 struct SavedRun {
     path: PathBuf,
     backend: BackendKind,
+    dtype: FloatType,
     sources: ConfigSources,
     config: RunConfig,
     train_seconds: f64,
@@ -175,6 +183,9 @@ impl BackendJob for SavedRun {
     type Output = RunMetrics;
 
     fn run<B: MoeAutodiffBackend>(self, device: B::Device) -> Result<RunMetrics, ExperimentError> {
+        if self.dtype != FloatType::F32 {
+            use_float_type::<B::InnerBackend>(&device, self.dtype, self.backend)?;
+        }
         let config = &self.config;
         check_memory(
             config,

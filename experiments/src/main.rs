@@ -57,6 +57,10 @@ enum Command {
         /// Backend to evaluate on.
         #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
+        /// Float type of the weights and activations (bf16 and f16 need a CubeCL backend whose
+        /// device has the type).
+        #[arg(long, value_enum, default_value_t)]
+        dtype: FloatType,
     },
     /// Time the MoE kernels (routing, grouped GEMMs, the whole layer) against Burn, cuBLAS,
     /// dense MLPs and the memory floor.
@@ -139,8 +143,12 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             })?;
             println!("{}", metrics.summary());
         }
-        Command::Eval { run, backend } => {
-            println!("{}", eval::eval_saved(&run, backend)?.summary());
+        Command::Eval {
+            run,
+            backend,
+            dtype,
+        } => {
+            println!("{}", eval::eval_saved(&run, backend, dtype)?.summary());
         }
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
         Command::Bench {
