@@ -12,7 +12,7 @@ use moe_kernels::Activation;
 use moe_kernels::dispatch::DispatchOnDevice;
 use moe_kernels::dispatch::reference::plan;
 use moe_kernels::grouped_gemm::{
-    ExpertGemmConfig, ExpertShape, GemmParams, input_projection, output_projection,
+    ExpertGemmConfig, ExpertShape, GemmParams, input_projection, multiprocessors, output_projection,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -32,11 +32,7 @@ const SHAPES: [(&str, usize, usize, usize, usize, usize, f64); 6] = [
 fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
     let client = R::client(&CudaDevice::default());
-    let sms = client
-        .properties()
-        .hardware
-        .num_streaming_multiprocessors
-        .map(|n| n as usize);
+    let sms = multiprocessors(&client);
     for &(name, tokens, d_model, width, experts, slots, mean_k) in &SHAPES {
         if !name.contains(&filter) {
             continue;

@@ -15,7 +15,7 @@ use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement};
 use cubecl::prelude::*;
 use moe_kernels::dispatch::{DispatchOnDevice, dispatch};
 use moe_kernels::grouped_gemm::{
-    ExpertGemmConfig, ExpertShape, has_tensor_cores, input_projection, output_projection,
+    ExpertGemmConfig, ExpertShape, device_config, input_projection, output_projection,
 };
 use moe_kernels::{Activation, RoutingPolicy};
 use moe_model::{MoeLayer, MoeLayerConfig, cast_float_params};
@@ -244,24 +244,6 @@ fn timing_us(timing: &Timing) -> [f64; 3] {
     ]
 }
 
-/// The size rule's configuration for a case on this device.
-fn config_for<R: Runtime, F: CubeElement>(
-    client: &ComputeClient<R>,
-    shape: &ExpertShape,
-) -> ExpertGemmConfig {
-    let multiprocessors = client
-        .properties()
-        .hardware
-        .num_streaming_multiprocessors
-        .map(|n| n as usize);
-    ExpertGemmConfig::choose(
-        shape,
-        Activation::SwiGlu,
-        has_tensor_cores::<R, F>(client),
-        multiprocessors,
-    )
-}
-
 fn tiles_label(config: &ExpertGemmConfig) -> String {
     let tiles = |p: &moe_kernels::grouped_gemm::GemmParams| {
         let split = if p.split_k > 1 {
@@ -347,7 +329,7 @@ fn gemm_rows<R: CubeRuntime, F: FloatElement>(
         d_model: d,
         width,
     };
-    let config = config_for::<R, F>(client, &shape);
+    let config = device_config::<R, F>(client, &shape, Activation::SwiGlu);
     let ids = synthetic_ids(case);
     let touched = (0..experts as i32).filter(|e| ids.contains(e)).count();
     let routed_rows = ids.iter().filter(|&&id| id >= 0).count();
@@ -479,7 +461,7 @@ fn layer_row<R: CubeRuntime, F: FloatElement>(
         d_model: d,
         width,
     };
-    let config = config_for::<R, F>(client, &shape);
+    let config = device_config::<R, F>(client, &shape, Activation::SwiGlu);
 
     // Rounded to a multiple of 128: an odd width (1.3 x 14336 = 18637) puts cuBLAS on a slow path.
     let active_width = ((mean_k * width as f64 / 128.0).round() as usize).max(1) * 128;

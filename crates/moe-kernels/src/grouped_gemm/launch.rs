@@ -4,13 +4,14 @@ use cubecl::ir::features::MmaConfig;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
+use super::config::ExpertGemmConfig;
 use super::kernel::grouped_gemm;
 use super::params::GemmParams;
 use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
 use crate::buffer::expect_len;
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::max_tiles;
-use crate::{InvalidValue, KernelError};
+use crate::{Activation, InvalidValue, KernelError};
 
 /// Sizes of the expert computation of one batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,31 @@ pub fn has_tensor_cores<R: Runtime, F: CubeElement>(client: &ComputeClient<R>) -
         k: MMA_K as u32,
     };
     size_of::<F>() == 2 && client.properties().features.matmul.mma.contains(&config)
+}
+
+/// Streaming multiprocessors of the device, where the runtime reports them (the split-K rule
+/// sizes decode grids by them).
+pub fn multiprocessors<R: Runtime>(client: &ComputeClient<R>) -> Option<usize> {
+    client
+        .properties()
+        .hardware
+        .num_streaming_multiprocessors
+        .map(|n| n as usize)
+}
+
+/// The size rule's tiles for `shape` with floats `F` on this device: tensor cores where it has
+/// them for `F`, split-K sized by its multiprocessors.
+pub fn device_config<R: Runtime, F: CubeElement>(
+    client: &ComputeClient<R>,
+    shape: &ExpertShape,
+    activation: Activation,
+) -> ExpertGemmConfig {
+    ExpertGemmConfig::choose(
+        shape,
+        activation,
+        has_tensor_cores::<R, F>(client),
+        multiprocessors(client),
+    )
 }
 
 /// First projection of every routed row: `hidden[row] = act(x[token of row] @ w_in[e])`, a new

@@ -9,7 +9,7 @@ use super::reference::{
 };
 use super::{
     ExpertGemmConfig, ExpertShape, GemmParams, has_tensor_cores, input_projection_into,
-    output_projection_into,
+    multiprocessors, output_projection_into,
 };
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::{DispatchPlan, plan};
@@ -413,11 +413,7 @@ fn chosen_configs_match_reference<R: Runtime, F: HostFloat>(client: &ComputeClie
         );
         return;
     }
-    let multiprocessors = client
-        .properties()
-        .hardware
-        .num_streaming_multiprocessors
-        .map(|n| n as usize);
+    let sms = multiprocessors(client);
     let mut all = cases();
     all.push((
         100,
@@ -454,7 +450,7 @@ fn chosen_configs_match_reference<R: Runtime, F: HostFloat>(client: &ComputeClie
             d_model: d,
             width,
         };
-        let config = ExpertGemmConfig::choose(&shape, activation, tensor_cores, multiprocessors);
+        let config = ExpertGemmConfig::choose(&shape, activation, tensor_cores, sms);
         let batch = Batch::new::<F>(
             seed as u64 + 100,
             tokens,

@@ -20,7 +20,7 @@ use moe_kernels::combine::{CombineShape, combine};
 use moe_kernels::dispatch::reference::max_tiles;
 use moe_kernels::dispatch::{DispatchOnDevice, dispatch};
 use moe_kernels::grouped_gemm::{
-    ExpertGemmConfig, ExpertShape, has_tensor_cores, input_projection, output_projection,
+    ExpertGemmConfig, ExpertShape, device_config, input_projection, output_projection,
 };
 use moe_kernels::route::route;
 use moe_kernels::{Activation, KernelError, RoutingPolicy};
@@ -240,17 +240,9 @@ fn expert_config<R: CubeRuntime>(
     activation: Activation,
     dtype: DType,
 ) -> ExpertGemmConfig {
-    let multiprocessors = client
-        .properties()
-        .hardware
-        .num_streaming_multiprocessors
-        .map(|n| n as usize);
-    ExpertGemmConfig::choose(
-        shape,
-        activation,
-        with_float_kernel!(dtype, K => has_tensor_cores::<R, K>(client), else false),
-        multiprocessors,
-    )
+    // A dtype no kernel takes gets the f32 (portable) tiles; the experts then fall back anyway.
+    with_float_kernel!(dtype, K => device_config::<R, K>(client, shape, activation),
+        else device_config::<R, f32>(client, shape, activation))
 }
 
 /// The error for a float tensor whose dtype no kernel takes (e.g. f64).
