@@ -19,6 +19,7 @@ pub mod progress;
 pub mod report;
 pub mod routing_metrics;
 pub mod routing_summary;
+pub mod routing_trace;
 pub mod run_dir;
 pub mod sweep;
 pub mod task;
