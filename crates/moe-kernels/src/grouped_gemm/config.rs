@@ -66,6 +66,7 @@ impl ExpertGemmConfig {
             unit_cols: 4,
             split_k: 1,
             raster_group: 8,
+            transposed_weights: false,
         };
         let output_of = |input: GemmParams, tile_cols, warps_n| GemmParams {
             tile_cols,
@@ -197,6 +198,27 @@ impl ExpertGemmConfig {
             push(input, GemmParams { split_k, ..output });
         }
         all
+    }
+
+    /// The input projection without its activation, for the training forward, which keeps the
+    /// pre-activations `[P, input_columns(F)]` for the backward.
+    pub fn pre_activation(&self) -> GemmParams {
+        GemmParams {
+            groups: 1,
+            epilogue: Epilogue::Identity,
+            ..self.input
+        }
+    }
+
+    /// A projection of rows in dispatch order through transposed weights, with the output
+    /// projection's tiles: the backward's input gradients (`d_rows @ w_out^T`,
+    /// `d_pre @ w_in^T`).
+    pub fn transposed(&self) -> GemmParams {
+        GemmParams {
+            transposed_weights: true,
+            split_k: 1,
+            ..self.output
+        }
     }
 
     /// Rows per tile of the dispatch's tile list that both projections need.

@@ -95,8 +95,12 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
         params,
         n,
     );
-    // Weight vector where this tile's columns start, row 0 of the depth.
-    let w_base = expert * depth * (params.groups * width / n) + first_col / n;
+    // Weight vector where this tile's columns start, row 0 of the depth (transposed: where the
+    // row of the tile's first column starts).
+    let mut w_base = expert * depth * (params.groups * width / n) + first_col / n;
+    if comptime!(params.transposed_weights) {
+        w_base = (expert * width + first_col) * (depth / n);
+    }
 
     let a_stage = comptime!(params.a_stage_vectors(n));
     let w_stage = comptime!(params.w_stage_vectors(n));
@@ -121,6 +125,7 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
             w_base,
             first_col,
             width,
+            depth,
             depth_begin,
             depth_end,
             &mut staged_a,
@@ -140,6 +145,7 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                 w_base,
                 first_col,
                 width,
+                depth,
                 depth_begin + (s + 1) * params.stage_depth,
                 depth_end,
                 &mut staged_a,
@@ -227,8 +233,8 @@ fn a_row_starts<I: Int>(
     starts
 }
 
-/// Loads one stage (depth `k0..k0 + stage_depth`, clipped at `depth_end`) of A rows and weight
-/// columns into this unit's registers; zeros where out of range.
+/// Loads one stage (depth `k0..k0 + stage_depth`, clipped at `depth_end`, of the full `depth`)
+/// of A rows and weight columns into this unit's registers; zeros where out of range.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
 fn load_stage<F: Float, N: Size>(
@@ -238,6 +244,7 @@ fn load_stage<F: Float, N: Size>(
     w_base: usize,
     first_col: usize,
     width: usize,
+    depth: usize,
     k0: usize,
     depth_end: usize,
     staged_a: &mut Array<Vector<F, N>>,
@@ -258,22 +265,41 @@ fn load_stage<F: Float, N: Size>(
         staged_a[i] = value;
     }
 
-    let tile_col_vectors = comptime!(params.tile_cols / n);
-    let row_vectors = comptime!(params.groups * params.tile_cols / n);
-    let weight_row_vectors = params.groups * width / n;
-    #[unroll]
-    for i in 0..comptime!(params.w_loads_per_unit(n)) {
-        let v = UNIT_POS as usize + i * params.units();
-        let k = k0 + v / row_vectors;
-        let in_row = v % row_vectors;
-        let group = in_row / tile_col_vectors;
-        let col_vector = in_row % tile_col_vectors;
-        let mut value = Vector::<F, N>::new(F::new(0.0));
-        if k < depth_end && first_col + col_vector * n < width && v < comptime!(params.w_vectors(n))
-        {
-            value = weights[w_base + k * weight_row_vectors + group * (width / n) + col_vector];
+    if comptime!(params.transposed_weights) {
+        // Weights `[E, width, depth]`: each of the tile's columns is a row of the depth.
+        let col_vectors = comptime!(params.stage_depth / n);
+        let depth_vectors = depth / n;
+        #[unroll]
+        for i in 0..comptime!(params.w_loads_per_unit(n)) {
+            let v = UNIT_POS as usize + i * params.units();
+            let col = v / col_vectors;
+            let k = k0 + (v % col_vectors) * n;
+            let mut value = Vector::<F, N>::new(F::new(0.0));
+            if k < depth_end && first_col + col < width && v < comptime!(params.w_vectors(n)) {
+                value = weights[w_base + col * depth_vectors + k / n];
+            }
+            staged_w[i] = value;
         }
-        staged_w[i] = value;
+    } else {
+        let tile_col_vectors = comptime!(params.tile_cols / n);
+        let row_vectors = comptime!(params.groups * params.tile_cols / n);
+        let weight_row_vectors = params.groups * width / n;
+        #[unroll]
+        for i in 0..comptime!(params.w_loads_per_unit(n)) {
+            let v = UNIT_POS as usize + i * params.units();
+            let k = k0 + v / row_vectors;
+            let in_row = v % row_vectors;
+            let group = in_row / tile_col_vectors;
+            let col_vector = in_row % tile_col_vectors;
+            let mut value = Vector::<F, N>::new(F::new(0.0));
+            if k < depth_end
+                && first_col + col_vector * n < width
+                && v < comptime!(params.w_vectors(n))
+            {
+                value = weights[w_base + k * weight_row_vectors + group * (width / n) + col_vector];
+            }
+            staged_w[i] = value;
+        }
     }
 }
 
@@ -299,7 +325,11 @@ fn store_stage<F: Float, N: Size>(
         }
     }
     let w_base = buffer * comptime!(params.w_stage_vectors(n));
-    let w_row_vectors = comptime!(params.groups * params.tile_cols / n);
+    let w_row_vectors = comptime!(if params.transposed_weights {
+        params.stage_depth / n
+    } else {
+        params.groups * params.tile_cols / n
+    });
     let w_stride = comptime!(params.w_stride() / n);
     #[unroll]
     for i in 0..comptime!(params.w_loads_per_unit(n)) {

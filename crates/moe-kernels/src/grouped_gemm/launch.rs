@@ -118,7 +118,7 @@ pub fn input_projection_into<R: Runtime, F: Float + CubeElement, I: Int + CubeEl
             "the input projection gathers token rows and has no split".into(),
         ));
     }
-    let operands = Operands {
+    let operands = ExpertOperands {
         a: x,
         a_rows: shape.num_tokens,
         weights: w_in,
@@ -167,7 +167,7 @@ pub fn output_projection_into<R: Runtime, F: Float + CubeElement, I: Int + CubeE
             "the output projection reads rows in dispatch order".into(),
         ));
     }
-    let operands = Operands {
+    let operands = ExpertOperands {
         a: hidden,
         a_rows: shape.num_pairs(),
         weights: w_out,
@@ -182,21 +182,47 @@ pub fn output_projection_into<R: Runtime, F: Float + CubeElement, I: Int + CubeE
     }
 }
 
-/// The buffers and sizes of one launch: `output = epilogue(a @ weights)` with `depth` rows of
-/// weights and `width` output columns per group.
-struct Operands<'a> {
-    a: &'a Handle,
-    a_rows: usize,
-    weights: &'a Handle,
-    depth: usize,
-    width: usize,
-    output: &'a Handle,
+/// The buffers and sizes of one grouped GEMM: `output[row] = epilogue(a[source of row] @
+/// weights[expert of row])`, with `depth` rows of weights and `width` output columns per group
+/// (`params.transposed_weights`: weights stored `[E, width, depth]`).
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertOperands<'a> {
+    /// `[a_rows, depth]`: token rows (gather) or rows in dispatch order.
+    pub a: &'a Handle,
+    /// Rows of `a`.
+    pub a_rows: usize,
+    /// `[E, depth, groups * width]`, or `[E, width, depth]` transposed.
+    pub weights: &'a Handle,
+    /// Reduction length.
+    pub depth: usize,
+    /// Output columns.
+    pub width: usize,
+    /// `[split_k, P, width]` of the output type.
+    pub output: &'a Handle,
+}
+
+/// One grouped GEMM on caller-provided operands with output element `O` (f32 for split-K
+/// partial sums, else `F`): the training forward's pre-activations and the backward's input
+/// gradients through transposed weights use it directly.
+pub fn expert_matmul<
+    R: Runtime,
+    F: Float + CubeElement,
+    O: Float + CubeElement,
+    I: Int + CubeElement,
+>(
+    client: &ComputeClient<R>,
+    operands: &ExpertOperands,
+    plan: &DispatchOnDevice,
+    shape: ExpertShape,
+    params: &GemmParams,
+) -> Result<(), KernelError> {
+    launch::<R, F, O, I>(client, operands, plan, shape, params)
 }
 
 /// Validates, then launches one grouped GEMM with output element `O`.
 fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + CubeElement>(
     client: &ComputeClient<R>,
-    operands: &Operands,
+    operands: &ExpertOperands,
     plan: &DispatchOnDevice,
     shape: ExpertShape,
     params: &GemmParams,
@@ -205,7 +231,7 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
     let num_pairs = shape.num_pairs();
     let tiles = max_tiles(num_pairs, shape.num_experts, plan.tile_rows);
     let col_blocks = operands.width.div_ceil(params.tile_cols);
-    let weights_len = shape.num_experts * operands.depth * params.groups * operands.width;
+    let weights_len = weights_len(operands, shape, params);
     // SAFETY: `validate` checked every buffer against these sizes; the kernel reads `a` rows
     // below `a_rows` (gathered rows are tokens of routed pairs), weights of experts below E,
     // and writes rows below P of block `split` < split_k.
@@ -241,10 +267,15 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
     Ok(())
 }
 
+/// Elements of the weights of all experts.
+fn weights_len(operands: &ExpertOperands, shape: ExpertShape, params: &GemmParams) -> usize {
+    shape.num_experts * operands.depth * params.groups * operands.width
+}
+
 /// Checks shapes, buffers and the device's limits; returns the vector width of the loads.
 fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
     client: &ComputeClient<R>,
-    operands: &Operands,
+    operands: &ExpertOperands,
     plan: &DispatchOnDevice,
     shape: ExpertShape,
     params: &GemmParams,
@@ -282,7 +313,7 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
     }
 
     let elem = size_of::<F>();
-    let weights_len = shape.num_experts * operands.depth * params.groups * operands.width;
+    let weights_len = weights_len(operands, shape, params);
     expect_len(operands.a, "a", operands.a_rows * operands.depth, elem)?;
     expect_len(operands.weights, "weights", weights_len, elem)?;
     expect_len(

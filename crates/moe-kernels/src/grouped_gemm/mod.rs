@@ -13,7 +13,8 @@ mod units;
 
 pub use config::{CUBES_PER_SM, ExpertGemmConfig, MAX_SPLITS};
 pub use launch::{
-    ExpertRows, ExpertShape, device_config, has_tensor_cores, input_projection,
-    input_projection_into, multiprocessors, output_projection, output_projection_into,
+    ExpertOperands, ExpertRows, ExpertShape, device_config, expert_matmul, has_tensor_cores,
+    input_projection, input_projection_into, multiprocessors, output_projection,
+    output_projection_into,
 };
 pub use params::{Epilogue, GemmParams};

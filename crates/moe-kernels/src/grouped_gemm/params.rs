@@ -59,6 +59,9 @@ pub struct GemmParams {
     pub split_k: usize,
     /// Tiles whose cubes are numbered together (they share weight columns).
     pub raster_group: usize,
+    /// The weights are stored `[E, width, depth]` and multiplied transposed (the backward's
+    /// input gradients); their stage is then held `[tile_cols][stage_depth]` in shared memory.
+    pub transposed_weights: bool,
 }
 
 impl GemmParams {
@@ -90,9 +93,23 @@ impl GemmParams {
         self.stage_depth + ROW_PADDING
     }
 
-    /// Elements per shared-memory row of the weight stage.
+    /// Elements per shared-memory row of the weight stage (rows run along the depth, or along
+    /// the columns when the weights are transposed).
     pub fn w_stride(&self) -> usize {
-        self.groups * self.tile_cols + ROW_PADDING
+        if self.transposed_weights {
+            self.stage_depth + ROW_PADDING
+        } else {
+            self.groups * self.tile_cols + ROW_PADDING
+        }
+    }
+
+    /// Rows of the weight stage in shared memory.
+    fn w_stage_rows(&self) -> usize {
+        if self.transposed_weights {
+            self.groups * self.tile_cols
+        } else {
+            self.stage_depth
+        }
     }
 
     /// Vectors of `vector` elements in one A stage buffer (padded).
@@ -102,7 +119,7 @@ impl GemmParams {
 
     /// Vectors in one weight stage buffer (padded).
     pub fn w_stage_vectors(&self, vector: usize) -> usize {
-        self.stage_depth * self.w_stride() / vector
+        self.w_stage_rows() * self.w_stride() / vector
     }
 
     /// Vectors of A data per stage.
@@ -127,7 +144,7 @@ impl GemmParams {
 
     /// Bytes of shared memory one cube uses with elements of `elem_size` bytes.
     pub fn shared_bytes(&self, elem_size: usize) -> usize {
-        let stages = 2 * (self.tile_rows * self.a_stride() + self.stage_depth * self.w_stride());
+        let stages = 2 * (self.tile_rows * self.a_stride() + self.w_stage_rows() * self.w_stride());
         stages * elem_size
     }
 
@@ -150,6 +167,9 @@ impl GemmParams {
         }
         if self.split_k == 0 || self.raster_group == 0 {
             return Err("split_k and raster_group must be >= 1".into());
+        }
+        if self.transposed_weights && self.groups != 1 {
+            return Err("transposed weights take one column group".into());
         }
         if self.split_k > 1 && self.epilogue != Epilogue::Identity {
             return Err("split-K sums partial products: only the identity epilogue".into());

@@ -18,15 +18,57 @@ pub fn input_projection(
     activation: Activation,
 ) -> Vec<f64> {
     let columns = activation.input_columns(width);
-    let mut hidden = Vec::with_capacity(plan.num_rows() * width);
+    pre_activation(x, w_in, plan, slots, d_model, columns)
+        .chunks(columns)
+        .flat_map(|row| activation.hidden_f64(row, width))
+        .collect()
+}
+
+/// `pre[row] = x[token of row] @ w_in[e]` for every routed row, in f64: the input projection
+/// before its activation. Returns `[S, columns]`.
+pub fn pre_activation(
+    x: &[f32],
+    w_in: &[f32],
+    plan: &DispatchPlan,
+    slots: usize,
+    d_model: usize,
+    columns: usize,
+) -> Vec<f64> {
+    let mut pre = Vec::with_capacity(plan.num_rows() * columns);
     for (expert, row) in rows_by_expert(plan) {
         let token = plan.routed_pairs[row] as usize / slots;
         let input = &x[token * d_model..(token + 1) * d_model];
         let weights = &w_in[expert * d_model * columns..(expert + 1) * d_model * columns];
-        let projected = row_times_matrix(input, weights, columns);
-        hidden.extend(activation.hidden_f64(&projected, width));
+        pre.extend(row_times_matrix(input, weights, columns));
     }
-    hidden
+    pre
+}
+
+/// `out[row] = a[row] @ weights[e]^T` for every routed row, in f64: the backward's input
+/// gradients through an expert's weights.
+///
+/// Shapes: `a` `[>= S, depth]` in dispatch order, `weights` `[E, width, depth]`; returns
+/// `[S, width]`.
+pub fn transposed_projection(
+    a: &[f32],
+    weights: &[f32],
+    plan: &DispatchPlan,
+    depth: usize,
+    width: usize,
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(plan.num_rows() * width);
+    for (expert, row) in rows_by_expert(plan) {
+        let input = &a[row * depth..(row + 1) * depth];
+        let matrix = &weights[expert * width * depth..(expert + 1) * width * depth];
+        out.extend(matrix.chunks(depth).map(|column| {
+            input
+                .iter()
+                .zip(column)
+                .map(|(&x, &w)| x as f64 * w as f64)
+                .sum::<f64>()
+        }));
+    }
+    out
 }
 
 /// `rows[row] = hidden[row] @ w_out[e]` for every routed row, in f64.

@@ -159,18 +159,25 @@ pub fn tensor_core_stage<F: Float, N: Size>(
         for g in 0..params.groups {
             #[unroll]
             for j in 0..pairs {
-                let start = w_base
+                // Both layouts give the matrices in the order (columns 0-7, depth 0-7),
+                // (0-7, 8-15), (8-15, 0-7), (8-15, 8-15): the two n8 fragments.
+                let mut start = w_base
                     + ((kk * MMA_K + lane_row) * w_stride
                         + g * params.tile_cols
                         + first_col
                         + j * COLUMN_PAIR
                         + lane_col)
                         / n;
+                if comptime!(params.transposed_weights) {
+                    // Stage `[columns][depth]`: rows are columns, read without transposing.
+                    let col = first_col + j * COLUMN_PAIR + (lane / 16) * 8 + lane % 8;
+                    start = w_base + (col * w_stride + kk * MMA_K + ((lane / 8) % 2) * 8) / n;
+                }
                 let pair = def.load_matrix::<Vector<F, N>, FragmentB>(
                     &stage_w.slice(start, start + row_vectors),
                     MatrixIdent::B,
                     comptime!(2 * b_regs),
-                    true,
+                    comptime!(!params.transposed_weights),
                 );
                 #[unroll]
                 for h in 0..2 {

@@ -5,11 +5,12 @@ use cubecl::prelude::*;
 use half::{bf16, f16};
 
 use super::reference::{
-    input_projection as reference_input, output_projection as reference_output,
+    input_projection as reference_input, output_projection as reference_output, pre_activation,
+    transposed_projection,
 };
 use super::{
-    ExpertGemmConfig, ExpertShape, GemmParams, has_tensor_cores, input_projection_into,
-    multiprocessors, output_projection_into,
+    ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, expert_matmul, has_tensor_cores,
+    input_projection_into, multiprocessors, output_projection_into,
 };
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::{DispatchPlan, plan};
@@ -248,6 +249,76 @@ fn check_projections<R: Runtime, F: HostFloat>(
         F::TOLERANCE,
         &format!("{context} output"),
     );
+    check_backward_projections::<R, F>(client, batch, config, activation, &rows_out, &context);
+}
+
+/// The training path's projections: pre-activations (gather, no activation), then both input
+/// gradients through transposed weights, each fed the previous kernel output (rows past S still
+/// poisoned: they must not be read).
+fn check_backward_projections<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    batch: &Batch,
+    config: &ExpertGemmConfig,
+    activation: Activation,
+    rows_out: &[f32],
+    context: &str,
+) {
+    let ExpertShape {
+        num_tokens,
+        d_model,
+        width,
+        slots,
+        ..
+    } = batch.shape;
+    let pairs = batch.shape.num_pairs();
+    let rows = batch.plan.num_rows();
+    let columns = activation.input_columns(width);
+    let plan = batch.upload_plan(client);
+    let run = |a: &[f32], a_rows, weights: &[f32], depth, width, params: &GemmParams| {
+        let output = upload(client, &vec![F::from_f32(POISON); pairs * width]);
+        let operands = ExpertOperands {
+            a: &upload(client, &to_device::<F>(a)),
+            a_rows,
+            weights: &upload(client, &to_device::<F>(weights)),
+            depth,
+            width,
+            output: &output,
+        };
+        expert_matmul::<R, F, F, i32>(client, &operands, &plan, batch.shape, params)
+            .unwrap_or_else(|e| panic!("{context}: {e}"));
+        download::<R, F>(client, output)
+            .into_iter()
+            .map(F::to_host)
+            .collect::<Vec<f32>>()
+    };
+
+    let pre = run(
+        &batch.x,
+        num_tokens,
+        &batch.w_in,
+        d_model,
+        columns,
+        &config.pre_activation(),
+    );
+    let want = pre_activation(&batch.x, &batch.w_in, &batch.plan, slots, d_model, columns);
+    assert_written_and_close(
+        &pre,
+        &want,
+        rows * columns,
+        F::TOLERANCE,
+        &format!("{context} pre"),
+    );
+
+    let transposed = config.transposed();
+    let d_hidden = run(rows_out, pairs, &batch.w_out, d_model, width, &transposed);
+    let want = transposed_projection(rows_out, &batch.w_out, &batch.plan, d_model, width);
+    let label = format!("{context} rows @ w_out^T");
+    assert_written_and_close(&d_hidden, &want, rows * width, F::TOLERANCE, &label);
+
+    let d_rows = run(&pre, pairs, &batch.w_in, columns, d_model, &transposed);
+    let want = transposed_projection(&pre, &batch.w_in, &batch.plan, columns, d_model);
+    let label = format!("{context} pre @ w_in^T");
+    assert_written_and_close(&d_rows, &want, rows * d_model, F::TOLERANCE, &label);
 }
 
 fn run_output<R: Runtime, F: HostFloat>(

@@ -1,5 +1,6 @@
 //! The portable multiplication of the grouped GEMM (any runtime, any float type): each unit
-//! accumulates `unit_rows` x `unit_cols` products per column group in f32 registers.
+//! accumulates `unit_rows` x `unit_cols` products per column group in f32 registers, reading
+//! the weight stage by depth rows or, transposed, by column rows.
 
 use cubecl::prelude::*;
 
@@ -31,22 +32,38 @@ pub fn unit_stage<F: Float, N: Size>(
         for i in 0..rows {
             a_values[i] = stage_a[a_base + (first_row + i) * a_stride + kv];
         }
-        #[unroll]
-        for kk in 0..n {
+        if comptime!(params.transposed_weights) {
+            // Stage `[tile_cols][stage_depth]`: one vector holds n depths of one column.
             #[unroll]
-            for g in 0..params.groups {
+            for j in 0..cols {
+                let w = stage_w[w_base + (first_col + j) * w_stride + kv];
                 #[unroll]
-                for jv in 0..comptime!(cols / n) {
-                    let w = stage_w[w_base
-                        + (kv * n + kk) * w_stride
-                        + (g * params.tile_cols + first_col) / n
-                        + jv];
+                for kk in 0..n {
                     #[unroll]
-                    for jj in 0..n {
+                    for i in 0..rows {
+                        let at = comptime!(i * cols + j);
+                        sums[at] += f32::cast_from(a_values[i][kk]) * f32::cast_from(w[kk]);
+                    }
+                }
+            }
+        } else {
+            #[unroll]
+            for kk in 0..n {
+                #[unroll]
+                for g in 0..params.groups {
+                    #[unroll]
+                    for jv in 0..comptime!(cols / n) {
+                        let w = stage_w[w_base
+                            + (kv * n + kk) * w_stride
+                            + (g * params.tile_cols + first_col) / n
+                            + jv];
                         #[unroll]
-                        for i in 0..rows {
-                            let at = comptime!((g * rows + i) * cols + jv * n + jj);
-                            sums[at] += f32::cast_from(a_values[i][kk]) * f32::cast_from(w[jj]);
+                        for jj in 0..n {
+                            #[unroll]
+                            for i in 0..rows {
+                                let at = comptime!((g * rows + i) * cols + jv * n + jj);
+                                sums[at] += f32::cast_from(a_values[i][kk]) * f32::cast_from(w[jj]);
+                            }
                         }
                     }
                 }
