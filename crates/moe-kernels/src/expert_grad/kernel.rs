@@ -57,7 +57,7 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
         num_pairs,
     );
     let row_begin = min(u32::cast_from(expert_offsets[expert]) as usize, row_end);
-    let stages = (row_end - row_begin + params.stage_rows - 1) / params.stage_rows;
+    let stages = (row_end - row_begin).div_ceil(params.stage_rows);
 
     let a_stage = comptime!(params.a_stage_vectors(n));
     let b_stage = comptime!(params.b_stage_vectors(n));

@@ -182,8 +182,8 @@ fn validate<R: Runtime, F: Float + CubeElement, I: CubeElement>(
     }
     let Some(vector) = [8, 4, 2, 1].into_iter().find(|&v| {
         v * elem <= 16
-            && shape.a_width % v == 0
-            && shape.b_width % v == 0
+            && shape.a_width.is_multiple_of(v)
+            && shape.b_width.is_multiple_of(v)
             && params.check(v).is_ok()
     }) else {
         return unsupported(params.check(1).err().unwrap_or_default());
