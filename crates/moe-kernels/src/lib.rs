@@ -9,6 +9,7 @@ mod buffer;
 pub mod combine;
 pub mod dispatch;
 mod error;
+pub mod expert_grad;
 pub mod grouped_gemm;
 mod plane;
 mod policy;

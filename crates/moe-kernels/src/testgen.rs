@@ -5,6 +5,7 @@
 //! on a GPU with `cargo test --release -p moe-kernels -- --include-ignored` (`just test-gpu`).
 
 use cubecl::prelude::*;
+use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -32,6 +33,57 @@ pub fn download<R: Runtime, E: CubeElement>(
     handle: cubecl::server::Handle,
 ) -> Vec<E> {
     E::from_bytes(&client.read_one_unchecked(handle)).to_vec()
+}
+
+/// A float type the tests upload: converts from and to f32 on the host. (`grouped_gemm/tests.rs`
+/// has its own copy, older than this one.)
+pub trait HostFloat: Float + CubeElement {
+    /// Largest relative error ||out - ref|| / ||ref|| accepted for outputs of this type.
+    const TOLERANCE: f64;
+    /// The nearest value of this type.
+    fn from_f32(value: f32) -> Self;
+    /// The value as f32.
+    fn to_host(self) -> f32;
+}
+
+impl HostFloat for f32 {
+    const TOLERANCE: f64 = 1e-5;
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+    fn to_host(self) -> f32 {
+        self
+    }
+}
+
+impl HostFloat for bf16 {
+    const TOLERANCE: f64 = 2e-2;
+    fn from_f32(value: f32) -> Self {
+        bf16::from_f32(value)
+    }
+    fn to_host(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+impl HostFloat for f16 {
+    const TOLERANCE: f64 = 2e-2;
+    fn from_f32(value: f32) -> Self {
+        f16::from_f32(value)
+    }
+    fn to_host(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+/// ||got - want|| / ||want|| over the first `want.len()` values.
+pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for (&g, &w) in got.iter().zip(want) {
+        diff += (g as f64 - w).powi(2);
+        norm += w * w;
+    }
+    (diff / norm.max(1e-300)).sqrt()
 }
 
 /// Stamps each listed generic test `fn name<R: Runtime>(client: ComputeClient<R>)` as

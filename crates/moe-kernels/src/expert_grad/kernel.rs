@@ -1,0 +1,344 @@
+//! Weight gradient of the expert projections: `grad[e] = A_e^T @ B_e`, the sum over expert e's
+//! routed rows r of `outer(a[source(r)], b[r])`.
+//!
+//! Work: one cube per (expert, block of `tile_m` gradient rows, block of `tile_n` columns); grid
+//! x runs over column blocks, y over row blocks, z over experts, so the grid depends on the
+//! shapes only, never on the routing. Each cube reads its expert's row range from
+//! `expert_offsets` on the device and loops over it `stage_rows` rows at a time, so every
+//! gradient element is summed by one cube in row order: deterministic, no atomics, no host
+//! round trip. An expert without rows writes zeros.
+//!
+//! Operands: `a` rows in dispatch order, or (`gather`) token rows read through `routed_pairs`
+//! (source = pair / slots); `b` rows in dispatch order. Stage buffers hold `[stage_rows][tile_m]`
+//! of `a` and `[stage_rows][tile_n]` of `b`; rows past the expert's end, columns past the widths
+//! and gathered tokens out of range load as zeros. Offsets are clamped to the routed rows, so a
+//! corrupt plan gives wrong numbers, never an access out of bounds.
+//!
+//! Pipeline: each stage goes from global memory into registers while the previous stage, in one
+//! of two shared-memory buffers, is multiplied; one barrier per stage. Multiplication: tensor
+//! cores (`tensor_cores.rs`: `mma.sync` fed by transposing `ldmatrix`, f32 accumulators in each
+//! plane's registers) or, portable, each unit sums `unit_m` x `unit_n` products in f32
+//! registers (any runtime and float type).
+
+use cubecl::prelude::*;
+
+use super::params::WeightGradParams;
+use super::tensor_cores::{
+    register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue, tensor_core_stage,
+};
+
+/// Weight gradient (see the module docs). `a` and `b` are vectorised along their rows (`N` values
+/// per vector); `a_width` and `b_width` are multiples of `N`.
+#[cube(launch_unchecked)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "kernel arguments are buffers and sizes"
+)]
+pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
+    a: &Array<Vector<F, N>>, // [a_rows, a_width]: tokens x [T, d] (gather) or h [P, F]
+    b: &Array<Vector<F, N>>, // [P, b_width] in dispatch order
+    routed_pairs: &Array<I>, // [P] pair of each row (gather: token = pair / slots)
+    expert_offsets: &Array<I>, // [E + 1]
+    grad: &mut Array<F>,     // [E, a_width, b_width]
+    a_rows: usize,
+    a_width: usize,
+    b_width: usize,
+    slots: usize,
+    num_pairs: usize,
+    #[comptime] params: WeightGradParams,
+    #[comptime] gather: bool,
+) {
+    let n = N::value();
+    let expert = CUBE_POS_Z as usize;
+    let first_m = CUBE_POS_Y as usize * params.tile_m;
+    let first_n = CUBE_POS_X as usize * params.tile_n;
+    let row_end = min(
+        u32::cast_from(expert_offsets[expert + 1]) as usize,
+        num_pairs,
+    );
+    let row_begin = min(u32::cast_from(expert_offsets[expert]) as usize, row_end);
+    let stages = (row_end - row_begin).div_ceil(params.stage_rows);
+
+    let a_stage = comptime!(params.a_stage_vectors(n));
+    let b_stage = comptime!(params.b_stage_vectors(n));
+    let mut stage_a = SharedMemory::<Vector<F, N>>::new_aligned(comptime!(2 * a_stage), 128usize);
+    let mut stage_b = SharedMemory::<Vector<F, N>>::new_aligned(comptime!(2 * b_stage), 128usize);
+    let mut staged_a = Array::<Vector<F, N>>::new(comptime!(params.a_loads_per_unit(n)));
+    let mut staged_b = Array::<Vector<F, N>>::new(comptime!(params.b_loads_per_unit(n)));
+
+    register_fragment_sizes::<F>(params.tensor_cores);
+    let mut fragments = tensor_core_accumulators(params);
+    let mut sums = Array::<f32>::new(comptime!(params.unit_accumulators()));
+    #[unroll]
+    for i in 0..comptime!(params.unit_accumulators()) {
+        sums[i] = 0.0;
+    }
+
+    let operands = StageOperands {
+        row_end,
+        first_m,
+        first_n,
+        a_rows,
+        a_width,
+        b_width,
+        slots,
+    };
+    if stages > 0 {
+        load_stage::<F, I, N>(
+            a,
+            b,
+            routed_pairs,
+            &operands,
+            row_begin,
+            &mut staged_a,
+            &mut staged_b,
+            params,
+            gather,
+        );
+        store_stage::<F, N>(&staged_a, &staged_b, &mut stage_a, &mut stage_b, 0, params);
+    }
+    sync_cube();
+    for s in 0..stages {
+        let next = s + 1 < stages;
+        if next {
+            load_stage::<F, I, N>(
+                a,
+                b,
+                routed_pairs,
+                &operands,
+                row_begin + (s + 1) * params.stage_rows,
+                &mut staged_a,
+                &mut staged_b,
+                params,
+                gather,
+            );
+        }
+        if comptime!(params.tensor_cores) {
+            tensor_core_stage::<F, N>(
+                &stage_a,
+                &stage_b,
+                (s % 2) * a_stage,
+                (s % 2) * b_stage,
+                &mut fragments,
+                params,
+            );
+        } else {
+            unit_stage::<F, N>(
+                &stage_a,
+                &stage_b,
+                (s % 2) * a_stage,
+                (s % 2) * b_stage,
+                &mut sums,
+                params,
+            );
+        }
+        if next {
+            store_stage::<F, N>(
+                &staged_a,
+                &staged_b,
+                &mut stage_a,
+                &mut stage_b,
+                (s + 1) % 2,
+                params,
+            );
+        }
+        sync_cube();
+    }
+
+    let grad_base = expert * a_width * b_width;
+    if comptime!(params.tensor_cores) {
+        tensor_core_epilogue::<F>(
+            &fragments, grad, grad_base, first_m, first_n, a_width, b_width, params,
+        );
+    } else {
+        unit_epilogue::<F>(
+            &sums, grad, grad_base, first_m, first_n, a_width, b_width, params,
+        );
+    }
+}
+
+/// Where one cube's stages come from: the end of its expert's rows, its gradient block and the
+/// operand sizes.
+#[derive(CubeType)]
+struct StageOperands {
+    row_end: usize,
+    first_m: usize,
+    first_n: usize,
+    a_rows: usize,
+    a_width: usize,
+    b_width: usize,
+    slots: usize,
+}
+
+/// Loads one stage (routed rows `row0..row0 + stage_rows`, clipped at the expert's end) of `a`
+/// columns `first_m..first_m + tile_m` and `b` columns `first_n..first_n + tile_n` into this
+/// unit's registers; zeros where out of range.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn load_stage<F: Float, I: Int, N: Size>(
+    a: &Array<Vector<F, N>>,
+    b: &Array<Vector<F, N>>,
+    routed_pairs: &Array<I>,
+    operands: &StageOperands,
+    row0: usize,
+    staged_a: &mut Array<Vector<F, N>>,
+    staged_b: &mut Array<Vector<F, N>>,
+    #[comptime] params: WeightGradParams,
+    #[comptime] gather: bool,
+) {
+    let n = N::value();
+    let a_row_vectors = comptime!(params.tile_m / n);
+    #[unroll]
+    for i in 0..comptime!(params.a_loads_per_unit(n)) {
+        let v = UNIT_POS as usize + i * params.units();
+        let row = row0 + v / a_row_vectors;
+        let col = operands.first_m + (v % a_row_vectors) * n;
+        let mut value = Vector::<F, N>::new(F::new(0.0));
+        if row < operands.row_end && col < operands.a_width && v < comptime!(params.a_vectors(n)) {
+            let mut source = row;
+            if comptime!(gather) {
+                source = u32::cast_from(routed_pairs[row]) as usize / operands.slots;
+            }
+            if source < operands.a_rows {
+                value = a[(source * operands.a_width + col) / n];
+            }
+        }
+        staged_a[i] = value;
+    }
+
+    let b_row_vectors = comptime!(params.tile_n / n);
+    #[unroll]
+    for i in 0..comptime!(params.b_loads_per_unit(n)) {
+        let v = UNIT_POS as usize + i * params.units();
+        let row = row0 + v / b_row_vectors;
+        let col = operands.first_n + (v % b_row_vectors) * n;
+        let mut value = Vector::<F, N>::new(F::new(0.0));
+        if row < operands.row_end && col < operands.b_width && v < comptime!(params.b_vectors(n)) {
+            value = b[(row * operands.b_width + col) / n];
+        }
+        staged_b[i] = value;
+    }
+}
+
+/// Writes the staged registers into shared-memory buffer `buffer` (0 or 1).
+#[cube]
+fn store_stage<F: Float, N: Size>(
+    staged_a: &Array<Vector<F, N>>,
+    staged_b: &Array<Vector<F, N>>,
+    stage_a: &mut SharedMemory<Vector<F, N>>,
+    stage_b: &mut SharedMemory<Vector<F, N>>,
+    buffer: usize,
+    #[comptime] params: WeightGradParams,
+) {
+    let n = N::value();
+    let a_base = buffer * comptime!(params.a_stage_vectors(n));
+    let a_row_vectors = comptime!(params.tile_m / n);
+    let a_stride = comptime!(params.a_stride() / n);
+    #[unroll]
+    for i in 0..comptime!(params.a_loads_per_unit(n)) {
+        let v = UNIT_POS as usize + i * params.units();
+        if v < comptime!(params.a_vectors(n)) {
+            stage_a[a_base + (v / a_row_vectors) * a_stride + v % a_row_vectors] = staged_a[i];
+        }
+    }
+    let b_base = buffer * comptime!(params.b_stage_vectors(n));
+    let b_row_vectors = comptime!(params.tile_n / n);
+    let b_stride = comptime!(params.b_stride() / n);
+    #[unroll]
+    for i in 0..comptime!(params.b_loads_per_unit(n)) {
+        let v = UNIT_POS as usize + i * params.units();
+        if v < comptime!(params.b_vectors(n)) {
+            stage_b[b_base + (v / b_row_vectors) * b_stride + v % b_row_vectors] = staged_b[i];
+        }
+    }
+}
+
+/// Multiplies one shared-memory stage on the units: each sums `unit_m` x `unit_n` outer products
+/// of its `a` and `b` columns over the stage's rows.
+#[cube]
+fn unit_stage<F: Float, N: Size>(
+    stage_a: &SharedMemory<Vector<F, N>>,
+    stage_b: &SharedMemory<Vector<F, N>>,
+    a_base: usize,
+    b_base: usize,
+    sums: &mut Array<f32>,
+    #[comptime] params: WeightGradParams,
+) {
+    let n = N::value();
+    let units_per_row = comptime!(params.tile_n / params.unit_n);
+    let unit_first_m = (UNIT_POS as usize / units_per_row) * params.unit_m;
+    let unit_first_n = (UNIT_POS as usize % units_per_row) * params.unit_n;
+    let a_stride = comptime!(params.a_stride() / n);
+    let b_stride = comptime!(params.b_stride() / n);
+    let mut a_values = Array::<Vector<F, N>>::new(comptime!(params.unit_m / n));
+    let mut b_values = Array::<Vector<F, N>>::new(comptime!(params.unit_n / n));
+    #[unroll]
+    for k in 0..params.stage_rows {
+        #[unroll]
+        for iv in 0..comptime!(params.unit_m / n) {
+            a_values[iv] = stage_a[a_base + k * a_stride + unit_first_m / n + iv];
+        }
+        #[unroll]
+        for jv in 0..comptime!(params.unit_n / n) {
+            b_values[jv] = stage_b[b_base + k * b_stride + unit_first_n / n + jv];
+        }
+        #[unroll]
+        for i in 0..params.unit_m {
+            let a_value = f32::cast_from(a_values[comptime!(i / n)][comptime!(i % n)]);
+            #[unroll]
+            for j in 0..params.unit_n {
+                let b_value = f32::cast_from(b_values[comptime!(j / n)][comptime!(j % n)]);
+                sums[comptime!(i * params.unit_n + j)] += a_value * b_value;
+            }
+        }
+    }
+}
+
+/// Writes the portable path's register sums to the gradient block at (`first_m`, `first_n`).
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn unit_epilogue<F: Float>(
+    sums: &Array<f32>,
+    grad: &mut Array<F>,
+    grad_base: usize,
+    first_m: usize,
+    first_n: usize,
+    a_width: usize,
+    b_width: usize,
+    #[comptime] params: WeightGradParams,
+) {
+    let units_per_row = comptime!(params.tile_n / params.unit_n);
+    let unit_first_m = first_m + (UNIT_POS as usize / units_per_row) * params.unit_m;
+    let unit_first_n = first_n + (UNIT_POS as usize % units_per_row) * params.unit_n;
+    #[unroll]
+    for i in 0..params.unit_m {
+        #[unroll]
+        for j in 0..params.unit_n {
+            write_grad::<F>(
+                grad,
+                grad_base,
+                unit_first_m + i,
+                unit_first_n + j,
+                a_width,
+                b_width,
+                sums[comptime!(i * params.unit_n + j)],
+            );
+        }
+    }
+}
+
+/// Stores one gradient element of the expert block at `grad_base`, if it exists.
+#[cube]
+pub fn write_grad<F: Float>(
+    grad: &mut Array<F>,
+    grad_base: usize,
+    row: usize,
+    col: usize,
+    a_width: usize,
+    b_width: usize,
+    value: f32,
+) {
+    if row < a_width && col < b_width {
+        grad[grad_base + row * b_width + col] = F::cast_from(value);
+    }
+}
