@@ -1,15 +1,18 @@
-//! `MoeBackend` under `Autodiff`: decisions from the inner backend, gradients from tensor ops.
+//! `MoeBackend` under `Autodiff`: decisions from the inner backend; gradients from tensor ops,
+//! and for the experts from the hand-written backward where the inner backend has kernels.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Int, Tensor};
-use moe_kernels::RoutingPolicy;
+use burn::tensor::{DType, Int, Tensor};
+use moe_kernels::grouped_gemm::ExpertShape;
+use moe_kernels::{Activation, RoutingPolicy};
 
-use super::{Dispatch, MoeBackend, Routing};
+use super::{Dispatch, ExpertRows, MoeBackend, Routing, expert_backward, tensor_ops};
 
-/// The experts and combine take the tensor-op defaults (differentiable); the routing decision
-/// and the dispatch plan are not differentiable and come from the inner backend.
+/// Combine takes the tensor-op default (differentiable); the experts use the hand-written
+/// backward where the inner backend has kernels for it; the routing decision and the dispatch
+/// plan are not differentiable and come from the inner backend.
 impl<B: MoeBackend, C: CheckpointStrategy> MoeBackend for Autodiff<B, C> {
     const ROUTING_KERNELS: bool = B::ROUTING_KERNELS;
 
@@ -29,6 +32,31 @@ impl<B: MoeBackend, C: CheckpointStrategy> MoeBackend for Autodiff<B, C> {
             expert_ids,
             weights,
             token_k: Tensor::from_inner(decision.token_k),
+        }
+    }
+
+    fn moe_tile_rows(
+        shape: &ExpertShape,
+        activation: Activation,
+        dtype: DType,
+        device: &Self::Device,
+    ) -> usize {
+        B::moe_tile_rows(shape, activation, dtype, device)
+    }
+
+    /// Kernels' hand-written backward where the inner backend has it, else differentiated
+    /// tensor ops.
+    fn moe_experts(
+        x: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        w_in: Tensor<Self, 3>,
+        w_out: Tensor<Self, 3>,
+        activation: Activation,
+    ) -> ExpertRows<Self> {
+        if B::EXPERT_BACKWARD_KERNELS {
+            expert_backward::experts(x, dispatch, w_in, w_out, activation)
+        } else {
+            tensor_ops::experts(x, dispatch, w_in, w_out, activation)
         }
     }
 

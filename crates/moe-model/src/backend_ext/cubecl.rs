@@ -19,8 +19,10 @@ use cubecl::server::Handle;
 use moe_kernels::combine::{CombineShape, combine};
 use moe_kernels::dispatch::reference::max_tiles;
 use moe_kernels::dispatch::{DispatchOnDevice, dispatch};
+use moe_kernels::expert_grad::{WeightGradShape, expert_weight_grad, weight_grad_config};
 use moe_kernels::grouped_gemm::{
-    ExpertGemmConfig, ExpertShape, device_config, input_projection, output_projection,
+    ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, device_config, expert_matmul,
+    input_projection, output_projection,
 };
 use moe_kernels::route::route;
 use moe_kernels::{Activation, KernelError, RoutingPolicy};
@@ -179,6 +181,123 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
             Err(error) => {
                 fall_back("experts", error);
                 tensor_ops::experts(x, dispatch, w_in, w_out, activation)
+            }
+        }
+    }
+
+    const EXPERT_BACKWARD_KERNELS: bool = true;
+
+    fn moe_expert_matmul(
+        a: Tensor<Self, 2>,
+        gather: bool,
+        dispatch: &Dispatch<Self>,
+        weights: Tensor<Self, 3>,
+        transposed: bool,
+    ) -> Tensor<Self, 2> {
+        let [a_rows, depth] = a.dims();
+        let [num_experts, rows_dim, cols_dim] = weights.dims();
+        let width = if transposed { rows_dim } else { cols_dim };
+        let [num_tokens, slots] = dispatch.row_of_pair.dims();
+        let shape = ExpertShape {
+            num_tokens,
+            slots,
+            num_experts,
+            d_model: depth,
+            width,
+        };
+        let (input, w) = (contiguous_float(&a), contiguous_float(&weights));
+        let client = &input.client;
+        let dtype = input.dtype;
+        // Every projection of a batch shares the dispatch's tile rows; the size rule gives
+        // them from the routed rows alone, whatever the widths.
+        let config = expert_config::<R>(client, &shape, Activation::Gelu, dtype);
+        let params = match (gather, transposed) {
+            (true, false) => config.pre_activation(),
+            (false, false) => GemmParams {
+                split_k: 1,
+                ..config.output
+            },
+            (_, true) => GemmParams {
+                gather,
+                ..config.transposed()
+            },
+        };
+        let plan = plan_on_device(dispatch);
+        let output = client.empty(shape.num_pairs() * width * dtype.size());
+        let operands = ExpertOperands {
+            a: &input.handle,
+            a_rows,
+            weights: &w.handle,
+            depth,
+            width,
+            output: &output,
+        };
+        let launched = if w.dtype != dtype {
+            Err(KernelError::Unsupported(format!(
+                "mixed float types: a {dtype:?}, weights {:?}",
+                w.dtype
+            )))
+        } else {
+            with_float_kernel!(dtype, K => expert_matmul::<R, K, K, I>(
+                client, &operands, &plan, shape, &params,
+            ), else Err(unsupported_dtype("a", dtype)))
+        };
+        match launched {
+            Ok(()) => float_tensor(&input, output, [shape.num_pairs(), width], dtype),
+            Err(error) => {
+                fall_back("expert matmul", error);
+                tensor_ops::expert_matmul(a, gather, dispatch, weights, transposed)
+            }
+        }
+    }
+
+    fn moe_expert_weight_grad(
+        a: Tensor<Self, 2>,
+        gather: bool,
+        b: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+    ) -> Tensor<Self, 3> {
+        let [_, a_width] = a.dims();
+        let [_, b_width] = b.dims();
+        let [num_tokens, slots] = dispatch.row_of_pair.dims();
+        let [offsets] = dispatch.expert_offsets.dims();
+        let shape = WeightGradShape {
+            num_tokens,
+            slots,
+            num_experts: offsets - 1,
+            a_width,
+            b_width,
+        };
+        let (a_primitive, b_primitive) = (contiguous_float(&a), contiguous_float(&b));
+        let client = &a_primitive.client;
+        let dtype = a_primitive.dtype;
+        let plan = plan_on_device(dispatch);
+        let grad = if b_primitive.dtype != dtype {
+            Err(KernelError::Unsupported(format!(
+                "mixed float types: a {dtype:?}, b {:?}",
+                b_primitive.dtype
+            )))
+        } else {
+            with_float_kernel!(dtype, K => expert_weight_grad::<R, K, I>(
+                client,
+                &a_primitive.handle,
+                gather,
+                &b_primitive.handle,
+                &plan,
+                shape,
+                &weight_grad_config::<R, K>(client, &shape),
+            ), else Err(unsupported_dtype("a", dtype)))
+        };
+        match grad {
+            Ok(grad) => float_tensor(
+                &a_primitive,
+                grad,
+                [shape.num_experts, a_width, b_width],
+                dtype,
+            ),
+            Err(error) => {
+                fall_back("expert weight gradient", error);
+                tensor_ops::expert_weight_grad(a, gather, b, dispatch)
             }
         }
     }

@@ -6,12 +6,17 @@
 //! operation with the `moe-kernels` kernels, which run the whole layer without a host round trip;
 //! a shape a kernel does not support falls back to the tensor ops and says so once. Under
 //! `Autodiff`, the routing decision and the dispatch come from the inner backend (kernels on
-//! CubeCL) and the differentiable parts (the renormalised weights, the experts, combine) are
-//! tensor ops, so no hand-written backward pass is needed.
+//! CubeCL); the renormalised weights and combine are differentiated tensor ops; the experts
+//! train through a hand-written backward (`expert_backward.rs`: grouped GEMMs through
+//! transposed weights and per-expert weight gradients) where the inner backend has kernels for
+//! it, and through differentiated tensor ops elsewhere.
 
 mod autodiff;
+#[cfg(all(test, feature = "ndarray"))]
+mod backward_tests;
 #[cfg(feature = "cubecl")]
 mod cubecl;
+mod expert_backward;
 mod fallback;
 mod outputs;
 #[cfg(all(test, feature = "cubecl", feature = "ndarray"))]
@@ -77,6 +82,44 @@ pub trait MoeBackend: Backend {
         activation: Activation,
     ) -> ExpertRows<Self> {
         tensor_ops::experts(x, dispatch, w_in, w_out, activation)
+    }
+
+    /// Whether [`MoeBackend::moe_expert_matmul`] and [`MoeBackend::moe_expert_weight_grad`] run
+    /// as kernels: under `Autodiff` the experts then train through the hand-written backward
+    /// (`expert_backward.rs`); otherwise Burn differentiates the tensor ops.
+    const EXPERT_BACKWARD_KERNELS: bool = false;
+
+    /// `out[row] = a[source of row] @ weights[e]` (or `@ weights[e]^T` when `transposed`) for
+    /// every routed row, where the source is the row's token (`gather`) or the row itself:
+    /// `[P, columns]` in dispatch order, rows past S unspecified. The training forward's
+    /// projections and the backward's input gradients.
+    ///
+    /// # Shapes
+    /// - `a`: `[T, depth]` (gather) or `[P, depth]`; `weights`: `[E, depth, columns]`, or
+    ///   `[E, columns, depth]` when `transposed`
+    fn moe_expert_matmul(
+        a: Tensor<Self, 2>,
+        gather: bool,
+        dispatch: &Dispatch<Self>,
+        weights: Tensor<Self, 3>,
+        transposed: bool,
+    ) -> Tensor<Self, 2> {
+        tensor_ops::expert_matmul(a, gather, dispatch, weights, transposed)
+    }
+
+    /// `grad[e] = sum over the rows of e of outer(a[source of row], b[row])` (sources as in
+    /// [`MoeBackend::moe_expert_matmul`]), zeros for experts without rows: the experts' weight
+    /// gradients, deterministic.
+    ///
+    /// # Shapes
+    /// - `a`: `[T, m]` (gather) or `[P, m]`; `b`: `[P, n]`; returns `[E, m, n]`
+    fn moe_expert_weight_grad(
+        a: Tensor<Self, 2>,
+        gather: bool,
+        b: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+    ) -> Tensor<Self, 3> {
+        tensor_ops::expert_weight_grad(a, gather, b, dispatch)
     }
 
     /// Weighted sum of each token's expert rows (`weights` `[T, K]`); returns `[T, d]`.

@@ -90,24 +90,23 @@ fn kernel_path_matches_tensor_op_path_in_outputs_and_gradients() {
             &layer_with::<Autodiff<TestBackend>>(&config, d, &weights),
             &x,
         );
+        take_fallbacks();
         let gpu_grads = gradients(&layer_with::<Autodiff<Wgpu>>(&config, d, &weights), &x);
-        assert_close(
-            &gpu_grads[0],
-            &cpu_grads[0],
-            &format!("{routing} router gradient"),
+        assert_eq!(
+            take_fallbacks(),
+            vec![],
+            "{routing}: every backward kernel ran"
         );
-        assert_close(
-            &gpu_grads[1],
-            &cpu_grads[1],
-            &format!("{routing} expert gradient"),
-        );
+        assert_gradients_close(&gpu_grads, &cpu_grads, &routing.to_string());
     }
 }
 
-/// Gradients of `sum(output^2) + aux_loss` for the router gate and the experts' input weights.
-fn gradients<B: MoeBackend + AutodiffBackend>(layer: &MoeLayer<B>, x: &[f32]) -> [Vec<f64>; 2] {
+/// Gradients of `sum(output^2) + aux_loss` for the router gate, the experts' input and output
+/// weights and the layer's input.
+fn gradients<B: MoeBackend + AutodiffBackend>(layer: &MoeLayer<B>, x: &[f32]) -> [Vec<f64>; 4] {
     let d = layer.router.gate.weight.dims()[0];
-    let out = layer.forward(tensor(x, [x.len() / d, d]));
+    let input = tensor::<B, 2>(x, [x.len() / d, d]).require_grad();
+    let out = layer.forward(input.clone());
     let grads = (out.output.powi_scalar(2).sum() + out.aux_loss).backward();
     [
         host_f64(
@@ -119,7 +118,16 @@ fn gradients<B: MoeBackend + AutodiffBackend>(layer: &MoeLayer<B>, x: &[f32]) ->
                 .expect("router gradient"),
         ),
         host_f64(layer.experts.w_in.grad(&grads).expect("expert gradient")),
+        host_f64(layer.experts.w_out.grad(&grads).expect("expert gradient")),
+        host_f64(input.grad(&grads).expect("input gradient")),
     ]
+}
+
+/// Every gradient of [`gradients`] agrees between the paths.
+fn assert_gradients_close(got: &[Vec<f64>; 4], want: &[Vec<f64>; 4], what: &str) {
+    for (i, name) in ["router", "w_in", "w_out", "input"].iter().enumerate() {
+        assert_close(&got[i], &want[i], &format!("{what} {name} gradient"));
+    }
 }
 
 /// The routing steps around the policy on both paths. Covered by the route kernel: a selection
@@ -226,16 +234,7 @@ fn routing_features_agree_between_the_kernel_and_tensor_op_paths() {
             d,
         );
         let (cpu_grads, gpu_grads) = (gradients(&cpu_layer, &x), gradients(&gpu_layer, &x));
-        assert_close(
-            &gpu_grads[0],
-            &cpu_grads[0],
-            &format!("{what} router gradient"),
-        );
-        assert_close(
-            &gpu_grads[1],
-            &cpu_grads[1],
-            &format!("{what} expert gradient"),
-        );
+        assert_gradients_close(&gpu_grads, &cpu_grads, what);
     }
 }
 

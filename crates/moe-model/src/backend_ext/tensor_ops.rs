@@ -96,16 +96,9 @@ pub fn experts<B: Backend>(
     w_out: Tensor<B, 3>,
     activation: Activation,
 ) -> ExpertRows<B> {
-    let [_, slots] = dispatch.row_of_pair.dims();
-    let offsets: Vec<usize> = dispatch
-        .expert_offsets
-        .to_data()
-        .iter::<i64>()
-        .map(|v| v as usize)
-        .collect();
+    let offsets = host_offsets(dispatch);
     let num_rows = *offsets.last().expect("E + 1 offsets");
-    let pairs = dispatch.routed_pairs.clone().slice([0..num_rows]); // [S]
-    let rows = x.select(0, pairs.div_scalar(slots as i64)); // [S, d]
+    let rows = routed_inputs(x, true, dispatch, num_rows); // [S, d]
     let outputs: Vec<Tensor<B, 2>> = offsets
         .windows(2)
         .enumerate()
@@ -120,6 +113,103 @@ pub fn experts<B: Backend>(
     ExpertRows {
         blocks: Tensor::cat(outputs, 0).unsqueeze_dim(0), // [1, S, d]
     }
+}
+
+/// The E + 1 expert offsets of `dispatch`, read to the host (the tensor ops' round trip).
+fn host_offsets<B: Backend>(dispatch: &Dispatch<B>) -> Vec<usize> {
+    dispatch
+        .expert_offsets
+        .to_data()
+        .iter::<i64>()
+        .map(|v| v as usize)
+        .collect()
+}
+
+/// The routed rows' inputs in dispatch order: token rows of `a` (`gather`) or its first S rows.
+fn routed_inputs<B: Backend>(
+    a: Tensor<B, 2>,
+    gather: bool,
+    dispatch: &Dispatch<B>,
+    num_rows: usize,
+) -> Tensor<B, 2> {
+    if gather {
+        let [_, slots] = dispatch.row_of_pair.dims();
+        let pairs = dispatch.routed_pairs.clone().slice([0..num_rows]); // [S]
+        a.select(0, pairs.div_scalar(slots as i64))
+    } else {
+        a.slice([0..num_rows])
+    }
+}
+
+/// `out[row] = a[source of row] @ w[e]` (or `@ w[e]^T` when `transposed`) for every routed
+/// row, one matmul per expert with rows; `[P, columns]` with zeros past the S routed rows.
+///
+/// # Shapes
+/// - `a`: `[T, depth]` (gather) or `[>= S, depth]`; `weights`: `[E, depth, columns]`, or
+///   `[E, columns, depth]` when `transposed`
+pub fn expert_matmul<B: Backend>(
+    a: Tensor<B, 2>,
+    gather: bool,
+    dispatch: &Dispatch<B>,
+    weights: Tensor<B, 3>,
+    transposed: bool,
+) -> Tensor<B, 2> {
+    let [num_pairs] = dispatch.routed_pairs.dims();
+    let [_, rows_dim, cols_dim] = weights.dims();
+    let columns = if transposed { rows_dim } else { cols_dim };
+    let offsets = host_offsets(dispatch);
+    let num_rows = *offsets.last().expect("E + 1 offsets");
+    let inputs = routed_inputs(a.clone(), gather, dispatch, num_rows); // [S, depth]
+    let mut blocks: Vec<Tensor<B, 2>> = offsets
+        .windows(2)
+        .enumerate()
+        .filter(|(_, range)| range[1] > range[0])
+        .map(|(expert, range)| {
+            let w = weights.clone().slice([expert..expert + 1]).squeeze_dim(0);
+            let w = if transposed { w.transpose() } else { w }; // [depth, columns]
+            inputs.clone().slice([range[0]..range[1]]).matmul(w)
+        })
+        .collect();
+    if num_rows < num_pairs {
+        blocks.push(Tensor::zeros(
+            [num_pairs - num_rows, columns],
+            (&a.device(), a.dtype()),
+        ));
+    }
+    Tensor::cat(blocks, 0)
+}
+
+/// `grad[e] = a_e^T @ b_e` over the rows of every expert (zeros for an expert without rows): the
+/// experts' weight gradients.
+///
+/// # Shapes
+/// - `a`: `[T, m]` (gather) or `[>= S, m]`; `b`: `[>= S, n]` in dispatch order
+/// - returns `[E, m, n]`
+pub fn expert_weight_grad<B: Backend>(
+    a: Tensor<B, 2>,
+    gather: bool,
+    b: Tensor<B, 2>,
+    dispatch: &Dispatch<B>,
+) -> Tensor<B, 3> {
+    let [_, m] = a.dims();
+    let [_, n] = b.dims();
+    let offsets = host_offsets(dispatch);
+    let num_rows = *offsets.last().expect("E + 1 offsets");
+    let inputs = routed_inputs(a.clone(), gather, dispatch, num_rows); // [S, m]
+    let grads: Vec<Tensor<B, 3>> = offsets
+        .windows(2)
+        .map(|range| {
+            let grad = if range[1] > range[0] {
+                let a_e = inputs.clone().slice([range[0]..range[1]]);
+                let b_e = b.clone().slice([range[0]..range[1]]);
+                a_e.transpose().matmul(b_e) // [m, n]
+            } else {
+                Tensor::zeros([m, n], (&a.device(), a.dtype()))
+            };
+            grad.unsqueeze_dim(0)
+        })
+        .collect();
+    Tensor::cat(grads, 0)
 }
 
 /// `out[t] = sum_s weights[t, s] * rows[row_of_pair[t, s]]` by a gather of each pair's row
