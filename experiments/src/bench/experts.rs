@@ -25,13 +25,14 @@ use serde::Serialize;
 
 use super::device_time::{Spinner, wall_and_device_time};
 use super::timing::{Timing, device_timing};
+use super::train::train_row;
 use super::{Baselines, FloatType};
 use crate::error::catch_panic;
 
-type Cube<R, F> = CubeBackend<R, F, i32, u8>;
+pub(super) type Cube<R, F> = CubeBackend<R, F, i32, u8>;
 
 /// Largest dense-MLP operands (bytes) the total-parameter baseline allocates.
-const DENSE_TOTAL_BYTES: usize = 24 << 30;
+pub(super) const DENSE_TOTAL_BYTES: usize = 24 << 30;
 
 /// How a case's tokens pick experts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,7 +55,7 @@ impl CaseRouting {
         }
     }
 
-    fn slots(&self) -> usize {
+    pub(super) fn slots(&self) -> usize {
         match self {
             CaseRouting::TopK(k) => *k,
             CaseRouting::MeanK(_) | CaseRouting::Skewed => 2,
@@ -69,6 +70,8 @@ pub enum CaseKind {
     Gemm,
     /// The whole layer, route to combine.
     Layer,
+    /// Forward + backward of the experts and combine (`train.rs`).
+    Train,
 }
 
 /// One expert benchmark shape.
@@ -86,7 +89,7 @@ pub struct ExpertCase {
     pub experts: usize,
     /// How tokens pick experts.
     pub routing: CaseRouting,
-    /// GEMM rows or a layer row.
+    /// GEMM rows, a layer row or a training row.
     pub kind: CaseKind,
 }
 
@@ -96,6 +99,7 @@ impl ExpertCase {
         let kind = match self.kind {
             CaseKind::Gemm => "gemm",
             CaseKind::Layer => "layer",
+            CaseKind::Train => "train",
         };
         format!(
             "{kind} {} T={} {}",
@@ -127,6 +131,7 @@ pub fn cases(quick: bool) -> Vec<ExpertCase> {
             case("small", small, 512, CaseRouting::Skewed, CaseKind::Gemm),
             case("small", small, 4, mean, CaseKind::Layer),
             case("small", small, 512, top(2), CaseKind::Layer),
+            case("small", small, 512, mean, CaseKind::Train),
         ];
     }
     let mixtral = (4096, 14336, 8);
@@ -155,6 +160,9 @@ pub fn cases(quick: bool) -> Vec<ExpertCase> {
         case("mixtral", mixtral, 16384, mean, CaseKind::Layer),
         case("fine-grained", fine, 16384, top(2), CaseKind::Layer),
         case("deepseek", deepseek, 4096, top(8), CaseKind::Layer),
+        case("mixtral", mixtral, 4096, mean, CaseKind::Train),
+        case("mixtral", mixtral, 4096, top(2), CaseKind::Train),
+        case("fine-grained", fine, 16384, top(2), CaseKind::Train),
     ]);
     all
 }
@@ -181,9 +189,10 @@ pub struct ExpertRow {
     /// Bytes that must move once: touched experts' weights and the activations.
     pub floor_bytes: usize,
     /// cuBLAS median (us): one dense GEMM with the same FLOPs (layer: the dense MLP with the same
-    /// active parameters), or why it is missing.
+    /// active parameters; train: its forward + backward), or why it is missing.
     pub cublas_us: Result<f64, String>,
-    /// Burn's matmul median (us) on the same FLOPs, when asked for.
+    /// Burn's matmul median (us) on the same FLOPs, when asked for; train rows: the per-expert
+    /// tensor-op path (Burn matmuls) on the same step, wall time.
     pub burn_us: Option<f64>,
     /// Layer rows: the dense MLP with the same total parameters (two cuBLAS GEMMs), when it fits.
     pub dense_total_us: Option<Result<f64, String>>,
@@ -210,6 +219,7 @@ pub fn run<R: CubeRuntime, F: FloatElement>(
             CaseKind::Layer => vec![layer_row::<R, F>(
                 client, device, spinner, case, dtype, baselines,
             )],
+            CaseKind::Train => vec![train_row::<R, F>(client, device, case, dtype, baselines)],
         });
         match measured {
             Ok(case_rows) => rows.extend(case_rows),
@@ -228,15 +238,15 @@ pub fn run<R: CubeRuntime, F: FloatElement>(
 }
 
 /// Repetitions of a measurement: fewer for long kernels.
-fn repeats(flops: f64) -> usize {
+pub(super) fn repeats(flops: f64) -> usize {
     if flops > 1e12 { 10 } else { 30 }
 }
 
-fn micros(duration: Duration) -> f64 {
+pub(super) fn micros(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e6
 }
 
-fn timing_us(timing: &Timing) -> [f64; 3] {
+pub(super) fn timing_us(timing: &Timing) -> [f64; 3] {
     [
         micros(timing.median),
         micros(timing.min),
@@ -244,7 +254,7 @@ fn timing_us(timing: &Timing) -> [f64; 3] {
     ]
 }
 
-fn tiles_label(config: &ExpertGemmConfig) -> String {
+pub(super) fn tiles_label(config: &ExpertGemmConfig) -> String {
     let tiles = |p: &moe_kernels::grouped_gemm::GemmParams| {
         let split = if p.split_k > 1 {
             format!(" split {}", p.split_k)
@@ -262,7 +272,7 @@ fn tiles_label(config: &ExpertGemmConfig) -> String {
 }
 
 /// Synthetic expert ids `[T, 2 or k]` (-1 unused) for the case's routing.
-fn synthetic_ids(case: &ExpertCase) -> Vec<i32> {
+pub(super) fn synthetic_ids(case: &ExpertCase) -> Vec<i32> {
     let mut rng = StdRng::seed_from_u64(case.tokens as u64 * 31 + case.experts as u64);
     let slots = case.routing.slots();
     let mut ids = Vec::with_capacity(case.tokens * slots);
@@ -290,7 +300,7 @@ fn synthetic_ids(case: &ExpertCase) -> Vec<i32> {
 
 /// Random `[dims]` values of `F` on the device (`F` explicitly: the device's default float type
 /// is whichever backend set it up first, f32 for the backend probe).
-fn random<R: CubeRuntime, F: FloatElement, const D: usize>(
+pub(super) fn random<R: CubeRuntime, F: FloatElement, const D: usize>(
     dims: [usize; D],
     device: &R::Device,
 ) -> Tensor<Cube<R, F>, D> {
@@ -298,7 +308,7 @@ fn random<R: CubeRuntime, F: FloatElement, const D: usize>(
 }
 
 /// A random weight `[dims]` of `F` drawn from N(0, 1/fan_in), like the model's initialiser.
-fn random_weight<R: CubeRuntime, F: FloatElement, const D: usize>(
+pub(super) fn random_weight<R: CubeRuntime, F: FloatElement, const D: usize>(
     dims: [usize; D],
     fan_in: usize,
     device: &R::Device,

@@ -16,6 +16,7 @@ mod experts;
 mod report;
 mod routing;
 mod timing;
+mod train;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -283,6 +284,24 @@ impl Baselines {
     ) -> Result<f64, String> {
         Ok(self.cublas_gemm(tokens, 2 * width, d_model, dtype)?
             + self.cublas_gemm(tokens, d_model, width, dtype)?)
+    }
+}
+
+impl Baselines {
+    /// Median microseconds of a dense SwiGLU MLP's forward + backward as six cuBLAS GEMMs of the
+    /// training step's shapes (forward two, input gradients two, weight gradients two).
+    pub fn dense_mlp_train(
+        &self,
+        tokens: usize,
+        d_model: usize,
+        width: usize,
+        dtype: FloatType,
+    ) -> Result<f64, String> {
+        Ok(self.dense_mlp(tokens, d_model, width, dtype)?
+            + self.cublas_gemm(tokens, width, d_model, dtype)?
+            + self.cublas_gemm(tokens, d_model, 2 * width, dtype)?
+            + self.cublas_gemm(width, d_model, tokens, dtype)?
+            + self.cublas_gemm(d_model, 2 * width, tokens, dtype)?)
     }
 }
 

@@ -142,7 +142,9 @@ pub fn experts_table(rows: &[ExpertRow], copy_bandwidth: f64) -> String {
         "median: device time (events), spread = (max - min) / median; TFLOP/s on routed pairs; \
          x floor: median over touched weights + activations at the copy bandwidth; vs X = X's \
          time / ours (gemm rows: cuBLAS and Burn on the same FLOPs as one dense GEMM; layer \
-         rows: cuBLAS dense MLP with the same active, and the same total, parameters)"
+         rows: cuBLAS dense MLP with the same active, and the same total, parameters; train \
+         rows: forward + backward of the experts and combine, the dense MLPs' forward + backward \
+         as six cuBLAS GEMMs, vs Burn = the per-expert tensor-op path's wall time)"
             .to_string(),
     );
     lines.join("\n")

@@ -4,7 +4,7 @@
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::route::reference::route;
 
@@ -100,15 +100,20 @@ enum Path {
     TensorOps,
 }
 
-/// `sum(combine(experts(x)) * probe)` and its gradients for x, w_in, w_out.
-fn loss_and_gradients<B: MoeBackend>(case: &Case, path: Path) -> (f64, [Vec<f64>; 3]) {
+/// `sum(combine(experts(x)) * probe)` and its gradients for x, w_in, w_out, with every float
+/// in `dtype`.
+fn loss_and_gradients<B: MoeBackend>(
+    case: &Case,
+    path: Path,
+    dtype: DType,
+) -> (f64, [Vec<f64>; 3]) {
     type A<B> = Autodiff<B>;
     let device = Default::default();
-    let x: Tensor<A<B>, 2> = float(&case.x, [case.tokens, case.d]).require_grad();
+    let x: Tensor<A<B>, 2> = float(&case.x, [case.tokens, case.d], dtype).require_grad();
     let w_in: Tensor<A<B>, 3> =
-        float(&case.w_in, [case.experts, case.d, case.columns()]).require_grad();
+        float(&case.w_in, [case.experts, case.d, case.columns()], dtype).require_grad();
     let w_out: Tensor<A<B>, 3> =
-        float(&case.w_out, [case.experts, case.width, case.d]).require_grad();
+        float(&case.w_out, [case.experts, case.width, case.d], dtype).require_grad();
     let ids = Tensor::<A<B>, 1, Int>::from_data(
         TensorData::new(case.expert_ids.clone(), [case.expert_ids.len()]),
         &device,
@@ -139,9 +144,9 @@ fn loss_and_gradients<B: MoeBackend>(case: &Case, path: Path) -> (f64, [Vec<f64>
             case.activation,
         ),
     };
-    let weights = float(&case.weights, [case.tokens, case.slots]);
+    let weights = float(&case.weights, [case.tokens, case.slots], dtype);
     let output = tensor_ops::combine(rows, weights, &dispatch);
-    let loss = (output * float(&case.probe, [case.tokens, case.d])).sum();
+    let loss = (output * float(&case.probe, [case.tokens, case.d], dtype)).sum();
     let value = host_f64(loss.clone())[0];
     let grads = loss.backward();
     let host = |grad: Option<Tensor<B, 2>>| host_f64(grad.expect("a gradient"));
@@ -156,9 +161,14 @@ fn loss_and_gradients<B: MoeBackend>(case: &Case, path: Path) -> (f64, [Vec<f64>
     )
 }
 
-/// A tensor of `shape` holding `values`, on the default device.
-fn float<B: Backend, const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+/// A tensor of `shape` holding `values` in `dtype`, on the default device.
+fn float<B: Backend, const D: usize>(
+    values: &[f32],
+    shape: [usize; D],
+    dtype: DType,
+) -> Tensor<B, D> {
+    Tensor::<B, D>::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+        .cast(dtype)
 }
 
 /// ||got - want|| / ||want||.
@@ -169,23 +179,28 @@ fn relative_error(got: &[f64], want: &[f64]) -> f64 {
     (diff / norm.max(1e-300)).sqrt()
 }
 
-/// Hand-written gradients equal autodiff's of the tensor ops on backend `B` (f32: relative
-/// error below 1e-4 for the input and both weights); experts without rows get zero gradients.
-/// GELU allows 1e-3: Burn differentiates its exact (erf) GELU with the tanh approximation's
-/// derivative (3e-4 off here), the hand-written backward uses the exact derivative
-/// (`feed_forward::tests` checks it against f64 differences).
-fn hand_written_backward_matches_autodiff<B: MoeBackend>() {
+/// Hand-written gradients on backend `B` in `dtype` equal autodiff's of the tensor ops on
+/// NdArray in f32 (relative error below `tolerance` for the input and both weights); experts
+/// without rows get exactly zero gradients. GELU allows at least 1e-3: Burn differentiates its
+/// exact (erf) GELU with the tanh approximation's derivative (3e-4 off here), the hand-written
+/// backward uses the exact derivative (`feed_forward::tests` checks it against f64 differences).
+fn hand_written_backward_matches_autodiff<B: MoeBackend>(dtype: DType, tolerance: f64) {
     for case in Case::all() {
-        let (want_loss, want) = loss_and_gradients::<B>(&case, Path::TensorOps);
+        let (want_loss, want) =
+            loss_and_gradients::<TestBackend>(&case, Path::TensorOps, DType::F32);
         take_fallbacks();
-        let (loss, got) = loss_and_gradients::<B>(&case, Path::HandWritten);
+        let (loss, got) = loss_and_gradients::<B>(&case, Path::HandWritten, dtype);
         assert_eq!(take_fallbacks(), vec![], "every kernel ran");
         let context = format!(
-            "T={} E={} d={} F={} {:?}",
+            "{dtype:?} T={} E={} d={} F={} {:?}",
             case.tokens, case.experts, case.d, case.width, case.activation
         );
+        let tolerance = match case.activation {
+            Activation::SwiGlu => tolerance,
+            Activation::Gelu => tolerance.max(1e-3),
+        };
         assert!(
-            (loss - want_loss).abs() <= 1e-4 * (1.0 + want_loss.abs()),
+            (loss - want_loss).abs() <= tolerance * (1.0 + want_loss.abs()),
             "{context}: loss {loss} vs {want_loss}"
         );
         for (name, got, want) in [
@@ -194,10 +209,6 @@ fn hand_written_backward_matches_autodiff<B: MoeBackend>() {
             ("w_out", &got[2], &want[2]),
         ] {
             let error = relative_error(got, want);
-            let tolerance = match case.activation {
-                Activation::SwiGlu => 1e-4,
-                Activation::Gelu => 1e-3,
-            };
             assert!(
                 error < tolerance,
                 "{context}: d{name} relative error {error:.2e}"
@@ -208,11 +219,9 @@ fn hand_written_backward_matches_autodiff<B: MoeBackend>() {
             );
         }
         // An expert that received no row has an exactly zero weight gradient.
-        let used: Vec<bool> = (0..case.experts)
-            .map(|e| case.expert_ids.contains(&(e as i32)))
-            .collect();
         let per_expert = case.d * case.columns();
-        for (e, &is_used) in used.iter().enumerate() {
+        for e in 0..case.experts {
+            let is_used = case.expert_ids.contains(&(e as i32));
             let block = &got[1][e * per_expert..(e + 1) * per_expert];
             assert_eq!(
                 block.iter().any(|&v| v != 0.0),
@@ -225,14 +234,28 @@ fn hand_written_backward_matches_autodiff<B: MoeBackend>() {
 
 #[test]
 fn hand_written_backward_matches_autodiff_on_ndarray() {
-    hand_written_backward_matches_autodiff::<TestBackend>();
+    hand_written_backward_matches_autodiff::<TestBackend>(DType::F32, 1e-4);
 }
 
 #[cfg(feature = "cubecl")]
 #[test]
 fn hand_written_backward_on_the_kernels_matches_autodiff_on_wgpu() {
     type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
-    hand_written_backward_matches_autodiff::<Wgpu>();
+    hand_written_backward_matches_autodiff::<Wgpu>(DType::F32, 1e-4);
+}
+
+/// The kernels on CUDA: f32 (portable path) and bf16 (tensor cores).
+#[cfg(feature = "cubecl")]
+mod cuda {
+    use super::*;
+    type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --include-ignored (just test-gpu)"]
+    fn hand_written_backward_on_the_kernels_matches_autodiff_on_cuda() {
+        hand_written_backward_matches_autodiff::<Cuda>(DType::F32, 1e-4);
+        hand_written_backward_matches_autodiff::<Cuda>(DType::BF16, 3e-2);
+    }
 }
 
 /// Central differences of the loss in a few random coordinates of x, w_in and w_out agree with
@@ -249,7 +272,7 @@ fn hand_written_backward_matches_finite_differences() {
         Activation::SwiGlu,
         0.0,
     );
-    let (_, grads) = loss_and_gradients::<TestBackend>(&case, Path::HandWritten);
+    let (_, grads) = loss_and_gradients::<TestBackend>(&case, Path::HandWritten, DType::F32);
     let step = 1e-2;
     let mut pick = rng(10);
     for (which, grad) in grads.iter().enumerate() {
@@ -265,7 +288,7 @@ fn hand_written_backward_matches_finite_differences() {
                     _ => &mut moved.w_out,
                 };
                 values[i] += delta;
-                loss_and_gradients::<TestBackend>(&moved, Path::HandWritten).0
+                loss_and_gradients::<TestBackend>(&moved, Path::HandWritten, DType::F32).0
             };
             let numeric = (at(step) - at(-step)) / (2.0 * step as f64);
             assert!(
