@@ -11,6 +11,7 @@ mod plot;
 mod predictors;
 mod records;
 mod report;
+mod scoring;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::train::Interrupter;
-use moe_model::prediction::{FrequencyBaseline, HostRouting, PredictionTally, layer_cost};
+use moe_model::prediction::{FrequencyBaseline, GatingHeadConfig, HostRouting, layer_cost};
 use moe_model::{Ffn, MoeAutodiffBackend};
 
 pub use fit::fit_heads;
@@ -31,6 +32,7 @@ pub use report::{
     CSV_FILE, DistanceReport, HeadTraining, JSON_FILE, LayerCost, ModelSummary, PredictionReport,
     PredictorReport, TargetScore,
 };
+pub use scoring::{ScoreSetup, mean_k, score_predictors};
 pub use settings::{MAX_HIDDEN, PredictSettings};
 pub use trace::{DECODE_FILE, PREFILL_FILE, TraceSource};
 
@@ -42,9 +44,6 @@ use crate::eval::load_classifier;
 use crate::interrupt::StopOnSignal;
 use crate::limits::{Purpose, check_memory};
 use crate::run_dir::{CONFIG_FILE, RunDir, RunName, RunState, git_commit, run_state};
-
-/// Top-k hit rates reported: k = 1 and 2 (at most E).
-const MAX_HIT_K: usize = 2;
 
 /// One `predict` command.
 pub struct PredictRequest {
@@ -262,18 +261,18 @@ impl BackendJob for Prediction {
         );
         interrupted(&stop)?;
 
-        let mean_k = test
-            .real
-            .iter()
-            .map(|real| {
-                real.sets.iter().map(Vec::len).sum::<usize>() as f64 / real.len().max(1) as f64
-            })
-            .sum::<f64>()
-            / blocks as f64;
+        let mean_k = mean_k(&test);
         let layer = layer_cost(layers[0], mean_k);
-        let head_cost = moe_model::prediction::GatingHeadConfig::new(d_model, num_experts)
-            .with_hidden(settings.hidden)
-            .cost();
+        let setup = ScoreSetup {
+            max_distance,
+            batch_size: settings.prefill_batch,
+            d_model,
+            num_experts,
+            hidden: settings.hidden,
+            head_cost: GatingHeadConfig::new(d_model, num_experts)
+                .with_hidden(settings.hidden)
+                .cost(),
+        };
         let report = PredictionReport {
             run: request.run.display().to_string(),
             backend: request.backend.name().to_string(),
@@ -294,42 +293,7 @@ impl BackendJob for Prediction {
                 flops_per_token: layer.flops_per_token,
                 mean_k,
             },
-            predictors: PREDICTORS
-                .iter()
-                .enumerate()
-                .map(|(p, &name)| PredictorReport {
-                    name: name.to_string(),
-                    description: predictors::description(name, settings.hidden),
-                    distances: (1..=max_distance)
-                        .map(|j| DistanceReport {
-                            distance: j,
-                            cost: predictors::predictor_cost(name, d_model, num_experts, head_cost),
-                            all: score(
-                                &test,
-                                &predicted[p],
-                                j,
-                                j..blocks,
-                                settings.prefill_batch,
-                                num_experts,
-                            ),
-                            targets: (j..blocks)
-                                .map(|t| TargetScore {
-                                    target_block: t,
-                                    source_block: t - j,
-                                    score: score(
-                                        &test,
-                                        &predicted[p],
-                                        j,
-                                        t..t + 1,
-                                        settings.prefill_batch,
-                                        num_experts,
-                                    ),
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                })
-                .collect(),
+            predictors: score_predictors(&test, &predicted, &setup),
             training,
             wall_time_s: 0.0,
         };
@@ -358,20 +322,4 @@ impl BackendJob for Prediction {
         let dir = run_dir.commit()?;
         Ok(PredictOutcome { dir, report })
     }
-}
-
-/// Scores of one predictor's distance-`j` predictions over the target blocks `targets`.
-fn score(
-    test: &SplitRecords,
-    predicted: &[Vec<HostRouting>],
-    j: usize,
-    targets: std::ops::Range<usize>,
-    batch_size: usize,
-    num_experts: usize,
-) -> moe_model::prediction::PredictionScore {
-    let mut tally = PredictionTally::new(batch_size, MAX_HIT_K.min(num_experts));
-    for t in targets {
-        tally.add(&test.real[t], &predicted[t][j - 1], Some(&test.hard));
-    }
-    tally.score()
 }

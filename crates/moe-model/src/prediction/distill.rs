@@ -30,13 +30,13 @@ const LOSS_CHUNK: usize = 4096;
 #[derive(Config, Debug)]
 pub struct DistillConfig {
     /// Passes over the training points.
-    #[config(default = 5)]
+    #[config(default = 10)]
     pub epochs: usize,
     /// Points per Adam step.
     #[config(default = 256)]
     pub batch_size: usize,
     /// Adam learning rate.
-    #[config(default = 3e-3)]
+    #[config(default = 1e-2)]
     pub learning_rate: f64,
     /// Seed of the order of the points in every epoch.
     #[config(default = 0)]

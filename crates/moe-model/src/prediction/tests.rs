@@ -165,7 +165,7 @@ fn scores_are_ranked_best_first_with_ties_to_the_lower_index() {
 
 #[test]
 fn head_cost_and_seeded_init() {
-    let linear = GatingHeadConfig::new(16, 8);
+    let linear = GatingHeadConfig::new(16, 8).with_hidden(0);
     assert_eq!(linear.cost().params, 16 * 8 + 8);
     assert_eq!(linear.cost().flops_per_token, 2.0 * 128.0);
     let two_layer = GatingHeadConfig::new(16, 8).with_hidden(32);
