@@ -9,6 +9,9 @@ use super::records::SplitRecords;
 use super::report::HeadTraining;
 use super::settings::PredictSettings;
 
+/// Gating heads by target block and distance: `heads[t][j - 1]`, `Some` where `t >= j`.
+pub type Heads<B> = Vec<Vec<Option<GatingHead<B>>>>;
+
 /// Heads `[target][j - 1]` (`Some` where `target >= j`) trained on `train` with `settings`, on
 /// backend `B`, printing one line per epoch; `stopped()` ends training early (Ctrl-C), leaving
 /// the remaining heads untrained. Head `i` (in target, then distance order) is initialised and
@@ -21,7 +24,7 @@ pub fn fit_heads<B: MoeAutodiffBackend>(
     settings: &PredictSettings,
     device: &B::Device,
     stopped: impl Fn() -> bool,
-) -> (Vec<Vec<Option<GatingHead<B>>>>, Vec<HeadTraining>) {
+) -> (Heads<B>, Vec<HeadTraining>) {
     let blocks = train.real.len();
     let head_config = GatingHeadConfig::new(d_model, num_experts).with_hidden(settings.hidden);
     let total = (1..=max_distance).map(|j| blocks - j).sum::<usize>();

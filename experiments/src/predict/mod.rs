@@ -25,7 +25,7 @@ use burn::train::Interrupter;
 use moe_model::prediction::{FrequencyBaseline, GatingHeadConfig, HostRouting, layer_cost};
 use moe_model::{Ffn, MoeAutodiffBackend};
 
-pub use fit::fit_heads;
+pub use fit::{Heads, fit_heads};
 pub use predictors::{FittedPredictors, PREDICTORS};
 pub use records::{SplitRecords, collect};
 pub use report::{

@@ -2,9 +2,11 @@
 
 use burn::tensor::backend::Backend;
 use moe_model::prediction::{
-    Cost, FateInput, FrequencyBaseline, GatingHead, HostRouting, fate_cost, fate_routing,
+    Cost, FateInput, FrequencyBaseline, HostRouting, fate_cost, fate_routing,
 };
 use moe_model::{BlockPass, Ffn, Model, MoeBackend};
+
+use super::fit::Heads;
 
 /// The predictors, in the order of results and traces.
 pub const PREDICTORS: [&str; 4] = ["fate", "fate-target-norm", "gating", "frequency"];
@@ -35,7 +37,7 @@ pub fn description(name: &str, hidden: usize) -> String {
 /// The predictors fitted for a model.
 pub struct FittedPredictors<B: Backend> {
     /// Gating head of each target block and distance: `heads[t][j - 1]`, `Some` where `t >= j`.
-    pub heads: Vec<Vec<Option<GatingHead<B>>>>,
+    pub heads: Heads<B>,
     /// Frequency baseline of each target block.
     pub frequency: Vec<FrequencyBaseline>,
     /// Largest distance predicted.
