@@ -38,6 +38,12 @@ study *args:
 sweep *args:
     cargo run --release -p experiments -- sweep {{backend_flag}} {{args}}
 
+# Predict later blocks' experts from earlier ones on a trained run (default results/deep, from `just train
+# deep`): fits Fate, gating heads and a frequency baseline, writes results/<run>-predict/ with tables,
+# a plot and routing traces. `just predict deep --hidden 64 --epochs 10`.
+predict run="deep" *args:
+    cargo run --release -p experiments -- predict --run results/{{run}} {{backend_flag}} {{args}}
+
 # Time the routing kernels, grouped GEMMs and whole layer against tensor ops, cuBLAS, dense MLPs and the
 # memory floor: `just bench` (best backend here), `just bench --backend cuda --dtype bf16`, `--quick`.
 bench *args:

@@ -47,6 +47,14 @@ pub enum ExperimentError {
     /// A `--set key=value` override is malformed.
     #[error("--set {0}: expected key=value, e.g. --set train.epochs=3")]
     BadOverride(String),
+    /// A flag of a command (not a config field) holds a value it cannot take.
+    #[error("{setting}: {reason}")]
+    BadSetting {
+        /// The flag and its value as given, e.g. `--distance 9`.
+        setting: String,
+        /// What is allowed, e.g. `must be in 1..=3 (results/deep has 4 MoE blocks)`.
+        reason: String,
+    },
     /// A run would need more memory than the machine has.
     #[error("{origin}: {field} = {value} is too large for this machine: {detail}")]
     TooLarge {

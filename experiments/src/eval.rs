@@ -193,51 +193,7 @@ impl BackendJob for SavedRun {
             Purpose::Eval,
             max_buffer_bytes(self.backend),
         )?;
-        let model_path = self.path.join(MODEL_FILE);
-        let fresh: Classifier<B::InnerBackend> = Classifier {
-            model: config
-                .model
-                .init(config.task.input_dim, config.task.num_classes, &device),
-        };
-        let expected_shapes = param_shapes(&fresh);
-        let load_error = |reason: String| ExperimentError::ModelFile {
-            path: model_path.clone(),
-            action: "load",
-            reason,
-        };
-        // Burn panics when the saved structure differs from the configured one (e.g. block count).
-        let classifier =
-            catch_panic(|| fresh.load_file(&model_path, &CompactRecorder::new(), &device))
-                .map_err(|panic| load_error(format!("{panic}; was config.toml edited?")))?
-                .map_err(|error| match error {
-                    RecorderError::FileNotFound(reason) => load_error(reason),
-                    RecorderError::DeserializeError(reason) | RecorderError::Unknown(reason) => {
-                        ExperimentError::DamagedFile {
-                            path: model_path.clone(),
-                            reason: decode_failure(&reason),
-                        }
-                    }
-                })?;
-        let saved_shapes = param_shapes(&classifier);
-        if saved_shapes != expected_shapes {
-            let detail = match saved_shapes
-                .iter()
-                .zip(&expected_shapes)
-                .find(|(s, e)| s != e)
-            {
-                Some((saved, expected)) => {
-                    format!("a weight of shape {saved:?} where the config describes {expected:?}")
-                }
-                None => format!(
-                    "{} weight tensors where the config describes {}",
-                    saved_shapes.len(),
-                    expected_shapes.len()
-                ),
-            };
-            return Err(load_error(format!(
-                "the saved model has {detail}; was config.toml edited?"
-            )));
-        }
+        let classifier = load_classifier::<B::InnerBackend>(&self.path, config, &device)?;
         let splits = TaskSplits::generate(&config.task);
         let chance = chance_accuracy(&items(&splits.test), config.task.num_classes);
         let test = evaluate(
@@ -260,6 +216,61 @@ impl BackendJob for SavedRun {
             self.train_seconds,
         ))
     }
+}
+
+/// Loads the classifier saved in `run_path` into the model `config` describes, on `device`. A
+/// missing or damaged `model.mpk`, or one whose weights do not fit the config, is an error naming
+/// the file.
+pub fn load_classifier<B: MoeBackend>(
+    run_path: &Path,
+    config: &RunConfig,
+    device: &B::Device,
+) -> Result<Classifier<B>, ExperimentError> {
+    let model_path = run_path.join(MODEL_FILE);
+    let fresh: Classifier<B> = Classifier {
+        model: config
+            .model
+            .init(config.task.input_dim, config.task.num_classes, device),
+    };
+    let expected_shapes = param_shapes(&fresh);
+    let load_error = |reason: String| ExperimentError::ModelFile {
+        path: model_path.clone(),
+        action: "load",
+        reason,
+    };
+    // Burn panics when the saved structure differs from the configured one (e.g. block count).
+    let classifier = catch_panic(|| fresh.load_file(&model_path, &CompactRecorder::new(), device))
+        .map_err(|panic| load_error(format!("{panic}; was config.toml edited?")))?
+        .map_err(|error| match error {
+            RecorderError::FileNotFound(reason) => load_error(reason),
+            RecorderError::DeserializeError(reason) | RecorderError::Unknown(reason) => {
+                ExperimentError::DamagedFile {
+                    path: model_path.clone(),
+                    reason: decode_failure(&reason),
+                }
+            }
+        })?;
+    let saved_shapes = param_shapes(&classifier);
+    if saved_shapes != expected_shapes {
+        let detail = match saved_shapes
+            .iter()
+            .zip(&expected_shapes)
+            .find(|(s, e)| s != e)
+        {
+            Some((saved, expected)) => {
+                format!("a weight of shape {saved:?} where the config describes {expected:?}")
+            }
+            None => format!(
+                "{} weight tensors where the config describes {}",
+                saved_shapes.len(),
+                expected_shapes.len()
+            ),
+        };
+        return Err(load_error(format!(
+            "the saved model has {detail}; was config.toml edited?"
+        )));
+    }
+    Ok(classifier)
 }
 
 /// Why the recorder could not decode a model file, in a few words: Burn appends a paragraph about

@@ -1,5 +1,5 @@
-//! Command line: `train`, `eval`, `compare`, `bench` and `sweep` runs of the variable-k MoE
-//! experiments.
+//! Command line: `train`, `eval`, `compare`, `bench`, `sweep` and `predict` runs of the
+//! variable-k MoE experiments.
 //!
 //! Exit codes: 0 success, 2 an error (one line on stderr), 130 training stopped by Ctrl-C
 //! (143 by SIGTERM), nothing kept.
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 use experiments::backend::FloatType;
 use experiments::config::ConfigSources;
+use experiments::predict::{PredictRequest, PredictSettings, predict};
 use experiments::sweep::{SweepRequest, sweep};
 use experiments::train::{TrainRequest, train};
 use experiments::{BackendKind, ExperimentError, eval, report};
@@ -103,6 +104,49 @@ enum Command {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
+    /// Fit routing predictors on a trained multi-block MoE run and score how well they predict
+    /// later blocks' experts; write results/<run>-predict/ (tables, plot, routing traces).
+    Predict {
+        /// The trained run, e.g. results/deep.
+        #[arg(long)]
+        run: PathBuf,
+        /// Backend to fit and score on.
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
+        /// Largest block distance j to predict (default: every distance the model has).
+        #[arg(long)]
+        distance: Option<usize>,
+        /// Hidden width of each gating head (0: a linear head).
+        #[arg(long, default_value_t = PredictSettings::default().hidden)]
+        hidden: usize,
+        /// Distillation epochs of each gating head.
+        #[arg(long, default_value_t = PredictSettings::default().epochs)]
+        epochs: usize,
+        /// Points per distillation step.
+        #[arg(long, default_value_t = PredictSettings::default().batch_size)]
+        batch_size: usize,
+        /// Adam learning rate of distillation.
+        #[arg(long, default_value_t = PredictSettings::default().learning_rate)]
+        lr: f64,
+        /// Seed of the heads' initialisation and data order.
+        #[arg(long, default_value_t = PredictSettings::default().seed)]
+        seed: u64,
+        /// Tokens per batch of the batch-union scores and of trace-prefill.json.
+        #[arg(long, default_value_t = PredictSettings::default().prefill_batch)]
+        prefill_batch: usize,
+        /// Test points covered by the routing traces.
+        #[arg(long, default_value_t = PredictSettings::default().trace_tokens)]
+        trace_tokens: usize,
+        /// Name of the result directory (default: <run>-predict, with -2, -3, ... if taken).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace results/<name> if it exists, once the new one is complete.
+        #[arg(long)]
+        overwrite: bool,
+        /// Directory holding the result directory.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
     /// Print every run's metrics side by side.
     Compare {
         /// Directory holding the run directories.
@@ -188,6 +232,45 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 "sweep written to {} ({:.0} s)",
                 outcome.dir.display(),
                 outcome.table.wall_time_s
+            );
+        }
+        Command::Predict {
+            run,
+            backend,
+            distance,
+            hidden,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            prefill_batch,
+            trace_tokens,
+            name,
+            overwrite,
+            results,
+        } => {
+            let outcome = predict(PredictRequest {
+                run,
+                settings: PredictSettings {
+                    max_distance: distance,
+                    hidden,
+                    epochs,
+                    batch_size,
+                    learning_rate: lr,
+                    seed,
+                    prefill_batch,
+                    trace_tokens,
+                },
+                backend,
+                results_root: results,
+                name,
+                overwrite,
+            })?;
+            println!("{}", outcome.report.markdown());
+            println!(
+                "prediction written to {} ({:.0} s)",
+                outcome.dir.display(),
+                outcome.report.wall_time_s
             );
         }
         Command::Compare { results } => {

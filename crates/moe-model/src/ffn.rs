@@ -5,9 +5,9 @@ use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::InvalidValue;
-use crate::backend_ext::MoeBackend;
+use crate::backend_ext::{MoeBackend, Routing};
 use crate::mlp::{DenseMlp, DenseMlpConfig};
-use crate::moe::{MoeLayer, MoeLayerConfig, RoutingStats};
+use crate::moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
 
 /// Which feed-forward the blocks use; `kind = "dense"` or `kind = "moe"` in config files.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,14 +83,30 @@ impl<B: MoeBackend> Ffn<B> {
                 aux_loss: None,
                 stats: None,
             },
+            Ffn::Moe(moe) => moe_output(moe.forward(x)),
+        }
+    }
+
+    /// [`Ffn::forward`], and the routing decision of an MoE layer (`None` for a dense MLP).
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]` -> output `[T, d]`, routing `[T, K]`
+    pub fn forward_with_routing(&self, x: Tensor<B, 2>) -> (FfnOutput<B>, Option<Routing<B>>) {
+        match self {
+            Ffn::Dense(_) => (self.forward(x), None),
             Ffn::Moe(moe) => {
-                let out = moe.forward(x);
-                FfnOutput {
-                    output: out.output,
-                    aux_loss: Some(out.aux_loss),
-                    stats: Some(out.stats),
-                }
+                let (out, routing) = moe.forward_with_routing(x);
+                (moe_output(out), Some(routing))
             }
         }
+    }
+}
+
+/// An MoE layer's output as the feed-forward's.
+fn moe_output<B: Backend>(out: MoeOutput<B>) -> FfnOutput<B> {
+    FfnOutput {
+        output: out.output,
+        aux_loss: Some(out.aux_loss),
+        stats: Some(out.stats),
     }
 }

@@ -20,6 +20,7 @@ pub mod mlp;
 pub mod model;
 pub mod moe;
 pub mod precision;
+pub mod prediction;
 pub mod router;
 pub mod shared_experts;
 #[cfg(test)]
@@ -30,7 +31,7 @@ pub use balance::BalanceMethod;
 pub use feed_forward::Activation;
 pub use ffn::{Ffn, FfnConfig, FfnOutput};
 pub use mlp::{DenseMlp, DenseMlpConfig};
-pub use model::{Model, ModelConfig, ModelOutput, ParamCounts};
+pub use model::{Block, BlockPass, Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
 pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT, expert_capacity};
 pub use precision::cast_float_params;

@@ -6,7 +6,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::InvalidValue;
-use crate::backend_ext::MoeBackend;
+use crate::backend_ext::{MoeBackend, Routing};
 use crate::ffn::{Ffn, FfnConfig};
 use crate::moe::{MoeLayerConfig, RoutingStats};
 
@@ -60,8 +60,21 @@ impl ModelConfig {
 /// Pre-norm residual block: `h + ffn(norm(h))`.
 #[derive(Module, Debug)]
 pub struct Block<B: MoeBackend> {
-    norm: LayerNorm<B>,
-    ffn: Ffn<B>,
+    /// The norm in front of the feed-forward (the router sees its output).
+    pub norm: LayerNorm<B>,
+    /// The block's feed-forward.
+    pub ffn: Ffn<B>,
+}
+
+/// What one block saw and decided in [`Model::forward_blocks`].
+#[derive(Clone, Debug)]
+pub struct BlockPass<B: Backend> {
+    /// The residual stream entering the block. `[T, d]`
+    pub residual: Tensor<B, 2>,
+    /// The block's normed input: what its feed-forward and router see. `[T, d]`
+    pub normed: Tensor<B, 2>,
+    /// The routing decision of an MoE block (`None` for a dense one). `[T, K]`
+    pub routing: Option<Routing<B>>,
 }
 
 /// Output of [`Model::forward`].
@@ -113,6 +126,43 @@ impl<B: MoeBackend> Model<B> {
             aux_loss,
             routing,
         }
+    }
+
+    /// [`Model::forward`], and for every block its residual input, its normed input and its
+    /// routing decision: what routing predictors read (`crate::prediction`).
+    ///
+    /// # Shapes
+    /// - `x`: `[T, input_dim]` -> logits `[T, C]`; per block `[T, d]`, `[T, d]`, `[T, K]`
+    pub fn forward_blocks(&self, x: Tensor<B, 2>) -> (ModelOutput<B>, Vec<BlockPass<B>>) {
+        let mut hidden = self.input.forward(x); // [T, d]
+        let mut aux_loss = Tensor::zeros([1], &hidden.device());
+        let mut routing = Vec::new();
+        let mut passes = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let normed = block.norm.forward(hidden.clone()); // [T, d]
+            let (out, decision) = block.ffn.forward_with_routing(normed.clone());
+            passes.push(BlockPass {
+                residual: hidden.clone(),
+                normed,
+                routing: decision,
+            });
+            hidden = hidden + out.output; // [T, d]
+            if let Some(loss) = out.aux_loss {
+                aux_loss = aux_loss + loss;
+            }
+            routing.extend(out.stats);
+        }
+        let output = ModelOutput {
+            logits: self.head.forward(self.final_norm.forward(hidden)), // [T, C]
+            aux_loss,
+            routing,
+        };
+        (output, passes)
+    }
+
+    /// The residual blocks, in order.
+    pub fn blocks(&self) -> &[Block<B>] {
+        &self.blocks
     }
 
     /// The mean-k budget's limit (tau or p) of every MoE block that has one, in block order.

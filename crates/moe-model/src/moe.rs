@@ -177,19 +177,36 @@ impl<B: MoeBackend> MoeLayer<B> {
     /// # Shapes
     /// - `x`: `[T, d]` -> output `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> MoeOutput<B> {
+        self.forward_keeping(x, false).0
+    }
+
+    /// [`MoeLayer::forward`], and the routing decision behind it (chosen experts, their weights,
+    /// the router's probabilities): what routing predictors are trained on and scored against.
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]` -> output `[T, d]`, routing `[T, K]`
+    pub fn forward_with_routing(&self, x: Tensor<B, 2>) -> (MoeOutput<B>, Routing<B>) {
+        let (output, routing) = self.forward_keeping(x, true);
+        (output, routing.expect("the routing was kept"))
+    }
+
+    /// The forward pass; keeps a copy of the routing only when asked (a copy holds the tensors
+    /// alive, which stops in-place reuse on the plain forward).
+    fn forward_keeping(&self, x: Tensor<B, 2>, keep: bool) -> (MoeOutput<B>, Option<Routing<B>>) {
         let LayerPass {
             output,
             routing,
             dispatch,
             dropped_pairs,
         } = self.pass(x);
+        let decision = keep.then(|| routing.clone());
         let expert_counts = dispatch.expert_counts(); // [E]
         let (top_expert, router_entropy) = router_summary(&routing.probs);
         let aux_loss =
             self.control
                 .balance_loss(routing.probs, expert_counts.clone(), self.balance_loss_coef)
                 + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
-        MoeOutput {
+        let output = MoeOutput {
             output,
             aux_loss,
             stats: RoutingStats {
@@ -199,7 +216,23 @@ impl<B: MoeBackend> MoeLayer<B> {
                 top_expert,
                 router_entropy,
             },
-        }
+        };
+        (output, decision)
+    }
+
+    /// The routing step alone: the experts this layer would choose for `x` (capacity drops
+    /// applied), without running them. On an inference backend it only decides; under autodiff
+    /// it also steps the bias and the budget, like a training forward.
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]` -> routing `[T, K]`
+    pub fn route(&self, x: Tensor<B, 2>) -> Routing<B> {
+        self.control.route(&self.router, x).0
+    }
+
+    /// The policy the layer applies now: the router's, with a mean-k budget's limit if any.
+    pub fn decision_policy(&self) -> RoutingPolicy {
+        self.control.policy(self.router.policy())
     }
 
     /// The output of [`MoeLayer::forward`] alone, for serving: no balance losses and no routing

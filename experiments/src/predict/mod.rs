@@ -1,0 +1,325 @@
+//! `predict`: how well the experts of later blocks can be predicted from earlier ones, on a
+//! trained multi-block MoE run. It fits the predictors of `moe_model::prediction` (Fate with two
+//! input forms, a distilled gating head per target block and distance, the frequency baseline) on
+//! the run's training split, scores them on its test split at every block distance, and writes a
+//! new result directory (`results/<run>-predict`, through [`RunDir`]: it appears only once
+//! complete) holding `prediction.json`, `prediction.csv`, `prediction.{png,svg}` and the routing
+//! traces `trace-decode.json` and `trace-prefill.json` for the offloading runtime.
+
+mod fit;
+mod plot;
+mod predictors;
+mod records;
+mod report;
+mod scoring;
+mod settings;
+#[cfg(test)]
+mod tests;
+mod trace;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::train::Interrupter;
+use moe_model::prediction::{FrequencyBaseline, GatingHeadConfig, HostRouting, layer_cost};
+use moe_model::{Ffn, MoeAutodiffBackend};
+
+pub use fit::{Heads, fit_heads};
+pub use predictors::{FittedPredictors, PREDICTORS};
+pub use records::{SplitRecords, collect};
+pub use report::{
+    CSV_FILE, DistanceReport, HeadTraining, JSON_FILE, LayerCost, ModelSummary, PredictionReport,
+    PredictorReport, TargetScore,
+};
+pub use scoring::{ScoreSetup, mean_k, score_predictors};
+pub use settings::{MAX_HIDDEN, PredictSettings};
+pub use trace::{DECODE_FILE, PREFILL_FILE, TraceSource};
+
+use crate::backend::{BackendJob, BackendKind, max_buffer_bytes, run_on};
+use crate::config::{ConfigSources, RunConfig};
+use crate::data::{TaskSplits, items};
+use crate::error::ExperimentError;
+use crate::eval::load_classifier;
+use crate::interrupt::StopOnSignal;
+use crate::limits::{Purpose, check_memory};
+use crate::run_dir::{CONFIG_FILE, RunDir, RunName, RunState, git_commit, run_state};
+
+/// One `predict` command.
+pub struct PredictRequest {
+    /// The trained run, e.g. `results/deep`.
+    pub run: PathBuf,
+    /// The settings (flags).
+    pub settings: PredictSettings,
+    /// Backend to fit and score on.
+    pub backend: BackendKind,
+    /// Directory holding the result directory (`results`).
+    pub results_root: PathBuf,
+    /// Name of the result directory (default `<run>-predict`, then `-2`, ...).
+    pub name: Option<String>,
+    /// Replace an existing result directory of that name once the new one is complete.
+    pub overwrite: bool,
+}
+
+/// What `predict` wrote.
+pub struct PredictOutcome {
+    /// The result directory.
+    pub dir: PathBuf,
+    /// The measured numbers.
+    pub report: PredictionReport,
+}
+
+/// Checks the run and the settings, fits and scores the predictors, writes the result directory.
+/// Nothing is written before the run, the settings and the backend are known to be usable.
+pub fn predict(request: PredictRequest) -> Result<PredictOutcome, ExperimentError> {
+    let run_label = request.run.display().to_string();
+    if let RunState::Incomplete(reason) = run_state(&request.run) {
+        return Err(ExperimentError::IncompleteRun {
+            path: request.run.clone(),
+            reason,
+        });
+    }
+    let sources = ConfigSources {
+        file: request.run.join(CONFIG_FILE),
+        overrides: Vec::new(),
+    };
+    if !sources.file.exists() {
+        return Err(ExperimentError::BadSetting {
+            setting: format!("--run {run_label}"),
+            reason: "not a trained run (no config.toml); train one first, e.g. just train deep"
+                .into(),
+        });
+    }
+    let config = sources.load()?;
+    let max_distance = request.settings.check(&run_label, &config)?;
+    let name = match &request.name {
+        Some(name) => RunName::parse(name).map_err(|reason| ExperimentError::BadRunName {
+            name: format!("--name {name:?}"),
+            reason,
+        })?,
+        None => {
+            let run = request
+                .run
+                .file_name()
+                .map_or_else(|| "run".to_string(), |n| n.to_string_lossy().into_owned());
+            RunName::parse(&format!("{run}-predict")).map_err(|reason| {
+                ExperimentError::BadRunName {
+                    name: format!("the run's name {run:?} with -predict"),
+                    reason,
+                }
+            })?
+        }
+    };
+    run_on(
+        request.backend,
+        Prediction {
+            request,
+            sources,
+            config,
+            name,
+            max_distance,
+        },
+    )
+}
+
+/// A checked [`PredictRequest`].
+struct Prediction {
+    request: PredictRequest,
+    sources: ConfigSources,
+    config: RunConfig,
+    name: RunName,
+    max_distance: usize,
+}
+
+impl BackendJob for Prediction {
+    type Output = PredictOutcome;
+
+    fn run<B: MoeAutodiffBackend>(
+        self,
+        device: B::Device,
+    ) -> Result<PredictOutcome, ExperimentError> {
+        let started = Instant::now();
+        let Prediction {
+            request,
+            sources,
+            config,
+            name,
+            max_distance,
+        } = self;
+        let settings = &request.settings;
+        check_memory(
+            &config,
+            &sources,
+            Purpose::Eval,
+            max_buffer_bytes(request.backend),
+        )?;
+        let model = load_classifier::<B::InnerBackend>(&request.run, &config, &device)?.model;
+        let run_dir = match request.name {
+            Some(_) => RunDir::claim(&request.results_root, &name, request.overwrite)?,
+            None => RunDir::claim_next_free(&request.results_root, &name)?,
+        };
+        let interrupter = Interrupter::new();
+        let stop = StopOnSignal::install(
+            interrupter,
+            format!("{} is left behind", run_dir.staging().display()),
+        )
+        .map_err(ExperimentError::io("SIGINT/SIGTERM handler"))?;
+        let interrupted = |stop: &StopOnSignal| match stop.cause() {
+            Some(cause) => Err(ExperimentError::Interrupted {
+                cause,
+                left: run_dir.left_as_it_was(),
+            }),
+            None => Ok(()),
+        };
+
+        let blocks = model.blocks().len();
+        let layers: Vec<_> = model
+            .blocks()
+            .iter()
+            .filter_map(|block| match &block.ffn {
+                Ffn::Moe(layer) => Some(layer),
+                Ffn::Dense(_) => None,
+            })
+            .collect();
+        let num_experts = layers[0].num_experts();
+        let d_model = config.model.d_model;
+        println!(
+            "predict: {} ({blocks} blocks, {}) on {}, distances 1..={max_distance} -> {}",
+            request.run.display(),
+            config.model.ffn,
+            request.backend.name(),
+            run_dir.path().display()
+        );
+
+        let splits = TaskSplits::generate(&config.task);
+        let eval_batch = config.train.eval_batch_size;
+        let step = Instant::now();
+        let train = collect(
+            &model,
+            &items(&splits.train),
+            eval_batch,
+            &device,
+            true,
+            |_, _| {},
+        );
+        println!(
+            "  routing and block inputs of {} training points ({:.1} s)",
+            train.len(),
+            step.elapsed().as_secs_f64()
+        );
+        interrupted(&stop)?;
+
+        let (heads, training) = fit_heads::<B>(
+            &train,
+            d_model,
+            num_experts,
+            max_distance,
+            settings,
+            &device,
+            || stop.cause().is_some(),
+        );
+        interrupted(&stop)?;
+        let predictors = FittedPredictors {
+            heads: heads
+                .into_iter()
+                .map(|row| row.into_iter().map(|h| h.map(|h| h.valid())).collect())
+                .collect(),
+            frequency: train
+                .real
+                .iter()
+                .map(|real| FrequencyBaseline::fit(real, num_experts))
+                .collect(),
+            max_distance,
+        };
+        let train_points = train.len();
+        drop(train);
+
+        let step = Instant::now();
+        let mut predicted: Vec<Vec<Vec<HostRouting>>> =
+            vec![vec![vec![HostRouting::default(); max_distance]; blocks]; PREDICTORS.len()];
+        let test = collect(
+            &model,
+            &items(&splits.test),
+            eval_batch,
+            &device,
+            false,
+            |passes, tokens| {
+                let batch = predictors.predict(&model, passes, tokens);
+                for (all, new) in predicted.iter_mut().zip(batch) {
+                    for (by_target, new_by_target) in all.iter_mut().zip(new) {
+                        for (slot, new_slot) in by_target.iter_mut().zip(new_by_target) {
+                            slot.extend(new_slot);
+                        }
+                    }
+                }
+            },
+        );
+        println!(
+            "  predictions for {} test points ({:.1} s)",
+            test.len(),
+            step.elapsed().as_secs_f64()
+        );
+        interrupted(&stop)?;
+
+        let mean_k = mean_k(&test);
+        let layer = layer_cost(layers[0], mean_k);
+        let setup = ScoreSetup {
+            max_distance,
+            batch_size: settings.prefill_batch,
+            d_model,
+            num_experts,
+            hidden: settings.hidden,
+            head_cost: GatingHeadConfig::new(d_model, num_experts)
+                .with_hidden(settings.hidden)
+                .cost(),
+        };
+        let report = PredictionReport {
+            run: request.run.display().to_string(),
+            backend: request.backend.name().to_string(),
+            git_commit: git_commit(),
+            settings: settings.clone(),
+            max_distance,
+            model: ModelSummary {
+                num_blocks: blocks,
+                num_experts,
+                slots: test.slots,
+                d_model,
+                ffn: config.model.ffn.to_string(),
+                train_points,
+                test_points: test.len(),
+            },
+            layer: LayerCost {
+                params: layer.params,
+                flops_per_token: layer.flops_per_token,
+                mean_k,
+            },
+            predictors: score_predictors(&test, &predicted, &setup),
+            training,
+            wall_time_s: 0.0,
+        };
+
+        let staging = run_dir.staging();
+        let source = TraceSource {
+            real: &test.real,
+            predicted: &predicted,
+            predictors: &PREDICTORS,
+            num_experts,
+            slots: test.slots,
+            max_distance,
+        };
+        for (file, batch) in [(DECODE_FILE, 1), (PREFILL_FILE, settings.prefill_batch)] {
+            source
+                .trace(settings.trace_tokens, batch)
+                .save(&staging.join(file))?;
+        }
+        plot::plot(&report, staging)?;
+        let report = PredictionReport {
+            wall_time_s: started.elapsed().as_secs_f64(),
+            ..report
+        };
+        report.save(staging)?;
+        interrupted(&stop)?;
+        let dir = run_dir.commit()?;
+        Ok(PredictOutcome { dir, report })
+    }
+}
