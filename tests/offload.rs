@@ -62,21 +62,49 @@ fn check_rows(dir: &Path, shapes: &[&str], accuracies: usize) {
     for shape in shapes {
         let of = |policy: &str, accuracy: &str| {
             rows.iter()
-                .find(|r| r["shape"] == *shape && r["policy"] == policy && r["accuracy"] == accuracy)
+                .find(|r| {
+                    r["shape"] == *shape && r["policy"] == policy && r["accuracy"] == accuracy
+                })
                 .unwrap_or_else(|| panic!("{shape}: no row {policy} {accuracy}"))
         };
         let resident = of("resident", "");
-        assert_eq!(number(resident, "hit_rate"), 1.0, "{shape}: resident always hits");
-        assert_eq!(number(resident, "bytes_copied"), 0.0, "{shape}: resident copies nothing");
-        assert_eq!(number(resident, "routing_syncs"), 0.0, "{shape}: resident routes on the device");
+        assert_eq!(
+            number(resident, "hit_rate"),
+            1.0,
+            "{shape}: resident always hits"
+        );
+        assert_eq!(
+            number(resident, "bytes_copied"),
+            0.0,
+            "{shape}: resident copies nothing"
+        );
+        assert_eq!(
+            number(resident, "routing_syncs"),
+            0.0,
+            "{shape}: resident routes on the device"
+        );
         let on_demand = of("on-demand", "");
         assert_eq!(number(on_demand, "prefetch_copies"), 0.0, "{shape}");
-        assert!(number(on_demand, "misses") > 0.0, "{shape}: a cold cache misses");
+        assert!(
+            number(on_demand, "misses") > 0.0,
+            "{shape}: a cold cache misses"
+        );
         assert!(number(on_demand, "hit_rate") < 1.0, "{shape}");
-        assert_eq!(number(on_demand, "speedup_decode"), 1.0, "{shape}: the reference");
+        assert_eq!(
+            number(on_demand, "speedup_decode"),
+            1.0,
+            "{shape}: the reference"
+        );
         let oracle = of("oracle", "");
-        assert_eq!(number(oracle, "wasted_prefetches"), 0.0, "{shape}: the oracle is never wrong");
-        assert!(number(oracle, "hit_rate") > number(on_demand, "hit_rate"), "{shape}");
+        assert_eq!(
+            number(oracle, "wasted_prefetches"),
+            0.0,
+            "{shape}: the oracle is never wrong"
+        );
+        assert!(
+            number(oracle, "hit_rate") > number(on_demand, "hit_rate"),
+            "{shape}"
+        );
         // Perfect predictions prefetch exactly the oracle's sets: same hits.
         let perfect = of("prefetch:injected", "1");
         assert_eq!(perfect["hits"], oracle["hits"], "{shape}");
@@ -144,7 +172,10 @@ fn offload_quick_on_ndarray_honours_flags() {
     let settings = std::fs::read_to_string(dir.join("settings.toml")).unwrap();
     assert!(settings.contains("accuracies = [0.2, 1.0]"), "{settings}");
     let rows = csv_rows(&dir.join("policies.csv"));
-    assert!(rows.iter().all(|r| r["slots"] == "2" || r["policy"] == "resident"));
+    assert!(
+        rows.iter()
+            .all(|r| r["slots"] == "2" || r["policy"] == "resident")
+    );
 }
 
 #[test]
@@ -188,7 +219,10 @@ fn offload_replays_a_trace_file_with_its_predictors() {
     );
     let dir = results.join("offload-ndarray-f32");
     let rows = csv_rows(&dir.join("policies.csv"));
-    assert!(rows.iter().all(|r| r["shape"] == "tiny"), "only the shape with 8 experts");
+    assert!(
+        rows.iter().all(|r| r["shape"] == "tiny"),
+        "only the shape with 8 experts"
+    );
     assert!(rows.iter().any(|r| r["policy"] == "prefetch:fate"));
     check_rows(&dir, &["tiny"], 4);
 
@@ -229,11 +263,23 @@ fn offload_refuses_bad_settings_in_one_line() {
         results.to_str().unwrap(),
     ];
     let cases: [(&[&str], &str); 6] = [
-        (&["--slots", "1"], "--slots 1: slots of shape tiny = 1 is invalid: the cache must hold one block's top-k"),
+        (
+            &["--slots", "1"],
+            "--slots 1: slots of shape tiny = 1 is invalid: the cache must hold one block's top-k",
+        ),
         (&["--slots", "9"], "2..=8"),
-        (&["--policies", "resident,lru"], "unknown offload policy `lru`"),
-        (&["--policies", "prefetch:nobody"], "the routing has predictors synthetic"),
-        (&["--accuracies", "0.5,1.5"], "every accuracy must be in 0..=1"),
+        (
+            &["--policies", "resident,lru"],
+            "unknown offload policy `lru`",
+        ),
+        (
+            &["--policies", "prefetch:nobody"],
+            "the routing has predictors synthetic",
+        ),
+        (
+            &["--accuracies", "0.5,1.5"],
+            "every accuracy must be in 0..=1",
+        ),
         (&["--distance", "4"], "distance = 4 is invalid"),
     ];
     for (flags, expected) in cases {

@@ -365,7 +365,9 @@ fn copy_thread(
     let mut marks: VecDeque<(u64, DynFut<Result<(), ServerError>>)> = VecDeque::new();
     let outcome = (|| -> Result<(), String> {
         context.bind_to_thread().map_err(|e| format!("{e:?}"))?;
-        let stream = context.new_stream().map_err(|e| format!("copy stream: {e:?}"))?;
+        let stream = context
+            .new_stream()
+            .map_err(|e| format!("copy stream: {e:?}"))?;
         let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
         let mut done_mark = 0;
         for request in requests {
@@ -389,7 +391,8 @@ fn copy_thread(
                         // the experts alive), the device range in a live slot tensor of the
                         // store, and no kernel reads it until this copy is reported landed.
                         unsafe {
-                            let source = std::slice::from_raw_parts(host_address as *const u8, bytes);
+                            let source =
+                                std::slice::from_raw_parts(host_address as *const u8, bytes);
                             cudarc::driver::result::memcpy_htod_async(
                                 device_address,
                                 source,
@@ -441,7 +444,11 @@ impl Copier for CudaStore {
             after: after.0,
             parts: [
                 (base_in + (slot * in_bytes) as u64, host, in_bytes),
-                (base_out + (slot * out_bytes) as u64, host + in_bytes, out_bytes),
+                (
+                    base_out + (slot * out_bytes) as u64,
+                    host + in_bytes,
+                    out_bytes,
+                ),
             ],
         });
         CopyTicket(self.next_ticket)

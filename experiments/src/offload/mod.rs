@@ -88,7 +88,9 @@ pub enum OffloadError {
         message: String,
     },
     /// The host cannot hold the experts.
-    #[error("shape {shape}: {need} of expert weights in host memory, {available} available; use --shape or a smaller [synthetic].blocks")]
+    #[error(
+        "shape {shape}: {need} of expert weights in host memory, {available} available; use --shape or a smaller [synthetic].blocks"
+    )]
     HostMemory {
         /// The shape.
         shape: String,
@@ -107,7 +109,12 @@ pub enum OffloadError {
 
 /// Runs the measurement, prints a table per shape and writes the run directory; returns it.
 pub fn offload(request: OffloadRequest) -> Result<PathBuf, ExperimentError> {
-    let plan = OffloadPlan::load(&request.config, request.quick, &request.flags, request.dtype)?;
+    let plan = OffloadPlan::load(
+        &request.config,
+        request.quick,
+        &request.flags,
+        request.dtype,
+    )?;
     for shape in &plan.shapes {
         let need = (shape.trace.num_blocks * shape.shape.num_experts) as f64
             * shape.shape.expert_bytes(request.dtype) as f64;
@@ -134,12 +141,13 @@ pub fn offload(request: OffloadRequest) -> Result<PathBuf, ExperimentError> {
         request.backend.name(),
         request.dtype.name()
     );
-    let name = RunName::parse(request.name.as_deref().unwrap_or(&default_name)).map_err(
-        |reason| ExperimentError::BadRunName {
-            name: format!("--name {:?}", request.name.clone().unwrap_or_default()),
-            reason,
-        },
-    )?;
+    let name =
+        RunName::parse(request.name.as_deref().unwrap_or(&default_name)).map_err(|reason| {
+            ExperimentError::BadRunName {
+                name: format!("--name {:?}", request.name.clone().unwrap_or_default()),
+                reason,
+            }
+        })?;
     let run_dir = RunDir::claim_next_free(&request.results_root, &name)?;
     let (results, copy_engine) = match request.backend {
         BackendKind::Ndarray => {

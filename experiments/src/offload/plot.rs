@@ -27,7 +27,11 @@ const COLORS: [RGBColor; 4] = [
 ];
 
 /// Writes `speedup_vs_accuracy.{png,svg}` into `dir` from the rows of every shape.
-pub fn plot(rows: &[PolicyResult], title: &str, dir: &Path) -> Result<Vec<PathBuf>, ExperimentError> {
+pub fn plot(
+    rows: &[PolicyResult],
+    title: &str,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, ExperimentError> {
     let _ = plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT);
     let png = dir.join(format!("{STEM}.png"));
     {
@@ -51,7 +55,11 @@ fn plot_error(path: &Path, error: impl std::fmt::Display) -> ExperimentError {
     }
 }
 
-fn draw<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[PolicyResult], title: &str) -> DrawResult
+fn draw<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    rows: &[PolicyResult],
+    title: &str,
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -63,7 +71,11 @@ where
             .iter()
             .filter(|r| r.shape == shape && r.accuracy.is_some())
             .collect();
-        points.sort_by(|a, b| a.accuracy.total_cmp(&b.accuracy));
+        points.sort_by(|a, b| {
+            a.accuracy
+                .unwrap_or_default()
+                .total_cmp(&b.accuracy.unwrap_or_default())
+        });
         points
     };
     let oracle = |shape: &str| {
@@ -117,10 +129,18 @@ where
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
         chart.draw_series(decode.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         chart
-            .draw_series(DashedLineSeries::new(ttft.clone(), 8, 5, color.stroke_width(2)))?
+            .draw_series(DashedLineSeries::new(
+                ttft.clone(),
+                8,
+                5,
+                color.stroke_width(2),
+            ))?
             .label(format!("{shape}: time to first token"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(1)));
-        chart.draw_series(ttft.iter().map(|&p| TriangleMarker::new(p, 5, color.filled())))?;
+        chart.draw_series(
+            ttft.iter()
+                .map(|&p| TriangleMarker::new(p, 5, color.filled())),
+        )?;
         if let Some(oracle) = oracle(shape) {
             let level = oracle.speedup_decode;
             chart

@@ -220,7 +220,9 @@ fn routings<B: OffloadBackend>(
                         .iter()
                         .flat_map(|token| {
                             let k = token.iter().filter(|&&e| e >= 0).count().max(1) as f32;
-                            token.iter().map(move |&e| if e >= 0 { 1.0 / k } else { 0.0 })
+                            token
+                                .iter()
+                                .map(move |&e| if e >= 0 { 1.0 / k } else { 0.0 })
                         })
                         .collect();
                     BlockRouting {
@@ -289,7 +291,10 @@ fn result(
 /// Fills the columns that compare rows of one shape: speed-ups over on-demand, and the share
 /// of copy time hidden against the resident latency.
 fn compare(rows: &mut [PolicyResult]) {
-    let find = |name: &str| rows.iter().find(|r| r.policy == name && r.accuracy.is_none());
+    let find = |name: &str| {
+        rows.iter()
+            .find(|r| r.policy == name && r.accuracy.is_none())
+    };
     let on_demand = find("on-demand").map(|r| (r.ttft_ms, r.decode_ms_mean));
     let resident = find("resident").map(|r| r.total);
     for row in rows.iter_mut() {

@@ -41,12 +41,12 @@ pub fn table(plan: &ShapePlan, rows: &[PolicyResult], dtype: FloatType) -> Strin
         plan.trace.batches.len() - 1,
     );
     out.push_str(
-        "| policy | accuracy | slots | TTFT ms | decode ms/step (p50) | TTFT vs on-demand | decode vs on-demand | hit rate | copied GB | copy ms | hidden | wait ms | wasted prefetches |\n",
+        "| policy | accuracy | slots | TTFT ms | decode ms/step (p50) | TTFT vs on-demand | decode vs on-demand | hit rate | copied MB | copy ms | hidden | wait ms | wasted prefetches |\n",
     );
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {:.3} ({:.3}) | {:.2}x | {:.2}x | {:.1}% | {:.3} | {:.1} | {} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.2} | {:.3} ({:.3}) | {:.2}x | {:.2}x | {:.1}% | {:.1} | {:.1} | {} | {:.1} | {} |\n",
             r.policy,
             r.accuracy.map_or("-".to_string(), |a| format!("{a:.2}")),
             r.slots,
@@ -56,7 +56,7 @@ pub fn table(plan: &ShapePlan, rows: &[PolicyResult], dtype: FloatType) -> Strin
             r.speedup_ttft,
             r.speedup_decode,
             100.0 * r.stats.hit_rate(),
-            r.bytes_copied as f64 / 1e9,
+            r.bytes_copied as f64 / 1e6,
             r.copy_ms,
             r.hidden_share
                 .map_or("-".to_string(), |h| format!("{:.0}%", 100.0 * h)),

@@ -170,10 +170,13 @@ impl OffloadPlan {
                 message: e.message().to_string(),
             })?;
         if quick {
-            let q = settings.quick.clone().ok_or_else(|| OffloadError::Settings {
-                path: path.to_path_buf(),
-                message: "--quick needs a [quick] section".into(),
-            })?;
+            let q = settings
+                .quick
+                .clone()
+                .ok_or_else(|| OffloadError::Settings {
+                    path: path.to_path_buf(),
+                    message: "--quick needs a [quick] section".into(),
+                })?;
             settings.run.prefill_tokens = q.prefill_tokens;
             settings.run.decode_steps = q.decode_steps;
             settings.shapes = q.shapes;
@@ -204,14 +207,15 @@ impl OffloadPlan {
             run.seed = v;
         }
         let run = settings.run.clone();
-        let invalid = |origin: String, field: &str, value: &dyn std::fmt::Display, allowed: String| {
-            OffloadError::Invalid {
-                origin,
-                field: field.to_string(),
-                value: value.to_string(),
-                allowed,
-            }
-        };
+        let invalid =
+            |origin: String, field: &str, value: &dyn std::fmt::Display, allowed: String| {
+                OffloadError::Invalid {
+                    origin,
+                    field: field.to_string(),
+                    value: value.to_string(),
+                    allowed,
+                }
+            };
         if let Some(bad) = run.accuracies.iter().find(|a| !(0.0..=1.0).contains(*a)) {
             let list = join(&run.accuracies);
             return Err(invalid(
@@ -223,15 +227,18 @@ impl OffloadPlan {
         }
         if run.prefill_tokens == 0 || run.decode_tokens == 0 {
             return Err(invalid(
-                origin("prefill-tokens", flags.prefill_tokens.is_some(), &run.prefill_tokens),
+                origin(
+                    "prefill-tokens",
+                    flags.prefill_tokens.is_some(),
+                    &run.prefill_tokens,
+                ),
                 "prefill_tokens",
                 &run.prefill_tokens,
                 "prefill and decode batches need at least one token".into(),
             ));
         }
-        let policy_origin = |list: &[String]| {
-            origin("policies", flags.policies.is_some(), &list.join(","))
-        };
+        let policy_origin =
+            |list: &[String]| origin("policies", flags.policies.is_some(), &list.join(","));
         if run.policies.is_empty() {
             return Err(invalid(
                 policy_origin(&run.policies),
@@ -330,7 +337,10 @@ impl OffloadPlan {
                     origin("distance", flags.distance.is_some(), &run.distance),
                     "distance",
                     &run.distance,
-                    format!("the trace predicts at most {} blocks ahead", trace.max_distance),
+                    format!(
+                        "the trace predicts at most {} blocks ahead",
+                        trace.max_distance
+                    ),
                 ));
             }
             let slots_origin;

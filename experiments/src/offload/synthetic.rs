@@ -148,7 +148,12 @@ impl SyntheticRouting {
 
 /// `count` distinct experts drawn by `popularity`, none of `excluded` (fewer if not enough
 /// remain).
-fn draw_distinct(rng: &mut StdRng, popularity: &[f64], count: usize, excluded: &[usize]) -> Vec<i32> {
+fn draw_distinct(
+    rng: &mut StdRng,
+    popularity: &[f64],
+    count: usize,
+    excluded: &[usize],
+) -> Vec<i32> {
     let mut weights: Vec<f64> = popularity.to_vec();
     for &e in excluded {
         weights[e] = 0.0;
@@ -306,7 +311,9 @@ mod tests {
             .count();
         assert!((5..40).contains(&singles), "{singles} single-expert tokens");
         let mut counts = [0; 8];
-        ids.iter().filter(|&&e| e >= 0).for_each(|&e| counts[e as usize] += 1);
+        ids.iter()
+            .filter(|&&e| e >= 0)
+            .for_each(|&e| counts[e as usize] += 1);
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         assert!(max > &(2 * min.max(&1)), "skewed popularity: {counts:?}");
         // Tokens have distinct experts.
@@ -322,14 +329,20 @@ mod tests {
             let injected = inject_predictions(&trace, accuracy, 1);
             injected.check().unwrap();
             let recall = measured_recall(&injected, 0, 1).unwrap();
-            assert!((recall - accuracy).abs() < 0.1, "{accuracy}: recall {recall}");
+            assert!(
+                (recall - accuracy).abs() < 0.1,
+                "{accuracy}: recall {recall}"
+            );
         }
         let exact = inject_predictions(&trace, 1.0, 1);
         for batch in &exact.batches {
             for (l, block) in batch.blocks.iter().enumerate() {
                 let expected = if l >= 1 { block.needed() } else { vec![] };
                 assert_eq!(block.predicted[0][0], expected);
-                assert_eq!(block.predicted[0][1], if l >= 2 { block.needed() } else { vec![] });
+                assert_eq!(
+                    block.predicted[0][1],
+                    if l >= 2 { block.needed() } else { vec![] }
+                );
             }
         }
     }

@@ -192,12 +192,7 @@ impl BlockCache {
     ///
     /// # Panics
     /// If the group holds more experts than the cache has slots (the engine splits larger sets).
-    pub fn acquire(
-        &mut self,
-        copier: &mut impl Copier,
-        block: usize,
-        group: &[usize],
-    ) -> Acquired {
+    pub fn acquire(&mut self, copier: &mut impl Copier, block: usize, group: &[usize]) -> Acquired {
         assert!(
             group.len() <= self.slots.len(),
             "a group of {} experts in a cache of {} slots",
@@ -218,8 +213,7 @@ impl BlockCache {
                     let slot = self
                         .victim(&protected)
                         .expect("a group no larger than the cache always finds a slot");
-                    let ticket =
-                        copier.start_copy(block, expert, slot, self.slots[slot].last_read);
+                    let ticket = copier.start_copy(block, expert, slot, self.slots[slot].last_read);
                     if self.install(slot, expert, ticket, false) {
                         acquired.wasted_prefetches += 1;
                     }
@@ -348,8 +342,7 @@ mod tests {
                     self.order.remove(at);
                 } else {
                     if self.order.len() == self.capacity {
-                        let Some(at) = self.order.iter().position(|e| !experts.contains(e))
-                        else {
+                        let Some(at) = self.order.iter().position(|e| !experts.contains(e)) else {
                             break;
                         };
                         self.order.remove(at);
@@ -408,7 +401,11 @@ mod tests {
                     }
                     // Serve: every slot must hold its expert, with nothing still to land in it.
                     for (&expert, &slot) in group.iter().zip(&acquired.slots) {
-                        assert_eq!(device.content[slot], Some(expert), "seed {seed} step {step}");
+                        assert_eq!(
+                            device.content[slot],
+                            Some(expert),
+                            "seed {seed} step {step}"
+                        );
                         assert!(
                             device.queue.iter().all(|&(_, s, _)| s != slot),
                             "seed {seed} step {step}: slot {slot} still has a copy queued"
@@ -429,7 +426,10 @@ mod tests {
                 let mut expected = reference.order.clone();
                 held.sort_unstable();
                 expected.sort_unstable();
-                assert_eq!(held, expected, "seed {seed} step {step}: resident sets differ");
+                assert_eq!(
+                    held, expected,
+                    "seed {seed} step {step}: resident sets differ"
+                );
             }
         }
     }
@@ -441,7 +441,11 @@ mod tests {
         assert_eq!(cache.prefetch(&mut device, 3, &[4, 7]).started, 2);
         let acquired = cache.acquire(&mut device, 3, &[7, 4]);
         assert_eq!((acquired.hits, acquired.misses), (2, 0));
-        assert_eq!(acquired.waits.len(), 2, "both copies may still be in flight");
+        assert_eq!(
+            acquired.waits.len(),
+            2,
+            "both copies may still be in flight"
+        );
         // A prefetch larger than the cache loads only what fits.
         let mut small = BlockCache::new(1);
         assert_eq!(small.prefetch(&mut device, 0, &[1, 2, 3]).started, 1);
@@ -452,6 +456,9 @@ mod tests {
         let read = small.acquire(&mut device, 0, &[2]);
         assert_eq!((read.hits, read.wasted_prefetches), (1, 0));
         let demand = small.acquire(&mut device, 0, &[5]);
-        assert_eq!(demand.wasted_prefetches, 0, "a prefetch that was read is not wasted");
+        assert_eq!(
+            demand.wasted_prefetches, 0,
+            "a prefetch that was read is not wasted"
+        );
     }
 }

@@ -11,11 +11,9 @@ use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, bf16, f16};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use moe_kernels::grouped_gemm::{
-    ExpertShape, device_config, input_projection, output_projection,
-};
-use moe_kernels::{Activation, KernelError};
 use moe_kernels::dispatch::DispatchOnDevice;
+use moe_kernels::grouped_gemm::{ExpertShape, device_config, input_projection, output_projection};
+use moe_kernels::{Activation, KernelError};
 
 use super::layer::OffloadBackend;
 use crate::backend_ext::{Dispatch, ExpertRows, MoeBackend};
@@ -98,7 +96,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> OffloadBac
                 }
             }
             // The layer's own path notes the fallback (once) and runs tensor ops.
-            Err(KernelError::Unsupported(_)) => Self::moe_experts(x, dispatch, w_in, w_out, activation),
+            Err(KernelError::Unsupported(_)) => {
+                Self::moe_experts(x, dispatch, w_in, w_out, activation)
+            }
             Err(KernelError::Invalid(error)) => {
                 panic!("offloaded experts got invalid input: {error}")
             }

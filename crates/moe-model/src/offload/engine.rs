@@ -21,7 +21,7 @@ use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::{Activation, InvalidValue, UNUSED_SLOT};
 use serde::Serialize;
 
-use super::cache::{BlockCache, Copier};
+use super::cache::BlockCache;
 
 use super::layer::{GroupRows, OffloadBackend, combine_groups, run_group};
 use super::policy::OffloadPolicy;

@@ -46,10 +46,12 @@ impl OffloadBackend for burn::backend::NdArray {}
 
 /// One group of experts on the slots: their rows and the dispatch that placed them.
 pub struct GroupRows<B: MoeBackend> {
-    /// Rows of the group's pairs, `[splits, R, d]`.
+    /// Rows of the group's pairs, `[splits, R, d]`; the first `pairs` rows hold them.
     pub rows: ExpertRows<B>,
     /// The group's dispatch over slot indices (`row_of_pair` -1 outside the group).
     pub dispatch: Dispatch<B>,
+    /// Routed pairs of the group (S of its dispatch).
+    pub pairs: usize,
 }
 
 /// Runs the experts of the pairs whose slot in `slot_ids` (`[T * K]`, -1: not this group) is
@@ -67,35 +69,52 @@ pub fn run_group<B: OffloadBackend>(
     tile_rows: usize,
 ) -> GroupRows<B> {
     let num_slots = w_in.dims()[0];
+    let pairs = slot_ids.iter().filter(|&&s| s >= 0).count();
     let slot_ids = Tensor::<B, 2, Int>::from_data(
         TensorData::new(slot_ids, [full.num_tokens, full.slots]),
         &x.device(),
     ); // [T, K]
     let dispatch = B::moe_dispatch(slot_ids, num_slots, tile_rows);
     let rows = B::offload_experts(x, &dispatch, w_in, w_out, activation, full);
-    GroupRows { rows, dispatch }
+    GroupRows {
+        rows,
+        dispatch,
+        pairs,
+    }
 }
 
-/// Combines the rows of one or more groups that together cover every routed pair once.
+/// Combines the rows of one or more groups that together cover every routed pair once. Several
+/// groups: each group's `pairs` rows are concatenated (S rows in all, within the T * K rows
+/// combine accepts) and `row_of_pair` points into the concatenation.
 ///
 /// # Shapes
 /// - `weights`: `[T, K]` -> `[T, d]`
-pub fn combine_groups<B: MoeBackend>(groups: Vec<GroupRows<B>>, weights: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn combine_groups<B: MoeBackend>(
+    groups: Vec<GroupRows<B>>,
+    weights: Tensor<B, 2>,
+) -> Tensor<B, 2> {
     let mut groups = groups.into_iter();
     let first = groups.next().expect("at least one group");
     let rest: Vec<GroupRows<B>> = groups.collect();
     if rest.is_empty() {
         return B::moe_combine(first.rows, weights, &first.dispatch);
     }
-    let mut offset = first.rows.blocks.dims()[1] as i64;
+    let routed = |group: &GroupRows<B>| {
+        group
+            .rows
+            .blocks
+            .clone()
+            .slice([0..group.rows.blocks.dims()[0], 0..group.pairs])
+    };
+    let mut offset = first.pairs as i64;
     let mut row_of_pair = first.dispatch.row_of_pair.clone(); // [T, K]
-    let mut blocks = vec![first.rows.blocks];
+    let mut blocks = vec![routed(&first)]; // [splits, S_0, d]
     for group in rest {
-        let rows = group.dispatch.row_of_pair; // [T, K]
+        let rows = group.dispatch.row_of_pair.clone(); // [T, K]
         let used = rows.clone().greater_equal_elem(0);
         row_of_pair = row_of_pair.mask_where(used, rows.add_scalar(offset));
-        offset += group.rows.blocks.dims()[1] as i64;
-        blocks.push(group.rows.blocks);
+        offset += group.pairs as i64;
+        blocks.push(routed(&group));
     }
     let merged = Dispatch {
         row_of_pair,

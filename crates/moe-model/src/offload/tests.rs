@@ -39,7 +39,13 @@ fn model<B: OffloadBackend>(
     (layers, host)
 }
 
-fn input<B: OffloadBackend>(seed: u64, tokens: usize, d: usize, dtype: DType, device: &B::Device) -> Tensor<B, 2> {
+fn input<B: OffloadBackend>(
+    seed: u64,
+    tokens: usize,
+    d: usize,
+    dtype: DType,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     let values = random_values(&mut rng(seed), tokens * d, 1.0);
     Tensor::from_data(TensorData::new(values, [tokens, d]), (device, dtype))
 }
@@ -141,7 +147,10 @@ fn offloaded_equals_resident<B: OffloadBackend>(
             assert_eq!(stats.hits + stats.misses, stats.expert_uses, "{policy}");
             match policy {
                 OffloadPolicy::Resident => assert_eq!(stats.misses, 0, "resident never copies"),
-                _ => assert!(stats.misses > 0, "{policy} slots={slots}: a cold cache misses"),
+                _ => assert!(
+                    stats.misses > 0,
+                    "{policy} slots={slots}: a cold cache misses"
+                ),
             }
         }
     }
