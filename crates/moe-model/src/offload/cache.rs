@@ -356,7 +356,7 @@ mod tests {
     }
 
     fn random_set(rng: &mut StdRng, num_experts: usize, max_len: usize) -> Vec<usize> {
-        let len = rng.random_range(1..=max_len);
+        let len = rng.random_range(1..=max_len.min(num_experts));
         let mut set: Vec<usize> = Vec::new();
         while set.len() < len {
             // Skewed: low ids are popular, so hits and evictions both happen.

@@ -169,7 +169,7 @@ fn offloaded_forward_equals_resident_forward_on_ndarray() {
 
 mod wgpu {
     use burn_cubecl::CubeBackend;
-    use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+    use ::cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
     use super::*;
 
@@ -187,7 +187,7 @@ mod wgpu {
 
 mod cuda {
     use burn_cubecl::CubeBackend;
-    use cubecl::cuda::{CudaDevice, CudaRuntime};
+    use ::cubecl::cuda::{CudaDevice, CudaRuntime};
 
     use super::*;
 
