@@ -145,6 +145,9 @@ enum Command {
         /// Decode steps.
         #[arg(long)]
         decode_steps: Option<usize>,
+        /// Tokens per decode step (synthetic routing; a serving batch).
+        #[arg(long)]
+        decode_tokens: Option<usize>,
         /// Seed of the routing, predictions, weights and inputs.
         #[arg(long)]
         seed: Option<u64>,
@@ -256,6 +259,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             accuracies,
             prefill_tokens,
             decode_steps,
+            decode_tokens,
             seed,
             name,
             results,
@@ -271,6 +275,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                     accuracies,
                     prefill_tokens,
                     decode_steps,
+                    decode_tokens,
                     slots,
                     cache_gb,
                     shape,

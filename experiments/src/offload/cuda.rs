@@ -36,9 +36,9 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaContext, PinnedHostSlice};
 use moe_model::offload::{ComputeMark, Copier, CopyLog, CopyTicket, ExpertStore};
 
-use super::replay::{PolicyResult, StoreFactory};
+use super::replay::StoreFactory;
 use super::settings::{OffloadPlan, ShapePlan};
-use super::{ExpertValues, OffloadError, replay};
+use super::{ExpertValues, OffloadError, ShapeResults, replay};
 use crate::backend::{BackendKind, FloatType, use_float_type};
 use crate::error::{ExperimentError, catch_panic};
 
@@ -53,7 +53,7 @@ const COPY_ENGINE: &str =
 pub fn run(
     plan: &OffloadPlan,
     dtype: FloatType,
-) -> Result<(Vec<(usize, Vec<PolicyResult>)>, String), ExperimentError> {
+) -> Result<(ShapeResults, String), ExperimentError> {
     let device = CudaDevice::default();
     use_float_type::<Cuda>(&device, dtype, BackendKind::Cuda)?;
     let context = CudaContext::new(0).map_err(driver("CUDA context"))?;
@@ -105,10 +105,6 @@ struct PinnedExperts {
     w_in_bytes: usize,
     w_out_bytes: usize,
 }
-
-// SAFETY: the buffers are written once, before any copy reads them, and only read afterwards
-// (by the copy thread, through `ptrs`); `PinnedHostSlice` itself is Send and Sync.
-unsafe impl Sync for PinnedExperts {}
 
 impl PinnedExperts {
     /// Allocates and fills the experts of `shape` with [`ExpertValues`], in parallel.

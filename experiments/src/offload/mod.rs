@@ -183,6 +183,9 @@ pub fn offload(request: OffloadRequest) -> Result<PathBuf, ExperimentError> {
     run_dir.commit()
 }
 
+/// Each measured shape's index in the plan and its rows.
+pub type ShapeResults = Vec<(usize, Vec<PolicyResult>)>;
+
 /// How the portable store copies.
 const TENSOR_COPIES: &str = "tensor ops on the compute path (no overlap)";
 
@@ -191,7 +194,7 @@ fn run_generic<B: OffloadBackend>(
     plan: &OffloadPlan,
     dtype: FloatType,
     device: &B::Device,
-) -> Result<Vec<(usize, Vec<PolicyResult>)>, ExperimentError> {
+) -> Result<ShapeResults, ExperimentError> {
     use_float_type::<B>(device, dtype, BackendKind::Ndarray).ok();
     let mut results = Vec::new();
     for (index, shape) in plan.shapes.iter().enumerate() {
@@ -213,7 +216,7 @@ fn run_generic<B: OffloadBackend>(
 fn run_wgpu(
     plan: &OffloadPlan,
     dtype: FloatType,
-) -> Result<(Vec<(usize, Vec<PolicyResult>)>, String), ExperimentError> {
+) -> Result<(ShapeResults, String), ExperimentError> {
     type Wgpu = burn_cubecl::CubeBackend<cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
     crate::backend::run_on_runtime(BackendKind::Wgpu, Probe)?;
     let device = cubecl::wgpu::WgpuDevice::default();
@@ -224,10 +227,7 @@ fn run_wgpu(
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn run_wgpu(
-    _: &OffloadPlan,
-    _: FloatType,
-) -> Result<(Vec<(usize, Vec<PolicyResult>)>, String), ExperimentError> {
+fn run_wgpu(_: &OffloadPlan, _: FloatType) -> Result<(ShapeResults, String), ExperimentError> {
     Err(ExperimentError::BackendNotCompiled("wgpu"))
 }
 
@@ -235,16 +235,13 @@ fn run_wgpu(
 fn run_cuda(
     plan: &OffloadPlan,
     dtype: FloatType,
-) -> Result<(Vec<(usize, Vec<PolicyResult>)>, String), ExperimentError> {
+) -> Result<(ShapeResults, String), ExperimentError> {
     crate::backend::run_on_runtime(BackendKind::Cuda, Probe)?;
     cuda::run(plan, dtype)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda(
-    _: &OffloadPlan,
-    _: FloatType,
-) -> Result<(Vec<(usize, Vec<PolicyResult>)>, String), ExperimentError> {
+fn run_cuda(_: &OffloadPlan, _: FloatType) -> Result<(ShapeResults, String), ExperimentError> {
     Err(ExperimentError::BackendNotCompiled("cuda"))
 }
 

@@ -115,6 +115,8 @@ pub struct OffloadFlags {
     pub prefill_tokens: Option<usize>,
     /// `--decode-steps N`.
     pub decode_steps: Option<usize>,
+    /// `--decode-tokens T`.
+    pub decode_tokens: Option<usize>,
     /// `--slots S` (every shape).
     pub slots: Option<usize>,
     /// `--cache-gb G`: slots per block from a device budget for all blocks' caches.
@@ -202,6 +204,9 @@ impl OffloadPlan {
         }
         if let Some(v) = flags.decode_steps {
             run.decode_steps = v;
+        }
+        if let Some(v) = flags.decode_tokens {
+            run.decode_tokens = v;
         }
         if let Some(v) = flags.seed {
             run.seed = v;

@@ -31,7 +31,7 @@ impl ExpertWeights {
         w_out: &Tensor<B, 3>,
         expert: usize,
     ) -> Self {
-        let one = |t: &Tensor<B, 3>| t.clone().slice([expert..expert + 1]).squeeze_dim::<2>(0);
+        let one = |t: &Tensor<B, 3>| t.clone().narrow(0, expert, 1).squeeze_dim::<2>(0);
         Self {
             w_in: one(w_in).into_data(),
             w_out: one(w_out).into_data(),
@@ -144,12 +144,13 @@ impl<B: Backend> Copier for TensorStore<B> {
         };
         let (w_in, w_out) = (upload(&weights.w_in), upload(&weights.w_out)); // [1, d, c], [1, F, d]
         // Burn orders the assignment after earlier reads of the slot tensor (same stream).
-        self.w_in[block] = self.w_in[block]
-            .clone()
-            .slice_assign([slot..slot + 1], w_in);
-        self.w_out[block] = self.w_out[block]
-            .clone()
-            .slice_assign([slot..slot + 1], w_out);
+        let at = |t: &Tensor<B, 3>| {
+            let [_, rows, cols] = t.dims();
+            [slot..slot + 1, 0..rows, 0..cols]
+        };
+        let (in_at, out_at) = (at(&w_in), at(&w_out));
+        self.w_in[block] = self.w_in[block].clone().slice_assign(in_at, w_in);
+        self.w_out[block] = self.w_out[block].clone().slice_assign(out_at, w_out);
         self.log.copies += 1;
         self.log.bytes += weights.bytes();
         self.log.copy_time += start.elapsed();

@@ -168,8 +168,8 @@ fn offloaded_forward_equals_resident_forward_on_ndarray() {
 }
 
 mod wgpu {
-    use burn_cubecl::CubeBackend;
     use ::cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+    use burn_cubecl::CubeBackend;
 
     use super::*;
 
@@ -186,8 +186,8 @@ mod wgpu {
 }
 
 mod cuda {
-    use burn_cubecl::CubeBackend;
     use ::cubecl::cuda::{CudaDevice, CudaRuntime};
+    use burn_cubecl::CubeBackend;
 
     use super::*;
 
