@@ -504,3 +504,120 @@ impl Drop for CudaStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use moe_model::Activation;
+    use moe_model::offload::{BlockShape, OffloadEngine, OffloadPolicy, TensorStore};
+
+    use super::*;
+    use crate::offload::replay::{Inputs, routings};
+    use crate::offload::synthetic::SyntheticRouting;
+    use crate::offload::{host_experts, settings::ShapeSettings};
+
+    /// Every batch's output bits of `engine` on the plan's routing.
+    fn outputs<S: ExpertStore<Cuda>>(
+        engine: &mut OffloadEngine<Cuda, S>,
+        plan: &ShapePlan,
+        device: &CudaDevice,
+    ) -> Vec<Vec<u8>> {
+        let inputs = Inputs::<Cuda>::new(&plan.trace, plan.shape.d_model, 1, DType::BF16, device);
+        let routings = routings::<Cuda>(&plan.trace, 0, 1, DType::BF16, device);
+        std::iter::once(&inputs.prefill)
+            .chain(&inputs.decode)
+            .zip(&routings)
+            .map(|(x, routing)| {
+                let out = engine.run_batch(x.clone(), routing);
+                out.into_data().bytes.to_vec()
+            })
+            .collect()
+    }
+
+    /// The pinned store under every policy, with slots evicted and refilled between and within
+    /// batches (prefill groups), gives the bits of the portable store with every expert
+    /// resident: copies land where the cache says, before the kernels read them, and never
+    /// overwrite a slot a queued kernel still reads.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --include-ignored (just test-gpu)"]
+    fn pinned_store_gives_the_resident_outputs_under_every_policy() {
+        let device = CudaDevice::default();
+        use_float_type::<Cuda>(&device, FloatType::Bf16, BackendKind::Cuda).unwrap();
+        let context = CudaContext::new(0).unwrap();
+        let shape = ShapeSettings {
+            name: "test".into(),
+            d_model: 256,
+            expert_width: 512,
+            num_experts: 8,
+            top_k: 2,
+            slots: 3,
+        };
+        let trace = SyntheticRouting {
+            blocks: 3,
+            num_experts: 8,
+            top_k: 2,
+            single_expert_share: 0.2,
+            skew: 1.0,
+            locality: 0.3,
+            prefill_tokens: 300,
+            decode_steps: 12,
+            decode_tokens: 2,
+            accuracy: 0.6,
+            max_distance: 1,
+            seed: 5,
+        }
+        .generate();
+        let plan = ShapePlan {
+            shape,
+            trace,
+            routing_source: "synthetic".into(),
+            policies: vec![],
+            distance: 1,
+        };
+        let block = BlockShape {
+            num_experts: 8,
+            d_model: 256,
+            width: 512,
+            activation: Activation::SwiGlu,
+        };
+        let host = host_experts(&plan, 9, DType::BF16);
+        let store = TensorStore::<Cuda>::new(host, 8, &device);
+        let mut reference = OffloadEngine::new(store, block, OffloadPolicy::Resident, 1).unwrap();
+        reference.preload();
+        let expected = outputs(&mut reference, &plan, &device);
+
+        let pinned =
+            Arc::new(PinnedExperts::generate(&context, &plan, 9, FloatType::Bf16).unwrap());
+        for (policy, slots) in [
+            (OffloadPolicy::Resident, 8),
+            (OffloadPolicy::OnDemand, 2),
+            (OffloadPolicy::OnDemand, 5),
+            (
+                OffloadPolicy::Prefetch {
+                    predictor: "synthetic".into(),
+                },
+                3,
+            ),
+            (OffloadPolicy::Oracle, 2),
+        ] {
+            let store = CudaStore::new(
+                pinned.clone(),
+                context.clone(),
+                &device,
+                &plan,
+                slots,
+                DType::BF16,
+            )
+            .unwrap();
+            let mut engine = OffloadEngine::new(store, block, policy.clone(), 1).unwrap();
+            if policy == OffloadPolicy::Resident {
+                engine.preload();
+            }
+            let got = outputs(&mut engine, &plan, &device);
+            for (batch, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert!(g == e, "{policy} slots={slots}: batch {batch} differs");
+            }
+            let log = engine.store_mut().copy_log();
+            assert!(log.copies > 0 && log.bytes == log.copies * 3 * 256 * 512 * 2);
+        }
+    }
+}

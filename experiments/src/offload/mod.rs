@@ -273,7 +273,11 @@ impl<B: OffloadBackend> StoreFactory<B> for TensorStores<B> {
 }
 
 /// Every expert of every block of `shape`, drawn by [`ExpertValues`], as host tensor data.
-fn host_experts(shape: &settings::ShapePlan, seed: u64, dtype: DType) -> Vec<Vec<ExpertWeights>> {
+pub(crate) fn host_experts(
+    shape: &settings::ShapePlan,
+    seed: u64,
+    dtype: DType,
+) -> Vec<Vec<ExpertWeights>> {
     let (d, f) = (shape.shape.d_model, shape.shape.expert_width);
     (0..shape.trace.num_blocks)
         .map(|block| {

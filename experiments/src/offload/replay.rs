@@ -173,13 +173,22 @@ pub fn run_shape<B: OffloadBackend, F: StoreFactory<B>>(
 }
 
 /// The prefill input and one input per decode step, drawn once per shape.
-struct Inputs<B: OffloadBackend> {
-    prefill: Tensor<B, 2>,
-    decode: Vec<Tensor<B, 2>>,
+pub(super) struct Inputs<B: OffloadBackend> {
+    /// `[T_prefill, d]`
+    pub(super) prefill: Tensor<B, 2>,
+    /// One `[T_decode, d]` per decode step.
+    pub(super) decode: Vec<Tensor<B, 2>>,
 }
 
 impl<B: OffloadBackend> Inputs<B> {
-    fn new(trace: &RoutingTrace, d: usize, seed: u64, dtype: DType, device: &B::Device) -> Self {
+    /// Draws the inputs of every batch of `trace`.
+    pub(super) fn new(
+        trace: &RoutingTrace,
+        d: usize,
+        seed: u64,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Self {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x1a9u64);
         let mut draw = |tokens: usize| {
             let values: Vec<f32> = (0..tokens * d)
@@ -197,7 +206,7 @@ impl<B: OffloadBackend> Inputs<B> {
 
 /// Each batch's routing per block, with `predictor`'s sets at `distance` and equal combine
 /// weights for the experts a token uses.
-fn routings<B: OffloadBackend>(
+pub(super) fn routings<B: OffloadBackend>(
     trace: &RoutingTrace,
     predictor: usize,
     distance: usize,
