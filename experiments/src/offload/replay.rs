@@ -51,8 +51,12 @@ pub struct PolicyResult {
     pub decode_ms_p50: f64,
     /// 90th percentile of the decode step latency, in ms.
     pub decode_ms_p90: f64,
-    /// What the engine did.
+    /// What the engine did (prefill and decode).
     pub stats: OffloadStats,
+    /// Share of the prefill's expert reads served from the cache.
+    pub prefill_hit_rate: f64,
+    /// Share of the decode steps' expert reads served from the cache.
+    pub decode_hit_rate: f64,
     /// What the store copied.
     #[serde(skip)]
     pub copies: CopyLog,
@@ -114,6 +118,7 @@ pub fn run_shape<B: OffloadBackend, F: StoreFactory<B>>(
             Ok::<Duration, OffloadError>(start.elapsed())
         };
         let ttft = timed(&mut engine, &inputs.prefill, 0)?;
+        let prefill = engine.stats();
         let decode = inputs
             .decode
             .iter()
@@ -127,7 +132,7 @@ pub fn run_shape<B: OffloadBackend, F: StoreFactory<B>>(
             bytes: total.bytes - setup.bytes,
             copy_time: total.copy_time.saturating_sub(setup.copy_time),
         };
-        Ok::<_, OffloadError>(result(
+        let mut row = result(
             &plan.shape.name,
             policy.to_string(),
             slots,
@@ -136,7 +141,14 @@ pub fn run_shape<B: OffloadBackend, F: StoreFactory<B>>(
             decode,
             engine.stats(),
             copies,
-        ))
+        );
+        row.prefill_hit_rate = prefill.hit_rate();
+        let all = engine.stats();
+        row.decode_hit_rate = match all.expert_uses - prefill.expert_uses {
+            0 => 1.0,
+            uses => (all.hits - prefill.hits) as f64 / uses as f64,
+        };
+        Ok::<_, OffloadError>(row)
     };
 
     // Warm-up: compile every kernel of the prefill and of a decode batch, on all experts and
@@ -286,6 +298,8 @@ fn result(
         decode_ms_p50: percentile(0.5),
         decode_ms_p90: percentile(0.9),
         stats,
+        prefill_hit_rate: 1.0,
+        decode_hit_rate: 1.0,
         copies,
         bytes_copied: copies.bytes,
         copy_ms: ms(copies.copy_time),

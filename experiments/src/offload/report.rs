@@ -41,12 +41,12 @@ pub fn table(plan: &ShapePlan, rows: &[PolicyResult], dtype: FloatType) -> Strin
         plan.trace.batches.len() - 1,
     );
     out.push_str(
-        "| policy | accuracy | slots | TTFT ms | decode ms/step (p50) | TTFT vs on-demand | decode vs on-demand | hit rate | copied MB | copy ms | hidden | wait ms | wasted prefetches |\n",
+        "| policy | accuracy | slots | TTFT ms | decode ms/step (p50) | TTFT vs on-demand | decode vs on-demand | hit rate (prefill / decode) | copied MB | copy ms | hidden | wait ms | wasted prefetches |\n",
     );
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {:.3} ({:.3}) | {:.2}x | {:.2}x | {:.1}% | {:.1} | {:.1} | {} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.2} | {:.3} ({:.3}) | {:.2}x | {:.2}x | {:.0}% / {:.0}% | {:.1} | {:.1} | {} | {:.1} | {} |\n",
             r.policy,
             r.accuracy.map_or("-".to_string(), |a| format!("{a:.2}")),
             r.slots,
@@ -55,7 +55,8 @@ pub fn table(plan: &ShapePlan, rows: &[PolicyResult], dtype: FloatType) -> Strin
             r.decode_ms_p50,
             r.speedup_ttft,
             r.speedup_decode,
-            100.0 * r.stats.hit_rate(),
+            100.0 * r.prefill_hit_rate,
+            100.0 * r.decode_hit_rate,
             r.bytes_copied as f64 / 1e6,
             r.copy_ms,
             r.hidden_share
@@ -86,12 +87,12 @@ pub fn write(
     write("offload.md", markdown.to_string())?;
 
     let mut csv = String::from(
-        "shape,policy,accuracy,slots,ttft_ms,decode_ms_mean,decode_ms_p50,decode_ms_p90,speedup_ttft,speedup_decode,hit_rate,expert_uses,hits,misses,prefetch_copies,wasted_prefetches,bytes_copied,copy_ms,wait_ms,hidden_share,routing_syncs\n",
+        "shape,policy,accuracy,slots,ttft_ms,decode_ms_mean,decode_ms_p50,decode_ms_p90,speedup_ttft,speedup_decode,hit_rate,prefill_hit_rate,decode_hit_rate,expert_uses,hits,misses,prefetch_copies,wasted_prefetches,bytes_copied,copy_ms,wait_ms,hidden_share,routing_syncs\n",
     );
     for (_, rows) in results {
         for r in rows {
             csv.push_str(&format!(
-                "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{},{},{:.4},{:.4},{},{}\n",
+                "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{},{},{:.4},{:.4},{},{}\n",
                 r.shape,
                 r.policy,
                 r.accuracy.map_or(String::new(), |a| a.to_string()),
@@ -103,6 +104,8 @@ pub fn write(
                 r.speedup_ttft,
                 r.speedup_decode,
                 r.stats.hit_rate(),
+                r.prefill_hit_rate,
+                r.decode_hit_rate,
                 r.stats.expert_uses,
                 r.stats.hits,
                 r.stats.misses,
