@@ -156,6 +156,7 @@ fn offloaded_equals_resident<B: OffloadBackend>(
     }
 }
 
+#[cfg(feature = "ndarray")]
 #[test]
 fn offloaded_forward_equals_resident_forward_on_ndarray() {
     offloaded_equals_resident::<burn::backend::NdArray>(
@@ -167,6 +168,7 @@ fn offloaded_forward_equals_resident_forward_on_ndarray() {
     );
 }
 
+#[cfg(feature = "cubecl")]
 mod wgpu {
     use ::cubecl::wgpu::{WgpuDevice, WgpuRuntime};
     use burn_cubecl::CubeBackend;
@@ -185,6 +187,7 @@ mod wgpu {
     }
 }
 
+#[cfg(feature = "cubecl")]
 mod cuda {
     use ::cubecl::cuda::{CudaDevice, CudaRuntime};
     use burn_cubecl::CubeBackend;
