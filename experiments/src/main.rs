@@ -154,6 +154,10 @@ enum Command {
         /// Run name (default offload-<backend>-<dtype>).
         #[arg(long)]
         name: Option<String>,
+        /// On cuda: copy with tensor ops on the compute path (no overlap) instead of the copy
+        /// stream; the fallback the other backends use.
+        #[arg(long)]
+        tensor_copies: bool,
         /// Directory holding the run directories.
         #[arg(long, default_value = "results")]
         results: PathBuf,
@@ -262,6 +266,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             decode_tokens,
             seed,
             name,
+            tensor_copies,
             results,
         } => {
             let dir = experiments::offload::offload(experiments::offload::OffloadRequest {
@@ -284,6 +289,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 },
                 results_root: results,
                 name,
+                tensor_copies,
             })?;
             println!("offload results written to {}", dir.display());
         }

@@ -207,6 +207,9 @@ impl StoreFactory<Cuda> for CudaStores {
     }
 }
 
+/// How long the compute thread waits for a copy stream that makes no progress.
+const STALL: Duration = Duration::from_secs(120);
+
 /// What the compute thread asks of the copy thread.
 enum Request {
     /// The compute stream's position after the kernels of a compute mark.
@@ -310,15 +313,29 @@ impl CudaStore {
         )
     }
 
-    /// Blocks until copy `ticket` has landed.
+    /// Blocks until copy `ticket` has landed. A copy stream that makes no progress for
+    /// [`STALL`] ends the run with an error rather than hanging.
     fn wait_landed(&self, ticket: u64) -> CopyLog {
         let (lock, landed) = &*self.progress;
         let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = (state.landed, Instant::now());
         while state.landed < ticket {
             if let Some(error) = &state.error {
                 panic!("expert copy thread failed: {error}");
             }
-            state = landed.wait(state).unwrap_or_else(|e| e.into_inner());
+            if state.landed != last.0 {
+                last = (state.landed, Instant::now());
+            } else if last.1.elapsed() > STALL {
+                panic!(
+                    "expert copies stalled: copy {ticket} waited for, {} landed, none for {} s",
+                    state.landed,
+                    STALL.as_secs()
+                );
+            }
+            state = landed
+                .wait_timeout(state, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         state.log
     }

@@ -48,6 +48,9 @@ pub struct OffloadRequest {
     pub results_root: PathBuf,
     /// Run name (default `offload-<backend>-<dtype>`, with `-2`, ... if taken).
     pub name: Option<String>,
+    /// On CUDA, copy with tensor ops on the compute path instead of the copy stream (the
+    /// portable fallback, for comparison or if the copy stream fails).
+    pub tensor_copies: bool,
 }
 
 /// Why an `offload` run cannot start or go on.
@@ -158,7 +161,7 @@ pub fn offload(request: OffloadRequest) -> Result<PathBuf, ExperimentError> {
             )
         }
         BackendKind::Wgpu => run_wgpu(&plan, request.dtype)?,
-        BackendKind::Cuda => run_cuda(&plan, request.dtype)?,
+        BackendKind::Cuda => run_cuda(&plan, request.dtype, request.tensor_copies)?,
     };
     let mut markdown = String::new();
     let mut all_rows = Vec::new();
@@ -235,13 +238,27 @@ fn run_wgpu(_: &OffloadPlan, _: FloatType) -> Result<(ShapeResults, String), Exp
 fn run_cuda(
     plan: &OffloadPlan,
     dtype: FloatType,
+    tensor_copies: bool,
 ) -> Result<(ShapeResults, String), ExperimentError> {
     crate::backend::run_on_runtime(BackendKind::Cuda, Probe)?;
+    if tensor_copies {
+        type Cuda = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+        let device = cubecl::cuda::CudaDevice::default();
+        use_float_type::<Cuda>(&device, dtype, BackendKind::Cuda)?;
+        return Ok((
+            run_generic::<Cuda>(plan, dtype, &device)?,
+            TENSOR_COPIES.to_string(),
+        ));
+    }
     cuda::run(plan, dtype)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda(_: &OffloadPlan, _: FloatType) -> Result<(ShapeResults, String), ExperimentError> {
+fn run_cuda(
+    _: &OffloadPlan,
+    _: FloatType,
+    _: bool,
+) -> Result<(ShapeResults, String), ExperimentError> {
     Err(ExperimentError::BackendNotCompiled("cuda"))
 }
 
