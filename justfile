@@ -49,6 +49,12 @@ predict run="deep" *args:
 bench *args:
     cargo run --release -p experiments -- bench {{args}}
 
+# Expert offloading: TTFT and decode latency of resident, on-demand, prefetch and oracle, copies,
+# hit rate, hidden copy time, speed-up against prediction accuracy, into results/offload-<backend>-<dtype>/.
+# `just offload --backend cuda --dtype bf16`, `--trace results/<run>/trace.json`, `--quick` (CI).
+offload *args:
+    cargo run --release -p experiments -- offload {{backend_flag}} {{args}}
+
 # Run every test on the CPU (CubeCL kernels through wgpu on lavapipe; CUDA tests are reported ignored).
 test:
     cargo test --release --workspace

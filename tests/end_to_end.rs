@@ -19,6 +19,15 @@ fn every_shipped_config_parses_and_validates() {
                 plan(&file, &path).unwrap_or_else(|e| panic!("{e}"));
             }
             checked += 1;
+        } else if path.file_name().is_some_and(|name| name == "offload.toml") {
+            // The offloading settings: every shape's plan, full and quick.
+            for quick in [false, true] {
+                let flags = experiments::offload::OffloadFlags::default();
+                let dtype = experiments::backend::FloatType::Bf16;
+                experiments::offload::OffloadPlan::load(&path, quick, &flags, dtype)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            checked += 1;
         } else if path.extension().is_some_and(|ext| ext == "toml") {
             RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;

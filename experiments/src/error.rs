@@ -192,6 +192,9 @@ pub enum ExperimentError {
         /// What went wrong.
         reason: String,
     },
+    /// An `offload` setting, trace or device problem (`experiments/src/offload/`).
+    #[error(transparent)]
+    Offload(#[from] crate::offload::OffloadError),
     /// A model file could not be written, or read back into the model its config describes.
     #[error("{path}: cannot {action} the model: {reason}")]
     ModelFile {

@@ -1,4 +1,4 @@
-//! Command line: `train`, `eval`, `compare`, `bench`, `sweep` and `predict` runs of the
+//! Command line: `train`, `eval`, `compare`, `bench`, `sweep`, `predict` and `offload` runs of the
 //! variable-k MoE experiments.
 //!
 //! Exit codes: 0 success, 2 an error (one line on stderr), 130 training stopped by Ctrl-C
@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
 use experiments::backend::FloatType;
 use experiments::config::ConfigSources;
 use experiments::predict::{PredictRequest, PredictSettings, predict};
@@ -147,6 +146,66 @@ enum Command {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
+    /// Expert offloading: replay a routing under resident, on-demand, prefetch and oracle
+    /// policies (TTFT, decode latency, copies, hit rate, hidden copy time) and the speed-up of
+    /// prefetching against prediction accuracy.
+    Offload {
+        /// Settings file.
+        #[arg(long, default_value = "configs/offload.toml")]
+        config: PathBuf,
+        /// Backend (cuda for the measurement; ndarray and wgpu copy without overlap).
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
+        /// Float type of weights and activations (bf16 and f16 on cuda).
+        #[arg(long, value_enum, default_value_t)]
+        dtype: FloatType,
+        /// The [quick] settings: small shapes, few steps (CI).
+        #[arg(long)]
+        quick: bool,
+        /// Routing and predictions from a trace file (written by `predict`).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Only the shape of this name.
+        #[arg(long)]
+        shape: Option<String>,
+        /// Cache slots per block (every shape).
+        #[arg(long)]
+        slots: Option<usize>,
+        /// Device budget for all blocks' caches, in GB (sets the slots per block).
+        #[arg(long)]
+        cache_gb: Option<f64>,
+        /// Policies, comma-separated: resident, on-demand, prefetch, prefetch:<predictor>, oracle.
+        #[arg(long, value_delimiter = ',')]
+        policies: Option<Vec<String>>,
+        /// Prefetch distance j (block l starts the copies of block l + j).
+        #[arg(long)]
+        distance: Option<usize>,
+        /// Prediction accuracies of the speed-up curve, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        accuracies: Option<Vec<f64>>,
+        /// Tokens of the prefill batch (synthetic routing).
+        #[arg(long)]
+        prefill_tokens: Option<usize>,
+        /// Decode steps.
+        #[arg(long)]
+        decode_steps: Option<usize>,
+        /// Tokens per decode step (synthetic routing; a serving batch).
+        #[arg(long)]
+        decode_tokens: Option<usize>,
+        /// Seed of the routing, predictions, weights and inputs.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run name (default offload-<backend>-<dtype>).
+        #[arg(long)]
+        name: Option<String>,
+        /// On cuda: copy with tensor ops on the compute path (no overlap) instead of the copy
+        /// stream; the fallback the other backends use.
+        #[arg(long)]
+        tensor_copies: bool,
+        /// Directory holding the run directories.
+        #[arg(long, default_value = "results")]
+        results: PathBuf,
+    },
     /// Print every run's metrics side by side.
     Compare {
         /// Directory holding the run directories.
@@ -272,6 +331,50 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 outcome.dir.display(),
                 outcome.report.wall_time_s
             );
+        }
+        Command::Offload {
+            config,
+            backend,
+            dtype,
+            quick,
+            trace,
+            shape,
+            slots,
+            cache_gb,
+            policies,
+            distance,
+            accuracies,
+            prefill_tokens,
+            decode_steps,
+            decode_tokens,
+            seed,
+            name,
+            tensor_copies,
+            results,
+        } => {
+            let dir = experiments::offload::offload(experiments::offload::OffloadRequest {
+                config,
+                backend,
+                dtype,
+                quick,
+                flags: experiments::offload::OffloadFlags {
+                    policies,
+                    distance,
+                    accuracies,
+                    prefill_tokens,
+                    decode_steps,
+                    decode_tokens,
+                    slots,
+                    cache_gb,
+                    shape,
+                    trace,
+                    seed,
+                },
+                results_root: results,
+                name,
+                tensor_copies,
+            })?;
+            println!("offload results written to {}", dir.display());
         }
         Command::Compare { results } => {
             let comparison = report::compare(&results)?;

@@ -19,6 +19,7 @@ mod init;
 pub mod mlp;
 pub mod model;
 pub mod moe;
+pub mod offload;
 pub mod precision;
 pub mod prediction;
 pub mod router;
