@@ -303,7 +303,7 @@ fn quick_benchmark_writes_its_tables_on_wgpu() {
             .starts_with("op,case,tiles,routed_rows,median_us")
     );
     let ops: Vec<&str> = lines.map(|line| line.split(',').next().unwrap()).collect();
-    for (op, count) in [("gemm1", 3), ("gemm2", 3), ("layer", 2)] {
+    for (op, count) in [("gemm1", 3), ("gemm2", 3), ("layer", 2), ("train", 1)] {
         assert_eq!(
             ops.iter().filter(|o| **o == op).count(),
             count,
@@ -313,7 +313,7 @@ fn quick_benchmark_writes_its_tables_on_wgpu() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("bench.json")).unwrap()).unwrap();
     assert_eq!(json["dtype"], "f32");
-    assert_eq!(json["experts"].as_array().unwrap().len(), 8);
+    assert_eq!(json["experts"].as_array().unwrap().len(), 9);
     std::fs::remove_dir_all(results).unwrap();
 }
 
