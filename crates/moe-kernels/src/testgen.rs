@@ -35,8 +35,7 @@ pub fn download<R: Runtime, E: CubeElement>(
     E::from_bytes(&client.read_one_unchecked(handle)).to_vec()
 }
 
-/// A float type the tests upload: converts from and to f32 on the host. (`grouped_gemm/tests.rs`
-/// has its own copy, older than this one.)
+/// A float type the tests upload: converts from and to f32 on the host.
 pub trait HostFloat: Float + CubeElement {
     /// Largest relative error ||out - ref|| / ||ref|| accepted for outputs of this type.
     const TOLERANCE: f64;

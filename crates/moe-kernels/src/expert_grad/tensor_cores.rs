@@ -22,21 +22,8 @@ use cubecl::prelude::*;
 use super::kernel::write_grad;
 use super::params::WeightGradParams;
 
-/// Units per plane on the tensor-core path (CUDA warps).
-pub const PLANE_UNITS: usize = 32;
-/// Rows of one instruction's A and output tiles.
-pub const MMA_M: usize = 16;
-/// Columns of one instruction's B and output tiles.
-pub const MMA_N: usize = 8;
-/// Depth of one instruction.
-pub const MMA_K: usize = 16;
-/// Columns one transposed `ldmatrix` x4 of `b` loads: two n8 fragments.
-pub const COLUMN_PAIR: usize = 2 * MMA_N;
-/// Register vectors of one lane's share of a 16x8 f32 accumulator on CUDA (4 values in pairs);
-/// checked against the device's MMA layout when the kernel is expanded.
-const ACCUMULATOR_VECTORS: usize = 2;
-/// Elements of one `ldmatrix` row (16 bytes of 16-bit values).
-const LDMATRIX_ROW: usize = 8;
+use crate::grouped_gemm::tensor_cores::{ACCUMULATOR_VECTORS, LDMATRIX_ROW};
+pub use crate::grouped_gemm::tensor_cores::{COLUMN_PAIR, MMA_K, MMA_M, MMA_N, PLANE_UNITS};
 
 define_size!(pub GradFragmentA);
 define_size!(pub GradFragmentB);

@@ -6,7 +6,7 @@ pub mod kernel;
 mod launch;
 mod params;
 pub mod reference;
-mod tensor_cores;
+pub(crate) mod tensor_cores;
 #[cfg(test)]
 mod tests;
 mod units;

@@ -25,9 +25,9 @@ pub const MMA_K: usize = 16;
 pub const COLUMN_PAIR: usize = 2 * MMA_N;
 /// Register vectors of one lane's share of a 16x8 f32 accumulator on CUDA (4 values in pairs);
 /// checked against the device's MMA layout when the kernel is expanded.
-const ACCUMULATOR_VECTORS: usize = 2;
+pub(crate) const ACCUMULATOR_VECTORS: usize = 2;
 /// Elements of one `ldmatrix` row (16 bytes of 16-bit values).
-const LDMATRIX_ROW: usize = 8;
+pub(crate) const LDMATRIX_ROW: usize = 8;
 
 define_size!(pub FragmentA);
 define_size!(pub FragmentB);

@@ -15,48 +15,8 @@ use super::{
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::{DispatchPlan, plan};
 use crate::route::reference::route;
-use crate::testgen::{download, random_f32, rng, upload};
+use crate::testgen::{HostFloat, download, random_f32, relative_error, rng, upload};
 use crate::{Activation, KernelError, RoutingPolicy};
-
-/// A float type the tests upload: converts from and to f32 on the host.
-pub trait HostFloat: Float + CubeElement {
-    /// Largest relative error ||out - ref|| / ||ref|| accepted for outputs of this type.
-    const TOLERANCE: f64;
-    /// The nearest value of this type.
-    fn from_f32(value: f32) -> Self;
-    /// The value as f32.
-    fn to_host(self) -> f32;
-}
-
-impl HostFloat for f32 {
-    const TOLERANCE: f64 = 1e-5;
-    fn from_f32(value: f32) -> Self {
-        value
-    }
-    fn to_host(self) -> f32 {
-        self
-    }
-}
-
-impl HostFloat for bf16 {
-    const TOLERANCE: f64 = 2e-2;
-    fn from_f32(value: f32) -> Self {
-        bf16::from_f32(value)
-    }
-    fn to_host(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
-
-impl HostFloat for f16 {
-    const TOLERANCE: f64 = 2e-2;
-    fn from_f32(value: f32) -> Self {
-        f16::from_f32(value)
-    }
-    fn to_host(self) -> f32 {
-        f16::to_f32(self)
-    }
-}
 
 /// Poison for output buffers: exact in f32, bf16 and f16, far from any output of order one.
 const POISON: f32 = -1536.0;
@@ -143,16 +103,6 @@ impl Batch {
 
 fn to_device<F: HostFloat>(values: &[f32]) -> Vec<F> {
     values.iter().map(|&v| F::from_f32(v)).collect()
-}
-
-/// ||got - want|| / ||want|| over the first `want.len()` values.
-fn relative_error(got: &[f32], want: &[f64]) -> f64 {
-    let (mut diff, mut norm) = (0.0, 0.0);
-    for (&g, &w) in got.iter().zip(want) {
-        diff += (g as f64 - w).powi(2);
-        norm += w * w;
-    }
-    (diff / norm.max(1e-300)).sqrt()
 }
 
 /// Runs both projections of `batch` with `config` into poisoned buffers and checks them against
