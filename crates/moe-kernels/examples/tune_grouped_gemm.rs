@@ -1,7 +1,7 @@
 //! Times every tile candidate of the grouped GEMM on the benchmark's shapes (CUDA, bf16) and
 //! prints a table per shape: how the size rule's table in `grouped_gemm/config.rs` was chosen.
 //!
-//! `cargo run --release -p moe-kernels --example tune_grouped_gemm [-- <shape filter>]`
+//! `cargo run --release -p moe-kernels --example tune_grouped_gemm [-- <shape filters>...]`
 
 use std::time::Duration;
 
@@ -30,11 +30,11 @@ const SHAPES: [(&str, usize, usize, usize, usize, usize, f64); 6] = [
 ];
 
 fn main() {
-    let filter = std::env::args().nth(1).unwrap_or_default();
+    let filters: Vec<String> = std::env::args().skip(1).collect();
     let client = R::client(&CudaDevice::default());
     let sms = multiprocessors(&client);
     for &(name, tokens, d_model, width, experts, slots, mean_k) in &SHAPES {
-        if !name.contains(&filter) {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
         let shape = ExpertShape {
@@ -171,20 +171,21 @@ fn time<E: std::fmt::Display>(
 
 fn report(op: &str, params: &GemmParams, time: Result<Duration, String>, flops: f64) {
     let tiles = format!(
-        "{}x{}x{} planes {}x{} split {}",
+        "{}x{}x{} planes {}x{} split {} {:?}",
         params.tile_rows,
         params.tile_cols,
         params.stage_depth,
         params.warps_m,
         params.warps_n,
-        params.split_k
+        params.split_k,
+        params.pipeline
     );
     match time {
         Ok(time) => println!(
-            "  {op} {tiles:<36} {:>10.1} us {:>7.1} TFLOP/s",
+            "  {op} {tiles:<64} {:>10.1} us {:>7.1} TFLOP/s",
             time.as_secs_f64() * 1e6,
             flops / time.as_secs_f64() / 1e12
         ),
-        Err(reason) => println!("  {op} {tiles:<36} skipped: {reason}"),
+        Err(reason) => println!("  {op} {tiles:<64} skipped: {reason}"),
     }
 }

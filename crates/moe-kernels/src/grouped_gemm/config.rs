@@ -17,7 +17,7 @@
 use serde::Serialize;
 
 use super::launch::ExpertShape;
-use super::params::{Epilogue, GemmParams};
+use super::params::{Epilogue, GemmParams, Pipeline};
 use crate::Activation;
 
 /// Cubes per multiprocessor the decode class aims for when it chooses split-K.
@@ -67,6 +67,7 @@ impl ExpertGemmConfig {
             split_k: 1,
             raster_group: 8,
             transposed_weights: false,
+            pipeline: Pipeline::Registers,
         };
         let output_of = |input: GemmParams, tile_cols, warps_n| GemmParams {
             tile_cols,
@@ -143,7 +144,8 @@ impl ExpertGemmConfig {
     }
 
     /// The configurations a tuning run compares for `shape`: the size rule's choice first, then
-    /// variants of its class (tile columns, stage depth, planes, split-K). Every candidate keeps
+    /// variants of its class (tile columns, stage depth, planes, split-K, pipeline). Every
+    /// candidate keeps
     /// the class's tile rows, which both projections share.
     pub fn candidates(
         shape: &ExpertShape,
@@ -152,7 +154,7 @@ impl ExpertGemmConfig {
     ) -> Vec<Self> {
         let chosen = Self::choose(shape, activation, true, multiprocessors);
         let mut all = vec![chosen];
-        let mut push = |input: GemmParams, output: GemmParams| {
+        let push_to = |all: &mut Vec<Self>, input: GemmParams, output: GemmParams| {
             let candidate = Self {
                 input,
                 output,
@@ -162,6 +164,7 @@ impl ExpertGemmConfig {
                 all.push(candidate);
             }
         };
+        let mut push = |input, output| push_to(&mut all, input, output);
         let (input, output) = (chosen.input, chosen.output);
         let depths = if chosen.class == "decode" {
             [64, 128]
@@ -196,6 +199,25 @@ impl ExpertGemmConfig {
         }
         for split_k in [1, 2, 4, 8] {
             push(input, GemmParams { split_k, ..output });
+        }
+        // Every tile variant with the other pipeline, and the rule's tiles with each depth of
+        // the asynchronous one.
+        let other = |p: GemmParams| GemmParams {
+            pipeline: match p.pipeline {
+                Pipeline::Registers => Pipeline::AsyncCopy { stages: 3 },
+                Pipeline::AsyncCopy { .. } => Pipeline::Registers,
+            },
+            ..p
+        };
+        for candidate in all.clone() {
+            push_to(&mut all, other(candidate.input), other(candidate.output));
+        }
+        for stages in [2, 3, 4] {
+            let with = |p: GemmParams| GemmParams {
+                pipeline: Pipeline::AsyncCopy { stages },
+                ..p
+            };
+            push_to(&mut all, with(input), with(output));
         }
         all
     }

@@ -11,8 +11,11 @@
 //! depth past the slice's end load as zeros. W columns: `groups` blocks of `tile_cols` columns,
 //! `width` apart (SwiGLU: gate and up), so the epilogue holds both values of an output column.
 //!
-//! Pipeline: each stage of `stage_depth` goes from global memory into registers while the
-//! previous stage, in one of two shared-memory buffers, is multiplied; one barrier per stage.
+//! Pipeline (`params.pipeline`): stages of `stage_depth` go either through registers (loaded
+//! while the previous stage, in one of two shared buffers, is multiplied; any runtime) or by
+//! asynchronous copies (`cp.async`, CUDA) straight into one of several shared buffers, several
+//! stages ahead, each buffer with a barrier that completes when its copies have landed. One
+//! cube-wide barrier per stage either way.
 //! Multiplication: tensor cores (`tensor_cores.rs`: `mma.sync` fed by `ldmatrix`, f32
 //! accumulators in each plane's registers) or, portable (`units.rs`), each unit accumulates
 //! `unit_rows` x `unit_cols` per group in f32 registers. Epilogue: identity, `silu(gate) * up` or `gelu`; rows past the expert's end and
@@ -21,11 +24,13 @@
 //! skips tiles whose expert or first row is out of range and loads zeros for gathered tokens out
 //! of range, so a corrupt plan gives wrong numbers, never an access out of bounds.
 
+use cubecl::prelude::barrier::{Barrier, copy_async_checked};
 use cubecl::prelude::*;
 
-use super::params::{Epilogue, GemmParams};
+use super::params::{Epilogue, GemmParams, Pipeline};
 use super::tensor_cores::{
-    register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue, tensor_core_stage,
+    FragmentAcc, register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue,
+    tensor_core_stage,
 };
 use super::units::{unit_epilogue, unit_stage};
 
@@ -104,10 +109,11 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
 
     let a_stage = comptime!(params.a_stage_vectors(n));
     let w_stage = comptime!(params.w_stage_vectors(n));
-    let mut stage_a = SharedMemory::<Vector<F, N>>::new_aligned(comptime!(2 * a_stage), 128usize);
-    let mut stage_w = SharedMemory::<Vector<F, N>>::new_aligned(comptime!(2 * w_stage), 128usize);
-    let mut staged_a = Array::<Vector<F, N>>::new(comptime!(params.a_loads_per_unit(n)));
-    let mut staged_w = Array::<Vector<F, N>>::new(comptime!(params.w_loads_per_unit(n)));
+    let buffers = comptime!(params.pipeline.buffers());
+    let mut stage_a =
+        SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * a_stage), 128usize);
+    let mut stage_w =
+        SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * w_stage), 128usize);
 
     register_fragment_sizes::<F>(params.tensor_cores);
     let mut fragments = tensor_core_accumulators::<F>(params);
@@ -117,27 +123,10 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
         sums[i] = 0.0;
     }
 
-    if stages > 0 {
-        load_stage::<F, N>(
-            a,
-            weights,
-            &a_starts,
-            w_base,
-            first_col,
-            width,
-            depth,
-            depth_begin,
-            depth_end,
-            &mut staged_a,
-            &mut staged_w,
-            params,
-        );
-        store_stage::<F, N>(&staged_a, &staged_w, &mut stage_a, &mut stage_w, 0, params);
-    }
-    sync_cube();
-    for s in 0..stages {
-        let next = s + 1 < stages;
-        if next {
+    if comptime!(params.pipeline == Pipeline::Registers) {
+        let mut staged_a = Array::<Vector<F, N>>::new(comptime!(params.a_loads_per_unit(n)));
+        let mut staged_w = Array::<Vector<F, N>>::new(comptime!(params.w_loads_per_unit(n)));
+        if stages > 0 {
             load_stage::<F, N>(
                 a,
                 weights,
@@ -146,43 +135,119 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                 first_col,
                 width,
                 depth,
-                depth_begin + (s + 1) * params.stage_depth,
+                depth_begin,
                 depth_end,
                 &mut staged_a,
                 &mut staged_w,
                 params,
             );
-        }
-        if comptime!(params.tensor_cores) {
-            tensor_core_stage::<F, N>(
-                &stage_a,
-                &stage_w,
-                (s % 2) * a_stage,
-                (s % 2) * w_stage,
-                &mut fragments,
-                params,
-            );
-        } else {
-            unit_stage::<F, N>(
-                &stage_a,
-                &stage_w,
-                (s % 2) * a_stage,
-                (s % 2) * w_stage,
-                &mut sums,
-                params,
-            );
-        }
-        if next {
-            store_stage::<F, N>(
-                &staged_a,
-                &staged_w,
-                &mut stage_a,
-                &mut stage_w,
-                (s + 1) % 2,
-                params,
-            );
+            store_stage::<F, N>(&staged_a, &staged_w, &mut stage_a, &mut stage_w, 0, params);
         }
         sync_cube();
+        for s in 0..stages {
+            let next = s + 1 < stages;
+            if next {
+                load_stage::<F, N>(
+                    a,
+                    weights,
+                    &a_starts,
+                    w_base,
+                    first_col,
+                    width,
+                    depth,
+                    depth_begin + (s + 1) * params.stage_depth,
+                    depth_end,
+                    &mut staged_a,
+                    &mut staged_w,
+                    params,
+                );
+            }
+            multiply_stage::<F, N>(&stage_a, &stage_w, s % 2, &mut fragments, &mut sums, params);
+            if next {
+                store_stage::<F, N>(
+                    &staged_a,
+                    &staged_w,
+                    &mut stage_a,
+                    &mut stage_w,
+                    (s + 1) % 2,
+                    params,
+                );
+            }
+            sync_cube();
+        }
+    } else {
+        // Buffer b holds stages b, b + buffers, ...; its barrier completes phase `round` when
+        // every unit has arrived and its copies of stage `round * buffers + b` have landed.
+        let mut landed = Sequence::<Shared<Barrier>>::new();
+        #[unroll]
+        for _ in 0..buffers {
+            landed.push(Barrier::shared(CUBE_DIM, UNIT_POS == 0));
+        }
+        #[unroll]
+        for b in 0..comptime!(buffers - 1) {
+            if b < stages {
+                copy_stage::<F, N>(
+                    a,
+                    weights,
+                    &a_starts,
+                    w_base,
+                    first_col,
+                    width,
+                    depth,
+                    depth_begin + b * params.stage_depth,
+                    depth_end,
+                    &mut stage_a,
+                    &mut stage_w,
+                    b,
+                    params,
+                );
+                let barrier = landed.index(b);
+                barrier.commit_copy_async();
+                barrier.arrive();
+            }
+        }
+        let rounds = (stages + buffers - 1) / buffers;
+        for round in 0..rounds {
+            #[unroll]
+            for b in 0..buffers {
+                let s = round * buffers + b;
+                if s < stages {
+                    landed.index(b).wait_parity(u32::cast_from(round % 2));
+                    // Every unit is done with the previous stage, whose buffer is refilled now.
+                    sync_cube();
+                    let ahead = s + buffers - 1;
+                    if ahead < stages {
+                        let refill = comptime!((b + buffers - 1) % buffers);
+                        copy_stage::<F, N>(
+                            a,
+                            weights,
+                            &a_starts,
+                            w_base,
+                            first_col,
+                            width,
+                            depth,
+                            depth_begin + ahead * params.stage_depth,
+                            depth_end,
+                            &mut stage_a,
+                            &mut stage_w,
+                            refill,
+                            params,
+                        );
+                        let barrier = landed.index(refill);
+                        barrier.commit_copy_async();
+                        barrier.arrive();
+                    }
+                    multiply_stage::<F, N>(
+                        &stage_a,
+                        &stage_w,
+                        b,
+                        &mut fragments,
+                        &mut sums,
+                        params,
+                    );
+                }
+            }
+        }
     }
 
     let out_offset = CUBE_POS_Y as usize * num_pairs * width;
@@ -233,8 +298,120 @@ fn a_row_starts<I: Int>(
     starts
 }
 
-/// Loads one stage (depth `k0..k0 + stage_depth`, clipped at `depth_end`, of the full `depth`)
-/// of A rows and weight columns into this unit's registers; zeros where out of range.
+/// Vector index in `a` of this unit's `i`-th A vector of the stage at depth `k0`, or -1 where
+/// it loads zeros (past the expert's rows, past the depth slice, or a unit without an `i`-th
+/// vector).
+#[cube]
+fn a_source(
+    a_starts: &Array<i32>,
+    i: usize,
+    k0: usize,
+    depth_end: usize,
+    #[comptime] params: GemmParams,
+    #[comptime] n: usize,
+) -> i32 {
+    let v = UNIT_POS as usize + i * params.units();
+    let k = k0 + (v % comptime!(params.stage_depth / n)) * n;
+    let start = a_starts[i];
+    let mut source = i32::new(-1);
+    if start >= 0 && k < depth_end {
+        source = start + i32::cast_from(k / n);
+    }
+    source
+}
+
+/// Vector index in `weights` of this unit's `i`-th weight vector of the stage at depth `k0`, or
+/// -1 where it loads zeros (past the depth slice, past `width`, or a unit without an `i`-th
+/// vector).
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn w_source(
+    w_base: usize,
+    first_col: usize,
+    width: usize,
+    depth: usize,
+    i: usize,
+    k0: usize,
+    depth_end: usize,
+    #[comptime] params: GemmParams,
+    #[comptime] n: usize,
+) -> i32 {
+    let v = UNIT_POS as usize + i * params.units();
+    let mut source = i32::new(-1);
+    if v < comptime!(params.w_vectors(n)) {
+        if comptime!(params.transposed_weights) {
+            // Weights `[E, width, depth]`: each of the tile's columns is a row of the depth.
+            let col_vectors = comptime!(params.stage_depth / n);
+            let col = v / col_vectors;
+            let k = k0 + (v % col_vectors) * n;
+            if k < depth_end && first_col + col < width {
+                source = i32::cast_from(w_base + col * (depth / n) + k / n);
+            }
+        } else {
+            let tile_col_vectors = comptime!(params.tile_cols / n);
+            let row_vectors = comptime!(params.groups * params.tile_cols / n);
+            let k = k0 + v / row_vectors;
+            let in_row = v % row_vectors;
+            let group = in_row / tile_col_vectors;
+            let col_vector = in_row % tile_col_vectors;
+            if k < depth_end && first_col + col_vector * n < width {
+                source = i32::cast_from(
+                    w_base + k * (params.groups * width / n) + group * (width / n) + col_vector,
+                );
+            }
+        }
+    }
+    source
+}
+
+/// Where this unit's `i`-th A vector goes in shared buffer `buffer`, or -1 if it has none.
+#[cube]
+fn a_destination(
+    i: usize,
+    buffer: usize,
+    #[comptime] params: GemmParams,
+    #[comptime] n: usize,
+) -> i32 {
+    let v = UNIT_POS as usize + i * params.units();
+    let row_vectors = comptime!(params.stage_depth / n);
+    let mut destination = i32::new(-1);
+    if v < comptime!(params.a_vectors(n)) {
+        destination = i32::cast_from(
+            buffer * comptime!(params.a_stage_vectors(n))
+                + (v / row_vectors) * comptime!(params.a_stride() / n)
+                + v % row_vectors,
+        );
+    }
+    destination
+}
+
+/// Where this unit's `i`-th weight vector goes in shared buffer `buffer`, or -1 if it has none.
+#[cube]
+fn w_destination(
+    i: usize,
+    buffer: usize,
+    #[comptime] params: GemmParams,
+    #[comptime] n: usize,
+) -> i32 {
+    let v = UNIT_POS as usize + i * params.units();
+    let row_vectors = comptime!(if params.transposed_weights {
+        params.stage_depth / n
+    } else {
+        params.groups * params.tile_cols / n
+    });
+    let mut destination = i32::new(-1);
+    if v < comptime!(params.w_vectors(n)) {
+        destination = i32::cast_from(
+            buffer * comptime!(params.w_stage_vectors(n))
+                + (v / row_vectors) * comptime!(params.w_stride() / n)
+                + v % row_vectors,
+        );
+    }
+    destination
+}
+
+/// Loads one stage (depth `k0..k0 + stage_depth`, clipped at `depth_end`) of A rows and weight
+/// columns into this unit's registers; zeros where out of range.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
 fn load_stage<F: Float, N: Size>(
@@ -252,54 +429,23 @@ fn load_stage<F: Float, N: Size>(
     #[comptime] params: GemmParams,
 ) {
     let n = N::value();
-    let stage_row_vectors = comptime!(params.stage_depth / n);
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let v = UNIT_POS as usize + i * params.units();
-        let k = k0 + (v % stage_row_vectors) * n;
-        let start = a_starts[i];
+        let source = a_source(a_starts, i, k0, depth_end, params, n);
         let mut value = Vector::<F, N>::new(F::new(0.0));
-        if start >= 0 && k < depth_end {
-            value = a[usize::cast_from(start) + k / n];
+        if source >= 0 {
+            value = a[usize::cast_from(source)];
         }
         staged_a[i] = value;
     }
-
-    if comptime!(params.transposed_weights) {
-        // Weights `[E, width, depth]`: each of the tile's columns is a row of the depth.
-        let col_vectors = comptime!(params.stage_depth / n);
-        let depth_vectors = depth / n;
-        #[unroll]
-        for i in 0..comptime!(params.w_loads_per_unit(n)) {
-            let v = UNIT_POS as usize + i * params.units();
-            let col = v / col_vectors;
-            let k = k0 + (v % col_vectors) * n;
-            let mut value = Vector::<F, N>::new(F::new(0.0));
-            if k < depth_end && first_col + col < width && v < comptime!(params.w_vectors(n)) {
-                value = weights[w_base + col * depth_vectors + k / n];
-            }
-            staged_w[i] = value;
+    #[unroll]
+    for i in 0..comptime!(params.w_loads_per_unit(n)) {
+        let source = w_source(w_base, first_col, width, depth, i, k0, depth_end, params, n);
+        let mut value = Vector::<F, N>::new(F::new(0.0));
+        if source >= 0 {
+            value = weights[usize::cast_from(source)];
         }
-    } else {
-        let tile_col_vectors = comptime!(params.tile_cols / n);
-        let row_vectors = comptime!(params.groups * params.tile_cols / n);
-        let weight_row_vectors = params.groups * width / n;
-        #[unroll]
-        for i in 0..comptime!(params.w_loads_per_unit(n)) {
-            let v = UNIT_POS as usize + i * params.units();
-            let k = k0 + v / row_vectors;
-            let in_row = v % row_vectors;
-            let group = in_row / tile_col_vectors;
-            let col_vector = in_row % tile_col_vectors;
-            let mut value = Vector::<F, N>::new(F::new(0.0));
-            if k < depth_end
-                && first_col + col_vector * n < width
-                && v < comptime!(params.w_vectors(n))
-            {
-                value = weights[w_base + k * weight_row_vectors + group * (width / n) + col_vector];
-            }
-            staged_w[i] = value;
-        }
+        staged_w[i] = value;
     }
 }
 
@@ -314,29 +460,98 @@ fn store_stage<F: Float, N: Size>(
     #[comptime] params: GemmParams,
 ) {
     let n = N::value();
-    let a_base = buffer * comptime!(params.a_stage_vectors(n));
-    let a_row_vectors = comptime!(params.stage_depth / n);
-    let a_stride = comptime!(params.a_stride() / n);
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let v = UNIT_POS as usize + i * params.units();
-        if v < comptime!(params.a_vectors(n)) {
-            stage_a[a_base + (v / a_row_vectors) * a_stride + v % a_row_vectors] = staged_a[i];
+        let destination = a_destination(i, buffer, params, n);
+        if destination >= 0 {
+            stage_a[usize::cast_from(destination)] = staged_a[i];
         }
     }
-    let w_base = buffer * comptime!(params.w_stage_vectors(n));
-    let w_row_vectors = comptime!(if params.transposed_weights {
-        params.stage_depth / n
-    } else {
-        params.groups * params.tile_cols / n
-    });
-    let w_stride = comptime!(params.w_stride() / n);
     #[unroll]
     for i in 0..comptime!(params.w_loads_per_unit(n)) {
-        let v = UNIT_POS as usize + i * params.units();
-        if v < comptime!(params.w_vectors(n)) {
-            stage_w[w_base + (v / w_row_vectors) * w_stride + v % w_row_vectors] = staged_w[i];
+        let destination = w_destination(i, buffer, params, n);
+        if destination >= 0 {
+            stage_w[usize::cast_from(destination)] = staged_w[i];
         }
+    }
+}
+
+/// Starts the asynchronous copies of one stage into shared buffer `buffer`; sources out of
+/// range copy zeros. The caller commits them on the buffer's barrier.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn copy_stage<F: Float, N: Size>(
+    a: &Array<Vector<F, N>>,
+    weights: &Array<Vector<F, N>>,
+    a_starts: &Array<i32>,
+    w_base: usize,
+    first_col: usize,
+    width: usize,
+    depth: usize,
+    k0: usize,
+    depth_end: usize,
+    stage_a: &mut SharedMemory<Vector<F, N>>,
+    stage_w: &mut SharedMemory<Vector<F, N>>,
+    buffer: usize,
+    #[comptime] params: GemmParams,
+) {
+    let n = N::value();
+    #[unroll]
+    for i in 0..comptime!(params.a_loads_per_unit(n)) {
+        let destination = a_destination(i, buffer, params, n);
+        if destination >= 0 {
+            let source = a_source(a_starts, i, k0, depth_end, params, n);
+            copy_vector_async::<F, N>(a, source, stage_a, usize::cast_from(destination));
+        }
+    }
+    #[unroll]
+    for i in 0..comptime!(params.w_loads_per_unit(n)) {
+        let destination = w_destination(i, buffer, params, n);
+        if destination >= 0 {
+            let source = w_source(w_base, first_col, width, depth, i, k0, depth_end, params, n);
+            copy_vector_async::<F, N>(weights, source, stage_w, usize::cast_from(destination));
+        }
+    }
+}
+
+/// One asynchronous copy of vector `source` of `from` (zeros when `source` is -1) into vector
+/// `destination` of `to`.
+#[cube]
+fn copy_vector_async<F: Float, N: Size>(
+    from: &Array<Vector<F, N>>,
+    source: i32,
+    to: &mut SharedMemory<Vector<F, N>>,
+    destination: usize,
+) {
+    let start = usize::cast_from(max(source, 0));
+    let mut len = 0usize;
+    if source >= 0 {
+        len = 1;
+    }
+    copy_async_checked(
+        &from.slice(start, start + len),
+        &mut to.slice_mut(destination, destination + 1),
+        comptime!(N::value() as u32),
+    );
+}
+
+/// Multiplies shared buffer `buffer` into the accumulators of the chosen path.
+#[cube]
+fn multiply_stage<F: Float, N: Size>(
+    stage_a: &SharedMemory<Vector<F, N>>,
+    stage_w: &SharedMemory<Vector<F, N>>,
+    buffer: usize,
+    fragments: &mut Array<Vector<f32, FragmentAcc>>,
+    sums: &mut Array<f32>,
+    #[comptime] params: GemmParams,
+) {
+    let n = N::value();
+    let a_base = buffer * comptime!(params.a_stage_vectors(n));
+    let w_base = buffer * comptime!(params.w_stage_vectors(n));
+    if comptime!(params.tensor_cores) {
+        tensor_core_stage::<F, N>(stage_a, stage_w, a_base, w_base, fragments, params);
+    } else {
+        unit_stage::<F, N>(stage_a, stage_w, a_base, w_base, sums, params);
     }
 }
 

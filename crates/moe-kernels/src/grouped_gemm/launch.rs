@@ -6,7 +6,7 @@ use cubecl::server::Handle;
 
 use super::config::ExpertGemmConfig;
 use super::kernel::grouped_gemm;
-use super::params::GemmParams;
+use super::params::{GemmParams, Pipeline};
 use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
 use crate::buffer::expect_len;
 use crate::dispatch::DispatchOnDevice;
@@ -338,8 +338,14 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
     if params.tensor_cores && !has_tensor_cores::<R, F>(client) {
         return unsupported("this device has no tensor cores for this float type".into());
     }
+    let asynchronous = params.pipeline != Pipeline::Registers;
+    if asynchronous && !client.properties().features.copy_async {
+        return unsupported("this device has no asynchronous copies (cp.async)".into());
+    }
     let Some(vector) = [8, 4, 2, 1].into_iter().find(|&v| {
         v * elem <= 16
+            // cp.async moves 4, 8 or 16 bytes.
+            && (!asynchronous || v * elem >= 4)
             && operands.depth % v == 0
             && operands.width % v == 0
             && params.check(v).is_ok()

@@ -17,4 +17,4 @@ pub use launch::{
     input_projection, input_projection_into, multiprocessors, output_projection,
     output_projection_into,
 };
-pub use params::{Epilogue, GemmParams};
+pub use params::{Epilogue, GemmParams, Pipeline};

@@ -30,6 +30,31 @@ impl Epilogue {
     }
 }
 
+/// How each stage travels from global to shared memory.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pipeline {
+    /// Loaded into registers one stage ahead and stored into one of two shared buffers (any
+    /// runtime).
+    Registers,
+    /// Copied straight into one of `stages` shared buffers by asynchronous copies (`cp.async`,
+    /// CUDA), `stages - 1` stages ahead; each buffer has a barrier that completes when its copies
+    /// have landed.
+    AsyncCopy {
+        /// Shared-memory buffers (>= 2).
+        stages: usize,
+    },
+}
+
+impl Pipeline {
+    /// Shared-memory buffers of one cube.
+    pub fn buffers(&self) -> usize {
+        match self {
+            Pipeline::Registers => 2,
+            Pipeline::AsyncCopy { stages } => *stages,
+        }
+    }
+}
+
 /// Tile shape, multiplication path and pipeline of one launch (see `kernel.rs`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GemmParams {
@@ -62,6 +87,8 @@ pub struct GemmParams {
     /// The weights are stored `[E, width, depth]` and multiplied transposed (the backward's
     /// input gradients); their stage is then held `[tile_cols][stage_depth]` in shared memory.
     pub transposed_weights: bool,
+    /// How stages reach shared memory.
+    pub pipeline: Pipeline,
 }
 
 impl GemmParams {
@@ -144,8 +171,8 @@ impl GemmParams {
 
     /// Bytes of shared memory one cube uses with elements of `elem_size` bytes.
     pub fn shared_bytes(&self, elem_size: usize) -> usize {
-        let stages = 2 * (self.tile_rows * self.a_stride() + self.w_stage_rows() * self.w_stride());
-        stages * elem_size
+        let buffer = self.tile_rows * self.a_stride() + self.w_stage_rows() * self.w_stride();
+        self.pipeline.buffers() * buffer * elem_size
     }
 
     /// Why these knobs cannot run with `vector`-wide loads, if they cannot.
@@ -170,6 +197,9 @@ impl GemmParams {
         }
         if self.transposed_weights && self.groups != 1 {
             return Err("transposed weights take one column group".into());
+        }
+        if self.pipeline.buffers() < 2 {
+            return Err("an asynchronous pipeline needs at least 2 stages".into());
         }
         if self.split_k > 1 && self.epilogue != Epilogue::Identity {
             return Err("split-K sums partial products: only the identity epilogue".into());

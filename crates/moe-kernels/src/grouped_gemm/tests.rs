@@ -1,5 +1,6 @@
 //! The grouped GEMM against the f64 reference, on every runtime: the portable path in f32
-//! everywhere, tensor cores in bf16 and f16 where the device has them.
+//! everywhere, tensor cores in bf16 and f16 where the device has them, the asynchronous-copy pipeline where the
+//! device has it.
 
 use cubecl::prelude::*;
 use half::{bf16, f16};
@@ -9,8 +10,8 @@ use super::reference::{
     transposed_projection,
 };
 use super::{
-    ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, expert_matmul, has_tensor_cores,
-    input_projection_into, multiprocessors, output_projection_into,
+    ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, Pipeline, expert_matmul,
+    has_tensor_cores, input_projection_into, multiprocessors, output_projection_into,
 };
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::{DispatchPlan, plan};
@@ -500,6 +501,108 @@ pub fn chosen_configs_match_reference_in_every_float_type<R: Runtime>(client: Co
     chosen_configs_match_reference::<R, f16>(&client);
 }
 
+/// `config` with both projections copying their stages asynchronously into `stages` buffers.
+fn with_async_copies(config: ExpertGemmConfig, stages: usize) -> ExpertGemmConfig {
+    let pipeline = Pipeline::AsyncCopy { stages };
+    ExpertGemmConfig {
+        input: GemmParams {
+            pipeline,
+            ..config.input
+        },
+        output: GemmParams {
+            pipeline,
+            ..config.output
+        },
+        ..config
+    }
+}
+
+/// The asynchronous-copy pipeline (2 to 4 buffers) on the size rule's tiles, on tensor cores
+/// in bf16 and on units in f32, over every case and each shape class; a device without
+/// asynchronous copies refuses it as unsupported.
+fn async_pipeline_matches_reference_in<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
+    let tensor_cores = has_tensor_cores::<R, F>(client);
+    if !tensor_cores && size_of::<F>() == 2 {
+        println!(
+            "no tensor cores for {}: skipped",
+            std::any::type_name::<F>()
+        );
+        return;
+    }
+    let sms = multiprocessors(client);
+    let mut all = cases();
+    all.push((
+        100,
+        8,
+        96,
+        72,
+        RoutingPolicy::TopK { k: 2 },
+        Activation::SwiGlu,
+        0.0,
+    ));
+    all.push((
+        600,
+        4,
+        128,
+        136,
+        RoutingPolicy::TopK { k: 2 },
+        Activation::SwiGlu,
+        0.0,
+    ));
+    for (seed, &(tokens, experts, d, width, policy, activation, skew)) in all.iter().enumerate() {
+        let shape = ExpertShape {
+            num_tokens: tokens,
+            slots: policy.max_slots(),
+            num_experts: experts,
+            d_model: d,
+            width,
+        };
+        let chosen = ExpertGemmConfig::choose(&shape, activation, tensor_cores, sms);
+        let batch = Batch::new::<F>(
+            seed as u64 + 200,
+            tokens,
+            experts,
+            d,
+            width,
+            policy,
+            activation,
+            skew,
+            chosen.tile_rows(),
+        );
+        let stages = 2 + seed % 3;
+        let config = with_async_copies(chosen, stages);
+        if !client.properties().features.copy_async {
+            let plan = batch.upload_plan(client);
+            let hidden = upload(
+                client,
+                &vec![F::from_f32(POISON); shape.num_pairs() * width],
+            );
+            let refused = input_projection_into::<R, F, i32>(
+                client,
+                &upload(client, &to_device::<F>(&batch.x)),
+                &upload(client, &to_device::<F>(&batch.w_in)),
+                &plan,
+                shape,
+                &config.input,
+                &hidden,
+            );
+            assert!(
+                matches!(refused, Err(KernelError::Unsupported(_))),
+                "asynchronous copies on a device without them: {refused:?}"
+            );
+            return;
+        }
+        let context = format!("{} async {stages}", std::any::type_name::<F>());
+        check_projections::<R, F>(client, &batch, &config, activation, &context);
+    }
+}
+
+/// The asynchronous pipeline in bf16 (tensor cores) and f32 (units).
+pub fn async_pipeline_matches_reference<R: Runtime>(client: ComputeClient<R>) {
+    async_pipeline_matches_reference_in::<R, bf16>(&client);
+    async_pipeline_matches_reference_in::<R, f32>(&client);
+}
+
 /// Bad input is an error value, never a launch: shape mismatches, short buffers, a plan from
 /// another batch, knobs the kernel cannot run.
 pub fn grouped_gemm_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) {
@@ -588,6 +691,7 @@ pub fn grouped_gemm_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) 
 
 crate::runtime_tests!(
     portable_path_matches_reference,
+    async_pipeline_matches_reference,
     chosen_configs_match_reference_in_every_float_type,
     grouped_gemm_rejects_bad_arguments,
 );
