@@ -1,7 +1,7 @@
 //! Times every tile candidate of the grouped GEMM on the benchmark's shapes (CUDA, bf16) and
 //! prints a table per shape: how the size rule's table in `grouped_gemm/config.rs` was chosen.
 //!
-//! `cargo run --release -p moe-kernels --example tune_grouped_gemm [-- <shape filters>...]`
+//! `cargo run --release -p moe-kernels --example tune_grouped_gemm [-- <shape filters>... [--only <candidate text>]]`
 
 use std::time::Duration;
 
@@ -30,7 +30,16 @@ const SHAPES: [(&str, usize, usize, usize, usize, usize, f64); 6] = [
 ];
 
 fn main() {
-    let filters: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters: Vec<String> = std::env::args().skip(1).collect();
+    // `--only <text>`: time only the candidates whose description contains <text>.
+    let only = match filters.iter().position(|a| a == "--only") {
+        Some(at) if at + 1 < filters.len() => {
+            let text = filters.remove(at + 1);
+            filters.remove(at);
+            text
+        }
+        _ => String::new(),
+    };
     let client = R::client(&CudaDevice::default());
     let sms = multiprocessors(&client);
     for &(name, tokens, d_model, width, experts, slots, mean_k) in &SHAPES {
@@ -61,7 +70,7 @@ fn main() {
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
         for config in ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms) {
             let plan = upload_plan(&client, &ids, experts, config.tile_rows());
-            if !inputs.contains(&config.input) {
+            if !inputs.contains(&config.input) && describe(&config.input).contains(&only) {
                 inputs.push(config.input);
                 let time = time(&client, || {
                     input_projection::<R, bf16, i32>(
@@ -81,7 +90,7 @@ fn main() {
                     2.0 * (rows * d_model * 2 * width) as f64,
                 );
             }
-            if !outputs.contains(&config.output) {
+            if !outputs.contains(&config.output) && describe(&config.output).contains(&only) {
                 outputs.push(config.output);
                 let time = time(&client, || {
                     output_projection::<R, bf16, i32>(
@@ -169,8 +178,9 @@ fn time<E: std::fmt::Display>(
     Ok(samples[samples.len() / 2])
 }
 
-fn report(op: &str, params: &GemmParams, time: Result<Duration, String>, flops: f64) {
-    let tiles = format!(
+/// The knobs of one candidate in one line.
+fn describe(params: &GemmParams) -> String {
+    format!(
         "{}x{}x{} planes {}x{} split {} {:?}",
         params.tile_rows,
         params.tile_cols,
@@ -179,7 +189,11 @@ fn report(op: &str, params: &GemmParams, time: Result<Duration, String>, flops: 
         params.warps_n,
         params.split_k,
         params.pipeline
-    );
+    )
+}
+
+fn report(op: &str, params: &GemmParams, time: Result<Duration, String>, flops: f64) {
+    let tiles = describe(params);
     match time {
         Ok(time) => println!(
             "  {op} {tiles:<64} {:>10.1} us {:>7.1} TFLOP/s",

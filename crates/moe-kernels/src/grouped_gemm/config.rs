@@ -7,8 +7,13 @@
 //!   (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since its few
 //!   column blocks alone cannot keep the memory system busy;
 //! - medium (`r <= 64`): 64-row tiles, 64-deep stages;
-//! - prefill: 128-row tiles, 8 planes; 128 x 64 per group (input, planes 4 x 2) and 128 x 128
-//!   (output, planes 2 x 4).
+//! - prefill: 128-row tiles, 8 planes, 64-deep stages; 128 x 64 per group (input, planes 4 x 2)
+//!   and 128 x 128 (output, planes 2 x 4).
+//!
+//! On tensor cores every class copies its stages asynchronously into 3 shared buffers
+//! (`mma.sync` m16n8k16 in 16-bit floats needs sm_80, which has `cp.async`;
+//! [`device_config`](super::device_config)
+//! falls back to the register pipeline on a device without it).
 //!
 //! The picks are the fastest candidates of `examples/tune_grouped_gemm.rs` on an H100 in bf16
 //! (docs/GPU.md has the table). Without tensor cores (f32, or a device without them) one
@@ -67,7 +72,11 @@ impl ExpertGemmConfig {
             split_k: 1,
             raster_group: 8,
             transposed_weights: false,
-            pipeline: Pipeline::Registers,
+            pipeline: if tensor_cores {
+                Pipeline::AsyncCopy { stages: 3 }
+            } else {
+                Pipeline::Registers
+            },
         };
         let output_of = |input: GemmParams, tile_cols, warps_n| GemmParams {
             tile_cols,
@@ -128,7 +137,7 @@ impl ExpertGemmConfig {
         let input = GemmParams {
             tile_rows: 128,
             tile_cols: 64,
-            stage_depth: 32,
+            stage_depth: 64,
             warps_m: 4,
             warps_n: 2,
             ..base
@@ -140,6 +149,21 @@ impl ExpertGemmConfig {
                 warps_m: 2,
                 ..output_of(input, 128, 4)
             },
+        }
+    }
+
+    /// These tiles with both projections moving their stages by `pipeline`.
+    pub fn with_pipeline(self, pipeline: Pipeline) -> Self {
+        Self {
+            input: GemmParams {
+                pipeline,
+                ..self.input
+            },
+            output: GemmParams {
+                pipeline,
+                ..self.output
+            },
+            ..self
         }
     }
 

@@ -523,6 +523,7 @@ fn copy_vector_async<F: Float, N: Size>(
     to: &mut SharedMemory<Vector<F, N>>,
     destination: usize,
 ) {
+    let n = N::value();
     let start = usize::cast_from(max(source, 0));
     let mut len = 0usize;
     if source >= 0 {
@@ -531,7 +532,7 @@ fn copy_vector_async<F: Float, N: Size>(
     copy_async_checked(
         &from.slice(start, start + len),
         &mut to.slice_mut(destination, destination + 1),
-        comptime!(N::value() as u32),
+        comptime!(n as u32),
     );
 }
 

@@ -71,18 +71,24 @@ pub fn multiprocessors<R: Runtime>(client: &ComputeClient<R>) -> Option<usize> {
 }
 
 /// The size rule's tiles for `shape` with floats `F` on this device: tensor cores where it has
-/// them for `F`, split-K sized by its multiprocessors.
+/// them for `F`, split-K sized by its multiprocessors, the register pipeline where it has no
+/// asynchronous copies.
 pub fn device_config<R: Runtime, F: CubeElement>(
     client: &ComputeClient<R>,
     shape: &ExpertShape,
     activation: Activation,
 ) -> ExpertGemmConfig {
-    ExpertGemmConfig::choose(
+    let config = ExpertGemmConfig::choose(
         shape,
         activation,
         has_tensor_cores::<R, F>(client),
         multiprocessors(client),
-    )
+    );
+    if client.properties().features.copy_async {
+        config
+    } else {
+        config.with_pipeline(Pipeline::Registers)
+    }
 }
 
 /// First projection of every routed row: `hidden[row] = act(x[token of row] @ w_in[e])`, a new
@@ -350,7 +356,14 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
             && operands.width % v == 0
             && params.check(v).is_ok()
     }) else {
-        return unsupported(params.check(1).err().unwrap_or_default());
+        if let Err(reason) = params.check(1) {
+            return unsupported(reason);
+        }
+        return unsupported(format!(
+            "asynchronous copies move 4 to 16 bytes: depth {} and width {} in {elem}-byte \
+             floats cannot be split that way",
+            operands.depth, operands.width
+        ));
     };
     let properties = client.properties();
     let hardware = &properties.hardware;
