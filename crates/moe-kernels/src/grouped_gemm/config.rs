@@ -12,8 +12,8 @@
 //!
 //! On tensor cores every class copies its stages asynchronously into 3 shared buffers
 //! (`mma.sync` m16n8k16 in 16-bit floats needs sm_80, which has `cp.async`;
-//! [`device_config`](super::device_config)
-//! falls back to the register pipeline on a device without it).
+//! [`device_config`](super::device_config) falls back to the register pipeline on a device
+//! without it), unless `d` or `F` is odd: `cp.async` moves at least 4 bytes, two 16-bit floats.
 //!
 //! The picks are the fastest candidates of `examples/tune_grouped_gemm.rs` on an H100 in bf16
 //! (docs/GPU.md has the table). Without tensor cores (f32, or a device without them) one
@@ -72,7 +72,7 @@ impl ExpertGemmConfig {
             split_k: 1,
             raster_group: 8,
             transposed_weights: false,
-            pipeline: if tensor_cores {
+            pipeline: if tensor_cores && shape.d_model % 2 == 0 && shape.width % 2 == 0 {
                 Pipeline::AsyncCopy { stages: 3 }
             } else {
                 Pipeline::Registers
