@@ -11,6 +11,7 @@ pub mod dispatch;
 mod error;
 pub mod expert_grad;
 pub mod grouped_gemm;
+mod pipeline;
 mod plane;
 mod policy;
 pub mod route;

@@ -14,8 +14,10 @@
 //! and gathered tokens out of range load as zeros. Offsets are clamped to the routed rows, so a
 //! corrupt plan gives wrong numbers, never an access out of bounds.
 //!
-//! Pipeline: each stage goes from global memory into registers while the previous stage, in one
-//! of two shared-memory buffers, is multiplied; one barrier per stage. Multiplication: tensor
+//! Pipeline (`params.pipeline`, as in the grouped GEMM): each stage goes through registers into
+//! one of two shared buffers while the previous one is multiplied, or (CUDA) by asynchronous
+//! copies into one of several buffers, several stages ahead (`crate::pipeline`); one cube-wide
+//! barrier per stage either way. Multiplication: tensor
 //! cores (`tensor_cores.rs`: `mma.sync` fed by transposing `ldmatrix`, f32 accumulators in each
 //! plane's registers) or, portable, each unit sums `unit_m` x `unit_n` products in f32
 //! registers (any runtime and float type).
@@ -24,8 +26,10 @@ use cubecl::prelude::*;
 
 use super::params::WeightGradParams;
 use super::tensor_cores::{
-    register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue, tensor_core_stage,
+    GradFragmentAcc, register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue,
+    tensor_core_stage,
 };
+use crate::pipeline::{Pipeline, commit_stage, copy_vector_async, stage_barriers, wait_stage};
 
 /// Weight gradient (see the module docs). `a` and `b` are vectorised along their rows (`N` values
 /// per vector); `a_width` and `b_width` are multiples of `N`.
@@ -61,10 +65,11 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
 
     let a_stage = comptime!(params.a_stage_vectors(n));
     let b_stage = comptime!(params.b_stage_vectors(n));
-    let mut stage_a = SharedMemory::<Vector<F, N>>::new_aligned(comptime!(2 * a_stage), 128usize);
-    let mut stage_b = SharedMemory::<Vector<F, N>>::new_aligned(comptime!(2 * b_stage), 128usize);
-    let mut staged_a = Array::<Vector<F, N>>::new(comptime!(params.a_loads_per_unit(n)));
-    let mut staged_b = Array::<Vector<F, N>>::new(comptime!(params.b_loads_per_unit(n)));
+    let buffers = comptime!(params.pipeline.buffers());
+    let mut stage_a =
+        SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * a_stage), 128usize);
+    let mut stage_b =
+        SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * b_stage), 128usize);
 
     register_fragment_sizes::<F>(params.tensor_cores);
     let mut fragments = tensor_core_accumulators(params);
@@ -83,66 +88,108 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
         b_width,
         slots,
     };
-    if stages > 0 {
-        load_stage::<F, I, N>(
-            a,
-            b,
-            routed_pairs,
-            &operands,
-            row_begin,
-            &mut staged_a,
-            &mut staged_b,
-            params,
-            gather,
-        );
-        store_stage::<F, N>(&staged_a, &staged_b, &mut stage_a, &mut stage_b, 0, params);
-    }
-    sync_cube();
-    for s in 0..stages {
-        let next = s + 1 < stages;
-        if next {
+    if comptime!(params.pipeline == Pipeline::Registers) {
+        let mut staged_a = Array::<Vector<F, N>>::new(comptime!(params.a_loads_per_unit(n)));
+        let mut staged_b = Array::<Vector<F, N>>::new(comptime!(params.b_loads_per_unit(n)));
+        if stages > 0 {
             load_stage::<F, I, N>(
                 a,
                 b,
                 routed_pairs,
                 &operands,
-                row_begin + (s + 1) * params.stage_rows,
+                row_begin,
                 &mut staged_a,
                 &mut staged_b,
                 params,
                 gather,
             );
-        }
-        if comptime!(params.tensor_cores) {
-            tensor_core_stage::<F, N>(
-                &stage_a,
-                &stage_b,
-                (s % 2) * a_stage,
-                (s % 2) * b_stage,
-                &mut fragments,
-                params,
-            );
-        } else {
-            unit_stage::<F, N>(
-                &stage_a,
-                &stage_b,
-                (s % 2) * a_stage,
-                (s % 2) * b_stage,
-                &mut sums,
-                params,
-            );
-        }
-        if next {
-            store_stage::<F, N>(
-                &staged_a,
-                &staged_b,
-                &mut stage_a,
-                &mut stage_b,
-                (s + 1) % 2,
-                params,
-            );
+            store_stage::<F, N>(&staged_a, &staged_b, &mut stage_a, &mut stage_b, 0, params);
         }
         sync_cube();
+        for s in 0..stages {
+            let next = s + 1 < stages;
+            if next {
+                load_stage::<F, I, N>(
+                    a,
+                    b,
+                    routed_pairs,
+                    &operands,
+                    row_begin + (s + 1) * params.stage_rows,
+                    &mut staged_a,
+                    &mut staged_b,
+                    params,
+                    gather,
+                );
+            }
+            multiply_stage::<F, N>(&stage_a, &stage_b, s % 2, &mut fragments, &mut sums, params);
+            if next {
+                store_stage::<F, N>(
+                    &staged_a,
+                    &staged_b,
+                    &mut stage_a,
+                    &mut stage_b,
+                    (s + 1) % 2,
+                    params,
+                );
+            }
+            sync_cube();
+        }
+    } else {
+        // Buffer b holds stages b, b + buffers, ...: see `crate::pipeline`.
+        let landed = stage_barriers(buffers);
+        #[unroll]
+        for first in 0..comptime!(buffers - 1) {
+            if first < stages {
+                copy_stage::<F, I, N>(
+                    a,
+                    b,
+                    routed_pairs,
+                    &operands,
+                    row_begin + first * params.stage_rows,
+                    &mut stage_a,
+                    &mut stage_b,
+                    first,
+                    params,
+                    gather,
+                );
+                commit_stage(&landed, first);
+            }
+        }
+        let rounds = (stages + buffers - 1) / buffers;
+        for round in 0..rounds {
+            #[unroll]
+            for buffer in 0..buffers {
+                let s = round * buffers + buffer;
+                if s < stages {
+                    wait_stage(&landed, buffer, round);
+                    let ahead = s + buffers - 1;
+                    if ahead < stages {
+                        let refill = comptime!((buffer + buffers - 1) % buffers);
+                        copy_stage::<F, I, N>(
+                            a,
+                            b,
+                            routed_pairs,
+                            &operands,
+                            row_begin + ahead * params.stage_rows,
+                            &mut stage_a,
+                            &mut stage_b,
+                            refill,
+                            params,
+                            gather,
+                        );
+                        commit_stage(&landed, refill);
+                    }
+                    multiply_stage::<F, N>(
+                        &stage_a,
+                        &stage_b,
+                        buffer,
+                        &mut fragments,
+                        &mut sums,
+                        params,
+                    );
+                }
+            }
+        }
     }
 
     let grad_base = expert * a_width * b_width;
@@ -170,6 +217,117 @@ struct StageOperands {
     slots: usize,
 }
 
+/// Vector index in `a` of this unit's `i`-th `a` vector of the stage at routed row `row0`, or -1
+/// where it loads zeros (past the expert's rows or the width, a gathered token out of range, or
+/// a unit without an `i`-th vector).
+#[cube]
+fn a_source<I: Int>(
+    routed_pairs: &Array<I>,
+    operands: &StageOperands,
+    row0: usize,
+    i: usize,
+    #[comptime] params: WeightGradParams,
+    #[comptime] gather: bool,
+    #[comptime] n: usize,
+) -> i32 {
+    let row_vectors = comptime!(params.tile_m / n);
+    let v = UNIT_POS as usize + i * params.units();
+    let row = row0 + v / row_vectors;
+    let col = operands.first_m + (v % row_vectors) * n;
+    let mut index = i32::new(-1);
+    if row < operands.row_end && col < operands.a_width && v < comptime!(params.a_vectors(n)) {
+        let mut source = row;
+        if comptime!(gather) {
+            source = u32::cast_from(routed_pairs[row]) as usize / operands.slots;
+        }
+        if source < operands.a_rows {
+            index = i32::cast_from((source * operands.a_width + col) / n);
+        }
+    }
+    index
+}
+
+/// Vector index in `b` of this unit's `i`-th `b` vector of the stage at routed row `row0`, or -1
+/// where it loads zeros.
+#[cube]
+fn b_source(
+    operands: &StageOperands,
+    row0: usize,
+    i: usize,
+    #[comptime] params: WeightGradParams,
+    #[comptime] n: usize,
+) -> i32 {
+    let row_vectors = comptime!(params.tile_n / n);
+    let v = UNIT_POS as usize + i * params.units();
+    let row = row0 + v / row_vectors;
+    let col = operands.first_n + (v % row_vectors) * n;
+    let mut index = i32::new(-1);
+    if row < operands.row_end && col < operands.b_width && v < comptime!(params.b_vectors(n)) {
+        index = i32::cast_from((row * operands.b_width + col) / n);
+    }
+    index
+}
+
+/// Where this unit's `i`-th vector of a stage of `vectors` vectors, `row_vectors` per row, goes in
+/// shared buffer `buffer` of `stage_vectors` vectors with rows `stride` vectors apart; -1 if it
+/// has none.
+#[cube]
+fn destination(
+    i: usize,
+    buffer: usize,
+    #[comptime] params: WeightGradParams,
+    #[comptime] vectors: usize,
+    #[comptime] row_vectors: usize,
+    #[comptime] stride: usize,
+    #[comptime] stage_vectors: usize,
+) -> i32 {
+    let v = UNIT_POS as usize + i * params.units();
+    let mut index = i32::new(-1);
+    if v < vectors {
+        index =
+            i32::cast_from(buffer * stage_vectors + (v / row_vectors) * stride + v % row_vectors);
+    }
+    index
+}
+
+/// Where this unit's `i`-th `a` vector goes in shared buffer `buffer`, or -1.
+#[cube]
+fn a_destination(
+    i: usize,
+    buffer: usize,
+    #[comptime] params: WeightGradParams,
+    #[comptime] n: usize,
+) -> i32 {
+    destination(
+        i,
+        buffer,
+        params,
+        comptime!(params.a_vectors(n)),
+        comptime!(params.tile_m / n),
+        comptime!(params.a_stride() / n),
+        comptime!(params.a_stage_vectors(n)),
+    )
+}
+
+/// Where this unit's `i`-th `b` vector goes in shared buffer `buffer`, or -1.
+#[cube]
+fn b_destination(
+    i: usize,
+    buffer: usize,
+    #[comptime] params: WeightGradParams,
+    #[comptime] n: usize,
+) -> i32 {
+    destination(
+        i,
+        buffer,
+        params,
+        comptime!(params.b_vectors(n)),
+        comptime!(params.tile_n / n),
+        comptime!(params.b_stride() / n),
+        comptime!(params.b_stage_vectors(n)),
+    )
+}
+
 /// Loads one stage (routed rows `row0..row0 + stage_rows`, clipped at the expert's end) of `a`
 /// columns `first_m..first_m + tile_m` and `b` columns `first_n..first_n + tile_n` into this
 /// unit's registers; zeros where out of range.
@@ -187,34 +345,21 @@ fn load_stage<F: Float, I: Int, N: Size>(
     #[comptime] gather: bool,
 ) {
     let n = N::value();
-    let a_row_vectors = comptime!(params.tile_m / n);
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let v = UNIT_POS as usize + i * params.units();
-        let row = row0 + v / a_row_vectors;
-        let col = operands.first_m + (v % a_row_vectors) * n;
+        let source = a_source::<I>(routed_pairs, operands, row0, i, params, gather, n);
         let mut value = Vector::<F, N>::new(F::new(0.0));
-        if row < operands.row_end && col < operands.a_width && v < comptime!(params.a_vectors(n)) {
-            let mut source = row;
-            if comptime!(gather) {
-                source = u32::cast_from(routed_pairs[row]) as usize / operands.slots;
-            }
-            if source < operands.a_rows {
-                value = a[(source * operands.a_width + col) / n];
-            }
+        if source >= 0 {
+            value = a[usize::cast_from(source)];
         }
         staged_a[i] = value;
     }
-
-    let b_row_vectors = comptime!(params.tile_n / n);
     #[unroll]
     for i in 0..comptime!(params.b_loads_per_unit(n)) {
-        let v = UNIT_POS as usize + i * params.units();
-        let row = row0 + v / b_row_vectors;
-        let col = operands.first_n + (v % b_row_vectors) * n;
+        let source = b_source(operands, row0, i, params, n);
         let mut value = Vector::<F, N>::new(F::new(0.0));
-        if row < operands.row_end && col < operands.b_width && v < comptime!(params.b_vectors(n)) {
-            value = b[(row * operands.b_width + col) / n];
+        if source >= 0 {
+            value = b[usize::cast_from(source)];
         }
         staged_b[i] = value;
     }
@@ -231,25 +376,74 @@ fn store_stage<F: Float, N: Size>(
     #[comptime] params: WeightGradParams,
 ) {
     let n = N::value();
-    let a_base = buffer * comptime!(params.a_stage_vectors(n));
-    let a_row_vectors = comptime!(params.tile_m / n);
-    let a_stride = comptime!(params.a_stride() / n);
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let v = UNIT_POS as usize + i * params.units();
-        if v < comptime!(params.a_vectors(n)) {
-            stage_a[a_base + (v / a_row_vectors) * a_stride + v % a_row_vectors] = staged_a[i];
+        let at = a_destination(i, buffer, params, n);
+        if at >= 0 {
+            stage_a[usize::cast_from(at)] = staged_a[i];
         }
     }
-    let b_base = buffer * comptime!(params.b_stage_vectors(n));
-    let b_row_vectors = comptime!(params.tile_n / n);
-    let b_stride = comptime!(params.b_stride() / n);
     #[unroll]
     for i in 0..comptime!(params.b_loads_per_unit(n)) {
-        let v = UNIT_POS as usize + i * params.units();
-        if v < comptime!(params.b_vectors(n)) {
-            stage_b[b_base + (v / b_row_vectors) * b_stride + v % b_row_vectors] = staged_b[i];
+        let at = b_destination(i, buffer, params, n);
+        if at >= 0 {
+            stage_b[usize::cast_from(at)] = staged_b[i];
         }
+    }
+}
+
+/// Starts the asynchronous copies of one stage into shared buffer `buffer`; sources out of
+/// range copy zeros. The caller commits them on the buffer's barrier.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn copy_stage<F: Float, I: Int, N: Size>(
+    a: &Array<Vector<F, N>>,
+    b: &Array<Vector<F, N>>,
+    routed_pairs: &Array<I>,
+    operands: &StageOperands,
+    row0: usize,
+    stage_a: &mut SharedMemory<Vector<F, N>>,
+    stage_b: &mut SharedMemory<Vector<F, N>>,
+    buffer: usize,
+    #[comptime] params: WeightGradParams,
+    #[comptime] gather: bool,
+) {
+    let n = N::value();
+    #[unroll]
+    for i in 0..comptime!(params.a_loads_per_unit(n)) {
+        let at = a_destination(i, buffer, params, n);
+        if at >= 0 {
+            let source = a_source::<I>(routed_pairs, operands, row0, i, params, gather, n);
+            copy_vector_async::<F, N>(a, source, stage_a, usize::cast_from(at));
+        }
+    }
+    #[unroll]
+    for i in 0..comptime!(params.b_loads_per_unit(n)) {
+        let at = b_destination(i, buffer, params, n);
+        if at >= 0 {
+            let source = b_source(operands, row0, i, params, n);
+            copy_vector_async::<F, N>(b, source, stage_b, usize::cast_from(at));
+        }
+    }
+}
+
+/// Multiplies shared buffer `buffer` into the accumulators of the chosen path.
+#[cube]
+fn multiply_stage<F: Float, N: Size>(
+    stage_a: &SharedMemory<Vector<F, N>>,
+    stage_b: &SharedMemory<Vector<F, N>>,
+    buffer: usize,
+    fragments: &mut Array<Vector<f32, GradFragmentAcc>>,
+    sums: &mut Array<f32>,
+    #[comptime] params: WeightGradParams,
+) {
+    let n = N::value();
+    let a_base = buffer * comptime!(params.a_stage_vectors(n));
+    let b_base = buffer * comptime!(params.b_stage_vectors(n));
+    if comptime!(params.tensor_cores) {
+        tensor_core_stage::<F, N>(stage_a, stage_b, a_base, b_base, fragments, params);
+    } else {
+        unit_stage::<F, N>(stage_a, stage_b, a_base, b_base, sums, params);
     }
 }
 

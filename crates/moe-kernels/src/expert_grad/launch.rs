@@ -8,6 +8,7 @@ use super::params::WeightGradParams;
 use crate::buffer::expect_len;
 use crate::dispatch::DispatchOnDevice;
 use crate::grouped_gemm::{has_tensor_cores, multiprocessors};
+use crate::pipeline::{Pipeline, load_vector};
 use crate::{InvalidValue, KernelError};
 
 /// Sizes of one weight-gradient launch: `grad[e]` is `[a_width, b_width]` for each of the
@@ -39,16 +40,25 @@ impl WeightGradShape {
 }
 
 /// The size rule's tiles ([`WeightGradParams::choose`]) for `shape` with floats `F` on this
-/// device: tensor cores where it has them for `F`, tile sizes by its multiprocessors.
+/// device: tensor cores where it has them for `F`, tile sizes by its multiprocessors, the
+/// register pipeline where it has no asynchronous copies.
 pub fn weight_grad_config<R: Runtime, F: CubeElement>(
     client: &ComputeClient<R>,
     shape: &WeightGradShape,
 ) -> WeightGradParams {
-    WeightGradParams::choose(
+    let params = WeightGradParams::choose(
         shape,
         has_tensor_cores::<R, F>(client),
         multiprocessors(client),
-    )
+    );
+    if client.properties().features.copy_async {
+        params
+    } else {
+        WeightGradParams {
+            pipeline: Pipeline::Registers,
+            ..params
+        }
+    }
 }
 
 /// Weight gradient of one expert projection, `grad[e] = sum over expert e's routed rows r of
@@ -180,14 +190,16 @@ fn validate<R: Runtime, F: Float + CubeElement, I: CubeElement>(
     if params.tensor_cores && !has_tensor_cores::<R, F>(client) {
         return unsupported("this device has no tensor cores for this float type".into());
     }
-    let Some(vector) = [8, 4, 2, 1].into_iter().find(|&v| {
-        v * elem <= 16
-            && shape.a_width.is_multiple_of(v)
-            && shape.b_width.is_multiple_of(v)
-            && params.check(v).is_ok()
-    }) else {
-        return unsupported(params.check(1).err().unwrap_or_default());
-    };
+    if params.pipeline != Pipeline::Registers && !client.properties().features.copy_async {
+        return unsupported("this device has no asynchronous copies (cp.async)".into());
+    }
+    let vector = load_vector(
+        params.pipeline,
+        elem,
+        &[shape.a_width, shape.b_width],
+        |v| params.check(v),
+    )
+    .or_else(unsupported)?;
     let properties = client.properties();
     let hardware = &properties.hardware;
     let shared = params.shared_bytes(elem);

@@ -8,12 +8,15 @@
 //!   64 x 32); a side is halved to 64 (planes 2 x 2 or 4 x 2 / 2 x 4) while the grid has fewer
 //!   than [`CUBES_PER_SM`] x multiprocessors cubes, or when the width is at most 64.
 //!
-//! Not tuned on a GPU yet: [`WeightGradParams::candidates`] lists what a tuning run should time.
+//! Stages are copied asynchronously into 3 buffers on tensor cores when both widths are even
+//! (`cp.async` moves at least two 16-bit floats), as in the grouped GEMM. Not tuned on a GPU yet:
+//! [`WeightGradParams::candidates`] lists what a tuning run should time.
 
 use serde::{Deserialize, Serialize};
 
 use super::launch::WeightGradShape;
 use super::tensor_cores::{COLUMN_PAIR, MMA_K, MMA_M, PLANE_UNITS};
+use crate::pipeline::{Pipeline, async_copy_fits};
 
 /// Elements of padding at the end of each shared-memory row (16 bytes in 16-bit types): the eight
 /// rows an `ldmatrix` reads start in different banks, and every row stays 16-byte aligned.
@@ -22,8 +25,8 @@ pub const ROW_PADDING: usize = 8;
 /// Cubes per multiprocessor the size rule aims for before it shrinks tiles.
 pub const CUBES_PER_SM: usize = 2;
 
-/// Shared memory every CUDA device gives a cube without opting in: the most a candidate uses.
-const CANDIDATE_SHARED_BYTES: usize = 48 * 1024;
+/// The most shared memory a candidate uses: two cubes fit on an SM of an H100 (227 KiB).
+const CANDIDATE_SHARED_BYTES: usize = 112 * 1024;
 
 /// Tile shape and multiplication path of one launch (see `kernel.rs`): each cube owns a
 /// `tile_m` x `tile_n` block of one expert's gradient and sums it over all of the expert's rows,
@@ -46,6 +49,8 @@ pub struct WeightGradParams {
     pub unit_m: usize,
     /// Gradient columns each unit sums (portable path).
     pub unit_n: usize,
+    /// How stages reach shared memory.
+    pub pipeline: Pipeline,
 }
 
 impl WeightGradParams {
@@ -59,9 +64,11 @@ impl WeightGradParams {
         warps_n: 1,
         unit_m: 4,
         unit_n: 4,
+        pipeline: Pipeline::Registers,
     };
 
-    /// The tensor-core shape for large gradients: 128 x 128 tiles, 32-row stages, planes 2 x 4.
+    /// The tensor-core shape for large gradients: 128 x 128 tiles, 32-row stages, planes 2 x 4,
+    /// asynchronous copies into 3 buffers.
     pub const TENSOR_CORES: Self = Self {
         tile_m: 128,
         tile_n: 128,
@@ -71,6 +78,7 @@ impl WeightGradParams {
         warps_n: 4,
         unit_m: 1,
         unit_n: 1,
+        pipeline: Pipeline::AsyncCopy { stages: 3 },
     };
 
     /// The size rule (module docs) for `shape`, on tensor cores when `tensor_cores`, for a device
@@ -85,6 +93,9 @@ impl WeightGradParams {
         }
         let target = CUBES_PER_SM * multiprocessors.unwrap_or(132);
         let mut params = Self::TENSOR_CORES;
+        if !async_copy_fits(&[shape.a_width, shape.b_width]) {
+            params.pipeline = Pipeline::Registers;
+        }
         if shape.a_width <= 64 {
             params = params.with_tile(64, params.tile_n);
         }
@@ -102,19 +113,36 @@ impl WeightGradParams {
     }
 
     /// What a tuning run should time for `shape` on tensor cores: the rule's choice first, then
-    /// tiles of 64 to 256 per side with their plane grids and stages of 16, 32 and 64 rows, where
-    /// their two stage buffers of 16-bit floats fit in 48 KiB of shared memory.
+    /// tiles of 64 to 256 per side with their plane grids and stages of 16, 32 and 64 rows, in
+    /// the register pipeline and (where the rule's choice copies asynchronously) with 3
+    /// asynchronous buffers, then the rule's tiles with 2 and 4 buffers; all where their buffers
+    /// of 16-bit floats fit in 112 KiB of shared memory.
     pub fn candidates(shape: &WeightGradShape, multiprocessors: Option<usize>) -> Vec<Self> {
-        let mut all = vec![Self::choose(shape, true, multiprocessors)];
-        for stage_rows in [32, 16, 64] {
-            for (tile_m, tile_n) in [(128, 128), (64, 128), (128, 64), (64, 64), (128, 256)] {
-                let candidate = Self {
-                    stage_rows,
-                    ..Self::TENSOR_CORES.with_tile(tile_m, tile_n)
-                };
-                if candidate.shared_bytes(2) <= CANDIDATE_SHARED_BYTES && !all.contains(&candidate)
-                {
-                    all.push(candidate);
+        let chosen = Self::choose(shape, true, multiprocessors);
+        let mut all = vec![chosen];
+        let mut pipelines = vec![Pipeline::Registers];
+        if chosen.pipeline != Pipeline::Registers {
+            pipelines.push(Pipeline::AsyncCopy { stages: 3 });
+            for stages in [2, 4] {
+                all.push(Self {
+                    pipeline: Pipeline::AsyncCopy { stages },
+                    ..chosen
+                });
+            }
+        }
+        for pipeline in pipelines {
+            for stage_rows in [32, 16, 64] {
+                for (tile_m, tile_n) in [(128, 128), (64, 128), (128, 64), (64, 64), (128, 256)] {
+                    let candidate = Self {
+                        stage_rows,
+                        pipeline,
+                        ..Self::TENSOR_CORES.with_tile(tile_m, tile_n)
+                    };
+                    if candidate.shared_bytes(2) <= CANDIDATE_SHARED_BYTES
+                        && !all.contains(&candidate)
+                    {
+                        all.push(candidate);
+                    }
                 }
             }
         }
@@ -203,9 +231,9 @@ impl WeightGradParams {
         self.b_vectors(vector).div_ceil(self.units())
     }
 
-    /// Bytes of shared memory one cube uses with elements of `elem_size` bytes (two buffers).
+    /// Bytes of shared memory one cube uses with elements of `elem_size` bytes.
     pub fn shared_bytes(&self, elem_size: usize) -> usize {
-        2 * self.stage_rows * (self.a_stride() + self.b_stride()) * elem_size
+        self.pipeline.buffers() * self.stage_rows * (self.a_stride() + self.b_stride()) * elem_size
     }
 
     /// Why these knobs cannot run with `vector`-wide loads, if they cannot.
@@ -219,6 +247,9 @@ impl WeightGradParams {
         };
         if self.stage_rows == 0 {
             return Err("stage_rows must be >= 1".into());
+        }
+        if self.pipeline.buffers() < 2 {
+            return Err("an asynchronous pipeline needs at least 2 stages".into());
         }
         divides("tile_m", self.tile_m, vector)?;
         divides("tile_n", self.tile_n, vector)?;

@@ -14,6 +14,7 @@ use super::{
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::{DispatchPlan, plan};
 use crate::grouped_gemm::{has_tensor_cores, multiprocessors};
+use crate::pipeline::Pipeline;
 use crate::route::reference::route;
 use crate::testgen::{HostFloat, download, random_f32, relative_error, rng, upload};
 use crate::{KernelError, RoutingPolicy};
@@ -323,6 +324,43 @@ pub fn corrupt_plan_writes_finite_values<R: Runtime>(client: ComputeClient<R>) {
     assert!(got.iter().all(|v| v.is_finite() && *v != POISON));
 }
 
+/// The asynchronous pipeline (2 to 4 buffers) on the portable shapes in f32, on every case (the
+/// tensor-core candidates include it in 16-bit floats); a device without asynchronous copies
+/// refuses it as unsupported.
+pub fn async_pipeline_matches_reference<R: Runtime>(client: ComputeClient<R>) {
+    let asynchronous = |stages: usize| {
+        portable_params()
+            .into_iter()
+            .map(move |params| WeightGradParams {
+                pipeline: Pipeline::AsyncCopy { stages },
+                ..params
+            })
+    };
+    if client.properties().features.copy_async {
+        check_cases::<R, f32>(
+            &client,
+            |_| (2..=4).flat_map(asynchronous).collect(),
+            "async f32",
+        );
+        return;
+    }
+    let batch = Batch::new::<f32>(3, cases()[2], true);
+    let plan = batch.upload_plan(&client);
+    let refused = expert_weight_grad::<R, f32, i32>(
+        &client,
+        &upload(&client, &batch.a),
+        true,
+        &upload(&client, &batch.b),
+        &plan,
+        batch.shape,
+        &asynchronous(3).next().unwrap(),
+    );
+    assert!(
+        matches!(refused, Err(KernelError::Unsupported(_))),
+        "asynchronous copies on a device without them: {refused:?}"
+    );
+}
+
 /// Bad input is an error value, never a launch: zero sizes, a plan from another batch, short
 /// buffers, tensor cores where the device has none for the type, knobs the kernel cannot run.
 pub fn weight_grad_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) {
@@ -395,6 +433,7 @@ fn size_rule_picks_tiles_by_shape() {
 
 crate::runtime_tests!(
     portable_path_matches_reference,
+    async_pipeline_matches_reference,
     half_precision_matches_reference_in_bf16_and_f16,
     chosen_config_is_correct_and_deterministic,
     corrupt_plan_writes_finite_values,

@@ -22,8 +22,9 @@
 use serde::Serialize;
 
 use super::launch::ExpertShape;
-use super::params::{Epilogue, GemmParams, Pipeline};
+use super::params::{Epilogue, GemmParams};
 use crate::Activation;
+use crate::pipeline::{Pipeline, async_copy_fits};
 
 /// Cubes per multiprocessor the decode class aims for when it chooses split-K.
 pub const CUBES_PER_SM: usize = 8;
@@ -72,7 +73,7 @@ impl ExpertGemmConfig {
             split_k: 1,
             raster_group: 8,
             transposed_weights: false,
-            pipeline: if tensor_cores && shape.d_model % 2 == 0 && shape.width % 2 == 0 {
+            pipeline: if tensor_cores && async_copy_fits(&[shape.d_model, shape.width]) {
                 Pipeline::AsyncCopy { stages: 3 }
             } else {
                 Pipeline::Registers

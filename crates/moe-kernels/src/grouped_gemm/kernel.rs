@@ -24,15 +24,15 @@
 //! skips tiles whose expert or first row is out of range and loads zeros for gathered tokens out
 //! of range, so a corrupt plan gives wrong numbers, never an access out of bounds.
 
-use cubecl::prelude::barrier::{Barrier, copy_async_checked};
 use cubecl::prelude::*;
 
-use super::params::{Epilogue, GemmParams, Pipeline};
+use super::params::{Epilogue, GemmParams};
 use super::tensor_cores::{
     FragmentAcc, register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue,
     tensor_core_stage,
 };
 use super::units::{unit_epilogue, unit_stage};
+use crate::pipeline::{Pipeline, commit_stage, copy_vector_async, stage_barriers, wait_stage};
 
 /// Grouped GEMM (see the module docs). `a` and `weights` are vectorised along their rows (`N`
 /// values per vector); `depth` and `width` are multiples of `N`.
@@ -178,11 +178,7 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     } else {
         // Buffer b holds stages b, b + buffers, ...; its barrier completes phase `round` when
         // every unit has arrived and its copies of stage `round * buffers + b` have landed.
-        let mut landed = Sequence::<Shared<Barrier>>::new();
-        #[unroll]
-        for _ in 0..buffers {
-            landed.push(Barrier::shared(CUBE_DIM, UNIT_POS == 0));
-        }
+        let landed = stage_barriers(buffers);
         #[unroll]
         for b in 0..comptime!(buffers - 1) {
             if b < stages {
@@ -201,9 +197,7 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                     b,
                     params,
                 );
-                let barrier = landed.index(b);
-                barrier.commit_copy_async();
-                barrier.arrive();
+                commit_stage(&landed, b);
             }
         }
         let rounds = (stages + buffers - 1) / buffers;
@@ -212,9 +206,7 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
             for b in 0..buffers {
                 let s = round * buffers + b;
                 if s < stages {
-                    landed.index(b).wait_parity(u32::cast_from(round % 2));
-                    // Every unit is done with the previous stage, whose buffer is refilled now.
-                    sync_cube();
+                    wait_stage(&landed, b, round);
                     let ahead = s + buffers - 1;
                     if ahead < stages {
                         let refill = comptime!((b + buffers - 1) % buffers);
@@ -233,9 +225,7 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                             refill,
                             params,
                         );
-                        let barrier = landed.index(refill);
-                        barrier.commit_copy_async();
-                        barrier.arrive();
+                        commit_stage(&landed, refill);
                     }
                     multiply_stage::<F, N>(
                         &stage_a,
@@ -512,28 +502,6 @@ fn copy_stage<F: Float, N: Size>(
             copy_vector_async::<F, N>(weights, source, stage_w, usize::cast_from(destination));
         }
     }
-}
-
-/// One asynchronous copy of vector `source` of `from` (zeros when `source` is -1) into vector
-/// `destination` of `to`.
-#[cube]
-fn copy_vector_async<F: Float, N: Size>(
-    from: &Array<Vector<F, N>>,
-    source: i32,
-    to: &mut SharedMemory<Vector<F, N>>,
-    destination: usize,
-) {
-    let n = N::value();
-    let start = usize::cast_from(max(source, 0));
-    let mut len = 0usize;
-    if source >= 0 {
-        len = 1;
-    }
-    copy_async_checked(
-        &from.slice(start, start + len),
-        &mut to.slice_mut(destination, destination + 1),
-        comptime!(n as u32),
-    );
 }
 
 /// Multiplies shared buffer `buffer` into the accumulators of the chosen path.

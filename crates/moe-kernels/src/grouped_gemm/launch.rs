@@ -6,11 +6,12 @@ use cubecl::server::Handle;
 
 use super::config::ExpertGemmConfig;
 use super::kernel::grouped_gemm;
-use super::params::{GemmParams, Pipeline};
+use super::params::GemmParams;
 use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
 use crate::buffer::expect_len;
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::max_tiles;
+use crate::pipeline::{Pipeline, load_vector};
 use crate::{Activation, InvalidValue, KernelError};
 
 /// Sizes of the expert computation of one batch.
@@ -344,27 +345,16 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
     if params.tensor_cores && !has_tensor_cores::<R, F>(client) {
         return unsupported("this device has no tensor cores for this float type".into());
     }
-    let asynchronous = params.pipeline != Pipeline::Registers;
-    if asynchronous && !client.properties().features.copy_async {
+    if params.pipeline != Pipeline::Registers && !client.properties().features.copy_async {
         return unsupported("this device has no asynchronous copies (cp.async)".into());
     }
-    let Some(vector) = [8, 4, 2, 1].into_iter().find(|&v| {
-        v * elem <= 16
-            // cp.async moves 4, 8 or 16 bytes.
-            && (!asynchronous || v * elem >= 4)
-            && operands.depth % v == 0
-            && operands.width % v == 0
-            && params.check(v).is_ok()
-    }) else {
-        if let Err(reason) = params.check(1) {
-            return unsupported(reason);
-        }
-        return unsupported(format!(
-            "asynchronous copies move 4 to 16 bytes: depth {} and width {} in {elem}-byte \
-             floats cannot be split that way",
-            operands.depth, operands.width
-        ));
-    };
+    let vector = load_vector(
+        params.pipeline,
+        elem,
+        &[operands.depth, operands.width],
+        |v| params.check(v),
+    )
+    .or_else(unsupported)?;
     let properties = client.properties();
     let hardware = &properties.hardware;
     let shared = params.shared_bytes(elem);

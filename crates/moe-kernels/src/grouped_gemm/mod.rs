@@ -11,10 +11,11 @@ pub(crate) mod tensor_cores;
 mod tests;
 mod units;
 
+pub use crate::pipeline::Pipeline;
 pub use config::{CUBES_PER_SM, ExpertGemmConfig, MAX_SPLITS};
 pub use launch::{
     ExpertOperands, ExpertRows, ExpertShape, device_config, expert_matmul, has_tensor_cores,
     input_projection, input_projection_into, multiprocessors, output_projection,
     output_projection_into,
 };
-pub use params::{Epilogue, GemmParams, Pipeline};
+pub use params::{Epilogue, GemmParams};

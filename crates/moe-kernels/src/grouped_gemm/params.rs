@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::tensor_cores::{COLUMN_PAIR, MMA_K, MMA_M, PLANE_UNITS};
+use crate::pipeline::Pipeline;
 
 /// Elements of padding at the end of each shared-memory row (16 bytes in 16-bit types): the eight
 /// rows an `ldmatrix` reads start in different banks, and every row stays 16-byte aligned.
@@ -26,31 +27,6 @@ impl Epilogue {
         match self {
             Epilogue::SwiGlu => 2,
             Epilogue::Identity | Epilogue::Gelu => 1,
-        }
-    }
-}
-
-/// How each stage travels from global to shared memory.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Pipeline {
-    /// Loaded into registers one stage ahead and stored into one of two shared buffers (any
-    /// runtime).
-    Registers,
-    /// Copied straight into one of `stages` shared buffers by asynchronous copies (`cp.async`,
-    /// CUDA), `stages - 1` stages ahead; each buffer has a barrier that completes when its copies
-    /// have landed.
-    AsyncCopy {
-        /// Shared-memory buffers (>= 2).
-        stages: usize,
-    },
-}
-
-impl Pipeline {
-    /// Shared-memory buffers of one cube.
-    pub fn buffers(&self) -> usize {
-        match self {
-            Pipeline::Registers => 2,
-            Pipeline::AsyncCopy { stages } => *stages,
         }
     }
 }

@@ -1,0 +1,125 @@
+//! How the GEMM kernels (grouped GEMM, weight gradients) move their stages from global to shared
+//! memory, and the pieces of the asynchronous-copy pipeline they share: one barrier per shared
+//! buffer, committed when a unit has issued its copies of a stage and waited on (by parity)
+//! before the stage is multiplied.
+//!
+//! CubeCL 0.10 gives `copy_async_checked` (one `cp.async` of 4 to 16 bytes that zero-fills past
+//! its source, so rows out of range load as zeros), `Barrier::shared`, `commit_copy_async`
+//! (`cp.async.mbarrier.arrive`), `arrive` and `wait_parity`. Barriers cannot be indexed at run
+//! time: the kernels unroll their main loop by the number of buffers and hold the barriers in a
+//! comptime `Sequence`.
+
+use cubecl::prelude::barrier::{Barrier, copy_async_checked};
+use cubecl::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// How each stage travels from global to shared memory.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pipeline {
+    /// Loaded into registers one stage ahead and stored into one of two shared buffers (any
+    /// runtime).
+    Registers,
+    /// Copied straight into one of `stages` shared buffers by asynchronous copies (`cp.async`,
+    /// CUDA), `stages - 1` stages ahead; each buffer has a barrier that completes when its copies
+    /// have landed.
+    AsyncCopy {
+        /// Shared-memory buffers (>= 2).
+        stages: usize,
+    },
+}
+
+impl Pipeline {
+    /// Shared-memory buffers of one cube.
+    pub fn buffers(&self) -> usize {
+        match self {
+            Pipeline::Registers => 2,
+            Pipeline::AsyncCopy { stages } => *stages,
+        }
+    }
+}
+
+/// Whether every width (elements of 16-bit floats per row) lets `cp.async` move whole 4-byte
+/// pairs: the size rules' condition for the asynchronous pipeline on tensor cores.
+pub fn async_copy_fits(widths: &[usize]) -> bool {
+    widths.iter().all(|width| width % 2 == 0)
+}
+
+/// The vector width (elements) of a kernel's loads: the widest of 8, 4, 2, 1 elements of
+/// `elem_size` bytes that moves at most 16 bytes, divides every width and passes `fits`, and
+/// (asynchronous pipeline) moves at least the 4 bytes of a `cp.async`. `Err` says why none does.
+pub fn load_vector(
+    pipeline: Pipeline,
+    elem_size: usize,
+    widths: &[usize],
+    fits: impl Fn(usize) -> Result<(), String>,
+) -> Result<usize, String> {
+    let asynchronous = pipeline != Pipeline::Registers;
+    [8, 4, 2, 1]
+        .into_iter()
+        .find(|&v| {
+            v * elem_size <= 16
+                && (!asynchronous || v * elem_size >= 4)
+                && widths.iter().all(|width| width % v == 0)
+                && fits(v).is_ok()
+        })
+        .ok_or_else(|| match fits(1) {
+            Err(reason) => reason,
+            Ok(()) => format!(
+                "asynchronous copies move 4 to 16 bytes: widths {widths:?} in {elem_size}-byte \
+                 floats cannot be split that way"
+            ),
+        })
+}
+
+/// One barrier per shared buffer, each expecting every unit of the cube.
+#[cube]
+pub fn stage_barriers(#[comptime] buffers: usize) -> Sequence<Shared<Barrier>> {
+    let mut barriers = Sequence::<Shared<Barrier>>::new();
+    #[unroll]
+    for _ in 0..buffers {
+        barriers.push(Barrier::shared(CUBE_DIM, UNIT_POS == 0));
+    }
+    barriers
+}
+
+/// Marks this unit's copies of the stage going into buffer `buffer` as issued: the buffer's
+/// barrier completes its phase once every unit has done so and the copies have landed.
+#[cube]
+pub fn commit_stage(barriers: &Sequence<Shared<Barrier>>, #[comptime] buffer: usize) {
+    let barrier = barriers.index(buffer);
+    barrier.commit_copy_async();
+    barrier.arrive();
+}
+
+/// Waits until buffer `buffer` holds its stage of round `round` (the `round`-th stage it
+/// receives), then for every unit of the cube, so the buffer refilled next (the one multiplied
+/// before) is no longer read.
+#[cube]
+pub fn wait_stage(barriers: &Sequence<Shared<Barrier>>, #[comptime] buffer: usize, round: usize) {
+    barriers
+        .index(buffer)
+        .wait_parity(u32::cast_from(round % 2));
+    sync_cube();
+}
+
+/// One asynchronous copy of vector `source` of `from` (zeros when `source` is -1) into vector
+/// `destination` of `to`.
+#[cube]
+pub fn copy_vector_async<F: Float, N: Size>(
+    from: &Array<Vector<F, N>>,
+    source: i32,
+    to: &mut SharedMemory<Vector<F, N>>,
+    destination: usize,
+) {
+    let n = N::value();
+    let start = usize::cast_from(max(source, 0));
+    let mut len = 0usize;
+    if source >= 0 {
+        len = 1;
+    }
+    copy_async_checked(
+        &from.slice(start, start + len),
+        &mut to.slice_mut(destination, destination + 1),
+        comptime!(n as u32),
+    );
+}
