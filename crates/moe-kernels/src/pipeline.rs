@@ -41,7 +41,7 @@ impl Pipeline {
 /// Whether every width (elements of 16-bit floats per row) lets `cp.async` move whole 4-byte
 /// pairs: the size rules' condition for the asynchronous pipeline on tensor cores.
 pub fn async_copy_fits(widths: &[usize]) -> bool {
-    widths.iter().all(|width| width % 2 == 0)
+    widths.iter().all(|width| width.is_multiple_of(2))
 }
 
 /// The vector width (elements) of a kernel's loads: the widest of 8, 4, 2, 1 elements of
@@ -59,7 +59,7 @@ pub fn load_vector(
         .find(|&v| {
             v * elem_size <= 16
                 && (!asynchronous || v * elem_size >= 4)
-                && widths.iter().all(|width| width % v == 0)
+                && widths.iter().all(|width| width.is_multiple_of(v))
                 && fits(v).is_ok()
         })
         .ok_or_else(|| match fits(1) {
