@@ -110,13 +110,14 @@ impl SweepSettings {
                 })
             })
         };
-        for error in [
+        if let Some(error) = [
             in_unit("thresholds", &self.thresholds, false),
             in_unit("top_p", &self.top_p, true),
             in_unit("variant_tau", &[self.variant_tau], false),
         ]
         .into_iter()
         .flatten()
+        .next()
         {
             return Err(error);
         }
