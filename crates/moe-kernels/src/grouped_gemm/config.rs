@@ -169,8 +169,8 @@ impl ExpertGemmConfig {
     }
 
     /// The configurations a tuning run compares for `shape`: the size rule's choice first, then
-    /// variants of its class (tile columns, stage depth, planes, split-K, pipeline). Every
-    /// candidate keeps
+    /// variants of its class (tile columns, stage depth, planes, split-K, pipeline) and, for
+    /// prefill, its tiles with 64 rows. Every other candidate keeps
     /// the class's tile rows, which both projections share.
     pub fn candidates(
         shape: &ExpertShape,
@@ -243,6 +243,11 @@ impl ExpertGemmConfig {
                 ..p
             };
             push_to(&mut all, with(input), with(output));
+        }
+        if chosen.class == "prefill" {
+            // Half-height tiles: less padding where experts get about one tile of rows.
+            let half = |p: GemmParams| GemmParams { tile_rows: 64, ..p };
+            push_to(&mut all, half(input), half(output));
         }
         all
     }
