@@ -44,16 +44,31 @@ pub fn async_copy_fits(widths: &[usize]) -> bool {
     widths.iter().all(|width| width.is_multiple_of(2))
 }
 
-/// The vector width (elements) of a kernel's loads: the widest of 8, 4, 2, 1 elements of
-/// `elem_size` bytes that moves at most 16 bytes, divides every width and passes `fits`, and
-/// (asynchronous pipeline) moves at least the 4 bytes of a `cp.async`. `Err` says why none does.
-pub fn load_vector(
+/// `pipeline`, or the register pipeline where the device of `client` has no asynchronous copies:
+/// what the size rules' device entry points run.
+pub fn on_device<R: Runtime>(client: &ComputeClient<R>, pipeline: Pipeline) -> Pipeline {
+    if client.properties().features.copy_async {
+        pipeline
+    } else {
+        Pipeline::Registers
+    }
+}
+
+/// The vector width (elements) of a kernel's loads on the device of `client`: the widest of 8,
+/// 4, 2, 1 elements of `elem_size` bytes that moves at most 16 bytes, divides every width and
+/// passes `fits`, and (asynchronous pipeline) moves at least the 4 bytes of a `cp.async`. `Err`
+/// says why none does, or that the device has no asynchronous copies.
+pub fn load_vector<R: Runtime>(
+    client: &ComputeClient<R>,
     pipeline: Pipeline,
     elem_size: usize,
     widths: &[usize],
     fits: impl Fn(usize) -> Result<(), String>,
 ) -> Result<usize, String> {
     let asynchronous = pipeline != Pipeline::Registers;
+    if asynchronous && !client.properties().features.copy_async {
+        return Err("this device has no asynchronous copies (cp.async)".into());
+    }
     [8, 4, 2, 1]
         .into_iter()
         .find(|&v| {

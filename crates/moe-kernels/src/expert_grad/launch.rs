@@ -8,7 +8,7 @@ use super::params::WeightGradParams;
 use crate::buffer::expect_len;
 use crate::dispatch::DispatchOnDevice;
 use crate::grouped_gemm::{has_tensor_cores, multiprocessors};
-use crate::pipeline::{Pipeline, load_vector};
+use crate::pipeline::{load_vector, on_device};
 use crate::{InvalidValue, KernelError};
 
 /// Sizes of one weight-gradient launch: `grad[e]` is `[a_width, b_width]` for each of the
@@ -51,13 +51,9 @@ pub fn weight_grad_config<R: Runtime, F: CubeElement>(
         has_tensor_cores::<R, F>(client),
         multiprocessors(client),
     );
-    if client.properties().features.copy_async {
-        params
-    } else {
-        WeightGradParams {
-            pipeline: Pipeline::Registers,
-            ..params
-        }
+    WeightGradParams {
+        pipeline: on_device(client, params.pipeline),
+        ..params
     }
 }
 
@@ -190,10 +186,8 @@ fn validate<R: Runtime, F: Float + CubeElement, I: CubeElement>(
     if params.tensor_cores && !has_tensor_cores::<R, F>(client) {
         return unsupported("this device has no tensor cores for this float type".into());
     }
-    if params.pipeline != Pipeline::Registers && !client.properties().features.copy_async {
-        return unsupported("this device has no asynchronous copies (cp.async)".into());
-    }
     let vector = load_vector(
+        client,
         params.pipeline,
         elem,
         &[shape.a_width, shape.b_width],

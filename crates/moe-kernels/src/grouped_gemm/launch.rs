@@ -11,7 +11,7 @@ use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
 use crate::buffer::expect_len;
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::max_tiles;
-use crate::pipeline::{Pipeline, load_vector};
+use crate::pipeline::{load_vector, on_device};
 use crate::{Activation, InvalidValue, KernelError};
 
 /// Sizes of the expert computation of one batch.
@@ -85,11 +85,7 @@ pub fn device_config<R: Runtime, F: CubeElement>(
         has_tensor_cores::<R, F>(client),
         multiprocessors(client),
     );
-    if client.properties().features.copy_async {
-        config
-    } else {
-        config.with_pipeline(Pipeline::Registers)
-    }
+    config.with_pipeline(on_device(client, config.input.pipeline))
 }
 
 /// First projection of every routed row: `hidden[row] = act(x[token of row] @ w_in[e])`, a new
@@ -345,10 +341,8 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
     if params.tensor_cores && !has_tensor_cores::<R, F>(client) {
         return unsupported("this device has no tensor cores for this float type".into());
     }
-    if params.pipeline != Pipeline::Registers && !client.properties().features.copy_async {
-        return unsupported("this device has no asynchronous copies (cp.async)".into());
-    }
     let vector = load_vector(
+        client,
         params.pipeline,
         elem,
         &[operands.depth, operands.width],

@@ -323,11 +323,13 @@ fn assert_written_and_close(
     }
 }
 
+/// One test batch's sizes and routing: `(tokens, experts, d, F, policy, activation, skew)`.
+type Case = (usize, usize, usize, usize, RoutingPolicy, Activation, f32);
+
 /// Batches that cover the edge cases: T=1, d and F off the tile sizes (and off the
 /// vector widths), one expert taking every token, experts with no tokens, E=256 top-8, and
 /// variable-k batches where most tokens use one expert.
-/// `(tokens, experts, d, F, policy, activation, skew)`.
-fn cases() -> Vec<(usize, usize, usize, usize, RoutingPolicy, Activation, f32)> {
+fn cases() -> Vec<Case> {
     let threshold = RoutingPolicy::Threshold { tau: 0.3 };
     vec![
         (
@@ -424,37 +426,68 @@ pub fn portable_path_matches_reference<R: Runtime>(client: ComputeClient<R>) {
     }
 }
 
-/// The configurations the size rule picks (tensor cores in 16-bit floats where the device has
-/// them), on every case and on batches large enough for each shape class.
-fn chosen_configs_match_reference<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
+/// `cases()` plus batches large enough for the medium and prefill shape classes.
+fn class_cases() -> Vec<Case> {
+    let mut all = cases();
+    let top2 = RoutingPolicy::TopK { k: 2 };
+    all.push((100, 8, 96, 72, top2, Activation::SwiGlu, 0.0)); // medium
+    all.push((600, 4, 128, 136, top2, Activation::SwiGlu, 0.0)); // prefill
+    all
+}
+
+/// Whether `F` runs on tensor cores on this device; `None` (after saying so) for a 16-bit type
+/// without them, which these tests skip.
+fn tensor_cores_or_skip<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) -> Option<bool> {
     let tensor_cores = has_tensor_cores::<R, F>(client);
     if !tensor_cores && size_of::<F>() == 2 {
         println!(
             "no tensor cores for {}: skipped",
             std::any::type_name::<F>()
         );
-        return;
+        return None;
     }
-    let sms = multiprocessors(client);
-    let mut all = cases();
-    all.push((
-        100,
-        8,
-        96,
-        72,
-        RoutingPolicy::TopK { k: 2 },
-        Activation::SwiGlu,
-        0.0,
-    )); // medium
-    all.push((
-        600,
-        4,
-        128,
-        136,
-        RoutingPolicy::TopK { k: 2 },
-        Activation::SwiGlu,
-        0.0,
-    )); // prefill
+    Some(tensor_cores)
+}
+
+/// The size rule's configuration for `case` and a batch of it planned for that configuration's
+/// tile rows.
+fn chosen_batch<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    case: Case,
+    seed: u64,
+    tensor_cores: bool,
+) -> (ExpertGemmConfig, Batch) {
+    let (tokens, experts, d, width, policy, activation, skew) = case;
+    let shape = ExpertShape {
+        num_tokens: tokens,
+        slots: policy.max_slots(),
+        num_experts: experts,
+        d_model: d,
+        width,
+    };
+    let config =
+        ExpertGemmConfig::choose(&shape, activation, tensor_cores, multiprocessors(client));
+    let batch = Batch::new::<F>(
+        seed,
+        tokens,
+        experts,
+        d,
+        width,
+        policy,
+        activation,
+        skew,
+        config.tile_rows(),
+    );
+    (config, batch)
+}
+
+/// The configurations the size rule picks (tensor cores in 16-bit floats where the device has
+/// them), on every case and on batches large enough for each shape class.
+fn chosen_configs_match_reference<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
+    let Some(tensor_cores) = tensor_cores_or_skip::<R, F>(client) else {
+        return;
+    };
+    let mut all = class_cases();
     all.push((
         600,
         4,
@@ -464,33 +497,10 @@ fn chosen_configs_match_reference<R: Runtime, F: HostFloat>(client: &ComputeClie
         Activation::Gelu,
         1.0,
     ));
-    for (seed, &(tokens, experts, d, width, policy, activation, skew)) in all.iter().enumerate() {
-        let shape = ExpertShape {
-            num_tokens: tokens,
-            slots: policy.max_slots(),
-            num_experts: experts,
-            d_model: d,
-            width,
-        };
-        let config = ExpertGemmConfig::choose(&shape, activation, tensor_cores, sms);
-        let batch = Batch::new::<F>(
-            seed as u64 + 100,
-            tokens,
-            experts,
-            d,
-            width,
-            policy,
-            activation,
-            skew,
-            config.tile_rows(),
-        );
-        check_projections::<R, F>(
-            client,
-            &batch,
-            &config,
-            activation,
-            std::any::type_name::<F>(),
-        );
+    for (seed, &case) in all.iter().enumerate() {
+        let (config, batch) = chosen_batch::<R, F>(client, case, seed as u64 + 100, tensor_cores);
+        let name = std::any::type_name::<F>();
+        check_projections::<R, F>(client, &batch, &config, case.5, name);
     }
 }
 
@@ -505,54 +515,13 @@ pub fn chosen_configs_match_reference_in_every_float_type<R: Runtime>(client: Co
 /// in bf16 and on units in f32, over every case and each shape class; a device without
 /// asynchronous copies, or widths they cannot move, are refused as unsupported.
 fn async_pipeline_matches_reference_in<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
-    let tensor_cores = has_tensor_cores::<R, F>(client);
-    if !tensor_cores && size_of::<F>() == 2 {
-        println!(
-            "no tensor cores for {}: skipped",
-            std::any::type_name::<F>()
-        );
+    let Some(tensor_cores) = tensor_cores_or_skip::<R, F>(client) else {
         return;
-    }
-    let sms = multiprocessors(client);
-    let mut all = cases();
-    all.push((
-        100,
-        8,
-        96,
-        72,
-        RoutingPolicy::TopK { k: 2 },
-        Activation::SwiGlu,
-        0.0,
-    ));
-    all.push((
-        600,
-        4,
-        128,
-        136,
-        RoutingPolicy::TopK { k: 2 },
-        Activation::SwiGlu,
-        0.0,
-    ));
-    for (seed, &(tokens, experts, d, width, policy, activation, skew)) in all.iter().enumerate() {
-        let shape = ExpertShape {
-            num_tokens: tokens,
-            slots: policy.max_slots(),
-            num_experts: experts,
-            d_model: d,
-            width,
-        };
-        let chosen = ExpertGemmConfig::choose(&shape, activation, tensor_cores, sms);
-        let batch = Batch::new::<F>(
-            seed as u64 + 200,
-            tokens,
-            experts,
-            d,
-            width,
-            policy,
-            activation,
-            skew,
-            chosen.tile_rows(),
-        );
+    };
+    for (seed, &case) in class_cases().iter().enumerate() {
+        let (chosen, batch) = chosen_batch::<R, F>(client, case, seed as u64 + 200, tensor_cores);
+        let (shape, activation) = (batch.shape, case.5);
+        let (d, width) = (shape.d_model, shape.width);
         let stages = 2 + seed % 3;
         let config = chosen.with_pipeline(Pipeline::AsyncCopy { stages });
         // cp.async moves at least 4 bytes: odd widths in 16-bit floats cannot use it.
