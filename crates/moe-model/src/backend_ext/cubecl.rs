@@ -129,55 +129,8 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         w_out: Tensor<Self, 3>,
         activation: Activation,
     ) -> ExpertRows<Self> {
-        let [num_tokens, d_model] = x.dims();
-        let [num_experts, width, _] = w_out.dims();
-        let [_, slots] = dispatch.row_of_pair.dims();
-        let shape = ExpertShape {
-            num_tokens,
-            slots,
-            num_experts,
-            d_model,
-            width,
-        };
-        let input = contiguous_float(&x);
-        let (w_in_primitive, w_out_primitive) = (contiguous_float(&w_in), contiguous_float(&w_out));
-        let client = &input.client;
-        let dtype = input.dtype;
-        let config = expert_config::<R>(client, &shape, activation, dtype);
-        let plan = plan_on_device(dispatch);
-        let projections = if w_in_primitive.dtype != dtype || w_out_primitive.dtype != dtype {
-            Err(KernelError::Unsupported(format!(
-                "mixed float types: x {dtype:?}, w_in {:?}, w_out {:?}",
-                w_in_primitive.dtype, w_out_primitive.dtype
-            )))
-        } else {
-            with_float_kernel!(dtype, K => input_projection::<R, K, I>(
-                client,
-                &input.handle,
-                &w_in_primitive.handle,
-                &plan,
-                shape,
-                &config.input,
-            )
-            .and_then(|hidden| {
-                output_projection::<R, K, I>(
-                    client,
-                    &hidden,
-                    &w_out_primitive.handle,
-                    &plan,
-                    shape,
-                    &config.output,
-                )
-            }), else Err(unsupported_dtype("x", dtype)))
-        };
-        match projections {
-            Ok(rows) => {
-                let dtype = if rows.splits > 1 { DType::F32 } else { dtype };
-                let blocks = [rows.splits, shape.num_pairs(), d_model];
-                ExpertRows {
-                    blocks: float_tensor(&input, rows.rows, blocks, dtype),
-                }
-            }
+        match kernel_experts(&x, dispatch, &w_in, &w_out, activation, None) {
+            Ok(rows) => rows,
             Err(error) => {
                 fall_back("experts", error);
                 tensor_ops::experts(x, dispatch, w_in, w_out, activation)
@@ -349,6 +302,65 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
             }
         }
     }
+}
+
+/// Both expert projections on the grouped GEMM kernels: the experts' rows of a dispatch over
+/// `w_in [E, d, input_columns(F)]` and `w_out [E, F, d]`, with the size rule's tiles for
+/// `config_shape` (the batch's own shape when `None`; offloading passes the full layer's, since
+/// it runs the kernels over its cache slots).
+pub(crate) fn kernel_experts<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: &Tensor<Cube<R, F, I, BT>, 2>,
+    dispatch: &Dispatch<Cube<R, F, I, BT>>,
+    w_in: &Tensor<Cube<R, F, I, BT>, 3>,
+    w_out: &Tensor<Cube<R, F, I, BT>, 3>,
+    activation: Activation,
+    config_shape: Option<&ExpertShape>,
+) -> Result<ExpertRows<Cube<R, F, I, BT>>, KernelError> {
+    let [num_tokens, d_model] = x.dims();
+    let [num_experts, width, _] = w_out.dims();
+    let [_, slots] = dispatch.row_of_pair.dims();
+    let shape = ExpertShape {
+        num_tokens,
+        slots,
+        num_experts,
+        d_model,
+        width,
+    };
+    let input = contiguous_float(x);
+    let (w_in_primitive, w_out_primitive) = (contiguous_float(w_in), contiguous_float(w_out));
+    let client = &input.client;
+    let dtype = input.dtype;
+    if w_in_primitive.dtype != dtype || w_out_primitive.dtype != dtype {
+        return Err(KernelError::Unsupported(format!(
+            "mixed float types: x {dtype:?}, w_in {:?}, w_out {:?}",
+            w_in_primitive.dtype, w_out_primitive.dtype
+        )));
+    }
+    let config = expert_config::<R>(client, config_shape.unwrap_or(&shape), activation, dtype);
+    let plan = plan_on_device(dispatch);
+    let rows = with_float_kernel!(dtype, K => input_projection::<R, K, I>(
+        client,
+        &input.handle,
+        &w_in_primitive.handle,
+        &plan,
+        shape,
+        &config.input,
+    )
+    .and_then(|hidden| {
+        output_projection::<R, K, I>(
+            client,
+            &hidden,
+            &w_out_primitive.handle,
+            &plan,
+            shape,
+            &config.output,
+        )
+    }), else Err(unsupported_dtype("x", dtype)))?;
+    let dtype = if rows.splits > 1 { DType::F32 } else { dtype };
+    let blocks = [rows.splits, shape.num_pairs(), d_model];
+    Ok(ExpertRows {
+        blocks: float_tensor(&input, rows.rows, blocks, dtype),
+    })
 }
 
 /// The size rule's tiles for `shape` in `dtype` on this device (tensor cores where it has them

@@ -16,6 +16,8 @@ mod autodiff;
 mod backward_tests;
 #[cfg(feature = "cubecl")]
 mod cubecl;
+#[cfg(feature = "cubecl")]
+pub(crate) use cubecl::kernel_experts;
 mod expert_backward;
 mod fallback;
 mod outputs;
