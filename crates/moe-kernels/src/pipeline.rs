@@ -86,6 +86,51 @@ pub fn load_vector<R: Runtime>(
         })
 }
 
+/// Where the `i`-th vector a unit moves per stage lies, in a stage of `vectors` vectors laid out
+/// in rows of `row_vectors` (the cube's `units` take consecutive vectors, `units` apart per `i`),
+/// and whether the unit has an `i`-th vector at all.
+#[derive(CubeType, Clone, Copy)]
+pub struct StageVector {
+    /// Row of the stage.
+    pub row: usize,
+    /// Vector within the row.
+    pub column: usize,
+    /// The vector exists (the last round of a stage may leave some units without one).
+    pub present: bool,
+}
+
+/// The `i`-th vector this unit moves per stage (see [`StageVector`]). Written so that the
+/// compiler sees what does not change with `i` (when `units` is a multiple of `row_vectors`, the
+/// column is the unit's own and the row steps by a constant), which keeps the address arithmetic
+/// of the copies, issued once per vector and stage, to a few instructions.
+#[cube]
+pub fn stage_vector(
+    i: usize,
+    #[comptime] units: usize,
+    #[comptime] vectors: usize,
+    #[comptime] row_vectors: usize,
+) -> StageVector {
+    let unit = UNIT_POS as usize;
+    let (row, column) = if comptime!(units.is_multiple_of(row_vectors)) {
+        (
+            unit / row_vectors + i * comptime!(units / row_vectors),
+            unit % row_vectors,
+        )
+    } else {
+        let v = unit + i * units;
+        (v / row_vectors, v % row_vectors)
+    };
+    let mut present = true;
+    if comptime!(!vectors.is_multiple_of(units)) {
+        present = row < comptime!(vectors / row_vectors);
+    }
+    StageVector {
+        row,
+        column,
+        present,
+    }
+}
+
 /// One barrier per shared buffer, each expecting every unit of the cube.
 #[cube]
 pub fn stage_barriers(#[comptime] buffers: usize) -> Sequence<Shared<Barrier>> {
@@ -117,21 +162,38 @@ pub fn wait_stage(barriers: &Sequence<Shared<Barrier>>, #[comptime] buffer: usiz
     sync_cube();
 }
 
-/// One asynchronous copy of vector `source` of `from` (zeros when `source` is -1) into vector
+/// A vector a stage reads: its index in the source array, and whether it is read at all (where
+/// it is not, the stage holds zeros: rows past an expert's end, depth past a slice).
+#[derive(CubeType, Clone, Copy)]
+pub struct Source {
+    /// Vector index in the source array (meaningful only when `live`).
+    pub index: usize,
+    /// The vector is read; otherwise zeros are stored.
+    pub live: bool,
+}
+
+/// The vector `source` of `from`, or zeros where it is not live (register pipeline).
+#[cube]
+pub fn read_vector<F: Float, N: Size>(from: &Array<Vector<F, N>>, source: Source) -> Vector<F, N> {
+    let mut value = Vector::<F, N>::new(F::new(0.0));
+    if source.live {
+        value = from[source.index];
+    }
+    value
+}
+
+/// One asynchronous copy of vector `source` of `from` (zeros where it is not live) into vector
 /// `destination` of `to`.
 #[cube]
 pub fn copy_vector_async<F: Float, N: Size>(
     from: &Array<Vector<F, N>>,
-    source: i32,
+    source: Source,
     to: &mut SharedMemory<Vector<F, N>>,
     destination: usize,
 ) {
     let n = N::value();
-    let start = usize::cast_from(max(source, 0));
-    let mut len = 0usize;
-    if source >= 0 {
-        len = 1;
-    }
+    let start = select(source.live, source.index, 0usize);
+    let len = select(source.live, 1usize, 0usize);
     copy_async_checked(
         &from.slice(start, start + len),
         &mut to.slice_mut(destination, destination + 1),

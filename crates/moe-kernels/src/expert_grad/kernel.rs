@@ -29,7 +29,10 @@ use super::tensor_cores::{
     GradFragmentAcc, register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue,
     tensor_core_stage,
 };
-use crate::pipeline::{Pipeline, commit_stage, copy_vector_async, stage_barriers, wait_stage};
+use crate::pipeline::{
+    Pipeline, Source, StageVector, commit_stage, copy_vector_async, read_vector, stage_barriers,
+    stage_vector, wait_stage,
+};
 
 /// Weight gradient (see the module docs). `a` and `b` are vectorised along their rows (`N` values
 /// per vector); `a_width` and `b_width` are multiples of `N`.
@@ -217,112 +220,112 @@ struct StageOperands {
     slots: usize,
 }
 
-/// Vector index in `a` of this unit's `i`-th `a` vector of the stage at routed row `row0`, or -1
-/// where it loads zeros (past the expert's rows or the width, a gathered token out of range, or
-/// a unit without an `i`-th vector).
+/// This unit's `i`-th vector of an `a` stage (`stage_rows` rows of `tile_m` columns).
+#[cube]
+fn a_vector(i: usize, #[comptime] params: WeightGradParams, #[comptime] n: usize) -> StageVector {
+    stage_vector(
+        i,
+        params.units(),
+        comptime!(params.a_vectors(n)),
+        comptime!(params.tile_m / n),
+    )
+}
+
+/// This unit's `i`-th vector of a `b` stage (`stage_rows` rows of `tile_n` columns).
+#[cube]
+fn b_vector(i: usize, #[comptime] params: WeightGradParams, #[comptime] n: usize) -> StageVector {
+    stage_vector(
+        i,
+        params.units(),
+        comptime!(params.b_vectors(n)),
+        comptime!(params.tile_n / n),
+    )
+}
+
+/// Where the `a` vector `at` of the stage at routed row `row0` comes from: not live past the
+/// expert's rows or the width, or for a gathered token out of range.
 #[cube]
 fn a_source<I: Int>(
     routed_pairs: &Array<I>,
     operands: &StageOperands,
     row0: usize,
-    i: usize,
-    #[comptime] params: WeightGradParams,
+    at: StageVector,
     #[comptime] gather: bool,
     #[comptime] n: usize,
-) -> i32 {
-    let row_vectors = comptime!(params.tile_m / n);
-    let v = UNIT_POS as usize + i * params.units();
-    let row = row0 + v / row_vectors;
-    let col = operands.first_m + (v % row_vectors) * n;
-    let mut index = i32::new(-1);
-    if row < operands.row_end && col < operands.a_width && v < comptime!(params.a_vectors(n)) {
-        let mut source = row;
+) -> Source {
+    let row = row0 + at.row;
+    let col = operands.first_m + at.column * n;
+    let mut source = Source {
+        index: 0,
+        live: false,
+    };
+    if at.present && row < operands.row_end && col < operands.a_width {
+        let mut token = row;
         if comptime!(gather) {
-            source = u32::cast_from(routed_pairs[row]) as usize / operands.slots;
+            token = u32::cast_from(routed_pairs[row]) as usize / operands.slots;
         }
-        if source < operands.a_rows {
-            index = i32::cast_from((source * operands.a_width + col) / n);
-        }
+        source.index = (token * operands.a_width + col) / n;
+        source.live = token < operands.a_rows;
     }
-    index
+    source
 }
 
-/// Vector index in `b` of this unit's `i`-th `b` vector of the stage at routed row `row0`, or -1
-/// where it loads zeros.
+/// Where the `b` vector `at` of the stage at routed row `row0` comes from: not live past the
+/// expert's rows or the width.
 #[cube]
 fn b_source(
     operands: &StageOperands,
     row0: usize,
-    i: usize,
-    #[comptime] params: WeightGradParams,
+    at: StageVector,
     #[comptime] n: usize,
-) -> i32 {
-    let row_vectors = comptime!(params.tile_n / n);
-    let v = UNIT_POS as usize + i * params.units();
-    let row = row0 + v / row_vectors;
-    let col = operands.first_n + (v % row_vectors) * n;
-    let mut index = i32::new(-1);
-    if row < operands.row_end && col < operands.b_width && v < comptime!(params.b_vectors(n)) {
-        index = i32::cast_from((row * operands.b_width + col) / n);
+) -> Source {
+    let row = row0 + at.row;
+    let col = operands.first_n + at.column * n;
+    Source {
+        index: (row * operands.b_width + col) / n,
+        live: at.present && row < operands.row_end && col < operands.b_width,
     }
-    index
 }
 
-/// Where this unit's `i`-th vector of a stage of `vectors` vectors, `row_vectors` per row, goes in
-/// shared buffer `buffer` of `stage_vectors` vectors with rows `stride` vectors apart; -1 if it
-/// has none.
+/// Where vector `at` of a stage goes in shared buffer `buffer` of `stage_vectors` vectors with
+/// rows `stride` vectors apart.
 #[cube]
 fn destination(
-    i: usize,
+    at: StageVector,
     buffer: usize,
-    #[comptime] params: WeightGradParams,
-    #[comptime] vectors: usize,
-    #[comptime] row_vectors: usize,
     #[comptime] stride: usize,
     #[comptime] stage_vectors: usize,
-) -> i32 {
-    let v = UNIT_POS as usize + i * params.units();
-    let mut index = i32::new(-1);
-    if v < vectors {
-        index =
-            i32::cast_from(buffer * stage_vectors + (v / row_vectors) * stride + v % row_vectors);
-    }
-    index
+) -> usize {
+    buffer * stage_vectors + at.row * stride + at.column
 }
 
-/// Where this unit's `i`-th `a` vector goes in shared buffer `buffer`, or -1.
+/// Where the `a` vector `at` goes in shared buffer `buffer`.
 #[cube]
 fn a_destination(
-    i: usize,
+    at: StageVector,
     buffer: usize,
     #[comptime] params: WeightGradParams,
     #[comptime] n: usize,
-) -> i32 {
+) -> usize {
     destination(
-        i,
+        at,
         buffer,
-        params,
-        comptime!(params.a_vectors(n)),
-        comptime!(params.tile_m / n),
         comptime!(params.a_stride() / n),
         comptime!(params.a_stage_vectors(n)),
     )
 }
 
-/// Where this unit's `i`-th `b` vector goes in shared buffer `buffer`, or -1.
+/// Where the `b` vector `at` goes in shared buffer `buffer`.
 #[cube]
 fn b_destination(
-    i: usize,
+    at: StageVector,
     buffer: usize,
     #[comptime] params: WeightGradParams,
     #[comptime] n: usize,
-) -> i32 {
+) -> usize {
     destination(
-        i,
+        at,
         buffer,
-        params,
-        comptime!(params.b_vectors(n)),
-        comptime!(params.tile_n / n),
         comptime!(params.b_stride() / n),
         comptime!(params.b_stage_vectors(n)),
     )
@@ -347,21 +350,14 @@ fn load_stage<F: Float, I: Int, N: Size>(
     let n = N::value();
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let source = a_source::<I>(routed_pairs, operands, row0, i, params, gather, n);
-        let mut value = Vector::<F, N>::new(F::new(0.0));
-        if source >= 0 {
-            value = a[usize::cast_from(source)];
-        }
-        staged_a[i] = value;
+        let at = a_vector(i, params, n);
+        let source = a_source::<I>(routed_pairs, operands, row0, at, gather, n);
+        staged_a[i] = read_vector::<F, N>(a, source);
     }
     #[unroll]
     for i in 0..comptime!(params.b_loads_per_unit(n)) {
-        let source = b_source(operands, row0, i, params, n);
-        let mut value = Vector::<F, N>::new(F::new(0.0));
-        if source >= 0 {
-            value = b[usize::cast_from(source)];
-        }
-        staged_b[i] = value;
+        let source = b_source(operands, row0, b_vector(i, params, n), n);
+        staged_b[i] = read_vector::<F, N>(b, source);
     }
 }
 
@@ -378,16 +374,16 @@ fn store_stage<F: Float, N: Size>(
     let n = N::value();
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let at = a_destination(i, buffer, params, n);
-        if at >= 0 {
-            stage_a[usize::cast_from(at)] = staged_a[i];
+        let at = a_vector(i, params, n);
+        if at.present {
+            stage_a[a_destination(at, buffer, params, n)] = staged_a[i];
         }
     }
     #[unroll]
     for i in 0..comptime!(params.b_loads_per_unit(n)) {
-        let at = b_destination(i, buffer, params, n);
-        if at >= 0 {
-            stage_b[usize::cast_from(at)] = staged_b[i];
+        let at = b_vector(i, params, n);
+        if at.present {
+            stage_b[b_destination(at, buffer, params, n)] = staged_b[i];
         }
     }
 }
@@ -411,18 +407,18 @@ fn copy_stage<F: Float, I: Int, N: Size>(
     let n = N::value();
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let at = a_destination(i, buffer, params, n);
-        if at >= 0 {
-            let source = a_source::<I>(routed_pairs, operands, row0, i, params, gather, n);
-            copy_vector_async::<F, N>(a, source, stage_a, usize::cast_from(at));
+        let at = a_vector(i, params, n);
+        if at.present {
+            let source = a_source::<I>(routed_pairs, operands, row0, at, gather, n);
+            copy_vector_async::<F, N>(a, source, stage_a, a_destination(at, buffer, params, n));
         }
     }
     #[unroll]
     for i in 0..comptime!(params.b_loads_per_unit(n)) {
-        let at = b_destination(i, buffer, params, n);
-        if at >= 0 {
-            let source = b_source(operands, row0, i, params, n);
-            copy_vector_async::<F, N>(b, source, stage_b, usize::cast_from(at));
+        let at = b_vector(i, params, n);
+        if at.present {
+            let source = b_source(operands, row0, at, n);
+            copy_vector_async::<F, N>(b, source, stage_b, b_destination(at, buffer, params, n));
         }
     }
 }

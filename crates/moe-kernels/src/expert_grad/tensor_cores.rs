@@ -123,7 +123,7 @@ pub fn tensor_core_stage<F: Float, N: Size>(
     let b_stride = comptime!(params.b_stride());
 
     let plane = UNIT_POS as usize / PLANE_UNITS;
-    let lane = UNIT_POS_PLANE as usize;
+    let lane = UNIT_POS as usize % PLANE_UNITS;
     let first_m = (plane / params.warps_n) * rows * MMA_M;
     let first_n = (plane % params.warps_n) * pairs * COLUMN_PAIR;
     // Transposed A (module docs): matrix l / 8 is (rows 0-7 | 8-15) x (depth 0-7 | 8-15).
@@ -216,7 +216,7 @@ pub fn tensor_core_epilogue<F: Float>(
     let rows = comptime!(row_tiles(params));
     let pairs = comptime!(column_pairs(params));
     let plane = UNIT_POS as usize / PLANE_UNITS;
-    let lane = UNIT_POS_PLANE;
+    let lane = UNIT_POS % comptime!(PLANE_UNITS as u32);
     let plane_m = first_m + (plane / params.warps_n) * rows * MMA_M;
     let plane_n = first_n + (plane % params.warps_n) * pairs * COLUMN_PAIR;
     #[unroll]

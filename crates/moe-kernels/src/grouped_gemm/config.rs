@@ -7,8 +7,9 @@
 //!   (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since its few
 //!   column blocks alone cannot keep the memory system busy;
 //! - medium (`r <= 64`): 64-row tiles, 64-deep stages;
-//! - prefill: 128-row tiles, 8 planes, 64-deep stages; 128 x 64 per group (input, planes 4 x 2)
-//!   and 128 x 128 (output, planes 2 x 4).
+//! - prefill: 128-row tiles, 4 planes, 64-deep stages; 128 x 64 per group (input, planes 2 x 2)
+//!   and 128 x 128 (output, planes 1 x 4): large plane tiles, whose many independent MMAs per
+//!   fragment load beat a second cube per multiprocessor.
 //!
 //! On tensor cores every class copies its stages asynchronously into 3 shared buffers
 //! (`mma.sync` m16n8k16 in 16-bit floats needs sm_80, which has `cp.async`;
@@ -139,7 +140,7 @@ impl ExpertGemmConfig {
             tile_rows: 128,
             tile_cols: 64,
             stage_depth: 64,
-            warps_m: 4,
+            warps_m: 2,
             warps_n: 2,
             ..base
         };
@@ -147,7 +148,7 @@ impl ExpertGemmConfig {
             class: "prefill",
             input,
             output: GemmParams {
-                warps_m: 2,
+                warps_m: 1,
                 ..output_of(input, 128, 4)
             },
         }

@@ -32,7 +32,10 @@ use super::tensor_cores::{
     tensor_core_stage,
 };
 use super::units::{unit_epilogue, unit_stage};
-use crate::pipeline::{Pipeline, commit_stage, copy_vector_async, stage_barriers, wait_stage};
+use crate::pipeline::{
+    Pipeline, Source, StageVector, commit_stage, copy_vector_async, read_vector, stage_barriers,
+    stage_vector, wait_stage,
+};
 
 /// Grouped GEMM (see the module docs). `a` and `weights` are vectorised along their rows (`N`
 /// values per vector); `depth` and `width` are multiples of `N`.
@@ -79,6 +82,8 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
         u32::cast_from(expert_offsets[expert + 1]) as usize,
     );
     let first_col = (in_group / tiles_in_group) * params.tile_cols;
+    // Rows of the tile that belong to its expert (planes below them skip their MMAs).
+    let rows_used = select(row_end > first_row, row_end - first_row, 0usize);
 
     // This cube's slice of the depth, in whole stages.
     let stages_total = (depth + params.stage_depth - 1) / params.stage_depth;
@@ -162,7 +167,15 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                     params,
                 );
             }
-            multiply_stage::<F, N>(&stage_a, &stage_w, s % 2, &mut fragments, &mut sums, params);
+            multiply_stage::<F, N>(
+                &stage_a,
+                &stage_w,
+                s % 2,
+                rows_used,
+                &mut fragments,
+                &mut sums,
+                params,
+            );
             if next {
                 store_stage::<F, N>(
                     &staged_a,
@@ -231,6 +244,7 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                         &stage_a,
                         &stage_w,
                         b,
+                        rows_used,
                         &mut fragments,
                         &mut sums,
                         params,
@@ -252,6 +266,34 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     }
 }
 
+/// This unit's `i`-th vector of an A stage (rows of the tile, `stage_depth` deep).
+#[cube]
+fn a_vector(i: usize, #[comptime] params: GemmParams, #[comptime] n: usize) -> StageVector {
+    stage_vector(
+        i,
+        params.units(),
+        comptime!(params.a_vectors(n)),
+        comptime!(params.stage_depth / n),
+    )
+}
+
+/// This unit's `i`-th vector of a weight stage (rows along the depth, or along the tile's
+/// columns when the weights are transposed).
+#[cube]
+fn w_vector(i: usize, #[comptime] params: GemmParams, #[comptime] n: usize) -> StageVector {
+    let row_vectors = comptime!(if params.transposed_weights {
+        params.stage_depth / n
+    } else {
+        params.groups * params.tile_cols / n
+    });
+    stage_vector(
+        i,
+        params.units(),
+        comptime!(params.w_vectors(n)),
+        row_vectors,
+    )
+}
+
 /// For each A vector this unit loads per stage: the vector index where its source row starts, or
 /// -1 past the expert's rows (or for a gathered token out of range).
 #[cube]
@@ -267,14 +309,13 @@ fn a_row_starts<I: Int>(
     #[comptime] n: usize,
 ) -> Array<i32> {
     let loads = comptime!(params.a_loads_per_unit(n));
-    let stage_row_vectors = comptime!(params.stage_depth / n);
     let mut starts = Array::<i32>::new(loads);
     #[unroll]
     for i in 0..loads {
-        let v = UNIT_POS as usize + i * params.units();
-        let row = first_row + v / stage_row_vectors;
+        let at = a_vector(i, params, n);
+        let row = first_row + at.row;
         let mut start = i32::new(-1);
-        if row < row_end && v < comptime!(params.a_vectors(n)) {
+        if at.present && row < row_end {
             let mut source = row;
             if comptime!(params.gather) {
                 source = u32::cast_from(routed_pairs[row]) as usize / slots;
@@ -288,31 +329,26 @@ fn a_row_starts<I: Int>(
     starts
 }
 
-/// Vector index in `a` of this unit's `i`-th A vector of the stage at depth `k0`, or -1 where
-/// it loads zeros (past the expert's rows, past the depth slice, or a unit without an `i`-th
-/// vector).
+/// Where the A vector `at` of the stage at depth `k0` comes from: not live past the expert's rows
+/// (or for a gathered token out of range, both in `a_starts[i]`) or past the depth slice.
 #[cube]
 fn a_source(
     a_starts: &Array<i32>,
     i: usize,
+    at: StageVector,
     k0: usize,
     depth_end: usize,
-    #[comptime] params: GemmParams,
     #[comptime] n: usize,
-) -> i32 {
-    let v = UNIT_POS as usize + i * params.units();
-    let k = k0 + (v % comptime!(params.stage_depth / n)) * n;
+) -> Source {
     let start = a_starts[i];
-    let mut source = i32::new(-1);
-    if start >= 0 && k < depth_end {
-        source = start + i32::cast_from(k / n);
+    Source {
+        index: usize::cast_from(start) + k0 / n + at.column,
+        live: start >= 0 && k0 + at.column * n < depth_end,
     }
-    source
 }
 
-/// Vector index in `weights` of this unit's `i`-th weight vector of the stage at depth `k0`, or
-/// -1 where it loads zeros (past the depth slice, past `width`, or a unit without an `i`-th
-/// vector).
+/// Where the weight vector `at` of the stage at depth `k0` comes from: not live past the depth
+/// slice or past `width`.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
 fn w_source(
@@ -320,84 +356,54 @@ fn w_source(
     first_col: usize,
     width: usize,
     depth: usize,
-    i: usize,
+    at: StageVector,
     k0: usize,
     depth_end: usize,
     #[comptime] params: GemmParams,
     #[comptime] n: usize,
-) -> i32 {
-    let v = UNIT_POS as usize + i * params.units();
-    let mut source = i32::new(-1);
-    if v < comptime!(params.w_vectors(n)) {
-        if comptime!(params.transposed_weights) {
-            // Weights `[E, width, depth]`: each of the tile's columns is a row of the depth.
-            let col_vectors = comptime!(params.stage_depth / n);
-            let col = v / col_vectors;
-            let k = k0 + (v % col_vectors) * n;
-            if k < depth_end && first_col + col < width {
-                source = i32::cast_from(w_base + col * (depth / n) + k / n);
-            }
-        } else {
-            let tile_col_vectors = comptime!(params.tile_cols / n);
-            let row_vectors = comptime!(params.groups * params.tile_cols / n);
-            let k = k0 + v / row_vectors;
-            let in_row = v % row_vectors;
-            let group = in_row / tile_col_vectors;
-            let col_vector = in_row % tile_col_vectors;
-            if k < depth_end && first_col + col_vector * n < width {
-                source = i32::cast_from(
-                    w_base + k * (params.groups * width / n) + group * (width / n) + col_vector,
-                );
-            }
+) -> Source {
+    if comptime!(params.transposed_weights) {
+        // Weights `[E, width, depth]`: each of the tile's columns is a row of the depth.
+        Source {
+            index: w_base + at.row * (depth / n) + k0 / n + at.column,
+            live: k0 + at.column * n < depth_end && first_col + at.row < width,
+        }
+    } else {
+        let tile_col_vectors = comptime!(params.tile_cols / n);
+        let k = k0 + at.row;
+        let group = at.column / tile_col_vectors;
+        let col_vector = at.column % tile_col_vectors;
+        Source {
+            index: w_base + k * (params.groups * width / n) + group * (width / n) + col_vector,
+            live: k < depth_end && first_col + col_vector * n < width,
         }
     }
-    source
 }
 
-/// Where this unit's `i`-th A vector goes in shared buffer `buffer`, or -1 if it has none.
+/// Where the A vector `at` goes in shared buffer `buffer`.
 #[cube]
 fn a_destination(
-    i: usize,
+    at: StageVector,
     buffer: usize,
     #[comptime] params: GemmParams,
     #[comptime] n: usize,
-) -> i32 {
-    let v = UNIT_POS as usize + i * params.units();
-    let row_vectors = comptime!(params.stage_depth / n);
-    let mut destination = i32::new(-1);
-    if v < comptime!(params.a_vectors(n)) {
-        destination = i32::cast_from(
-            buffer * comptime!(params.a_stage_vectors(n))
-                + (v / row_vectors) * comptime!(params.a_stride() / n)
-                + v % row_vectors,
-        );
-    }
-    destination
+) -> usize {
+    buffer * comptime!(params.a_stage_vectors(n))
+        + at.row * comptime!(params.a_stride() / n)
+        + at.column
 }
 
-/// Where this unit's `i`-th weight vector goes in shared buffer `buffer`, or -1 if it has none.
+/// Where the weight vector `at` goes in shared buffer `buffer`.
 #[cube]
 fn w_destination(
-    i: usize,
+    at: StageVector,
     buffer: usize,
     #[comptime] params: GemmParams,
     #[comptime] n: usize,
-) -> i32 {
-    let v = UNIT_POS as usize + i * params.units();
-    let row_vectors = comptime!(if params.transposed_weights {
-        params.stage_depth / n
-    } else {
-        params.groups * params.tile_cols / n
-    });
-    let mut destination = i32::new(-1);
-    if v < comptime!(params.w_vectors(n)) {
-        destination = i32::cast_from(
-            buffer * comptime!(params.w_stage_vectors(n))
-                + (v / row_vectors) * comptime!(params.w_stride() / n)
-                + v % row_vectors,
-        );
-    }
-    destination
+) -> usize {
+    buffer * comptime!(params.w_stage_vectors(n))
+        + at.row * comptime!(params.w_stride() / n)
+        + at.column
 }
 
 /// Loads one stage (depth `k0..k0 + stage_depth`, clipped at `depth_end`) of A rows and weight
@@ -421,21 +427,19 @@ fn load_stage<F: Float, N: Size>(
     let n = N::value();
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let source = a_source(a_starts, i, k0, depth_end, params, n);
-        let mut value = Vector::<F, N>::new(F::new(0.0));
-        if source >= 0 {
-            value = a[usize::cast_from(source)];
-        }
-        staged_a[i] = value;
+        let at = a_vector(i, params, n);
+        let mut source = a_source(a_starts, i, at, k0, depth_end, n);
+        source.live = source.live && at.present;
+        staged_a[i] = read_vector::<F, N>(a, source);
     }
     #[unroll]
     for i in 0..comptime!(params.w_loads_per_unit(n)) {
-        let source = w_source(w_base, first_col, width, depth, i, k0, depth_end, params, n);
-        let mut value = Vector::<F, N>::new(F::new(0.0));
-        if source >= 0 {
-            value = weights[usize::cast_from(source)];
-        }
-        staged_w[i] = value;
+        let at = w_vector(i, params, n);
+        let mut source = w_source(
+            w_base, first_col, width, depth, at, k0, depth_end, params, n,
+        );
+        source.live = source.live && at.present;
+        staged_w[i] = read_vector::<F, N>(weights, source);
     }
 }
 
@@ -452,16 +456,16 @@ fn store_stage<F: Float, N: Size>(
     let n = N::value();
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let destination = a_destination(i, buffer, params, n);
-        if destination >= 0 {
-            stage_a[usize::cast_from(destination)] = staged_a[i];
+        let at = a_vector(i, params, n);
+        if at.present {
+            stage_a[a_destination(at, buffer, params, n)] = staged_a[i];
         }
     }
     #[unroll]
     for i in 0..comptime!(params.w_loads_per_unit(n)) {
-        let destination = w_destination(i, buffer, params, n);
-        if destination >= 0 {
-            stage_w[usize::cast_from(destination)] = staged_w[i];
+        let at = w_vector(i, params, n);
+        if at.present {
+            stage_w[w_destination(at, buffer, params, n)] = staged_w[i];
         }
     }
 }
@@ -488,18 +492,25 @@ fn copy_stage<F: Float, N: Size>(
     let n = N::value();
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let destination = a_destination(i, buffer, params, n);
-        if destination >= 0 {
-            let source = a_source(a_starts, i, k0, depth_end, params, n);
-            copy_vector_async::<F, N>(a, source, stage_a, usize::cast_from(destination));
+        let at = a_vector(i, params, n);
+        if at.present {
+            let source = a_source(a_starts, i, at, k0, depth_end, n);
+            copy_vector_async::<F, N>(a, source, stage_a, a_destination(at, buffer, params, n));
         }
     }
     #[unroll]
     for i in 0..comptime!(params.w_loads_per_unit(n)) {
-        let destination = w_destination(i, buffer, params, n);
-        if destination >= 0 {
-            let source = w_source(w_base, first_col, width, depth, i, k0, depth_end, params, n);
-            copy_vector_async::<F, N>(weights, source, stage_w, usize::cast_from(destination));
+        let at = w_vector(i, params, n);
+        if at.present {
+            let source = w_source(
+                w_base, first_col, width, depth, at, k0, depth_end, params, n,
+            );
+            copy_vector_async::<F, N>(
+                weights,
+                source,
+                stage_w,
+                w_destination(at, buffer, params, n),
+            );
         }
     }
 }
@@ -510,6 +521,7 @@ fn multiply_stage<F: Float, N: Size>(
     stage_a: &SharedMemory<Vector<F, N>>,
     stage_w: &SharedMemory<Vector<F, N>>,
     buffer: usize,
+    rows_used: usize,
     fragments: &mut Array<Vector<f32, FragmentAcc>>,
     sums: &mut Array<f32>,
     #[comptime] params: GemmParams,
@@ -518,7 +530,9 @@ fn multiply_stage<F: Float, N: Size>(
     let a_base = buffer * comptime!(params.a_stage_vectors(n));
     let w_base = buffer * comptime!(params.w_stage_vectors(n));
     if comptime!(params.tensor_cores) {
-        tensor_core_stage::<F, N>(stage_a, stage_w, a_base, w_base, fragments, params);
+        tensor_core_stage::<F, N>(
+            stage_a, stage_w, a_base, w_base, rows_used, fragments, params,
+        );
     } else {
         unit_stage::<F, N>(stage_a, stage_w, a_base, w_base, sums, params);
     }

@@ -104,13 +104,17 @@ fn tile_index(params: GemmParams, g: usize, i: usize, j: usize, h: usize) -> usi
 }
 
 /// Multiplies one shared-memory stage (A at `a_base`, weights at `w_base`, in vectors of `N`)
-/// into the plane's accumulators.
+/// into the plane's accumulators. A plane whose rows all lie at or past `rows_used` (the tile's
+/// rows that belong to its expert) skips its MMAs: they would only add zeros, and a nearly empty
+/// last tile of an expert then costs its copies, not its multiplications.
 #[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
 pub fn tensor_core_stage<F: Float, N: Size>(
     stage_a: &SharedMemory<Vector<F, N>>,
     stage_w: &SharedMemory<Vector<F, N>>,
     a_base: usize,
     w_base: usize,
+    rows_used: usize,
     accumulators: &mut Array<Vector<f32, FragmentAcc>>,
     #[comptime] params: GemmParams,
 ) {
@@ -130,79 +134,81 @@ pub fn tensor_core_stage<F: Float, N: Size>(
     let w_stride = comptime!(params.w_stride());
 
     let plane = UNIT_POS as usize / PLANE_UNITS;
-    let lane = UNIT_POS_PLANE as usize;
+    let lane = UNIT_POS as usize % PLANE_UNITS;
     let first_row = (plane / params.warps_n) * rows * MMA_M;
     let first_col = (plane % params.warps_n) * pairs * COLUMN_PAIR;
     // ldmatrix x4: lanes 0-15 give rows 0-15 of the left 8 columns, lanes 16-31 of the right 8.
     let lane_row = lane % 16;
     let lane_col = (lane / 16) * 8;
 
-    #[unroll]
-    for kk in 0..comptime!(params.stage_depth / MMA_K) {
-        let mut a = Array::<Vector<F, FragmentA>>::new(comptime!(rows * a_regs));
+    if first_row < rows_used {
         #[unroll]
-        for i in 0..rows {
-            let start = a_base
-                + ((first_row + i * MMA_M + lane_row) * a_stride + kk * MMA_K + lane_col) / n;
-            let loaded = def.load_matrix::<Vector<F, N>, FragmentA>(
-                &stage_a.slice(start, start + row_vectors),
-                MatrixIdent::A,
-                a_regs,
-                false,
-            );
+        for kk in 0..comptime!(params.stage_depth / MMA_K) {
+            let mut a = Array::<Vector<F, FragmentA>>::new(comptime!(rows * a_regs));
             #[unroll]
-            for v in 0..a_regs {
-                a[i * a_regs + v] = loaded[v];
-            }
-        }
-        #[unroll]
-        for g in 0..params.groups {
-            #[unroll]
-            for j in 0..pairs {
-                // Both layouts give the matrices in the order (columns 0-7, depth 0-7),
-                // (0-7, 8-15), (8-15, 0-7), (8-15, 8-15): the two n8 fragments.
-                let mut start = w_base
-                    + ((kk * MMA_K + lane_row) * w_stride
-                        + g * params.tile_cols
-                        + first_col
-                        + j * COLUMN_PAIR
-                        + lane_col)
-                        / n;
-                if comptime!(params.transposed_weights) {
-                    // Stage `[columns][depth]`: rows are columns, read without transposing.
-                    let col = first_col + j * COLUMN_PAIR + (lane / 16) * 8 + lane % 8;
-                    start = w_base + (col * w_stride + kk * MMA_K + ((lane / 8) % 2) * 8) / n;
-                }
-                let pair = def.load_matrix::<Vector<F, N>, FragmentB>(
-                    &stage_w.slice(start, start + row_vectors),
-                    MatrixIdent::B,
-                    comptime!(2 * b_regs),
-                    comptime!(!params.transposed_weights),
+            for i in 0..rows {
+                let start = a_base
+                    + ((first_row + i * MMA_M + lane_row) * a_stride + kk * MMA_K + lane_col) / n;
+                let loaded = def.load_matrix::<Vector<F, N>, FragmentA>(
+                    &stage_a.slice(start, start + row_vectors),
+                    MatrixIdent::A,
+                    a_regs,
+                    false,
                 );
                 #[unroll]
-                for h in 0..2 {
-                    let mut b = Array::<Vector<F, FragmentB>>::new(b_regs);
-                    #[unroll]
-                    for v in 0..b_regs {
-                        b[v] = pair[h * b_regs + v];
+                for v in 0..a_regs {
+                    a[i * a_regs + v] = loaded[v];
+                }
+            }
+            #[unroll]
+            for g in 0..params.groups {
+                #[unroll]
+                for j in 0..pairs {
+                    // Both layouts give the matrices in the order (columns 0-7, depth 0-7),
+                    // (0-7, 8-15), (8-15, 0-7), (8-15, 8-15): the two n8 fragments.
+                    let mut start = w_base
+                        + ((kk * MMA_K + lane_row) * w_stride
+                            + g * params.tile_cols
+                            + first_col
+                            + j * COLUMN_PAIR
+                            + lane_col)
+                            / n;
+                    if comptime!(params.transposed_weights) {
+                        // Stage `[columns][depth]`: rows are columns, read without transposing.
+                        let col = first_col + j * COLUMN_PAIR + (lane / 16) * 8 + lane % 8;
+                        start = w_base + (col * w_stride + kk * MMA_K + ((lane / 8) % 2) * 8) / n;
                     }
+                    let pair = def.load_matrix::<Vector<F, N>, FragmentB>(
+                        &stage_w.slice(start, start + row_vectors),
+                        MatrixIdent::B,
+                        comptime!(2 * b_regs),
+                        comptime!(!params.transposed_weights),
+                    );
                     #[unroll]
-                    for i in 0..rows {
-                        let mut a_tile = Array::<Vector<F, FragmentA>>::new(a_regs);
+                    for h in 0..2 {
+                        let mut b = Array::<Vector<F, FragmentB>>::new(b_regs);
                         #[unroll]
-                        for v in 0..a_regs {
-                            a_tile[v] = a[i * a_regs + v];
+                        for v in 0..b_regs {
+                            b[v] = pair[h * b_regs + v];
                         }
-                        let base = comptime!(tile_index(params, g, i, j, h) * acc_regs);
-                        let mut c = Array::<Vector<f32, FragmentAcc>>::new(acc_regs);
                         #[unroll]
-                        for v in 0..acc_regs {
-                            c[v] = accumulators[base + v];
-                        }
-                        let d = def.execute(&a_tile, &b, &c);
-                        #[unroll]
-                        for v in 0..acc_regs {
-                            accumulators[base + v] = d[v];
+                        for i in 0..rows {
+                            let mut a_tile = Array::<Vector<F, FragmentA>>::new(a_regs);
+                            #[unroll]
+                            for v in 0..a_regs {
+                                a_tile[v] = a[i * a_regs + v];
+                            }
+                            let base = comptime!(tile_index(params, g, i, j, h) * acc_regs);
+                            let mut c = Array::<Vector<f32, FragmentAcc>>::new(acc_regs);
+                            #[unroll]
+                            for v in 0..acc_regs {
+                                c[v] = accumulators[base + v];
+                            }
+                            let d = def.execute(&a_tile, &b, &c);
+                            #[unroll]
+                            for v in 0..acc_regs {
+                                accumulators[base + v] = d[v];
+                            }
                         }
                     }
                 }
@@ -234,7 +240,7 @@ pub fn tensor_core_epilogue<F: Float, O: Float>(
     let rows = comptime!(row_tiles(params));
     let pairs = comptime!(column_pairs(params));
     let plane = UNIT_POS as usize / PLANE_UNITS;
-    let lane = UNIT_POS_PLANE;
+    let lane = UNIT_POS % comptime!(PLANE_UNITS as u32);
     let plane_row = first_row + (plane / params.warps_n) * rows * MMA_M;
     let plane_col = first_col + (plane % params.warps_n) * pairs * COLUMN_PAIR;
     #[unroll]
