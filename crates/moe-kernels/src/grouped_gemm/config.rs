@@ -207,7 +207,10 @@ impl ExpertGemmConfig {
                 (128, 4, 2),
                 (256, 2, 4),
             ] {
-                if chosen.tile_rows() % (warps_m * super::tensor_cores::MMA_M) != 0 {
+                if !chosen
+                    .tile_rows()
+                    .is_multiple_of(warps_m * super::tensor_cores::MMA_M)
+                {
                     continue;
                 }
                 let variant = |p: GemmParams, cols: usize| GemmParams {

@@ -154,7 +154,7 @@ impl GemmParams {
     /// Why these knobs cannot run with `vector`-wide loads, if they cannot.
     pub fn check(&self, vector: usize) -> Result<(), String> {
         let divides = |what: &str, value: usize, by: usize| {
-            if by == 0 || value % by != 0 {
+            if by == 0 || !value.is_multiple_of(by) {
                 Err(format!("{what} = {value} must be a multiple of {by}"))
             } else {
                 Ok(())
