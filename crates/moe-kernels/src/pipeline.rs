@@ -131,6 +131,18 @@ pub fn stage_vector(
     }
 }
 
+/// Where vector `at` of a stage goes in shared buffer `buffer`: buffers of `stage_vectors`
+/// vectors, rows `stride` vectors apart (padded).
+#[cube]
+pub fn stage_destination(
+    at: StageVector,
+    buffer: usize,
+    #[comptime] stride: usize,
+    #[comptime] stage_vectors: usize,
+) -> usize {
+    buffer * stage_vectors + at.row * stride + at.column
+}
+
 /// One barrier per shared buffer, each expecting every unit of the cube.
 #[cube]
 pub fn stage_barriers(#[comptime] buffers: usize) -> Sequence<Shared<Barrier>> {

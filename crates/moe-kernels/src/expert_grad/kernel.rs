@@ -31,7 +31,7 @@ use super::tensor_cores::{
 };
 use crate::pipeline::{
     Pipeline, Source, StageVector, commit_stage, copy_vector_async, read_vector, stage_barriers,
-    stage_vector, wait_stage,
+    stage_destination, stage_vector, wait_stage,
 };
 
 /// Weight gradient (see the module docs). `a` and `b` are vectorised along their rows (`N` values
@@ -287,18 +287,6 @@ fn b_source(
     }
 }
 
-/// Where vector `at` of a stage goes in shared buffer `buffer` of `stage_vectors` vectors with
-/// rows `stride` vectors apart.
-#[cube]
-fn destination(
-    at: StageVector,
-    buffer: usize,
-    #[comptime] stride: usize,
-    #[comptime] stage_vectors: usize,
-) -> usize {
-    buffer * stage_vectors + at.row * stride + at.column
-}
-
 /// Where the `a` vector `at` goes in shared buffer `buffer`.
 #[cube]
 fn a_destination(
@@ -307,7 +295,7 @@ fn a_destination(
     #[comptime] params: WeightGradParams,
     #[comptime] n: usize,
 ) -> usize {
-    destination(
+    stage_destination(
         at,
         buffer,
         comptime!(params.a_stride() / n),
@@ -323,7 +311,7 @@ fn b_destination(
     #[comptime] params: WeightGradParams,
     #[comptime] n: usize,
 ) -> usize {
-    destination(
+    stage_destination(
         at,
         buffer,
         comptime!(params.b_stride() / n),

@@ -34,7 +34,7 @@ use super::tensor_cores::{
 use super::units::{unit_epilogue, unit_stage};
 use crate::pipeline::{
     Pipeline, Source, StageVector, commit_stage, copy_vector_async, read_vector, stage_barriers,
-    stage_vector, wait_stage,
+    stage_destination, stage_vector, wait_stage,
 };
 
 /// Grouped GEMM (see the module docs). `a` and `weights` are vectorised along their rows (`N`
@@ -348,7 +348,7 @@ fn a_source(
 }
 
 /// Where the weight vector `at` of the stage at depth `k0` comes from: not live past the depth
-/// slice or past `width`.
+/// slice or past `width`, or for a unit without that vector.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
 fn w_source(
@@ -366,7 +366,7 @@ fn w_source(
         // Weights `[E, width, depth]`: each of the tile's columns is a row of the depth.
         Source {
             index: w_base + at.row * (depth / n) + k0 / n + at.column,
-            live: k0 + at.column * n < depth_end && first_col + at.row < width,
+            live: at.present && k0 + at.column * n < depth_end && first_col + at.row < width,
         }
     } else {
         let tile_col_vectors = comptime!(params.tile_cols / n);
@@ -375,7 +375,7 @@ fn w_source(
         let col_vector = at.column % tile_col_vectors;
         Source {
             index: w_base + k * (params.groups * width / n) + group * (width / n) + col_vector,
-            live: k < depth_end && first_col + col_vector * n < width,
+            live: at.present && k < depth_end && first_col + col_vector * n < width,
         }
     }
 }
@@ -388,9 +388,12 @@ fn a_destination(
     #[comptime] params: GemmParams,
     #[comptime] n: usize,
 ) -> usize {
-    buffer * comptime!(params.a_stage_vectors(n))
-        + at.row * comptime!(params.a_stride() / n)
-        + at.column
+    stage_destination(
+        at,
+        buffer,
+        comptime!(params.a_stride() / n),
+        comptime!(params.a_stage_vectors(n)),
+    )
 }
 
 /// Where the weight vector `at` goes in shared buffer `buffer`.
@@ -401,9 +404,12 @@ fn w_destination(
     #[comptime] params: GemmParams,
     #[comptime] n: usize,
 ) -> usize {
-    buffer * comptime!(params.w_stage_vectors(n))
-        + at.row * comptime!(params.w_stride() / n)
-        + at.column
+    stage_destination(
+        at,
+        buffer,
+        comptime!(params.w_stride() / n),
+        comptime!(params.w_stage_vectors(n)),
+    )
 }
 
 /// Loads one stage (depth `k0..k0 + stage_depth`, clipped at `depth_end`) of A rows and weight
@@ -427,18 +433,16 @@ fn load_stage<F: Float, N: Size>(
     let n = N::value();
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let at = a_vector(i, params, n);
-        let mut source = a_source(a_starts, i, at, k0, depth_end, n);
-        source.live = source.live && at.present;
+        // `a_starts` already marks a unit without its i-th vector as not live.
+        let source = a_source(a_starts, i, a_vector(i, params, n), k0, depth_end, n);
         staged_a[i] = read_vector::<F, N>(a, source);
     }
     #[unroll]
     for i in 0..comptime!(params.w_loads_per_unit(n)) {
         let at = w_vector(i, params, n);
-        let mut source = w_source(
+        let source = w_source(
             w_base, first_col, width, depth, at, k0, depth_end, params, n,
         );
-        source.live = source.live && at.present;
         staged_w[i] = read_vector::<F, N>(weights, source);
     }
 }
