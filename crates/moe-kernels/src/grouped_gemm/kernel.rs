@@ -18,8 +18,9 @@
 //! cube-wide barrier per stage either way.
 //! Multiplication: tensor cores (`tensor_cores.rs`: `mma.sync` fed by `ldmatrix`, f32
 //! accumulators in each plane's registers) or, portable (`units.rs`), each unit accumulates
-//! `unit_rows` x `unit_cols` per group in f32 registers. Epilogue: identity, `silu(gate) * up` or `gelu`; rows past the expert's end and
-//! columns past `width` are not stored. With split-K, slice `s` writes its partial sums to
+//! `unit_rows` x `unit_cols` per group in f32 registers. Epilogue: identity, `silu(gate) * up`,
+//! `gelu`, or the SwiGLU backward (gate and up gradients from the hidden gradient and `pre`);
+//! rows past the expert's end and columns past `width` are not stored. With split-K, slice `s` writes its partial sums to
 //! output block `s` (combine adds the blocks). The launcher validates buffer sizes; the kernel
 //! skips tiles whose expert or first row is out of range and loads zeros for gathered tokens out
 //! of range, so a corrupt plan gives wrong numbers, never an access out of bounds.
@@ -47,6 +48,7 @@ use crate::pipeline::{
 pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     a: &Array<Vector<F, N>>, // [rows of a, depth]: x [T, d] (gather) or hidden [P, depth]
     weights: &Array<Vector<F, N>>, // [E, depth, groups * width]
+    pre: &Array<F>,          // [P, 2 * width] gate and up pre-activations (SwiGluBackward)
     routed_pairs: &Array<I>, // [P] pair of each row (gather: token = pair / slots)
     expert_offsets: &Array<I>, // [E + 1]
     tiles: &Array<I>,        // [max_tiles, 2]: (expert, first row)
@@ -257,11 +259,11 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     let out_offset = CUBE_POS_Y as usize * num_pairs * width;
     if comptime!(params.tensor_cores) {
         tensor_core_epilogue::<F, O>(
-            &fragments, output, first_row, row_end, first_col, width, out_offset, params,
+            &fragments, pre, output, first_row, row_end, first_col, width, out_offset, params,
         );
     } else {
-        unit_epilogue::<O>(
-            &sums, output, first_row, row_end, first_col, width, out_offset, params,
+        unit_epilogue::<F, O>(
+            &sums, pre, output, first_row, row_end, first_col, width, out_offset, params,
         );
     }
 }
@@ -543,10 +545,12 @@ fn multiply_stage<F: Float, N: Size>(
 }
 
 /// Applies the epilogue to one output element (`value`, and `up` for SwiGLU) and stores it, if
-/// its row belongs to the tile's expert and its column exists.
+/// its row belongs to the tile's expert and its column exists. The SwiGLU backward reads the
+/// element's gate and up pre-activations from `pre` and stores both gradients.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
-pub fn write_output<O: Float>(
+pub fn write_output<F: Float, O: Float>(
+    pre: &Array<F>,
     output: &mut Array<O>,
     row: usize,
     row_end: usize,
@@ -565,6 +569,17 @@ pub fn write_output<O: Float>(
         if comptime!(params.epilogue == Epilogue::Gelu) {
             result = 0.5 * value * (1.0 + Erf::erf(value * std::f32::consts::FRAC_1_SQRT_2));
         }
-        output[out_offset + row * width + col] = O::cast_from(result);
+        if comptime!(params.epilogue == Epilogue::SwiGluBackward) {
+            // silu'(g) = s(g) (1 + g (1 - s(g))); d_gate = d_h up silu'(g), d_up = d_h silu(g).
+            let at = row * 2 * width + col;
+            let gate = f32::cast_from(pre[at]);
+            let up = f32::cast_from(pre[at + width]);
+            let sigmoid = 1.0 / (1.0 + f32::exp(-gate));
+            output[out_offset + at] =
+                O::cast_from(value * up * sigmoid * (1.0 + gate * (1.0 - sigmoid)));
+            output[out_offset + at + width] = O::cast_from(value * gate * sigmoid);
+        } else {
+            output[out_offset + row * width + col] = O::cast_from(result);
+        }
     }
 }

@@ -6,7 +6,7 @@ use cubecl::server::Handle;
 
 use super::config::ExpertGemmConfig;
 use super::kernel::grouped_gemm;
-use super::params::GemmParams;
+use super::params::{Epilogue, GemmParams};
 use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
 use crate::buffer::expect_len;
 use crate::dispatch::DispatchOnDevice;
@@ -125,6 +125,7 @@ pub fn input_projection_into<R: Runtime, F: Float + CubeElement, I: Int + CubeEl
         a: x,
         a_rows: shape.num_tokens,
         weights: w_in,
+        pre: None,
         depth: shape.d_model,
         width: shape.width,
         output: hidden,
@@ -174,6 +175,7 @@ pub fn output_projection_into<R: Runtime, F: Float + CubeElement, I: Int + CubeE
         a: hidden,
         a_rows: shape.num_pairs(),
         weights: w_out,
+        pre: None,
         depth: shape.width,
         width: shape.d_model,
         output: rows,
@@ -196,11 +198,14 @@ pub struct ExpertOperands<'a> {
     pub a_rows: usize,
     /// `[E, depth, groups * width]`, or `[E, width, depth]` transposed.
     pub weights: &'a Handle,
+    /// `[P, 2 * width]`: the gate and up pre-activations the SwiGLU backward's epilogue reads
+    /// (`None` for the other epilogues).
+    pub pre: Option<&'a Handle>,
     /// Reduction length.
     pub depth: usize,
     /// Output columns.
     pub width: usize,
-    /// `[split_k, P, width]` of the output type.
+    /// `[split_k, P, width]` of the output type (`[P, 2 * width]` for the SwiGLU backward).
     pub output: &'a Handle,
 }
 
@@ -235,6 +240,10 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
     let tiles = max_tiles(num_pairs, shape.num_experts, plan.tile_rows);
     let col_blocks = operands.width.div_ceil(params.tile_cols);
     let weights_len = weights_len(operands, shape, params);
+    let pre_len = match operands.pre {
+        Some(_) => 2 * num_pairs * operands.width,
+        None => 1,
+    };
     // SAFETY: `validate` checked every buffer against these sizes; the kernel reads `a` rows
     // below `a_rows` (gathered rows are tokens of routed pairs), weights of experts below E,
     // and writes rows below P of block `split` < split_k.
@@ -249,14 +258,13 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
                 operands.a_rows * operands.depth / vector,
             ),
             ArrayArg::from_raw_parts(operands.weights.clone(), weights_len / vector),
+            // The other epilogues never read `pre`: any buffer of the float type serves.
+            ArrayArg::from_raw_parts(operands.pre.unwrap_or(operands.a).clone(), pre_len),
             ArrayArg::from_raw_parts(plan.routed_pairs.clone(), num_pairs),
             ArrayArg::from_raw_parts(plan.expert_offsets.clone(), shape.num_experts + 1),
             ArrayArg::from_raw_parts(plan.tiles.clone(), 2 * tiles),
             ArrayArg::from_raw_parts(plan.num_tiles.clone(), 1),
-            ArrayArg::from_raw_parts(
-                operands.output.clone(),
-                params.split_k * num_pairs * operands.width,
-            ),
+            ArrayArg::from_raw_parts(operands.output.clone(), output_len(operands, shape, params)),
             operands.a_rows,
             operands.depth,
             operands.width,
@@ -268,6 +276,12 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
         );
     }
     Ok(())
+}
+
+/// Elements of the output: `[split_k, P, width]`, with both gradients per column for the SwiGLU
+/// backward.
+fn output_len(operands: &ExpertOperands, shape: ExpertShape, params: &GemmParams) -> usize {
+    params.split_k * shape.num_pairs() * operands.width * params.epilogue.output_groups()
 }
 
 /// Elements of the weights of all experts.
@@ -322,9 +336,21 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
     expect_len(
         operands.output,
         "output",
-        params.split_k * num_pairs * operands.width,
+        output_len(operands, shape, params),
         size_of::<O>(),
     )?;
+    match (operands.pre, params.epilogue == Epilogue::SwiGluBackward) {
+        (Some(pre), true) => expect_len(pre, "pre", 2 * num_pairs * operands.width, elem)?,
+        (None, false) => {}
+        (pre, _) => {
+            return Err(InvalidValue::new(
+                "pre",
+                if pre.is_some() { "given" } else { "missing" },
+                "the SwiGLU backward's epilogue, and only it, reads the pre-activations",
+            )
+            .into());
+        }
+    }
     let int = size_of::<I>();
     let tiles = max_tiles(num_pairs, shape.num_experts, plan.tile_rows);
     expect_len(&plan.routed_pairs, "routed_pairs", num_pairs, int)?;
@@ -368,7 +394,7 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
     }
     // Indices are 32-bit: every vector and output index must fit.
     let largest = (weights_len / vector)
-        .max(params.split_k * num_pairs * operands.width)
+        .max(output_len(operands, shape, params))
         .max(operands.a_rows * operands.depth / vector);
     if largest >= i32::MAX as usize {
         return unsupported(format!("{largest} elements exceed 32-bit indexing"));

@@ -19,6 +19,11 @@ pub enum Epilogue {
     SwiGlu,
     /// `gelu(x)` (exact, with erf).
     Gelu,
+    /// The SwiGLU backward, fused into the GEMM through `w_out` transposed: the product is the
+    /// gradient of a hidden element, and the epilogue reads the row's gate and up
+    /// pre-activations (`[P, 2 * width]`) and writes the gradients of both, into an output of
+    /// the same layout.
+    SwiGluBackward,
 }
 
 impl Epilogue {
@@ -26,7 +31,15 @@ impl Epilogue {
     pub fn groups(&self) -> usize {
         match self {
             Epilogue::SwiGlu => 2,
-            Epilogue::Identity | Epilogue::Gelu => 1,
+            Epilogue::Identity | Epilogue::Gelu | Epilogue::SwiGluBackward => 1,
+        }
+    }
+
+    /// Output columns per product column (the SwiGLU backward writes gate and up gradients).
+    pub fn output_groups(&self) -> usize {
+        match self {
+            Epilogue::SwiGluBackward => 2,
+            Epilogue::Identity | Epilogue::SwiGlu | Epilogue::Gelu => 1,
         }
     }
 }

@@ -71,6 +71,41 @@ pub fn transposed_projection(
     out
 }
 
+/// The gradient of every routed row's pre-activations from the gradient of its output row, in
+/// f64: `d_hidden = d_rows[row] @ w_out[e]^T` through the SwiGLU's derivative at the row's
+/// gate and up pre-activations `pre`. The derivative is taken by central differences of
+/// [`Activation::hidden_f64`], so the specification is the forward's alone.
+///
+/// Shapes: `d_rows` `[>= S, d]` and `pre` `[>= S, 2F]` in dispatch order, `w_out` `[E, F, d]`;
+/// returns `[S, 2F]` (gate gradients, then up gradients, per row).
+pub fn swiglu_pre_gradient(
+    d_rows: &[f32],
+    w_out: &[f32],
+    pre: &[f32],
+    plan: &DispatchPlan,
+    d_model: usize,
+    width: usize,
+) -> Vec<f64> {
+    let hidden = |gate: f64, up: f64| Activation::SwiGlu.hidden_f64(&[gate, up], 1)[0];
+    let step = 1e-6;
+    let d_hidden = transposed_projection(d_rows, w_out, plan, d_model, width);
+    let mut d_pre = Vec::with_capacity(d_hidden.len() * 2);
+    for (row, d_h) in d_hidden.chunks(width).enumerate() {
+        let pre = &pre[row * 2 * width..(row + 1) * 2 * width];
+        let (gates, ups) = pre.split_at(width);
+        let points = || gates.iter().zip(ups).zip(d_h);
+        d_pre.extend(points().map(|((&g, &u), d)| {
+            let (g, u) = (g as f64, u as f64);
+            d * (hidden(g + step, u) - hidden(g - step, u)) / (2.0 * step)
+        }));
+        d_pre.extend(points().map(|((&g, &u), d)| {
+            let (g, u) = (g as f64, u as f64);
+            d * (hidden(g, u + step) - hidden(g, u - step)) / (2.0 * step)
+        }));
+    }
+    d_pre
+}
+
 /// `rows[row] = hidden[row] @ w_out[e]` for every routed row, in f64.
 ///
 /// Shapes: `hidden` `[S, F]` in dispatch order, `w_out` `[E, F, d]`; returns `[S, d]`.

@@ -222,6 +222,7 @@ pub fn tensor_core_stage<F: Float, N: Size>(
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
 pub fn tensor_core_epilogue<F: Float, O: Float>(
     accumulators: &Array<Vector<f32, FragmentAcc>>,
+    pre: &Array<F>,
     output: &mut Array<O>,
     first_row: usize,
     row_end: usize,
@@ -260,7 +261,8 @@ pub fn tensor_core_epilogue<F: Float, O: Float>(
                             comptime!((v * acc_width + e) as u32),
                             MatrixIdent::Accumulator,
                         );
-                        write_output::<O>(
+                        write_output::<F, O>(
+                            pre,
                             output,
                             plane_row + i * MMA_M + row as usize,
                             row_end,

@@ -7,10 +7,10 @@ use half::{bf16, f16};
 
 use super::reference::{
     input_projection as reference_input, output_projection as reference_output, pre_activation,
-    transposed_projection,
+    swiglu_pre_gradient, transposed_projection,
 };
 use super::{
-    ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, Pipeline, expert_matmul,
+    Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, Pipeline, expert_matmul,
     has_tensor_cores, input_projection_into, multiprocessors, output_projection_into,
 };
 use crate::dispatch::DispatchOnDevice;
@@ -204,8 +204,9 @@ fn check_projections<R: Runtime, F: HostFloat>(
 }
 
 /// The training path's projections: pre-activations (gather, no activation), then both input
-/// gradients through transposed weights, each fed the previous kernel output (rows past S still
-/// poisoned: they must not be read).
+/// gradients through transposed weights and (SwiGLU) the pre-activations' gradient with the
+/// activation's backward fused into the epilogue, each fed the previous kernel output (rows past
+/// S still poisoned: they must not be read).
 fn check_backward_projections<R: Runtime, F: HostFloat>(
     client: &ComputeClient<R>,
     batch: &Batch,
@@ -225,12 +226,21 @@ fn check_backward_projections<R: Runtime, F: HostFloat>(
     let rows = batch.plan.num_rows();
     let columns = activation.input_columns(width);
     let plan = batch.upload_plan(client);
-    let run = |a: &[f32], a_rows, weights: &[f32], depth, width, params: &GemmParams| {
-        let output = upload(client, &vec![F::from_f32(POISON); pairs * width]);
+    let run_with = |a: &[f32],
+                    a_rows,
+                    weights: &[f32],
+                    depth,
+                    width,
+                    params: &GemmParams,
+                    pre: Option<&[f32]>| {
+        let outputs = params.epilogue.output_groups();
+        let output = upload(client, &vec![F::from_f32(POISON); pairs * width * outputs]);
+        let pre = pre.map(|pre| upload(client, &to_device::<F>(pre)));
         let operands = ExpertOperands {
             a: &upload(client, &to_device::<F>(a)),
             a_rows,
             weights: &upload(client, &to_device::<F>(weights)),
+            pre: pre.as_ref(),
             depth,
             width,
             output: &output,
@@ -241,6 +251,9 @@ fn check_backward_projections<R: Runtime, F: HostFloat>(
             .into_iter()
             .map(F::to_host)
             .collect::<Vec<f32>>()
+    };
+    let run = |a: &[f32], a_rows, weights: &[f32], depth, width, params: &GemmParams| {
+        run_with(a, a_rows, weights, depth, width, params, None)
     };
 
     let pre = run(
@@ -265,6 +278,25 @@ fn check_backward_projections<R: Runtime, F: HostFloat>(
     let want = transposed_projection(rows_out, &batch.w_out, &batch.plan, d_model, width);
     let label = format!("{context} rows @ w_out^T");
     assert_written_and_close(&d_hidden, &want, rows * width, F::TOLERANCE, &label);
+
+    if activation == Activation::SwiGlu {
+        let fused = GemmParams {
+            epilogue: Epilogue::SwiGluBackward,
+            ..transposed
+        };
+        let d_pre = run_with(
+            rows_out,
+            pairs,
+            &batch.w_out,
+            d_model,
+            width,
+            &fused,
+            Some(&pre),
+        );
+        let want = swiglu_pre_gradient(rows_out, &batch.w_out, &pre, &batch.plan, d_model, width);
+        let label = format!("{context} SwiGLU backward of rows @ w_out^T");
+        assert_written_and_close(&d_pre, &want, rows * columns, F::TOLERANCE, &label);
+    }
 
     let d_rows = run(&pre, pairs, &batch.w_in, columns, d_model, &transposed);
     let want = transposed_projection(&pre, &batch.w_in, &batch.plan, columns, d_model);

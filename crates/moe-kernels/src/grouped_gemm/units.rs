@@ -75,8 +75,9 @@ pub fn unit_stage<F: Float, N: Size>(
 /// Writes the portable path's register sums through the epilogue.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
-pub fn unit_epilogue<O: Float>(
+pub fn unit_epilogue<F: Float, O: Float>(
     sums: &Array<f32>,
+    pre: &Array<F>,
     output: &mut Array<O>,
     first_row: usize,
     row_end: usize,
@@ -98,7 +99,8 @@ pub fn unit_epilogue<O: Float>(
             if comptime!(params.groups == 2) {
                 up = sums[comptime!((rows + i) * cols + j)];
             }
-            write_output::<O>(
+            write_output::<F, O>(
+                pre,
                 output,
                 unit_row + i,
                 row_end,

@@ -21,14 +21,15 @@ use moe_kernels::dispatch::reference::max_tiles;
 use moe_kernels::dispatch::{DispatchOnDevice, dispatch};
 use moe_kernels::expert_grad::{WeightGradShape, expert_weight_grad, weight_grad_config};
 use moe_kernels::grouped_gemm::{
-    ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, device_config, expert_matmul,
-    input_projection, output_projection,
+    Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, device_config,
+    expert_matmul, input_projection, output_projection,
 };
 use moe_kernels::route::route;
 use moe_kernels::{Activation, KernelError, RoutingPolicy};
 
 use super::fallback::note_fallback;
 use super::{Dispatch, ExpertRows, MoeBackend, Routing, tensor_ops};
+use crate::feed_forward::activate_backward;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
@@ -147,59 +148,34 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         weights: Tensor<Self, 3>,
         transposed: bool,
     ) -> Tensor<Self, 2> {
-        let [a_rows, depth] = a.dims();
-        let [num_experts, rows_dim, cols_dim] = weights.dims();
-        let width = if transposed { rows_dim } else { cols_dim };
-        let [num_tokens, slots] = dispatch.row_of_pair.dims();
-        let shape = ExpertShape {
-            num_tokens,
-            slots,
-            num_experts,
-            d_model: depth,
-            width,
-        };
-        let (input, w) = (contiguous_float(&a), contiguous_float(&weights));
-        let client = &input.client;
-        let dtype = input.dtype;
-        // Every projection of a batch shares the dispatch's tile rows; the size rule gives
-        // them from the routed rows alone, whatever the widths.
-        let config = expert_config::<R>(client, &shape, Activation::Gelu, dtype);
-        let params = match (gather, transposed) {
-            (true, false) => config.pre_activation(),
-            (false, false) => GemmParams {
-                split_k: 1,
-                ..config.output
-            },
-            (_, true) => GemmParams {
-                gather,
-                ..config.transposed()
-            },
-        };
-        let plan = plan_on_device(dispatch);
-        let output = client.empty(shape.num_pairs() * width * dtype.size());
-        let operands = ExpertOperands {
-            a: &input.handle,
-            a_rows,
-            weights: &w.handle,
-            depth,
-            width,
-            output: &output,
-        };
-        let launched = if w.dtype != dtype {
-            Err(KernelError::Unsupported(format!(
-                "mixed float types: a {dtype:?}, weights {:?}",
-                w.dtype
-            )))
-        } else {
-            with_float_kernel!(dtype, K => expert_matmul::<R, K, K, I>(
-                client, &operands, &plan, shape, &params,
-            ), else Err(unsupported_dtype("a", dtype)))
-        };
-        match launched {
-            Ok(()) => float_tensor(&input, output, [shape.num_pairs(), width], dtype),
+        match kernel_expert_matmul(&a, gather, dispatch, &weights, transposed, None) {
+            Ok(output) => output,
             Err(error) => {
                 fall_back("expert matmul", error);
                 tensor_ops::expert_matmul(a, gather, dispatch, weights, transposed)
+            }
+        }
+    }
+
+    /// SwiGLU: one grouped GEMM with the activation's backward in its epilogue. GELU keeps the
+    /// GEMM and the derivative as tensor ops (no fused epilogue for it).
+    fn moe_expert_pre_grad(
+        d_rows: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        w_out: Tensor<Self, 3>,
+        pre: Tensor<Self, 2>,
+        activation: Activation,
+    ) -> Tensor<Self, 2> {
+        if activation != Activation::SwiGlu {
+            let d_hidden = Self::moe_expert_matmul(d_rows, false, dispatch, w_out, true);
+            return activate_backward(pre, d_hidden, activation);
+        }
+        match kernel_expert_matmul(&d_rows, false, dispatch, &w_out, true, Some(&pre)) {
+            Ok(d_pre) => d_pre,
+            Err(error) => {
+                fall_back("expert SwiGLU backward", error);
+                let d_hidden = tensor_ops::expert_matmul(d_rows, false, dispatch, w_out, true);
+                activate_backward(pre, d_hidden, activation)
             }
         }
     }
@@ -361,6 +337,80 @@ pub(crate) fn kernel_experts<R: CubeRuntime, F: FloatElement, I: IntElement, BT:
     Ok(ExpertRows {
         blocks: float_tensor(&input, rows.rows, blocks, dtype),
     })
+}
+
+/// [`MoeBackend::moe_expert_matmul`] on the kernels; with `pre` (`[P, 2F]`, weights `w_out`
+/// transposed), the SwiGLU backward fused into the epilogue: the result is then the
+/// pre-activations' gradient, `[P, 2F]`.
+fn kernel_expert_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    a: &Tensor<Cube<R, F, I, BT>, 2>,
+    gather: bool,
+    dispatch: &Dispatch<Cube<R, F, I, BT>>,
+    weights: &Tensor<Cube<R, F, I, BT>, 3>,
+    transposed: bool,
+    pre: Option<&Tensor<Cube<R, F, I, BT>, 2>>,
+) -> Result<Tensor<Cube<R, F, I, BT>, 2>, KernelError> {
+    let [a_rows, depth] = a.dims();
+    let [num_experts, rows_dim, cols_dim] = weights.dims();
+    let width = if transposed { rows_dim } else { cols_dim };
+    let [num_tokens, slots] = dispatch.row_of_pair.dims();
+    let shape = ExpertShape {
+        num_tokens,
+        slots,
+        num_experts,
+        d_model: depth,
+        width,
+    };
+    let (input, w) = (contiguous_float(a), contiguous_float(weights));
+    let pre = pre.map(contiguous_float);
+    let client = &input.client;
+    let dtype = input.dtype;
+    // Every projection of a batch shares the dispatch's tile rows; the size rule gives them
+    // from the routed rows alone, whatever the widths.
+    let config = expert_config::<R>(client, &shape, Activation::Gelu, dtype);
+    let mut params = match (gather, transposed) {
+        (true, false) => config.pre_activation(),
+        (false, false) => GemmParams {
+            split_k: 1,
+            ..config.output
+        },
+        (_, true) => GemmParams {
+            gather,
+            ..config.transposed()
+        },
+    };
+    if pre.is_some() {
+        params.epilogue = Epilogue::SwiGluBackward;
+    }
+    let columns = width * params.epilogue.output_groups();
+    for (name, other) in [("weights", Some(&w)), ("pre", pre.as_ref())] {
+        if let Some(other) = other.filter(|other| other.dtype != dtype) {
+            return Err(KernelError::Unsupported(format!(
+                "mixed float types: a {dtype:?}, {name} {:?}",
+                other.dtype
+            )));
+        }
+    }
+    let plan = plan_on_device(dispatch);
+    let output = client.empty(shape.num_pairs() * columns * dtype.size());
+    let operands = ExpertOperands {
+        a: &input.handle,
+        a_rows,
+        weights: &w.handle,
+        pre: pre.as_ref().map(|pre| &pre.handle),
+        depth,
+        width,
+        output: &output,
+    };
+    with_float_kernel!(dtype, K => expert_matmul::<R, K, K, I>(
+        client, &operands, &plan, shape, &params,
+    ), else Err(unsupported_dtype("a", dtype)))?;
+    Ok(float_tensor(
+        &input,
+        output,
+        [shape.num_pairs(), columns],
+        dtype,
+    ))
 }
 
 /// The size rule's tiles for `shape` in `dtype` on this device (tensor cores where it has them

@@ -4,8 +4,9 @@
 //! (kept), `rows = hidden @ w_out[e]`. Backward from `d_rows` (`[P, d]`, dispatch order):
 //! - `d_w_out[e] = hidden_e^T d_rows_e`, `d_w_in[e] = x_e^T d_pre_e`: per-expert reductions over
 //!   the expert's rows ([`MoeBackend::moe_expert_weight_grad`]), deterministic;
-//! - `d_hidden = d_rows @ w_out[e]^T`, `d_pre = act'(pre, d_hidden)`,
-//!   `d_token_rows = d_pre @ w_in[e]^T` (grouped GEMMs through the transposed weights);
+//! - `d_pre = act'(pre, d_rows @ w_out[e]^T)` ([`MoeBackend::moe_expert_pre_grad`]: the kernels
+//!   fuse SwiGLU's backward into the GEMM's epilogue), `d_token_rows = d_pre @ w_in[e]^T`
+//!   (grouped GEMMs through the transposed weights);
 //! - `d_x[t] = sum over t's slots of d_token_rows[row]`: the gather's backward is a combine with
 //!   weight 1 per used slot, so it is deterministic too.
 //!
@@ -21,7 +22,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use moe_kernels::Activation;
 
 use super::{Dispatch, ExpertRows, MoeBackend};
-use crate::feed_forward::{activate, activate_backward};
+use crate::feed_forward::activate;
 
 /// What the backward needs from the forward, as tensors of the inner backend.
 #[derive(Clone, Debug)]
@@ -65,8 +66,8 @@ impl<B: MoeBackend> Backward<B, 3> for ExpertsBackward {
         if x_node.is_none() && w_in_node.is_none() {
             return;
         }
-        let d_hidden = B::moe_expert_matmul(d_rows, false, dispatch, saved.w_out, true); // [P, F]
-        let d_pre = activate_backward(saved.pre, d_hidden, saved.activation); // [P, cF]
+        let d_pre =
+            B::moe_expert_pre_grad(d_rows, dispatch, saved.w_out, saved.pre, saved.activation); // [P, cF]
         if let Some(node) = w_in_node {
             let grad = B::moe_expert_weight_grad(saved.x, true, d_pre.clone(), dispatch);
             grads.register::<B>(node.id, grad.into_primitive().tensor());

@@ -32,6 +32,7 @@ use burn::tensor::{DType, Int, Tensor};
 use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::{Activation, RoutingPolicy};
 
+use crate::feed_forward::activate_backward;
 pub(crate) use fallback::note_fallback;
 pub use fallback::{Fallback, take_fallbacks};
 pub use outputs::{Dispatch, ExpertRows, Routing};
@@ -107,6 +108,24 @@ pub trait MoeBackend: Backend {
         transposed: bool,
     ) -> Tensor<Self, 2> {
         tensor_ops::expert_matmul(a, gather, dispatch, weights, transposed)
+    }
+
+    /// The gradient of every routed row's input projection (before the activation) from the
+    /// gradient of its output row: `activation'(pre[row])` applied to `d_rows[row] @ w_out[e]^T`,
+    /// `[P, input_columns(F)]` in dispatch order, rows past S unspecified. The kernels fuse the
+    /// SwiGLU backward into the GEMM's epilogue, so the hidden gradient is never stored.
+    ///
+    /// # Shapes
+    /// - `d_rows`: `[P, d]`; `w_out`: `[E, F, d]`; `pre`: `[P, input_columns(F)]`
+    fn moe_expert_pre_grad(
+        d_rows: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        w_out: Tensor<Self, 3>,
+        pre: Tensor<Self, 2>,
+        activation: Activation,
+    ) -> Tensor<Self, 2> {
+        let d_hidden = Self::moe_expert_matmul(d_rows, false, dispatch, w_out, true);
+        activate_backward(pre, d_hidden, activation)
     }
 
     /// `grad[e] = sum over the rows of e of outer(a[source of row], b[row])` (sources as in
