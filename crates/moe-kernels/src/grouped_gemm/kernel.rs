@@ -20,10 +20,11 @@
 //! accumulators in each plane's registers) or, portable (`units.rs`), each unit accumulates
 //! `unit_rows` x `unit_cols` per group in f32 registers. Epilogue: identity, `silu(gate) * up`,
 //! `gelu`, or the SwiGLU backward (gate and up gradients from the hidden gradient and `pre`);
-//! rows past the expert's end and columns past `width` are not stored. With split-K, slice `s` writes its partial sums to
-//! output block `s` (combine adds the blocks). The launcher validates buffer sizes; the kernel
-//! skips tiles whose expert or first row is out of range and loads zeros for gathered tokens out
-//! of range, so a corrupt plan gives wrong numbers, never an access out of bounds.
+//! rows past the expert's end and columns past `width` are not stored. With split-K, slice `s`
+//! writes its partial sums to output block `s` (combine adds the blocks). The launcher
+//! validates buffer sizes; the kernel skips tiles whose expert or first row is out of range and
+//! loads zeros for gathered tokens out of range, so a corrupt plan gives wrong numbers, never an
+//! access out of bounds.
 
 use cubecl::prelude::*;
 

@@ -246,7 +246,8 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
     };
     // SAFETY: `validate` checked every buffer against these sizes; the kernel reads `a` rows
     // below `a_rows` (gathered rows are tokens of routed pairs), weights of experts below E,
-    // and writes rows below P of block `split` < split_k.
+    // `pre` rows below P (SwiGLU backward only), and writes rows below P of block
+    // `split` < split_k.
     unsafe {
         grouped_gemm::launch_unchecked::<F, O, I, R>(
             client,

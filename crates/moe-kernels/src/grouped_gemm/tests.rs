@@ -676,6 +676,24 @@ pub fn grouped_gemm_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) 
         run(batch.shape, &odd_tiles, &x, &plan),
         KernelError::Unsupported(_)
     ));
+    // The SwiGLU backward's epilogue without the pre-activations it reads.
+    let pairs = batch.shape.num_pairs();
+    let backward = GemmParams {
+        epilogue: Epilogue::SwiGluBackward,
+        ..config.transposed()
+    };
+    let operands = ExpertOperands {
+        a: &upload(&client, &vec![0.5f32; pairs * 16]),
+        a_rows: pairs,
+        weights: &upload(&client, &batch.w_out),
+        pre: None,
+        depth: 16,
+        width: 8,
+        output: &upload(&client, &vec![0.5f32; pairs * 2 * 8]),
+    };
+    let error =
+        expert_matmul::<R, f32, f32, i32>(&client, &operands, &plan, batch.shape, &backward);
+    assert!(message(error.unwrap_err()).contains("pre = missing"));
 }
 
 crate::runtime_tests!(
