@@ -28,8 +28,7 @@ use moe_kernels::route::route;
 use moe_kernels::{Activation, KernelError, RoutingPolicy};
 
 use super::fallback::note_fallback;
-use super::{Dispatch, ExpertRows, MoeBackend, Routing, tensor_ops};
-use crate::feed_forward::activate_backward;
+use super::{Dispatch, ExpertRows, MoeBackend, Routing, tensor_ops, unfused_pre_grad};
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
@@ -157,8 +156,9 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         }
     }
 
-    /// SwiGLU: one grouped GEMM with the activation's backward in its epilogue. GELU keeps the
-    /// GEMM and the derivative as tensor ops (no fused epilogue for it).
+    /// SwiGLU: one grouped GEMM with the activation's backward in its epilogue. GELU (no fused
+    /// epilogue) and a fused launch that falls back take the GEMM kernel, then the derivative
+    /// as tensor ops.
     fn moe_expert_pre_grad(
         d_rows: Tensor<Self, 2>,
         dispatch: &Dispatch<Self>,
@@ -166,18 +166,13 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         pre: Tensor<Self, 2>,
         activation: Activation,
     ) -> Tensor<Self, 2> {
-        if activation != Activation::SwiGlu {
-            let d_hidden = Self::moe_expert_matmul(d_rows, false, dispatch, w_out, true);
-            return activate_backward(pre, d_hidden, activation);
-        }
-        match kernel_expert_matmul(&d_rows, false, dispatch, &w_out, true, Some(&pre)) {
-            Ok(d_pre) => d_pre,
-            Err(error) => {
-                fall_back("expert SwiGLU backward", error);
-                let d_hidden = tensor_ops::expert_matmul(d_rows, false, dispatch, w_out, true);
-                activate_backward(pre, d_hidden, activation)
+        if activation == Activation::SwiGlu {
+            match kernel_expert_matmul(&d_rows, false, dispatch, &w_out, true, Some(&pre)) {
+                Ok(d_pre) => return d_pre,
+                Err(error) => fall_back("expert SwiGLU backward", error),
             }
         }
+        unfused_pre_grad(d_rows, dispatch, w_out, pre, activation)
     }
 
     fn moe_expert_weight_grad(

@@ -124,8 +124,7 @@ pub trait MoeBackend: Backend {
         pre: Tensor<Self, 2>,
         activation: Activation,
     ) -> Tensor<Self, 2> {
-        let d_hidden = Self::moe_expert_matmul(d_rows, false, dispatch, w_out, true);
-        activate_backward(pre, d_hidden, activation)
+        unfused_pre_grad(d_rows, dispatch, w_out, pre, activation)
     }
 
     /// `grad[e] = sum over the rows of e of outer(a[source of row], b[row])` (sources as in
@@ -151,6 +150,19 @@ pub trait MoeBackend: Backend {
     ) -> Tensor<Self, 2> {
         tensor_ops::combine(rows, weights, dispatch)
     }
+}
+
+/// [`MoeBackend::moe_expert_pre_grad`] as two steps: the GEMM through the transposed weights,
+/// then the activation's derivative as tensor ops.
+fn unfused_pre_grad<B: MoeBackend>(
+    d_rows: Tensor<B, 2>,
+    dispatch: &Dispatch<B>,
+    w_out: Tensor<B, 3>,
+    pre: Tensor<B, 2>,
+    activation: Activation,
+) -> Tensor<B, 2> {
+    let d_hidden = B::moe_expert_matmul(d_rows, false, dispatch, w_out, true);
+    activate_backward(pre, d_hidden, activation)
 }
 
 /// A training backend whose inner (inference) backend also runs the MoE layer.
