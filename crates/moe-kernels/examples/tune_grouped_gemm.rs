@@ -1,7 +1,15 @@
-//! Times every tile candidate of the grouped GEMM on the benchmark's shapes (CUDA, bf16) and
-//! prints a table per shape: how the size rule's table in `grouped_gemm/config.rs` was chosen.
+//! Times every tile candidate of the grouped GEMMs on the benchmark's shapes (CUDA, bf16) and
+//! prints a table per shape: how the size rules of `grouped_gemm/config.rs` and
+//! `expert_grad/params.rs` were chosen.
 //!
-//! `cargo run --release -p moe-kernels --example tune_grouped_gemm [-- <shape filters>... [--only <candidate text>]]`
+//! `cargo run --release -p moe-kernels --example tune_grouped_gemm [-- <shape filters>...
+//! [--only <candidate text>] [--ops <op>,...]]`
+//!
+//! Ops: `gemm1`, `gemm2` (the forward's projections), `pre` (the training forward's
+//! pre-activations), `dhidden` (`d_rows @ w_out^T` with the identity epilogue and with the fused
+//! SwiGLU backward, same tiles: what the fusion costs inside the GEMM), `dtokens`
+//! (`d_pre @ w_in^T`), `wgrad_in`, `wgrad_out` (the weight gradients' candidates): with the
+//! forward's `gemm2` at the rule's tiles, every GEMM of a training step. Without `--ops`: all.
 
 use std::time::Duration;
 
@@ -11,8 +19,10 @@ use half::bf16;
 use moe_kernels::Activation;
 use moe_kernels::dispatch::DispatchOnDevice;
 use moe_kernels::dispatch::reference::plan;
+use moe_kernels::expert_grad::{WeightGradParams, WeightGradShape, expert_weight_grad};
 use moe_kernels::grouped_gemm::{
-    ExpertGemmConfig, ExpertShape, GemmParams, input_projection, multiprocessors, output_projection,
+    Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, expert_matmul,
+    input_projection, multiprocessors, output_projection,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -40,6 +50,25 @@ fn main() {
         }
         _ => String::new(),
     };
+    let ops: Vec<String> = match filters.iter().position(|a| a == "--ops") {
+        Some(at) if at + 1 < filters.len() => {
+            let list = filters.remove(at + 1);
+            filters.remove(at);
+            list.split(',').map(str::to_owned).collect()
+        }
+        _ => [
+            "gemm1",
+            "gemm2",
+            "pre",
+            "dhidden",
+            "dtokens",
+            "wgrad_in",
+            "wgrad_out",
+        ]
+            .map(str::to_owned)
+            .to_vec(),
+    };
+    let wanted = |op: &str| ops.iter().any(|o| o == op);
     let client = R::client(&CudaDevice::default());
     let sms = multiprocessors(&client);
     for &(name, tokens, d_model, width, experts, slots, mean_k) in &SHAPES {
@@ -73,7 +102,10 @@ fn main() {
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
         for config in ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms) {
             let plan = upload_plan(&client, &ids, experts, config.tile_rows());
-            if !inputs.contains(&config.input) && describe(&config.input).contains(&only) {
+            if wanted("gemm1")
+                && !inputs.contains(&config.input)
+                && describe(&config.input).contains(&only)
+            {
                 inputs.push(config.input);
                 let time = time(&client, || {
                     input_projection::<R, bf16, i32>(
@@ -93,7 +125,10 @@ fn main() {
                     2.0 * (rows * d_model * 2 * width) as f64,
                 );
             }
-            if !outputs.contains(&config.output) && describe(&config.output).contains(&only) {
+            if wanted("gemm2")
+                && !outputs.contains(&config.output)
+                && describe(&config.output).contains(&only)
+            {
                 outputs.push(config.output);
                 let time = time(&client, || {
                     output_projection::<R, bf16, i32>(
@@ -112,6 +147,105 @@ fn main() {
                     time,
                     2.0 * (rows * width * d_model) as f64,
                 );
+            }
+        }
+        let chosen = ExpertGemmConfig::choose(&shape, Activation::SwiGlu, true, sms);
+        let plan = upload_plan(&client, &ids, experts, chosen.tile_rows());
+        let pairs = tokens * slots;
+        let out = |columns: usize| client.empty(pairs * columns * size_of::<bf16>());
+        if wanted("pre") {
+            let params = chosen.pre_activation();
+            let output = out(2 * width);
+            let operands = ExpertOperands {
+                a: &x,
+                a_rows: tokens,
+                weights: &w_in,
+                pre: None,
+                depth: d_model,
+                width: 2 * width,
+                output: &output,
+            };
+            let time = time(&client, || {
+                expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, &params)
+            });
+            report("pre", &params, time, 2.0 * (rows * d_model * 2 * width) as f64);
+        }
+        if wanted("dhidden") {
+            // `d_rows @ w_out^T` (`w_out` is `[E, F, d]`: transposed, depth d), then the same
+            // tiles with the SwiGLU backward reading the pre-activations.
+            let d_rows = random(pairs * d_model);
+            let pre = random(pairs * 2 * width);
+            for epilogue in [Epilogue::Identity, Epilogue::SwiGluBackward] {
+                let params = GemmParams {
+                    epilogue,
+                    ..chosen.transposed()
+                };
+                let fused = epilogue == Epilogue::SwiGluBackward;
+                let output = out(width * epilogue.output_groups());
+                let operands = ExpertOperands {
+                    a: &d_rows,
+                    a_rows: pairs,
+                    weights: &w_out,
+                    pre: fused.then_some(&pre),
+                    depth: d_model,
+                    width,
+                    output: &output,
+                };
+                let time = time(&client, || {
+                    expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, &params)
+                });
+                let op = if fused { "dhidden+swiglu'" } else { "dhidden" };
+                report(op, &params, time, 2.0 * (rows * d_model * width) as f64);
+            }
+        }
+        if wanted("dtokens") {
+            // `d_pre @ w_in^T` (`w_in` is `[E, d, 2F]`: transposed, depth 2F, d columns).
+            let d_pre = random(pairs * 2 * width);
+            let params = chosen.transposed();
+            let output = out(d_model);
+            let operands = ExpertOperands {
+                a: &d_pre,
+                a_rows: pairs,
+                weights: &w_in,
+                pre: None,
+                depth: 2 * width,
+                width: d_model,
+                output: &output,
+            };
+            let time = time(&client, || {
+                expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, &params)
+            });
+            report("dtokens", &params, time, 2.0 * (rows * d_model * 2 * width) as f64);
+        }
+        // dW_in = x_e^T dGU_e (gathered token rows, [d, 2F]); dW_out = h_e^T dRows_e ([F, d]).
+        for (op, gather, a_width, b_width) in [
+            ("wgrad_in", true, d_model, 2 * width),
+            ("wgrad_out", false, width, d_model),
+        ] {
+            if !wanted(op) {
+                continue;
+            }
+            let grad_shape = WeightGradShape {
+                num_tokens: tokens,
+                slots,
+                num_experts: experts,
+                a_width,
+                b_width,
+            };
+            let a = if gather { x.clone() } else { random(pairs * a_width) };
+            let b = random(pairs * b_width);
+            for params in WeightGradParams::candidates(&grad_shape, sms) {
+                let tiles = describe_grad(&params);
+                if !tiles.contains(&only) {
+                    continue;
+                }
+                let time = time(&client, || {
+                    expert_weight_grad::<R, bf16, i32>(
+                        &client, &a, gather, &b, &plan, grad_shape, &params,
+                    )
+                    .map(drop)
+                });
+                print_row(op, &tiles, time, 2.0 * (rows * a_width * b_width) as f64);
             }
         }
     }
@@ -195,8 +329,24 @@ fn describe(params: &GemmParams) -> String {
     )
 }
 
+/// The knobs of one weight-gradient candidate in one line.
+fn describe_grad(params: &WeightGradParams) -> String {
+    format!(
+        "{}x{} rows {} planes {}x{} {:?}",
+        params.tile_m,
+        params.tile_n,
+        params.stage_rows,
+        params.warps_m,
+        params.warps_n,
+        params.pipeline
+    )
+}
+
 fn report(op: &str, params: &GemmParams, time: Result<Duration, String>, flops: f64) {
-    let tiles = describe(params);
+    print_row(op, &describe(params), time, flops);
+}
+
+fn print_row(op: &str, tiles: &str, time: Result<Duration, String>, flops: f64) {
     match time {
         Ok(time) => println!(
             "  {op} {tiles:<64} {:>10.1} us {:>7.1} TFLOP/s",

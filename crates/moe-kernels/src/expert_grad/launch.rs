@@ -102,6 +102,16 @@ pub fn expert_weight_grad_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
     };
     let vector = validate::<R, F, I>(client, a, a_rows, b, plan, shape, params, grad)?;
     let num_pairs = shape.num_pairs();
+    let (m_blocks, n_blocks) = (
+        shape.a_width.div_ceil(params.tile_m) as u32,
+        shape.b_width.div_ceil(params.tile_n) as u32,
+    );
+    let m_fastest = m_blocks < n_blocks;
+    let (fast, slow) = if m_fastest {
+        (m_blocks, n_blocks)
+    } else {
+        (n_blocks, m_blocks)
+    };
     // SAFETY: `validate` checked every buffer against these sizes; the kernel reads `a` rows
     // below `a_rows` (gathered rows are tokens of routed pairs, checked on the device), `b` and
     // `routed_pairs` rows below P (offsets are clamped to P), `expert_offsets` up to E, and
@@ -109,11 +119,7 @@ pub fn expert_weight_grad_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
     unsafe {
         weight_grad_kernel::launch_unchecked::<F, I, R>(
             client,
-            CubeCount::Static(
-                shape.b_width.div_ceil(params.tile_n) as u32,
-                shape.a_width.div_ceil(params.tile_m) as u32,
-                shape.num_experts as u32,
-            ),
+            CubeCount::Static(fast, slow, shape.num_experts as u32),
             CubeDim::new_1d(params.units() as u32),
             vector,
             ArrayArg::from_raw_parts(a.clone(), a_rows * shape.a_width / vector),
@@ -128,6 +134,7 @@ pub fn expert_weight_grad_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
             num_pairs,
             *params,
             gather,
+            m_fastest,
         );
     }
     Ok(())

@@ -7,9 +7,15 @@
 //!   (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since its few
 //!   column blocks alone cannot keep the memory system busy;
 //! - medium (`r <= 64`): 64-row tiles, 64-deep stages;
-//! - prefill: 128-row tiles, 4 planes, 64-deep stages; 128 x 64 per group (input, planes 2 x 2)
-//!   and 128 x 128 (output, planes 1 x 4): large plane tiles, whose many independent MMAs per
-//!   fragment load beat a second cube per multiprocessor.
+//! - prefill: 128-row tiles, 4 planes, 64-deep stages; 128 x 128 products (input, planes 2 x 2:
+//!   64 columns per group for SwiGLU's gate and up) and 128 x 128 (output, planes 1 x 4): large
+//!   plane tiles, whose many independent MMAs per fragment load beat a second cube per
+//!   multiprocessor.
+//!
+//! Medium and prefill input tiles multiply 128 columns of weights whatever the epilogue: SwiGLU
+//! splits them into its two groups, GELU and the training forward's pre-activations
+//! ([`ExpertGemmConfig::pre_activation`]) take them as one group, so every plane does the same
+//! work per fragment load.
 //!
 //! On tensor cores every class copies its stages asynchronously into 3 shared buffers
 //! (`mma.sync` m16n8k16 in 16-bit floats needs sm_80, which has `cp.async`;
@@ -31,6 +37,8 @@ use crate::pipeline::{Pipeline, async_copy_fits};
 pub const CUBES_PER_SM: usize = 8;
 /// Most depth slices of a split-K output projection.
 pub const MAX_SPLITS: usize = 8;
+/// Weight columns one medium or prefill input tile multiplies, over all its column groups.
+const INPUT_PRODUCT_COLUMNS: usize = 128;
 
 /// The tiles of both expert projections of one batch (they share the dispatch's tile rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -118,10 +126,12 @@ impl ExpertGemmConfig {
                 output,
             };
         }
+        // Medium and prefill: 128 weight columns per input tile, split among the groups.
+        let input_cols = INPUT_PRODUCT_COLUMNS / epilogue.groups();
         if rows_per_expert <= 64 {
             let input = GemmParams {
                 tile_rows: 64,
-                tile_cols: 64,
+                tile_cols: input_cols,
                 stage_depth: 64,
                 warps_m: 4,
                 warps_n: 2,
@@ -138,7 +148,7 @@ impl ExpertGemmConfig {
         }
         let input = GemmParams {
             tile_rows: 128,
-            tile_cols: 64,
+            tile_cols: input_cols,
             stage_depth: 64,
             warps_m: 2,
             warps_n: 2,
@@ -257,9 +267,11 @@ impl ExpertGemmConfig {
     }
 
     /// The input projection without its activation, for the training forward, which keeps the
-    /// pre-activations `[P, input_columns(F)]` for the backward.
+    /// pre-activations `[P, input_columns(F)]` for the backward: the input tiles' columns of all
+    /// groups as one group.
     pub fn pre_activation(&self) -> GemmParams {
         GemmParams {
+            tile_cols: self.input.tile_cols * self.input.groups,
             groups: 1,
             epilogue: Epilogue::Identity,
             ..self.input
