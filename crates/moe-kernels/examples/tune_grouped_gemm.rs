@@ -65,8 +65,8 @@ fn main() {
             "wgrad_in",
             "wgrad_out",
         ]
-            .map(str::to_owned)
-            .to_vec(),
+        .map(str::to_owned)
+        .to_vec(),
     };
     let wanted = |op: &str| ops.iter().any(|o| o == op);
     let client = R::client(&CudaDevice::default());
@@ -168,7 +168,12 @@ fn main() {
             let time = time(&client, || {
                 expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, &params)
             });
-            report("pre", &params, time, 2.0 * (rows * d_model * 2 * width) as f64);
+            report(
+                "pre",
+                &params,
+                time,
+                2.0 * (rows * d_model * 2 * width) as f64,
+            );
         }
         if wanted("dhidden") {
             // `d_rows @ w_out^T` (`w_out` is `[E, F, d]`: transposed, depth d), then the same
@@ -215,7 +220,12 @@ fn main() {
             let time = time(&client, || {
                 expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, &params)
             });
-            report("dtokens", &params, time, 2.0 * (rows * d_model * 2 * width) as f64);
+            report(
+                "dtokens",
+                &params,
+                time,
+                2.0 * (rows * d_model * 2 * width) as f64,
+            );
         }
         // dW_in = x_e^T dGU_e (gathered token rows, [d, 2F]); dW_out = h_e^T dRows_e ([F, d]).
         for (op, gather, a_width, b_width) in [
@@ -232,7 +242,11 @@ fn main() {
                 a_width,
                 b_width,
             };
-            let a = if gather { x.clone() } else { random(pairs * a_width) };
+            let a = if gather {
+                x.clone()
+            } else {
+                random(pairs * a_width)
+            };
             let b = random(pairs * b_width);
             for params in WeightGradParams::candidates(&grad_shape, sms) {
                 let tiles = describe_grad(&params);

@@ -1,6 +1,7 @@
 //! Training rows: forward + backward of the experts and combine (what the hand-written backward
 //! covers) under `Autodiff`, in the run's float type, against the same step through the
-//! per-expert tensor-op path (Burn matmuls, one host read of the offsets) on the same batch, and
+//! per-expert tensor-op path (Burn matmuls, one host read of the offsets, Burn's autodiff of the
+//! tensor-op combine) on the same batch, and
 //! dense SwiGLU MLPs' forward + backward (six cuBLAS GEMMs) with the same active and the same
 //! total parameters.
 
@@ -65,12 +66,13 @@ pub fn train_row<R: CubeRuntime, F: FloatElement>(
     let probe = Tensor::<A<R, F>, 2>::from_inner(random::<R, F, 2>([tokens, d], device));
     let step = |kernels: bool| {
         let (x, w_in, w_out) = (x.clone(), w_in.clone(), w_out.clone());
-        let rows = if kernels {
-            A::<R, F>::moe_experts(x, &dispatch, w_in, w_out, Activation::SwiGlu)
+        let output = if kernels {
+            let rows = A::<R, F>::moe_experts(x, &dispatch, w_in, w_out, Activation::SwiGlu);
+            A::<R, F>::moe_combine(rows, weights.clone(), &dispatch)
         } else {
-            tensor_ops::experts(x, &dispatch, w_in, w_out, Activation::SwiGlu)
+            let rows = tensor_ops::experts(x, &dispatch, w_in, w_out, Activation::SwiGlu);
+            tensor_ops::combine(rows, weights.clone(), &dispatch)
         };
-        let output = tensor_ops::combine(rows, weights.clone(), &dispatch);
         drop((output * probe.clone()).sum().backward());
     };
 

@@ -1,5 +1,6 @@
-//! `MoeBackend` under `Autodiff`: decisions from the inner backend; gradients from tensor ops,
-//! and for the experts from the hand-written backward where the inner backend has kernels.
+//! `MoeBackend` under `Autodiff`: decisions from the inner backend; gradients from tensor ops
+//! (routing weights), the combine's hand-written gather backward, and for the experts the
+//! hand-written backward where the inner backend has kernels.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -8,11 +9,13 @@ use burn::tensor::{DType, Int, Tensor};
 use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::{Activation, RoutingPolicy};
 
-use super::{Dispatch, ExpertRows, MoeBackend, Routing, expert_backward, tensor_ops};
+use super::{
+    Dispatch, ExpertRows, MoeBackend, Routing, combine_backward, expert_backward, tensor_ops,
+};
 
-/// Combine takes the tensor-op default (differentiable); the experts use the hand-written
-/// backward where the inner backend has kernels for it; the routing decision and the dispatch
-/// plan are not differentiable and come from the inner backend.
+/// The combine runs the inner backend's forward with a gather backward; the experts use the
+/// hand-written backward where the inner backend has kernels for it; the routing decision and
+/// the dispatch plan are not differentiable and come from the inner backend.
 impl<B: MoeBackend, C: CheckpointStrategy> MoeBackend for Autodiff<B, C> {
     const ROUTING_KERNELS: bool = B::ROUTING_KERNELS;
 
@@ -58,6 +61,15 @@ impl<B: MoeBackend, C: CheckpointStrategy> MoeBackend for Autodiff<B, C> {
         } else {
             tensor_ops::experts(x, dispatch, w_in, w_out, activation)
         }
+    }
+
+    /// The inner backend's combine (the kernel on CubeCL), differentiated by gathers.
+    fn moe_combine(
+        rows: ExpertRows<Self>,
+        weights: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+    ) -> Tensor<Self, 2> {
+        combine_backward::combine(rows, weights, dispatch)
     }
 
     fn moe_dispatch(

@@ -1,6 +1,6 @@
-//! The experts' hand-written backward (`expert_backward.rs`) against Burn's autodiff of the
-//! tensor-op experts, on NdArray (tensor-op primitives) and on wgpu (the kernels), and against
-//! finite differences.
+//! The hand-written backward of the experts (`expert_backward.rs`) and of the combine
+//! (`combine_backward.rs`) against Burn's autodiff of the tensor-op experts and combine, on
+//! NdArray (tensor-op primitives) and on wgpu (the kernels), and against finite differences.
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -8,7 +8,9 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::route::reference::route;
 
-use super::{Dispatch, ExpertRows, MoeBackend, expert_backward, take_fallbacks, tensor_ops};
+use super::{
+    Dispatch, ExpertRows, MoeBackend, combine_backward, expert_backward, take_fallbacks, tensor_ops,
+};
 use crate::test_support::{TestBackend, host_f64, random_values, rng};
 use crate::{Activation, RoutingPolicy};
 
@@ -93,20 +95,20 @@ impl Case {
     }
 }
 
-/// Which experts implementation to differentiate.
+/// Which experts and combine implementations to differentiate.
 #[derive(Clone, Copy, Debug)]
 enum Path {
     HandWritten,
     TensorOps,
 }
 
-/// `sum(combine(experts(x)) * probe)` and its gradients for x, w_in, w_out, with every float
-/// in `dtype`.
+/// `sum(combine(experts(x), weights) * probe)` and its gradients for x, w_in, w_out and the
+/// routing weights, with every float in `dtype`.
 fn loss_and_gradients<B: MoeBackend>(
     case: &Case,
     path: Path,
     dtype: DType,
-) -> (f64, [Vec<f64>; 3]) {
+) -> (f64, [Vec<f64>; 4]) {
     type A<B> = Autodiff<B>;
     let device = Default::default();
     let x: Tensor<A<B>, 2> = float(&case.x, [case.tokens, case.d], dtype).require_grad();
@@ -144,8 +146,12 @@ fn loss_and_gradients<B: MoeBackend>(
             case.activation,
         ),
     };
-    let weights = float(&case.weights, [case.tokens, case.slots], dtype);
-    let output = tensor_ops::combine(rows, weights, &dispatch);
+    let weights: Tensor<A<B>, 2> =
+        float(&case.weights, [case.tokens, case.slots], dtype).require_grad();
+    let output = match path {
+        Path::HandWritten => combine_backward::combine(rows, weights.clone(), &dispatch),
+        Path::TensorOps => tensor_ops::combine(rows, weights.clone(), &dispatch),
+    };
     let loss = (output * float(&case.probe, [case.tokens, case.d], dtype)).sum();
     let value = host_f64(loss.clone())[0];
     let grads = loss.backward();
@@ -157,6 +163,7 @@ fn loss_and_gradients<B: MoeBackend>(
             host(x.grad(&grads)),
             host3(w_in.grad(&grads)),
             host3(w_out.grad(&grads)),
+            host(weights.grad(&grads)),
         ],
     )
 }
@@ -180,7 +187,8 @@ fn relative_error(got: &[f64], want: &[f64]) -> f64 {
 }
 
 /// Hand-written gradients on backend `B` in `dtype` equal autodiff's of the tensor ops on
-/// NdArray in f32 (relative error below `tolerance` for the input and both weights); experts
+/// NdArray in f32 (relative error below `tolerance` for the input, both weights and the routing
+/// weights; unused slots get exactly zero); experts
 /// without rows get exactly zero gradients. GELU allows at least 1e-3: Burn differentiates its
 /// exact (erf) GELU with the tanh approximation's derivative (3e-4 off here), the hand-written
 /// backward uses the exact derivative (`feed_forward::tests` checks it against f64 differences).
@@ -207,6 +215,7 @@ fn hand_written_backward_matches_autodiff<B: MoeBackend>(dtype: DType, tolerance
             ("x", &got[0], &want[0]),
             ("w_in", &got[1], &want[1]),
             ("w_out", &got[2], &want[2]),
+            ("weights", &got[3], &want[3]),
         ] {
             let error = relative_error(got, want);
             assert!(
@@ -217,6 +226,11 @@ fn hand_written_backward_matches_autodiff<B: MoeBackend>(dtype: DType, tolerance
                 want.iter().any(|&v| v != 0.0),
                 "{context}: d{name} must not be all zeros"
             );
+        }
+        for (slot, id) in case.expert_ids.iter().enumerate() {
+            if *id < 0 {
+                assert_eq!(got[3][slot], 0.0, "{context}: unused slot {slot}");
+            }
         }
         // An expert that received no row has an exactly zero weight gradient.
         let per_expert = case.d * case.columns();
@@ -258,8 +272,9 @@ mod cuda {
     }
 }
 
-/// Central differences of the loss in a few random coordinates of x, w_in and w_out agree with
-/// the hand-written gradients (f32, step 1e-2: within 2% of the largest gradient).
+/// Central differences of the loss in a few random coordinates of x, w_in, w_out and the
+/// routing weights agree with the hand-written gradients (f32, step 1e-2: within 2% of the
+/// largest gradient).
 #[test]
 fn hand_written_backward_matches_finite_differences() {
     let case = Case::new(
@@ -285,7 +300,8 @@ fn hand_written_backward_matches_finite_differences() {
                 let values = match which {
                     0 => &mut moved.x,
                     1 => &mut moved.w_in,
-                    _ => &mut moved.w_out,
+                    2 => &mut moved.w_out,
+                    _ => &mut moved.weights,
                 };
                 values[i] += delta;
                 loss_and_gradients::<TestBackend>(&moved, Path::HandWritten, DType::F32).0

@@ -154,7 +154,9 @@ pub(super) fn experts<B: MoeBackend, C: CheckpointStrategy>(
 }
 
 /// The dispatch's tensors on the inner backend (they carry no gradient).
-fn inner<B: MoeBackend, C: CheckpointStrategy>(dispatch: &Dispatch<Autodiff<B, C>>) -> Dispatch<B> {
+pub(super) fn inner<B: MoeBackend, C: CheckpointStrategy>(
+    dispatch: &Dispatch<Autodiff<B, C>>,
+) -> Dispatch<B> {
     Dispatch {
         expert_offsets: dispatch.expert_offsets.clone().inner(),
         routed_pairs: dispatch.routed_pairs.clone().inner(),
@@ -166,7 +168,7 @@ fn inner<B: MoeBackend, C: CheckpointStrategy>(dispatch: &Dispatch<Autodiff<B, C
 }
 
 /// A float tensor over a backend primitive.
-fn float<B: burn::tensor::backend::Backend, const D: usize>(
+pub(super) fn float<B: burn::tensor::backend::Backend, const D: usize>(
     primitive: B::FloatTensorPrimitive,
 ) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
