@@ -4,6 +4,7 @@
 //! Every operation comes with a plain-Rust `reference` module: the specification the kernels and
 //! the Burn tensor-op path are tested against.
 
+pub mod activate;
 mod activation;
 mod buffer;
 pub mod combine;

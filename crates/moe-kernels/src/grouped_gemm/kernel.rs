@@ -34,6 +34,7 @@ use super::tensor_cores::{
     tensor_core_stage,
 };
 use super::units::{unit_epilogue, unit_stage};
+use crate::activate::kernel::{gelu, swiglu};
 use crate::pipeline::{
     Pipeline, Source, StageVector, commit_stage, copy_vector_async, read_vector, stage_barriers,
     stage_destination, stage_vector, wait_stage,
@@ -565,10 +566,10 @@ pub fn write_output<F: Float, O: Float>(
     if row < row_end && col < width {
         let mut result = value;
         if comptime!(params.epilogue == Epilogue::SwiGlu) {
-            result = value / (1.0 + f32::exp(-value)) * up;
+            result = swiglu(value, up);
         }
         if comptime!(params.epilogue == Epilogue::Gelu) {
-            result = 0.5 * value * (1.0 + Erf::erf(value * std::f32::consts::FRAC_1_SQRT_2));
+            result = gelu(value);
         }
         if comptime!(params.epilogue == Epilogue::SwiGluBackward) {
             // silu'(g) = s(g) (1 + g (1 - s(g))); d_gate = d_h up silu'(g), d_up = d_h silu(g).

@@ -16,6 +16,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::server::Handle;
+use moe_kernels::activate::{ActivateShape, activate_rows};
 use moe_kernels::combine::{CombineShape, combine};
 use moe_kernels::dispatch::reference::max_tiles;
 use moe_kernels::dispatch::{DispatchOnDevice, dispatch};
@@ -29,6 +30,7 @@ use moe_kernels::{Activation, KernelError, RoutingPolicy};
 
 use super::fallback::note_fallback;
 use super::{Dispatch, ExpertRows, MoeBackend, Routing, tensor_ops, unfused_pre_grad};
+use crate::feed_forward::activate;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
@@ -159,6 +161,38 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
     /// SwiGLU: one grouped GEMM with the activation's backward in its epilogue. GELU (no fused
     /// epilogue) and a fused launch that falls back take the GEMM kernel, then the derivative
     /// as tensor ops.
+    fn moe_expert_activate(
+        pre: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        activation: Activation,
+    ) -> Tensor<Self, 2> {
+        let [num_rows, _] = pre.dims();
+        let [offsets] = dispatch.expert_offsets.dims();
+        let shape = ActivateShape {
+            num_rows,
+            width: pre.dims()[1] / activation.input_columns(1),
+            num_experts: offsets - 1,
+        };
+        let primitive = contiguous_float(&pre);
+        let client = &primitive.client;
+        let dtype = primitive.dtype;
+        let offsets = contiguous_int(&dispatch.expert_offsets);
+        let hidden = with_float_kernel!(dtype, K => activate_rows::<R, K, I>(
+            client,
+            &primitive.handle,
+            &offsets.handle,
+            shape,
+            activation,
+        ), else Err(unsupported_dtype("pre", dtype)));
+        match hidden {
+            Ok(hidden) => float_tensor(&primitive, hidden, [num_rows, shape.width], dtype),
+            Err(error) => {
+                fall_back("expert activation", error);
+                activate(pre, activation)
+            }
+        }
+    }
+
     fn moe_expert_pre_grad(
         d_rows: Tensor<Self, 2>,
         dispatch: &Dispatch<Self>,

@@ -1,7 +1,7 @@
 //! The experts under `Autodiff` with a hand-written backward (Burn's custom-kernel pattern).
 //!
 //! Forward, on the inner backend: `pre = x[token of row] @ w_in[e]` (kept), `hidden = act(pre)`
-//! (kept), `rows = hidden @ w_out[e]`. Backward from `d_rows` (`[P, d]`, dispatch order):
+//! (kept; [`MoeBackend::moe_expert_activate`]), `rows = hidden @ w_out[e]`. Backward from `d_rows` (`[P, d]`, dispatch order):
 //! - `d_w_out[e] = hidden_e^T d_rows_e`, `d_w_in[e] = x_e^T d_pre_e`: per-expert reductions over
 //!   the expert's rows ([`MoeBackend::moe_expert_weight_grad`]), deterministic;
 //! - `d_pre = act'(pre, d_rows @ w_out[e]^T)` ([`MoeBackend::moe_expert_pre_grad`]: the kernels
@@ -22,7 +22,6 @@ use burn::tensor::{Tensor, TensorPrimitive};
 use moe_kernels::Activation;
 
 use super::{Dispatch, ExpertRows, MoeBackend};
-use crate::feed_forward::activate;
 
 /// What the backward needs from the forward, as tensors of the inner backend.
 #[derive(Clone, Debug)]
@@ -114,7 +113,7 @@ pub(super) fn experts<B: MoeBackend, C: CheckpointStrategy>(
         w_in_inner.clone(),
         false,
     ); // [P, cF]
-    let hidden = activate(pre.clone(), activation); // [P, F]
+    let hidden = B::moe_expert_activate(pre.clone(), &inner_dispatch, activation); // [P, F]
     let rows = B::moe_expert_matmul(
         hidden.clone(),
         false,

@@ -34,7 +34,7 @@ use burn::tensor::{DType, Int, Tensor};
 use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::{Activation, RoutingPolicy};
 
-use crate::feed_forward::activate_backward;
+use crate::feed_forward::{activate, activate_backward};
 pub(crate) use fallback::note_fallback;
 pub use fallback::{Fallback, take_fallbacks};
 pub use outputs::{Dispatch, ExpertRows, Routing};
@@ -110,6 +110,20 @@ pub trait MoeBackend: Backend {
         transposed: bool,
     ) -> Tensor<Self, 2> {
         tensor_ops::expert_matmul(a, gather, dispatch, weights, transposed)
+    }
+
+    /// The activation of every routed row's input projection: `act(pre[row])`, `[P, F]` in
+    /// dispatch order, rows past S unspecified (the training forward, which keeps `pre` for the
+    /// backward). The kernels run one element-wise kernel; Burn's tensor ops take several passes.
+    ///
+    /// # Shapes
+    /// - `pre`: `[P, input_columns(F)]`
+    fn moe_expert_activate(
+        pre: Tensor<Self, 2>,
+        _dispatch: &Dispatch<Self>,
+        activation: Activation,
+    ) -> Tensor<Self, 2> {
+        activate(pre, activation)
     }
 
     /// The gradient of every routed row's input projection (before the activation) from the
