@@ -39,35 +39,37 @@ const SHAPES: [(&str, usize, usize, usize, usize, usize, f64); 6] = [
     ("mixtral T=128 mean-k 1.3", 128, 4096, 14336, 8, 2, 1.3),
 ];
 
+/// What `--ops` picks from (all of it by default).
+const OPS: [&str; 7] = [
+    "gemm1",
+    "gemm2",
+    "pre",
+    "dhidden",
+    "dtokens",
+    "wgrad_in",
+    "wgrad_out",
+];
+
+/// Removes `flag <value>` from `args` and returns the value.
+fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
+    let at = args.iter().position(|a| a == flag)?;
+    let value = (at + 1 < args.len()).then(|| args.remove(at + 1));
+    args.remove(at);
+    value
+}
+
 fn main() {
     let mut filters: Vec<String> = std::env::args().skip(1).collect();
     // `--only <text>`: time only the candidates whose description contains <text>.
-    let only = match filters.iter().position(|a| a == "--only") {
-        Some(at) if at + 1 < filters.len() => {
-            let text = filters.remove(at + 1);
-            filters.remove(at);
-            text
-        }
-        _ => String::new(),
+    let only = take_flag(&mut filters, "--only").unwrap_or_default();
+    let ops: Vec<String> = match take_flag(&mut filters, "--ops") {
+        Some(list) => list.split(',').map(str::to_owned).collect(),
+        None => OPS.map(str::to_owned).to_vec(),
     };
-    let ops: Vec<String> = match filters.iter().position(|a| a == "--ops") {
-        Some(at) if at + 1 < filters.len() => {
-            let list = filters.remove(at + 1);
-            filters.remove(at);
-            list.split(',').map(str::to_owned).collect()
-        }
-        _ => [
-            "gemm1",
-            "gemm2",
-            "pre",
-            "dhidden",
-            "dtokens",
-            "wgrad_in",
-            "wgrad_out",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-    };
+    if let Some(unknown) = ops.iter().find(|op| !OPS.contains(&op.as_str())) {
+        eprintln!("unknown op `{unknown}`: one of {}", OPS.join(", "));
+        std::process::exit(2);
+    }
     let wanted = |op: &str| ops.iter().any(|o| o == op);
     let client = R::client(&CudaDevice::default());
     let sms = multiprocessors(&client);
