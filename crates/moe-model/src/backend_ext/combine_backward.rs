@@ -76,13 +76,12 @@ impl<B: MoeBackend> Backward<B, 2> for CombineBackward {
         if let Some(node) = weights_node {
             let row_of_pair = dispatch.row_of_pair.reshape([num_tokens * slots]); // [T*K]
             let used = row_of_pair.clone().greater_equal_elem(0);
-            let pair_rows = rows.select(0, row_of_pair.clamp_min(0)).cast(d_out.dtype()); // [T*K, d]
-            let d_pairs = d_out
-                .unsqueeze_dim::<3>(1)
-                .expand([num_tokens, slots, d_model])
-                .reshape([num_tokens * slots, d_model]); // [T*K, d]
-            let d_weights = (pair_rows * d_pairs)
-                .sum_dim(1)
+            let pair_rows = rows
+                .select(0, row_of_pair.clamp_min(0))
+                .cast(d_out.dtype())
+                .reshape([num_tokens, slots, d_model]); // [T, K, d]
+            let d_weights = (pair_rows * d_out.unsqueeze_dim::<3>(1)) // broadcast over K
+                .sum_dim(2)
                 .reshape([num_tokens * slots])
                 .mask_fill(used.bool_not(), 0.0)
                 .reshape([num_tokens, slots]);
