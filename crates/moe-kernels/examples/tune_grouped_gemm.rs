@@ -155,6 +155,13 @@ fn main() {
         let plan = upload_plan(&client, &ids, experts, chosen.tile_rows());
         let pairs = tokens * slots;
         let out = |columns: usize| client.empty(pairs * columns * size_of::<bf16>());
+        // Times one grouped GEMM of the training step and prints its row.
+        let time_matmul = |op: &str, operands: ExpertOperands, params: &GemmParams, flops| {
+            let time = time(&client, || {
+                expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, params)
+            });
+            report(op, params, time, flops);
+        };
         if wanted("pre") {
             let params = chosen.pre_activation();
             let output = out(2 * width);
@@ -167,15 +174,8 @@ fn main() {
                 width: 2 * width,
                 output: &output,
             };
-            let time = time(&client, || {
-                expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, &params)
-            });
-            report(
-                "pre",
-                &params,
-                time,
-                2.0 * (rows * d_model * 2 * width) as f64,
-            );
+            let flops = 2.0 * (rows * d_model * 2 * width) as f64;
+            time_matmul("pre", operands, &params, flops);
         }
         if wanted("dhidden") {
             // `d_rows @ w_out^T` (`w_out` is `[E, F, d]`: transposed, depth d), then the same
@@ -198,11 +198,8 @@ fn main() {
                     width,
                     output: &output,
                 };
-                let time = time(&client, || {
-                    expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, &params)
-                });
                 let op = if fused { "dhidden+swiglu'" } else { "dhidden" };
-                report(op, &params, time, 2.0 * (rows * d_model * width) as f64);
+                time_matmul(op, operands, &params, 2.0 * (rows * d_model * width) as f64);
             }
         }
         if wanted("dtokens") {
@@ -219,15 +216,8 @@ fn main() {
                 width: d_model,
                 output: &output,
             };
-            let time = time(&client, || {
-                expert_matmul::<R, bf16, bf16, i32>(&client, &operands, &plan, shape, &params)
-            });
-            report(
-                "dtokens",
-                &params,
-                time,
-                2.0 * (rows * d_model * 2 * width) as f64,
-            );
+            let flops = 2.0 * (rows * d_model * 2 * width) as f64;
+            time_matmul("dtokens", operands, &params, flops);
         }
         // dW_in = x_e^T dGU_e (gathered token rows, [d, 2F]); dW_out = h_e^T dRows_e ([F, d]).
         for (op, gather, a_width, b_width) in [

@@ -1,4 +1,4 @@
-//! Checks on device buffers handed to a launcher.
+//! Checks a launcher makes on its sizes and on the device buffers it is handed.
 
 use cubecl::server::Handle;
 
@@ -20,4 +20,12 @@ pub fn expect_len(
         ));
     }
     Ok(())
+}
+
+/// Fails on the first of `sizes` (name, value) that is zero.
+pub fn expect_positive(sizes: &[(&str, usize)]) -> Result<(), InvalidValue> {
+    match sizes.iter().find(|(_, value)| *value == 0) {
+        Some((name, _)) => Err(InvalidValue::new(*name, 0, "must be >= 1")),
+        None => Ok(()),
+    }
 }

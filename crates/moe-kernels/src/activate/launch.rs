@@ -4,8 +4,8 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::kernel::activate_kernel;
-use crate::buffer::expect_len;
-use crate::{Activation, InvalidValue, KernelError};
+use crate::buffer::{expect_len, expect_positive};
+use crate::{Activation, KernelError};
 
 /// Units per cube.
 const CUBE_UNITS: usize = 256;
@@ -53,19 +53,11 @@ pub fn activate_rows_into<R: Runtime, F: Float + CubeElement, I: Int + CubeEleme
         width,
         num_experts,
     } = shape;
-    for (field, value) in [
+    expect_positive(&[
         ("num_rows", num_rows),
         ("width", width),
         ("num_experts", num_experts),
-    ] {
-        if value == 0 {
-            return Err(KernelError::from(InvalidValue::new(
-                field,
-                0,
-                "must be >= 1",
-            )));
-        }
-    }
+    ])?;
     let columns = activation.input_columns(width);
     expect_len(pre, "pre", num_rows * columns, size_of::<F>())?;
     expect_len(

@@ -24,14 +24,7 @@ fn check<R: Runtime, F: HostFloat>(
         .into_iter()
         .map(F::from_f32)
         .collect();
-    let offsets = [
-        0,
-        routed / 3,
-        routed / 2,
-        routed.saturating_sub(1),
-        routed as i32 as usize,
-    ]
-    .map(|o| o as i32);
+    let offsets = [0, routed / 3, routed / 2, routed.saturating_sub(1), routed].map(|o| o as i32);
     let hidden = upload(client, &vec![F::from_f32(f32::NAN); num_rows * width]);
     let shape = ActivateShape {
         num_rows,

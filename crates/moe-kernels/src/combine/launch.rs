@@ -4,7 +4,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::kernel::combine_kernel;
-use crate::buffer::expect_len;
+use crate::buffer::{expect_len, expect_positive};
 use crate::{InvalidValue, KernelError};
 
 /// Units per cube of the combine kernel.
@@ -66,20 +66,12 @@ pub fn combine_into<
         d_model,
         splits,
     } = shape;
-    for (field, value) in [
+    expect_positive(&[
         ("num_tokens", num_tokens),
         ("slots", slots),
         ("d_model", d_model),
         ("splits", splits),
-    ] {
-        if value == 0 {
-            return Err(KernelError::from(InvalidValue::new(
-                field,
-                0,
-                "must be >= 1",
-            )));
-        }
-    }
+    ])?;
     if num_rows > num_tokens * slots {
         return Err(KernelError::from(InvalidValue::new(
             "num_rows",

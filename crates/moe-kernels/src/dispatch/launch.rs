@@ -8,9 +8,9 @@ use super::kernel::{
     dispatch_in_one_cube, scan_block_rows, scatter_pairs,
 };
 use super::reference::max_tiles;
-use crate::buffer::expect_len;
+use crate::KernelError;
+use crate::buffer::{expect_len, expect_positive};
 use crate::plane::has_planes_of_32;
-use crate::{InvalidValue, KernelError};
 
 /// The dispatch plan in device buffers (the device form of
 /// [`DispatchPlan`](super::reference::DispatchPlan)); all of element type `I`.
@@ -180,27 +180,11 @@ pub(crate) fn validate_into<R: Runtime, I: Int + CubeElement>(
     plan: &DispatchOnDevice,
 ) -> Result<(), KernelError> {
     let (num_pairs, num_experts) = (plan.num_pairs, plan.num_experts);
-    if num_pairs == 0 {
-        return Err(KernelError::from(InvalidValue::new(
-            "num_pairs",
-            0,
-            "must be >= 1",
-        )));
-    }
-    if plan.tile_rows == 0 {
-        return Err(KernelError::from(InvalidValue::new(
-            "tile_rows",
-            0,
-            "must be >= 1",
-        )));
-    }
-    if num_experts == 0 {
-        return Err(KernelError::from(InvalidValue::new(
-            "num_experts",
-            0,
-            "must be >= 1",
-        )));
-    }
+    expect_positive(&[
+        ("num_pairs", num_pairs),
+        ("tile_rows", plan.tile_rows),
+        ("num_experts", num_experts),
+    ])?;
     if num_experts > MAX_EXPERTS {
         return Err(KernelError::Unsupported(format!(
             "num_experts = {num_experts} (dispatch plans at most {MAX_EXPERTS} experts)"

@@ -5,7 +5,7 @@ use cubecl::server::Handle;
 
 use super::kernel::expert_weight_grad as weight_grad_kernel;
 use super::params::WeightGradParams;
-use crate::buffer::expect_len;
+use crate::buffer::{expect_len, expect_positive};
 use crate::dispatch::DispatchOnDevice;
 use crate::grouped_gemm::{has_tensor_cores, multiprocessors};
 use crate::pipeline::{load_vector, on_device};
@@ -152,17 +152,13 @@ fn validate<R: Runtime, F: Float + CubeElement, I: CubeElement>(
     params: &WeightGradParams,
     grad: &Handle,
 ) -> Result<usize, KernelError> {
-    for (field, value) in [
+    expect_positive(&[
         ("num_tokens", shape.num_tokens),
         ("slots", shape.slots),
         ("num_experts", shape.num_experts),
         ("a_width", shape.a_width),
         ("b_width", shape.b_width),
-    ] {
-        if value == 0 {
-            return Err(InvalidValue::new(field, 0, "must be >= 1").into());
-        }
-    }
+    ])?;
     let num_pairs = shape.num_pairs();
     if plan.num_pairs != num_pairs || plan.num_experts != shape.num_experts {
         return Err(InvalidValue::new(

@@ -8,7 +8,7 @@ use super::config::ExpertGemmConfig;
 use super::kernel::grouped_gemm;
 use super::params::{Epilogue, GemmParams};
 use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
-use crate::buffer::expect_len;
+use crate::buffer::{expect_len, expect_positive};
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::max_tiles;
 use crate::pipeline::{load_vector, on_device};
@@ -298,17 +298,13 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
     shape: ExpertShape,
     params: &GemmParams,
 ) -> Result<usize, KernelError> {
-    for (field, value) in [
+    expect_positive(&[
         ("num_tokens", shape.num_tokens),
         ("slots", shape.slots),
         ("num_experts", shape.num_experts),
         ("d_model", shape.d_model),
         ("width", shape.width),
-    ] {
-        if value == 0 {
-            return Err(InvalidValue::new(field, 0, "must be >= 1").into());
-        }
-    }
+    ])?;
     let num_pairs = shape.num_pairs();
     if plan.num_pairs != num_pairs || plan.num_experts != shape.num_experts {
         return Err(InvalidValue::new(

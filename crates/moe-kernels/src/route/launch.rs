@@ -4,7 +4,7 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::kernel::route_kernel;
-use crate::buffer::expect_len;
+use crate::buffer::{expect_len, expect_positive};
 use crate::plane::has_planes_of_32;
 use crate::{InvalidValue, KernelError, RoutingPolicy};
 
@@ -147,20 +147,7 @@ fn check<R: Runtime, F: CubeElement>(
     num_experts: usize,
     policy: &RoutingPolicy,
 ) -> Result<(), KernelError> {
-    if num_tokens == 0 {
-        return Err(KernelError::from(InvalidValue::new(
-            "num_tokens",
-            0,
-            "must be >= 1",
-        )));
-    }
-    if num_experts == 0 {
-        return Err(KernelError::from(InvalidValue::new(
-            "num_experts",
-            0,
-            "must be >= 1",
-        )));
-    }
+    expect_positive(&[("num_tokens", num_tokens), ("num_experts", num_experts)])?;
     policy
         .validate(num_experts)
         .map_err(|e| e.within("policy"))?;
