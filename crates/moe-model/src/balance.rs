@@ -16,7 +16,7 @@ pub fn load_balancing_loss<B: Backend>(
 ) -> Tensor<B, 1> {
     let [num_experts] = expert_counts.dims();
     let counts = expert_counts.float(); // [E]
-    let fractions = counts.clone() / counts.sum(); // [E]
+    let fractions = counts.clone() / counts.sum().clamp_min(1.0); // [E]; no pairs: 0
     let mean_probs = probs.mean_dim(0).squeeze_dim(0); // [E]
     (fractions * mean_probs)
         .sum()
@@ -28,9 +28,16 @@ pub fn load_balancing_loss<B: Backend>(
 /// # Shapes
 /// - `logits`: `[T, E]`
 pub fn router_z_loss<B: Backend>(logits: Tensor<B, 2>) -> Tensor<B, 1> {
+    log_sum_exp(logits).powi_scalar(2).mean()
+}
+
+/// `log sum_e exp(logits[t, e])` of every token, stable for large logits.
+///
+/// # Shapes
+/// - `logits`: `[T, E]` -> `[T, 1]`
+pub fn log_sum_exp<B: Backend>(logits: Tensor<B, 2>) -> Tensor<B, 2> {
     let max = logits.clone().max_dim(1).detach(); // [T, 1]
-    let log_sum_exp = (logits - max.clone()).exp().sum_dim(1).log() + max; // [T, 1]
-    log_sum_exp.powi_scalar(2).mean()
+    (logits - max.clone()).exp().sum_dim(1).log() + max
 }
 
 /// How a layer keeps its experts evenly loaded; `balance = "..."` in config files.

@@ -13,8 +13,8 @@ use burn::tensor::{Distribution, Int, Tensor, backend::Backend};
 use moe_kernels::RoutingPolicy;
 
 use crate::InvalidValue;
-use crate::backend_ext::{MoeBackend, Routing, note_fallback};
-use crate::balance::{BalanceMethod, load_balancing_loss};
+use crate::backend_ext::{LossWeights, MoeBackend, Routing, note_fallback};
+use crate::balance::BalanceMethod;
 use crate::bias_balance::{ExpertBias, expert_load};
 use crate::budget::{self, MeanKBudget};
 use crate::capacity::drop_overflow;
@@ -65,19 +65,15 @@ impl<B: Backend> RoutingControl<B> {
         self.budget.as_ref().map(MeanKBudget::limit)
     }
 
-    /// The weighted balancing loss: the Switch loss for `aux_loss`, zero otherwise.
-    ///
-    /// # Shapes
-    /// - `probs`: `[T, E]`, `expert_counts`: `[E]` (on the device) -> `[1]`
-    pub fn balance_loss(
-        &self,
-        probs: Tensor<B, 2>,
-        expert_counts: Tensor<B, 1, Int>,
-        coef: f64,
-    ) -> Tensor<B, 1> {
-        match self.balance {
-            BalanceMethod::AuxLoss => load_balancing_loss(probs, expert_counts).mul_scalar(coef),
-            BalanceMethod::None | BalanceMethod::Bias => Tensor::zeros([1], &probs.device()),
+    /// The weights of the router loss: `balance` for the Switch loss under `aux_loss` (zero
+    /// under the other balance methods), `z` for the z-loss.
+    pub fn loss_weights(&self, balance: f64, z: f64) -> LossWeights {
+        LossWeights {
+            balance: match self.balance {
+                BalanceMethod::AuxLoss => balance,
+                BalanceMethod::None | BalanceMethod::Bias => 0.0,
+            },
+            z,
         }
     }
 }
@@ -144,13 +140,8 @@ fn route_with_bias<B: MoeBackend>(
     policy: &RoutingPolicy,
 ) -> Routing<B> {
     let decision = B::moe_route(bias.selection_logits(logits.clone()), policy);
-    let probs = burn::tensor::activation::softmax(logits.clone(), 1); // [T, E]
-    let used = decision.expert_ids.clone().greater_equal_elem(0); // [T, K]
-    let kept = probs
-        .clone()
-        .gather(1, decision.expert_ids.clone().clamp_min(0))
-        .mask_fill(used.bool_not(), 0.0); // [T, K]
-    let weights = kept.clone() / kept.sum_dim(1); // [T, K]
+    let probs = burn::tensor::activation::softmax(logits.clone().detach(), 1); // [T, E]
+    let weights = B::moe_routing_weights(logits.clone(), decision.expert_ids.clone()); // [T, K]
     Routing {
         logits,
         probs,

@@ -8,7 +8,7 @@ use moe_kernels::grouped_gemm::ExpertShape;
 
 use crate::InvalidValue;
 use crate::backend_ext::{Dispatch, MoeBackend, Routing};
-use crate::balance::{BalanceMethod, router_z_loss};
+use crate::balance::BalanceMethod;
 use crate::control::{RoutingControl, router_summary};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
@@ -202,10 +202,10 @@ impl<B: MoeBackend> MoeLayer<B> {
         let decision = keep.then(|| routing.clone());
         let expert_counts = dispatch.expert_counts(); // [E]
         let (top_expert, router_entropy) = router_summary(&routing.probs);
-        let aux_loss =
-            self.control
-                .balance_loss(routing.probs, expert_counts.clone(), self.balance_loss_coef)
-                + router_z_loss(routing.logits).mul_scalar(self.z_loss_coef);
+        let loss_weights = self
+            .control
+            .loss_weights(self.balance_loss_coef, self.z_loss_coef);
+        let aux_loss = B::moe_router_loss(routing.logits, expert_counts.clone(), loss_weights);
         let output = MoeOutput {
             output,
             aux_loss,

@@ -26,10 +26,11 @@ use moe_kernels::grouped_gemm::{
     expert_matmul, input_projection, output_projection,
 };
 use moe_kernels::route::route;
+use moe_kernels::router_train::{RouterShape, router_loss, router_loss_grad, routing_weights_grad};
 use moe_kernels::{Activation, KernelError, RoutingPolicy};
 
 use super::fallback::note_fallback;
-use super::{Dispatch, ExpertRows, MoeBackend, Routing, tensor_ops, unfused_pre_grad};
+use super::{Dispatch, ExpertRows, LossWeights, MoeBackend, Routing, tensor_ops, unfused_pre_grad};
 use crate::feed_forward::activate;
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
@@ -85,6 +86,91 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
             weights: float_tensor(&input, routed.weights, [num_tokens, slots], input.dtype),
             token_k: int_tensor(&input, routed.token_k, [num_tokens]),
             logits,
+        }
+    }
+
+    fn moe_routing_weights_grad(
+        weights: Tensor<Self, 2>,
+        expert_ids: Tensor<Self, 2, Int>,
+        d_weights: Tensor<Self, 2>,
+        num_experts: usize,
+    ) -> Tensor<Self, 2> {
+        let [num_tokens, slots] = weights.dims();
+        let shape = RouterShape {
+            num_tokens,
+            num_experts,
+        };
+        let dtype = weights.dtype();
+        let (routed, ids) = (contiguous_float(&weights), contiguous_int(&expert_ids));
+        let grad = contiguous_float(&d_weights.clone().cast(dtype));
+        let d_logits = with_float_kernel!(dtype, K => routing_weights_grad::<R, K, I>(
+            &routed.client,
+            &routed.handle,
+            &ids.handle,
+            &grad.handle,
+            shape,
+            slots,
+        ), else Err(unsupported_dtype("routing weights", dtype)));
+        match d_logits {
+            Ok(d_logits) => float_tensor(&routed, d_logits, [num_tokens, num_experts], dtype),
+            Err(error) => {
+                fall_back("routing weights' gradient", error);
+                tensor_ops::routing_weights_grad(weights, expert_ids, d_weights, num_experts)
+            }
+        }
+    }
+
+    fn moe_router_loss(
+        logits: Tensor<Self, 2>,
+        expert_counts: Tensor<Self, 1, Int>,
+        weights: LossWeights,
+    ) -> Tensor<Self, 1> {
+        let shape = router_shape(&logits);
+        let (input, counts) = (contiguous_float(&logits), contiguous_int(&expert_counts));
+        let loss = with_float_kernel!(input.dtype, K => router_loss::<R, K, I>(
+            &input.client,
+            &input.handle,
+            &counts.handle,
+            shape,
+            weights,
+        ), else Err(unsupported_dtype("router logits", input.dtype)));
+        match loss {
+            Ok(loss) => float_tensor(&input, loss, [1], input.dtype),
+            Err(error) => {
+                fall_back("router loss", error);
+                tensor_ops::router_loss(logits, expert_counts, weights)
+            }
+        }
+    }
+
+    fn moe_router_loss_grad(
+        logits: Tensor<Self, 2>,
+        expert_counts: Tensor<Self, 1, Int>,
+        weights: LossWeights,
+        d_loss: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        let shape = router_shape(&logits);
+        let (input, counts) = (contiguous_float(&logits), contiguous_int(&expert_counts));
+        let grad = contiguous_float(&d_loss.clone().cast(input.dtype));
+        let d_logits = with_float_kernel!(input.dtype, K => router_loss_grad::<R, K, I>(
+            &input.client,
+            &input.handle,
+            &counts.handle,
+            &grad.handle,
+            shape,
+            weights,
+        ), else Err(unsupported_dtype("router logits", input.dtype)));
+        match d_logits {
+            Ok(d_logits) => float_tensor(
+                &input,
+                d_logits,
+                [shape.num_tokens, shape.num_experts],
+                input.dtype,
+            ),
+            Err(error) => {
+                fall_back("router loss's gradient", error);
+                tensor_ops::router_loss_grad(logits, expert_counts, weights, d_loss)
+            }
         }
     }
 
@@ -440,6 +526,15 @@ fn kernel_expert_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bool
         [shape.num_pairs(), columns],
         dtype,
     ))
+}
+
+/// The router's sizes from its `[T, E]` logits.
+fn router_shape<B: burn::tensor::backend::Backend>(logits: &Tensor<B, 2>) -> RouterShape {
+    let [num_tokens, num_experts] = logits.dims();
+    RouterShape {
+        num_tokens,
+        num_experts,
+    }
 }
 
 /// The size rule's tiles for `shape` in `dtype` on this device (tensor cores where it has them

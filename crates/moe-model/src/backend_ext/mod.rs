@@ -27,11 +27,15 @@ mod outputs;
 mod parity_tests;
 #[cfg(all(test, feature = "cubecl"))]
 mod precision_tests;
+mod router_backward;
+#[cfg(all(test, feature = "ndarray"))]
+mod router_backward_tests;
 pub mod tensor_ops;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor};
 use moe_kernels::grouped_gemm::ExpertShape;
+pub use moe_kernels::router_train::LossWeights;
 use moe_kernels::{Activation, RoutingPolicy};
 
 use crate::feed_forward::{activate, activate_backward};
@@ -52,6 +56,50 @@ pub trait MoeBackend: Backend {
     /// Applies `policy` to router `logits` (`[T, E]`).
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
         tensor_ops::route(logits, policy)
+    }
+
+    /// The weights of each token's chosen experts (`expert_ids` `[T, K]`, -1 unused) from the
+    /// router `logits` (`[T, E]`): the softmax over the chosen logits, which is the renormalised
+    /// probabilities; 0 in unused slots. The router learns from the combine through these.
+    fn moe_routing_weights(
+        logits: Tensor<Self, 2>,
+        expert_ids: Tensor<Self, 2, Int>,
+    ) -> Tensor<Self, 2> {
+        tensor_ops::routing_weights(logits, expert_ids)
+    }
+
+    /// The gradient with respect to the logits (`[T, E]`) of routing `weights` (`[T, K]`, the
+    /// softmax over the chosen logits as [`MoeBackend::moe_routing_weights`] computes them), from
+    /// the weights' gradient `d_weights` (`[T, K]`); 0 for experts a token did not choose.
+    fn moe_routing_weights_grad(
+        weights: Tensor<Self, 2>,
+        expert_ids: Tensor<Self, 2, Int>,
+        d_weights: Tensor<Self, 2>,
+        num_experts: usize,
+    ) -> Tensor<Self, 2> {
+        tensor_ops::routing_weights_grad(weights, expert_ids, d_weights, num_experts)
+    }
+
+    /// The router's weighted auxiliary loss (`[1]`): the Switch load-balancing loss and the
+    /// z-loss of `logits` (`[T, E]`) routed as `expert_counts` (`[E]`), weighted by `weights`
+    /// (specification: `moe_kernels::router_train::reference::router_loss`).
+    fn moe_router_loss(
+        logits: Tensor<Self, 2>,
+        expert_counts: Tensor<Self, 1, Int>,
+        weights: LossWeights,
+    ) -> Tensor<Self, 1> {
+        tensor_ops::router_loss(logits, expert_counts, weights)
+    }
+
+    /// `d_loss` (`[1]`) times the gradient of [`MoeBackend::moe_router_loss`] with respect to
+    /// the logits, `[T, E]`.
+    fn moe_router_loss_grad(
+        logits: Tensor<Self, 2>,
+        expert_counts: Tensor<Self, 1, Int>,
+        weights: LossWeights,
+        d_loss: Tensor<Self, 1>,
+    ) -> Tensor<Self, 2> {
+        tensor_ops::router_loss_grad(logits, expert_counts, weights, d_loss)
     }
 
     /// Rows per tile of the dispatch's work list that [`MoeBackend::moe_experts`] needs for a

@@ -2,11 +2,12 @@
 //! every backend) and the reference the kernel path is compared with.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
 use moe_kernels::dispatch::reference::plan;
 use moe_kernels::{Activation, RoutingPolicy, UNUSED_SLOT};
 
-use super::{Dispatch, ExpertRows, Routing};
+use super::{Dispatch, ExpertRows, LossWeights, Routing};
+use crate::balance::{load_balancing_loss, log_sum_exp, router_z_loss};
 use crate::expert_choice::route_expert_choice;
 use crate::feed_forward::feed_forward;
 
@@ -50,6 +51,81 @@ pub fn route<B: Backend>(logits: Tensor<B, 2>, policy: &RoutingPolicy) -> Routin
         weights,
         token_k,
     }
+}
+
+/// The softmax over each token's chosen logits: the renormalised probabilities of the chosen
+/// experts, 0 in unused slots (`MoeBackend::moe_routing_weights`).
+///
+/// # Shapes
+/// - `logits`: `[T, E]`, `expert_ids`: `[T, K]` (-1 unused) -> `[T, K]`
+pub fn routing_weights<B: Backend>(
+    logits: Tensor<B, 2>,
+    expert_ids: Tensor<B, 2, Int>,
+) -> Tensor<B, 2> {
+    let used = expert_ids.clone().greater_equal_elem(0); // [T, K]
+    let chosen = softmax(logits, 1).gather(1, expert_ids.clamp_min(0)); // [T, K]
+    let kept = chosen.mask_fill(used.bool_not(), 0.0);
+    kept.clone() / kept.sum_dim(1)
+}
+
+/// The gradient of [`routing_weights`] with respect to the logits: `w_k (g_k - sum_j w_j g_j)`
+/// at each chosen expert, 0 elsewhere (`MoeBackend::moe_routing_weights_grad`).
+///
+/// # Shapes
+/// - `weights`, `expert_ids`, `d_weights`: `[T, K]` -> `[T, E]`
+pub fn routing_weights_grad<B: Backend>(
+    weights: Tensor<B, 2>,
+    expert_ids: Tensor<B, 2, Int>,
+    d_weights: Tensor<B, 2>,
+    num_experts: usize,
+) -> Tensor<B, 2> {
+    let [num_tokens, _] = weights.dims();
+    let dot = (weights.clone() * d_weights.clone()).sum_dim(1); // [T, 1]
+    let per_slot = weights * (d_weights - dot); // [T, K]; 0 in unused slots (weight 0)
+    Tensor::zeros([num_tokens, num_experts], &per_slot.device()).scatter(
+        1,
+        expert_ids.clamp_min(0),
+        per_slot,
+        IndexingUpdateOp::Add,
+    )
+}
+
+/// The router's weighted auxiliary loss: the Switch loss of the probabilities and the z-loss of
+/// the logits (`MoeBackend::moe_router_loss`).
+///
+/// # Shapes
+/// - `logits`: `[T, E]`, `expert_counts`: `[E]` -> `[1]`
+pub fn router_loss<B: Backend>(
+    logits: Tensor<B, 2>,
+    expert_counts: Tensor<B, 1, Int>,
+    weights: LossWeights,
+) -> Tensor<B, 1> {
+    load_balancing_loss(softmax(logits.clone(), 1), expert_counts).mul_scalar(weights.balance)
+        + router_z_loss(logits).mul_scalar(weights.z)
+}
+
+/// `d_loss` times the gradient of [`router_loss`] with respect to the logits:
+/// `p_e (balance E / N (n_e - sum_j n_j p_j) + 2 z lse) / T` for each token, N the routed pairs
+/// (`MoeBackend::moe_router_loss_grad`).
+///
+/// # Shapes
+/// - `logits`: `[T, E]`, `expert_counts`: `[E]`, `d_loss`: `[1]` -> `[T, E]`
+pub fn router_loss_grad<B: Backend>(
+    logits: Tensor<B, 2>,
+    expert_counts: Tensor<B, 1, Int>,
+    weights: LossWeights,
+    d_loss: Tensor<B, 1>,
+) -> Tensor<B, 2> {
+    let [num_tokens, num_experts] = logits.dims();
+    let probs = softmax(logits.clone(), 1); // [T, E]
+    let counts = expert_counts.float().unsqueeze_dim::<2>(0); // [1, E]
+    let pairs = counts.clone().sum().clamp_min(1.0).reshape([1, 1]);
+    let balance = pairs
+        .recip()
+        .mul_scalar(weights.balance * num_experts as f64); // [1, 1]
+    let load = (probs.clone() * counts.clone()).sum_dim(1); // [T, 1]
+    let per_expert = (counts - load) * balance + log_sum_exp(logits).mul_scalar(2.0 * weights.z);
+    probs * per_expert * d_loss.reshape([1, 1]).div_scalar(num_tokens as f64)
 }
 
 /// Plans the dispatch of `expert_ids` on the host (a device round trip) and uploads the plan.
