@@ -80,8 +80,8 @@ fn check_loss<R: Runtime, F: HostFloat>(
     );
 }
 
-/// Random renormalised weights over distinct experts, the last `unused` slots of every other
-/// token unused, and a random weights' gradient.
+/// Random renormalised weights over distinct experts (every other token leaves its last slots
+/// unused) and a random weights' gradient.
 fn routed_slots(seed: u64, shape: RouterShape, slots: usize) -> (Vec<f32>, Vec<i32>, Vec<f32>) {
     let mut draw = rng(seed);
     let (mut weights, mut ids) = (Vec::new(), Vec::new());
@@ -91,16 +91,11 @@ fn routed_slots(seed: u64, shape: RouterShape, slots: usize) -> (Vec<f32>, Vec<i
         let raw: Vec<f32> = (0..used).map(|_| draw.random_range(0.1..1.0)).collect();
         let total: f32 = raw.iter().sum();
         for s in 0..slots {
-            match s < used {
-                true => {
-                    weights.push(raw[s] / total);
-                    ids.push(((first + s) % shape.num_experts) as i32);
-                }
-                false => {
-                    weights.push(0.0);
-                    ids.push(UNUSED_SLOT);
-                }
-            }
+            weights.push(raw.get(s).map_or(0.0, |w| w / total));
+            ids.push(match s < used {
+                true => ((first + s) % shape.num_experts) as i32,
+                false => UNUSED_SLOT,
+            });
         }
     }
     let d_weights = random_f32(&mut draw, weights.len(), 2.0);

@@ -6,7 +6,8 @@
 //! operation with the `moe-kernels` kernels, which run the whole layer without a host round trip;
 //! a shape a kernel does not support falls back to the tensor ops and says so once. Under
 //! `Autodiff`, the routing decision and the dispatch come from the inner backend (kernels on
-//! CubeCL); the renormalised weights are differentiated tensor ops; the combine runs the inner
+//! CubeCL); the renormalised weights and the router loss are nodes with hand-written backwards
+//! where the inner backend has routing kernels (`router_backward.rs`); the combine runs the inner
 //! backend's forward with a backward of gathers (`combine_backward.rs`); the experts
 //! train through a hand-written backward (`expert_backward.rs`: grouped GEMMs through
 //! transposed weights and per-expert weight gradients) where the inner backend has kernels for

@@ -9,7 +9,9 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 pub struct Routing<B: Backend> {
     /// Router logits. `[T, E]`
     pub logits: Tensor<B, 2>,
-    /// Router probabilities, the softmax of the logits. `[T, E]`
+    /// Router probabilities, the softmax of the logits, for statistics and predictors: not a
+    /// gradient path (the router learns through `weights` and `MoeBackend::moe_router_loss`).
+    /// `[T, E]`
     pub probs: Tensor<B, 2>,
     /// Chosen experts, most probable first; -1 where the policy left a slot unused. `[T, K]`
     pub expert_ids: Tensor<B, 2, Int>,
