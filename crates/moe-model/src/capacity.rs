@@ -28,9 +28,9 @@ pub fn drop_overflow<B: Backend>(
     capacity_factor: f64,
 ) -> (Routing<B>, Tensor<B, 1, Int>) {
     let [num_tokens, slots] = routing.expert_ids.dims();
-    let num_experts = routing.probs.dims()[1];
+    let num_experts = routing.logits.dims()[1];
     let num_pairs = num_tokens * slots;
-    let device = routing.probs.device();
+    let device = routing.logits.device();
 
     let used = routing.expert_ids.clone().greater_equal_elem(0); // [T, K]
     let routed_pairs: usize = used.clone().int().sum().into_scalar().elem::<i64>() as usize;
@@ -38,7 +38,7 @@ pub fn drop_overflow<B: Backend>(
 
     // Score of each pair, -1 for unused slots (probabilities are >= 0).
     let ids = routing.expert_ids.clone().clamp_min(0); // [T, K]
-    let scores = routing.probs.clone().detach().gather(1, ids.clone()); // [T, K]
+    let scores = routing.probs().gather(1, ids.clone()); // [T, K]
     let scores = scores
         .mask_fill(used.clone().bool_not(), -1.0)
         .reshape([1, num_pairs]);
@@ -68,7 +68,6 @@ pub fn drop_overflow<B: Backend>(
         weights: routing.weights.mask_fill(dropped, 0.0),
         token_k: routing.token_k - dropped_per_token.clone(),
         logits: routing.logits,
-        probs: routing.probs,
     };
     (routing, dropped_per_token)
 }

@@ -140,11 +140,9 @@ fn route_with_bias<B: MoeBackend>(
     policy: &RoutingPolicy,
 ) -> Routing<B> {
     let decision = B::moe_route(bias.selection_logits(logits.clone()), policy);
-    let probs = burn::tensor::activation::softmax(logits.clone().detach(), 1); // [T, E]
     let weights = B::moe_routing_weights(logits.clone(), decision.expert_ids.clone()); // [T, K]
     Routing {
         logits,
-        probs,
         expert_ids: decision.expert_ids,
         weights,
         token_k: decision.token_k,
@@ -154,10 +152,11 @@ fn route_with_bias<B: MoeBackend>(
 /// Top-1 expert and router entropy (nats) of every token, for the routing metrics.
 ///
 /// # Shapes
-/// - `probs`: `[T, E]` -> `[T]`, `[T]`
-pub fn router_summary<B: Backend>(probs: &Tensor<B, 2>) -> (Tensor<B, 1, Int>, Tensor<B, 1>) {
-    let probs = probs.clone().detach();
-    let top_expert = probs.clone().argmax(1).squeeze_dim(1); // [T]
+/// - `logits`: `[T, E]` -> `[T]`, `[T]`
+pub fn router_summary<B: Backend>(logits: &Tensor<B, 2>) -> (Tensor<B, 1, Int>, Tensor<B, 1>) {
+    let logits = logits.clone().detach();
+    let top_expert = logits.clone().argmax(1).squeeze_dim(1); // [T]
+    let probs = burn::tensor::activation::softmax(logits, 1);
     let entropy = (probs.clone() * probs.clamp_min(1e-30).log())
         .sum_dim(1)
         .squeeze_dim(1)

@@ -49,7 +49,6 @@ pub fn route_expert_choice<B: Backend>(
     let token_k: Tensor<B, 1, Int> = used.int().sum_dim(1).squeeze_dim(1); // [T]
     Routing {
         logits,
-        probs,
         expert_ids,
         weights,
         token_k,

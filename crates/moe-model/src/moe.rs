@@ -201,7 +201,7 @@ impl<B: MoeBackend> MoeLayer<B> {
         } = self.pass(x);
         let decision = keep.then(|| routing.clone());
         let expert_counts = dispatch.expert_counts(); // [E]
-        let (top_expert, router_entropy) = router_summary(&routing.probs);
+        let (top_expert, router_entropy) = router_summary(&routing.logits);
         let loss_weights = self
             .control
             .loss_weights(self.balance_loss_coef, self.z_loss_coef);

@@ -36,7 +36,6 @@ impl<B: MoeBackend, C: CheckpointStrategy> MoeBackend for Autodiff<B, C> {
         };
         Routing {
             logits,
-            probs: Tensor::from_inner(decision.probs),
             expert_ids,
             weights,
             token_k: Tensor::from_inner(decision.token_k),

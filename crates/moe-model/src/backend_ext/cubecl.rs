@@ -10,7 +10,6 @@
 //! (`fallback.rs`). An invalid input means the layer built wrong arguments: that is a bug, and it
 //! panics with the kernel's message rather than hiding behind the slow path.
 
-use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Int, Shape, Tensor, TensorPrimitive, bf16, f16};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -81,7 +80,6 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         };
         let slots = routed.slots;
         Routing {
-            probs: softmax(logits.clone(), 1),
             expert_ids: int_tensor(&input, routed.expert_ids, [num_tokens, slots]),
             weights: float_tensor(&input, routed.weights, [num_tokens, slots], input.dtype),
             token_k: int_tensor(&input, routed.token_k, [num_tokens]),

@@ -1,6 +1,7 @@
 //! What the MoE backend operations return: the routing decision, the dispatch plan and the
 //! experts' output rows, as tensors of the backend.
 
+use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor, backend::Backend};
 
 /// The routing decision for a batch of tokens (the tensor form of
@@ -9,16 +10,21 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 pub struct Routing<B: Backend> {
     /// Router logits. `[T, E]`
     pub logits: Tensor<B, 2>,
-    /// Router probabilities, the softmax of the logits, for statistics and predictors: not a
-    /// gradient path (the router learns through `weights` and `MoeBackend::moe_router_loss`).
-    /// `[T, E]`
-    pub probs: Tensor<B, 2>,
     /// Chosen experts, most probable first; -1 where the policy left a slot unused. `[T, K]`
     pub expert_ids: Tensor<B, 2, Int>,
     /// Renormalised weights of the chosen experts, 0 in unused slots. `[T, K]`
     pub weights: Tensor<B, 2>,
     /// Number of experts each token uses. `[T]`
     pub token_k: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> Routing<B> {
+    /// Router probabilities, the softmax of the logits, computed on demand (inference does not
+    /// need them): for statistics and predictors, not a gradient path (the router learns through
+    /// `weights` and `MoeBackend::moe_router_loss`). `[T, E]`
+    pub fn probs(&self) -> Tensor<B, 2> {
+        softmax(self.logits.clone().detach(), 1)
+    }
 }
 
 /// Where each routed (token, slot) pair goes (the tensor form of

@@ -46,7 +46,6 @@ pub fn route<B: Backend>(logits: Tensor<B, 2>, policy: &RoutingPolicy) -> Routin
     let token_k = used.int().sum_dim(1).squeeze_dim(1); // [T]
     Routing {
         logits,
-        probs,
         expert_ids,
         weights,
         token_k,
