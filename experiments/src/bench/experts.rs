@@ -495,8 +495,10 @@ fn layer_row<R: CubeRuntime, F: FloatElement>(
     }
 }
 
-/// The threshold at which threshold routing gives `mean_k` experts per token on `x`: the
-/// `(mean_k - 1)` quantile of the tokens' top-1 router probabilities.
+/// The threshold at which threshold routing gives `mean_k` experts per token on `x`: halfway
+/// between the top-1 router probabilities on either side of their `(mean_k - 1)` quantile, so
+/// the rounding of a probability cannot move a token across it (at T = 1 the threshold sat on
+/// the token's own probability, and runs flipped between one and two experts).
 fn calibrated_threshold<R: CubeRuntime, F: FloatElement>(
     layer: &MoeLayer<Cube<R, F>>,
     x: Tensor<Cube<R, F>, 2>,
@@ -507,6 +509,12 @@ fn calibrated_threshold<R: CubeRuntime, F: FloatElement>(
     let mut top: Vec<f64> = top.to_data().iter::<f64>().collect();
     top.sort_by(f64::total_cmp);
     let below = ((mean_k - 1.0) * top.len() as f64).round() as usize;
-    // Tokens whose top-1 probability is below tau use two experts.
-    top.get(below).copied().unwrap_or(1.0)
+    // Tokens whose top-1 probability is below tau use two experts: the first `below` of them.
+    let upper = top.get(below).copied().unwrap_or(1.0);
+    let lower = below
+        .checked_sub(1)
+        .and_then(|i| top.get(i))
+        .copied()
+        .unwrap_or(0.0);
+    (lower + upper) / 2.0
 }
