@@ -75,6 +75,27 @@ impl HostFloat for f16 {
     }
 }
 
+/// Runs `check_bf16` and `check_f16` where the device has the type; says so where it does not.
+pub fn for_half_types<R: Runtime>(
+    client: &ComputeClient<R>,
+    check_bf16: impl Fn(&ComputeClient<R>),
+    check_f16: impl Fn(&ComputeClient<R>),
+) {
+    for (name, ty, check) in [
+        (
+            "bf16",
+            bf16::cube_type(),
+            &check_bf16 as &dyn Fn(&ComputeClient<R>),
+        ),
+        ("f16", f16::cube_type(), &check_f16),
+    ] {
+        match client.properties().supports_type(ty) {
+            true => check(client),
+            false => println!("this device has no {name}: skipped"),
+        }
+    }
+}
+
 /// ||got - want|| / ||want|| over the first `want.len()` values.
 pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
     let (mut diff, mut norm) = (0.0, 0.0);

@@ -1,7 +1,7 @@
 //! Shared helpers of the unit tests: seeded random inputs and host copies of tensors.
 
 use burn::backend::NdArray;
-use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -27,6 +27,24 @@ pub fn random_tensor<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     let values = random_values(rng, shape.iter().product(), scale);
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// A tensor of `shape` holding `values` in `dtype`, on the default device.
+pub fn float_tensor<B: Backend, const D: usize>(
+    values: &[f32],
+    shape: [usize; D],
+    dtype: DType,
+) -> Tensor<B, D> {
+    Tensor::<B, D>::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+        .cast(dtype)
+}
+
+/// ||got - want|| / ||want||.
+pub fn relative_error(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let diff: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum();
+    let norm: f64 = want.iter().map(|w| w * w).sum();
+    (diff / norm.max(1e-300)).sqrt()
 }
 
 /// Host copy of a float tensor, widened to f64.

@@ -6,7 +6,9 @@ use half::{bf16, f16};
 
 use super::{ActivateShape, activate_rows, activate_rows_into};
 use crate::Activation;
-use crate::testgen::{HostFloat, download, random_f32, relative_error, rng, upload};
+use crate::testgen::{
+    HostFloat, download, for_half_types, random_f32, relative_error, rng, upload,
+};
 
 /// Activates `num_rows` random rows of which the offsets route `routed` (the last offset; more
 /// than `num_rows` is clamped) into a NaN-poisoned buffer: the routed rows match the f64
@@ -92,16 +94,7 @@ pub fn activation_matches_reference<R: Runtime>(client: ComputeClient<R>) {
 
 /// bf16 and f16 where the device has them, else skipped.
 pub fn activation_matches_reference_in_bf16_and_f16<R: Runtime>(client: ComputeClient<R>) {
-    for (name, supported) in [
-        ("bf16", client.properties().supports_type(bf16::cube_type())),
-        ("f16", client.properties().supports_type(f16::cube_type())),
-    ] {
-        match (name, supported) {
-            (_, false) => println!("this device has no {name}: skipped"),
-            ("bf16", true) => check_type::<R, bf16>(&client),
-            _ => check_type::<R, f16>(&client),
-        }
-    }
+    for_half_types(&client, check_type::<R, bf16>, check_type::<R, f16>);
 }
 
 /// Bad sizes and short buffers are errors, not launches.

@@ -7,36 +7,44 @@
 
 use crate::UNUSED_SLOT;
 
-/// `log sum_e exp(row_e)` and the softmax of `row`.
-fn softmax_f64(row: &[f32]) -> (f64, Vec<f64>) {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    let lse = max + sum.ln();
-    (lse, row.iter().map(|&v| (v as f64 - lse).exp()).collect())
+/// One token's `lse`, probabilities `p` and routed load `sum_e n_e p_e`.
+struct TokenTerms {
+    lse: f64,
+    probs: Vec<f64>,
+    load: f64,
 }
 
-/// Routed pairs over all experts, at least 1 (no pairs: the balance term is 0).
-fn total_pairs(expert_counts: &[i32]) -> f64 {
-    (expert_counts.iter().map(|&n| n as f64).sum::<f64>()).max(1.0)
+/// The terms of every token of `logits` (`[T, E]`), and the balance factor `balance * E / N`.
+fn token_terms(logits: &[f32], expert_counts: &[i32], balance: f64) -> (Vec<TokenTerms>, f64) {
+    let num_experts = expert_counts.len();
+    // Routed pairs over all experts, at least 1 (no pairs: the balance term is 0).
+    let pairs = (expert_counts.iter().map(|&n| n as f64).sum::<f64>()).max(1.0);
+    let terms = logits
+        .chunks(num_experts)
+        .map(|row| {
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+            let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+            let lse = max + sum.ln();
+            let probs: Vec<f64> = row.iter().map(|&v| (v as f64 - lse).exp()).collect();
+            let load = probs
+                .iter()
+                .zip(expert_counts)
+                .map(|(p, &n)| p * n as f64)
+                .sum();
+            TokenTerms { lse, probs, load }
+        })
+        .collect();
+    (terms, balance * num_experts as f64 / pairs)
 }
 
 /// The weighted auxiliary loss of `logits` (`[T, E]`) routed as `expert_counts` (`[E]`).
 pub fn router_loss(logits: &[f32], expert_counts: &[i32], balance: f64, z: f64) -> f64 {
-    let num_experts = expert_counts.len();
-    let scale = balance * num_experts as f64 / total_pairs(expert_counts);
-    let rows = logits.chunks(num_experts);
-    let num_tokens = rows.len() as f64;
-    rows.map(|row| {
-        let (lse, probs) = softmax_f64(row);
-        let load: f64 = probs
-            .iter()
-            .zip(expert_counts)
-            .map(|(p, &n)| p * n as f64)
-            .sum();
-        scale * load + z * lse * lse
-    })
-    .sum::<f64>()
-        / num_tokens
+    let (terms, scale) = token_terms(logits, expert_counts, balance);
+    let total: f64 = terms
+        .iter()
+        .map(|t| scale * t.load + z * t.lse * t.lse)
+        .sum();
+    total / terms.len() as f64
 }
 
 /// `d_loss * d router_loss / d logits`, `[T, E]`.
@@ -47,24 +55,17 @@ pub fn router_loss_grad(
     z: f64,
     d_loss: f64,
 ) -> Vec<f64> {
-    let num_experts = expert_counts.len();
-    let scale = balance * num_experts as f64 / total_pairs(expert_counts);
-    let rows = logits.chunks(num_experts);
-    let per_token = d_loss / rows.len() as f64;
-    rows.flat_map(|row| {
-        let (lse, probs) = softmax_f64(row);
-        let load: f64 = probs
-            .iter()
-            .zip(expert_counts)
-            .map(|(p, &n)| p * n as f64)
-            .sum();
-        probs
-            .into_iter()
-            .zip(expert_counts)
-            .map(move |(p, &n)| per_token * p * (scale * (n as f64 - load) + 2.0 * z * lse))
-            .collect::<Vec<_>>()
-    })
-    .collect()
+    let (terms, scale) = token_terms(logits, expert_counts, balance);
+    let per_token = d_loss / terms.len() as f64;
+    terms
+        .iter()
+        .flat_map(|t| {
+            t.probs
+                .iter()
+                .zip(expert_counts)
+                .map(move |(p, &n)| per_token * p * (scale * (n as f64 - t.load) + 2.0 * z * t.lse))
+        })
+        .collect()
 }
 
 /// The gradient with respect to the logits (`[T, E]`) of routing weights that are the softmax of

@@ -11,7 +11,9 @@ use super::{
     routing_weights_grad, routing_weights_grad_into,
 };
 use crate::UNUSED_SLOT;
-use crate::testgen::{HostFloat, download, random_f32, relative_error, rng, upload};
+use crate::testgen::{
+    HostFloat, download, for_half_types, random_f32, relative_error, rng, upload,
+};
 
 /// Random logits of type `F` and their values as the kernel sees them (rounded to `F`).
 fn logits<F: HostFloat>(seed: u64, shape: RouterShape) -> (Vec<F>, Vec<f32>) {
@@ -190,16 +192,7 @@ pub fn router_training_kernels_match_reference<R: Runtime>(client: ComputeClient
 pub fn router_training_kernels_match_reference_in_bf16_and_f16<R: Runtime>(
     client: ComputeClient<R>,
 ) {
-    for (name, supported) in [
-        ("bf16", client.properties().supports_type(bf16::cube_type())),
-        ("f16", client.properties().supports_type(f16::cube_type())),
-    ] {
-        match (name, supported) {
-            (_, false) => println!("this device has no {name}: skipped"),
-            ("bf16", true) => check_type::<R, bf16>(&client),
-            _ => check_type::<R, f16>(&client),
-        }
-    }
+    for_half_types(&client, check_type::<R, bf16>, check_type::<R, f16>);
 }
 
 /// No routed pairs at all: the balance term is 0 (not 0 / 0), the z-loss remains.

@@ -3,7 +3,6 @@
 //! NdArray (tensor-op primitives) and on wgpu (the kernels), and against finite differences.
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use moe_kernels::grouped_gemm::ExpertShape;
 use moe_kernels::route::reference::route;
@@ -11,7 +10,9 @@ use moe_kernels::route::reference::route;
 use super::{
     Dispatch, ExpertRows, MoeBackend, combine_backward, expert_backward, take_fallbacks, tensor_ops,
 };
-use crate::test_support::{TestBackend, host_f64, random_values, rng};
+use crate::test_support::{
+    TestBackend, float_tensor, host_f64, random_values, relative_error, rng,
+};
 use crate::{Activation, RoutingPolicy};
 
 /// One batch: routing decisions and random operands on the host.
@@ -111,11 +112,11 @@ fn loss_and_gradients<B: MoeBackend>(
 ) -> (f64, [Vec<f64>; 4]) {
     type A<B> = Autodiff<B>;
     let device = Default::default();
-    let x: Tensor<A<B>, 2> = float(&case.x, [case.tokens, case.d], dtype).require_grad();
+    let x: Tensor<A<B>, 2> = float_tensor(&case.x, [case.tokens, case.d], dtype).require_grad();
     let w_in: Tensor<A<B>, 3> =
-        float(&case.w_in, [case.experts, case.d, case.columns()], dtype).require_grad();
+        float_tensor(&case.w_in, [case.experts, case.d, case.columns()], dtype).require_grad();
     let w_out: Tensor<A<B>, 3> =
-        float(&case.w_out, [case.experts, case.width, case.d], dtype).require_grad();
+        float_tensor(&case.w_out, [case.experts, case.width, case.d], dtype).require_grad();
     let ids = Tensor::<A<B>, 1, Int>::from_data(
         TensorData::new(case.expert_ids.clone(), [case.expert_ids.len()]),
         &device,
@@ -147,12 +148,12 @@ fn loss_and_gradients<B: MoeBackend>(
         ),
     };
     let weights: Tensor<A<B>, 2> =
-        float(&case.weights, [case.tokens, case.slots], dtype).require_grad();
+        float_tensor(&case.weights, [case.tokens, case.slots], dtype).require_grad();
     let output = match path {
         Path::HandWritten => combine_backward::combine(rows, weights.clone(), &dispatch),
         Path::TensorOps => tensor_ops::combine(rows, weights.clone(), &dispatch),
     };
-    let loss = (output * float(&case.probe, [case.tokens, case.d], dtype)).sum();
+    let loss = (output * float_tensor(&case.probe, [case.tokens, case.d], dtype)).sum();
     let value = host_f64(loss.clone())[0];
     let grads = loss.backward();
     let host = |grad: Option<Tensor<B, 2>>| host_f64(grad.expect("a gradient"));
@@ -166,24 +167,6 @@ fn loss_and_gradients<B: MoeBackend>(
             host(weights.grad(&grads)),
         ],
     )
-}
-
-/// A tensor of `shape` holding `values` in `dtype`, on the default device.
-fn float<B: Backend, const D: usize>(
-    values: &[f32],
-    shape: [usize; D],
-    dtype: DType,
-) -> Tensor<B, D> {
-    Tensor::<B, D>::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
-        .cast(dtype)
-}
-
-/// ||got - want|| / ||want||.
-fn relative_error(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let diff: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum();
-    let norm: f64 = want.iter().map(|w| w * w).sum();
-    (diff / norm.max(1e-300)).sqrt()
 }
 
 /// Hand-written gradients on backend `B` in `dtype` equal autodiff's of the tensor ops on

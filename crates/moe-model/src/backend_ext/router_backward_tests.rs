@@ -3,13 +3,14 @@
 //! against finite differences.
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use moe_kernels::route::reference::route;
 
 use super::{LossWeights, MoeBackend, router_backward, take_fallbacks, tensor_ops};
 use crate::RoutingPolicy;
-use crate::test_support::{TestBackend, host_f64, random_values, rng};
+use crate::test_support::{
+    TestBackend, float_tensor, host_f64, random_values, relative_error, rng,
+};
 
 /// Heavier than the configs' defaults, so the losses' gradients are not drowned out.
 const LOSS_WEIGHTS: LossWeights = LossWeights {
@@ -91,7 +92,7 @@ fn loss_and_gradient<B: MoeBackend>(
 ) -> (f64, Vec<f64>) {
     let device = Default::default();
     let logits: Tensor<Autodiff<B>, 2> =
-        float(&case.logits, [case.tokens, case.experts], dtype).require_grad();
+        float_tensor(&case.logits, [case.tokens, case.experts], dtype).require_grad();
     let ids = Tensor::<B, 1, Int>::from_data(
         TensorData::new(case.expert_ids.clone(), [case.expert_ids.len()]),
         &device,
@@ -112,7 +113,7 @@ fn loss_and_gradient<B: MoeBackend>(
                     tensor_ops::routing_weights(logits.clone(), Tensor::from_inner(ids))
                 }
             };
-            (weights * float(&case.probe, [case.tokens, case.slots], dtype)).sum()
+            (weights * float_tensor(&case.probe, [case.tokens, case.slots], dtype)).sum()
         }
         (Part::Loss, Path::HandWritten) => {
             router_backward::router_loss(logits.clone(), counts, LOSS_WEIGHTS)
@@ -127,24 +128,6 @@ fn loss_and_gradient<B: MoeBackend>(
         value,
         host_f64(logits.grad(&grads).expect("a logits gradient")),
     )
-}
-
-/// A tensor of `shape` holding `values` in `dtype`, on the default device.
-fn float<B: Backend, const D: usize>(
-    values: &[f32],
-    shape: [usize; D],
-    dtype: DType,
-) -> Tensor<B, D> {
-    Tensor::<B, D>::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
-        .cast(dtype)
-}
-
-/// ||got - want|| / ||want||.
-fn relative_error(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let diff: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum();
-    let norm: f64 = want.iter().map(|w| w * w).sum();
-    (diff / norm.max(1e-300)).sqrt()
 }
 
 /// Hand-written values and gradients on backend `B` in `dtype` equal autodiff's of the tensor
