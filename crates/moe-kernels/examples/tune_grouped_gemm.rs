@@ -3,7 +3,7 @@
 //! `expert_grad/params.rs` were chosen.
 //!
 //! `cargo run --release -p moe-kernels --example tune_grouped_gemm [-- <shape filters>...
-//! [--only <candidate text>] [--ops <op>,...]]`
+//! [--only <candidate text>[|<candidate text>...]] [--ops <op>,...]]`
 //!
 //! Ops: `gemm1`, `gemm2` (the forward's projections), `pre` (the training forward's
 //! pre-activations), `dhidden` (`d_rows @ w_out^T` with the identity epilogue and with the fused
@@ -60,8 +60,9 @@ fn take_flag(args: &mut Vec<String>, flag: &str) -> Option<String> {
 
 fn main() {
     let mut filters: Vec<String> = std::env::args().skip(1).collect();
-    // `--only <text>`: time only the candidates whose description contains <text>.
+    // `--only <text>|<text>...`: time only the candidates whose description contains one of them.
     let only = take_flag(&mut filters, "--only").unwrap_or_default();
+    let picked = |description: String| only.split('|').any(|text| description.contains(text));
     let ops: Vec<String> = match take_flag(&mut filters, "--ops") {
         Some(list) => list.split(',').map(str::to_owned).collect(),
         None => OPS.map(str::to_owned).to_vec(),
@@ -106,7 +107,7 @@ fn main() {
             let plan = upload_plan(&client, &ids, experts, config.tile_rows());
             if wanted("gemm1")
                 && !inputs.contains(&config.input)
-                && describe(&config.input).contains(&only)
+                && picked(describe(&config.input))
             {
                 inputs.push(config.input);
                 let time = time(&client, || {
@@ -129,7 +130,7 @@ fn main() {
             }
             if wanted("gemm2")
                 && !outputs.contains(&config.output)
-                && describe(&config.output).contains(&only)
+                && picked(describe(&config.output))
             {
                 outputs.push(config.output);
                 let time = time(&client, || {
@@ -242,7 +243,7 @@ fn main() {
             let b = random(pairs * b_width);
             for params in WeightGradParams::candidates(&grad_shape, sms) {
                 let tiles = describe_grad(&params);
-                if !tiles.contains(&only) {
+                if !picked(tiles.clone()) {
                     continue;
                 }
                 let time = time(&client, || {

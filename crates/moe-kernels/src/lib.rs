@@ -16,6 +16,7 @@ mod pipeline;
 mod plane;
 mod policy;
 pub mod route;
+pub mod router_logits;
 pub mod router_train;
 pub mod stage;
 #[cfg(test)]

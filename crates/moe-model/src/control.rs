@@ -97,7 +97,7 @@ impl<B: MoeBackend> RoutingControl<B> {
             }
             false => x,
         };
-        let logits = router.gate.forward(x); // [T, E]
+        let logits = router.logits(x); // [T, E]
         let num_experts = logits.dims()[1];
         let policy = self.policy(router.policy());
         let routing = match (policy, &self.bias) {

@@ -49,6 +49,19 @@ impl<B: MoeBackend> Router<B> {
     /// # Shapes
     /// - `x`: `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Routing<B> {
-        B::moe_route(self.gate.forward(x), &self.policy)
+        B::moe_route(self.logits(x), &self.policy)
+    }
+
+    /// The gate's scores, through the backend's router-logits operation (a decode kernel on
+    /// CubeCL for few tokens).
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]` -> `[T, E]`
+    pub fn logits(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let logits = B::moe_router_logits(x, self.gate.weight.val());
+        match &self.gate.bias {
+            Some(bias) => logits + bias.val().unsqueeze(),
+            None => logits,
+        }
     }
 }

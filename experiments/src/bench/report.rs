@@ -83,7 +83,7 @@ fn speedup(baseline: Option<f64>, ours: f64) -> String {
     baseline.map_or("-".into(), |b| format!("{:.2}", b / ours))
 }
 
-const EXPERT_HEADERS: [&str; 13] = [
+const EXPERT_HEADERS: [&str; 15] = [
     "op",
     "case",
     "tiles",
@@ -93,6 +93,8 @@ const EXPERT_HEADERS: [&str; 13] = [
     "TFLOP/s",
     "x floor",
     "wall us",
+    "queued us",
+    "queued x floor",
     "cuBLAS us",
     "vs cuBLAS",
     "vs Burn",
@@ -100,7 +102,7 @@ const EXPERT_HEADERS: [&str; 13] = [
 ];
 
 /// Cells of one expert row.
-fn expert_cells(row: &ExpertRow, copy_bandwidth: f64) -> [String; 13] {
+fn expert_cells(row: &ExpertRow, copy_bandwidth: f64) -> [String; 15] {
     let [median, min, max] = row.time_us;
     let floor_us = row.floor_bytes as f64 / copy_bandwidth * 1e6;
     let cublas = row.cublas_us.as_ref().ok().copied();
@@ -118,6 +120,9 @@ fn expert_cells(row: &ExpertRow, copy_bandwidth: f64) -> [String; 13] {
         format!("{:.0}", row.flops / median / 1e6),
         format!("{:.2}", median / floor_us),
         row.wall_us.map_or("-".into(), |w| format!("{w:.1}")),
+        row.queued_us.map_or("-".into(), |q| format!("{q:.1}")),
+        row.queued_us
+            .map_or("-".into(), |q| format!("{:.2}", q / floor_us)),
         cublas.map_or("-".into(), |c| format!("{c:.1}")),
         speedup(cublas, median),
         speedup(row.burn_us, median),
@@ -127,10 +132,12 @@ fn expert_cells(row: &ExpertRow, copy_bandwidth: f64) -> [String; 13] {
 
 /// The expert rows as a printed table.
 pub fn experts_table(rows: &[ExpertRow], copy_bandwidth: f64) -> String {
-    let line = |c: [String; 13]| {
+    let line = |c: [String; 15]| {
         format!(
-            "{:<6} {:<36} {:<40} {:>6} {:>10} {:>6} {:>7} {:>7} {:>9} {:>10} {:>9} {:>7} {:>14}",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+            "{:<6} {:<36} {:<40} {:>6} {:>10} {:>6} {:>7} {:>7} {:>9} {:>9} {:>14} {:>10} {:>9} \
+             {:>7} {:>14}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12],
+            c[13], c[14]
         )
     };
     let mut lines = vec![line(EXPERT_HEADERS.map(String::from))];
@@ -141,7 +148,8 @@ pub fn experts_table(rows: &[ExpertRow], copy_bandwidth: f64) -> String {
     lines.push(
         "median: device time (events), spread = (max - min) / median; TFLOP/s on routed pairs; \
          x floor: median over touched weights + activations at the copy bandwidth; vs X = X's \
-         time / ours (gemm rows: cuBLAS and Burn on the same FLOPs as one dense GEMM; layer \
+         time / ours; queued (layer rows): device time per forward with its launches queued behind \
+         a busy device, as a captured launch sequence runs (gemm rows: cuBLAS and Burn on the same FLOPs as one dense GEMM; layer \
          rows: cuBLAS dense MLP with the same active, and the same total, parameters; train \
          rows: forward + backward of the experts and combine, the dense MLPs' forward + backward \
          as six cuBLAS GEMMs, vs Burn = the per-expert tensor-op path's wall time)"
@@ -172,7 +180,8 @@ pub fn write(
     write("routing.csv", routing_csv)?;
 
     let mut experts_csv = String::from(
-        "op,case,tiles,routed_rows,median_us,spread,tflops,ratio_to_floor,wall_us,cublas_us,\
+        "op,case,tiles,routed_rows,median_us,spread,tflops,ratio_to_floor,wall_us,queued_us,\
+         queued_ratio_to_floor,cublas_us,\
          speedup_vs_cublas,speedup_vs_burn,speedup_vs_dense_total,flops,floor_bytes,mean_k\n",
     );
     for row in expert_rows {

@@ -2,8 +2,8 @@
 //! every benchmark and layer run is reproducible from its shape.
 //!
 //! Classes, by the expected rows per touched expert `r = P / min(E, P)`:
-//! - decode (`r <= 16`): 16-row tiles, so a small batch is not padded to a large block; 64-deep
-//!   stages stream each touched expert's weights once; the output projection splits its depth
+//! - decode (`r <= 16`): 16-row tiles, so a small batch is not padded to a large block; 128-deep
+//!   stages in 2 buffers stream each touched expert's weights once; the output projection splits its depth
 //!   (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since its few
 //!   column blocks alone cannot keep the memory system busy;
 //! - medium (`r <= 64`): 64-row tiles, 64-deep stages;
@@ -17,8 +17,8 @@
 //! ([`ExpertGemmConfig::pre_activation`]) take them as one group, so every plane does the same
 //! work per fragment load.
 //!
-//! On tensor cores every class copies its stages asynchronously into 3 shared buffers
-//! (`mma.sync` m16n8k16 in 16-bit floats needs sm_80, which has `cp.async`;
+//! On tensor cores every class copies its stages asynchronously into shared buffers (3; 2 for
+//! decode) (`mma.sync` m16n8k16 in 16-bit floats needs sm_80, which has `cp.async`;
 //! [`device_config`](super::device_config) falls back to the register pipeline on a device
 //! without it), unless `d` or `F` is odd: `cp.async` moves at least 4 bytes, two 16-bit floats.
 //!
@@ -37,6 +37,11 @@ use crate::pipeline::{Pipeline, async_copy_fits};
 pub const CUBES_PER_SM: usize = 8;
 /// Most depth slices of a split-K output projection.
 pub const MAX_SPLITS: usize = 8;
+/// Depth of a decode stage, and the shared buffers of its asynchronous pipeline: two stages of
+/// 128 weight rows beat three of 64 (Mixtral T=1 on an H100: 184 / 99 us against 212 / 111 us
+/// for the two projections; T=16 within 4%; docs/GPU.md).
+const DECODE_STAGE_DEPTH: usize = 128;
+const DECODE_STAGES: usize = 2;
 /// Weight columns one medium or prefill input tile multiplies, over all its column groups.
 const INPUT_PRODUCT_COLUMNS: usize = 128;
 
@@ -107,10 +112,16 @@ impl ExpertGemmConfig {
             let input = GemmParams {
                 tile_rows: 16,
                 tile_cols: 64,
-                stage_depth: 64,
+                stage_depth: DECODE_STAGE_DEPTH,
                 warps_m: 1,
                 warps_n: 4,
                 raster_group: 1,
+                pipeline: match base.pipeline {
+                    Pipeline::AsyncCopy { .. } => Pipeline::AsyncCopy {
+                        stages: DECODE_STAGES,
+                    },
+                    Pipeline::Registers => Pipeline::Registers,
+                },
                 ..base
             };
             let mut output = output_of(input, 64, 4);

@@ -25,6 +25,7 @@ use moe_kernels::grouped_gemm::{
     expert_matmul, input_projection, output_projection,
 };
 use moe_kernels::route::route;
+use moe_kernels::router_logits::{DECODE_TOKENS, GateShape, router_logits};
 use moe_kernels::router_train::{RouterShape, router_loss, router_loss_grad, routing_weights_grad};
 use moe_kernels::{Activation, KernelError, RoutingPolicy};
 
@@ -60,6 +61,36 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
     for Cube<R, F, I, BT>
 {
     const ROUTING_KERNELS: bool = true;
+
+    /// The decode kernel for up to [`DECODE_TOKENS`] tokens; Burn's matmul (tuned GEMM tiles)
+    /// for larger batches, where each weight is reused across tokens.
+    fn moe_router_logits(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        let [num_tokens, d_model] = x.dims();
+        let [_, num_experts] = weight.dims();
+        let dtype = x.dtype();
+        if num_tokens > DECODE_TOKENS || weight.dtype() != dtype {
+            return x.matmul(weight);
+        }
+        let (input, gate) = (contiguous_float(&x), contiguous_float(&weight));
+        let shape = GateShape {
+            num_tokens,
+            d_model,
+            num_experts,
+        };
+        let logits = with_float_kernel!(dtype, K => router_logits::<R, K>(
+            &input.client,
+            &input.handle,
+            &gate.handle,
+            shape,
+        ), else Err(unsupported_dtype("router logits", dtype)));
+        match logits {
+            Ok(logits) => float_tensor(&input, logits, [num_tokens, num_experts], dtype),
+            Err(error) => {
+                fall_back("router logits", error);
+                x.matmul(weight)
+            }
+        }
+    }
 
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
         let [num_tokens, num_experts] = logits.dims();

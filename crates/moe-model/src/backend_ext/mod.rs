@@ -54,6 +54,11 @@ pub trait MoeBackend: Backend {
     /// (expert choice, capacity dropping) then note a fallback to tensor ops.
     const ROUTING_KERNELS: bool = false;
 
+    /// The router's logits `x @ weight` (`[T, d] @ [d, E]`, the gate without its bias).
+    fn moe_router_logits(x: Tensor<Self, 2>, weight: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        x.matmul(weight)
+    }
+
     /// Applies `policy` to router `logits` (`[T, E]`).
     fn moe_route(logits: Tensor<Self, 2>, policy: &RoutingPolicy) -> Routing<Self> {
         tensor_ops::route(logits, policy)

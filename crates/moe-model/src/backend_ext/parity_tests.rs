@@ -101,6 +101,50 @@ fn kernel_path_matches_tensor_op_path_in_outputs_and_gradients() {
     }
 }
 
+/// The router logits on the decode kernel (up to `DECODE_TOKENS` tokens) and on Burn's matmul
+/// (more), against NdArray; and whole decode-sized layers, whose routing reads those logits.
+#[test]
+fn router_logits_and_decode_layers_match_the_tensor_op_path() {
+    let (d, e) = (40, 6);
+    let mut draw = rng(11);
+    let gate = random_values(&mut draw, d * e, 0.5);
+    for tokens in [1, 16, 17] {
+        let x = random_values(&mut draw, tokens * d, 1.5);
+        let want = TestBackend::moe_router_logits(tensor(&x, [tokens, d]), tensor(&gate, [d, e]));
+        take_fallbacks();
+        let got = Wgpu::moe_router_logits(tensor(&x, [tokens, d]), tensor(&gate, [d, e]));
+        assert_eq!(take_fallbacks(), vec![], "T={tokens}: the kernel ran");
+        assert_close(
+            &host_f64(got),
+            &host_f64(want),
+            &format!("logits T={tokens}"),
+        );
+    }
+    let config = MoeLayerConfig::new()
+        .with_num_experts(e)
+        .with_expert_width(24)
+        .with_activation(Activation::SwiGlu)
+        .with_routing(RoutingPolicy::Threshold { tau: 0.4 });
+    let columns = config.activation.input_columns(24);
+    let weights = [
+        gate,
+        random_values(&mut draw, e * d * columns, 0.3),
+        random_values(&mut draw, e * 24 * d, 0.3),
+    ];
+    for tokens in [1, 16] {
+        let x = random_values(&mut draw, tokens * d, 1.5);
+        let cpu = layer_with::<TestBackend>(&config, d, &weights).infer(tensor(&x, [tokens, d]));
+        take_fallbacks();
+        let gpu = layer_with::<Wgpu>(&config, d, &weights).infer(tensor(&x, [tokens, d]));
+        assert_eq!(take_fallbacks(), vec![], "T={tokens}: every kernel ran");
+        assert_close(
+            &host_f64(gpu),
+            &host_f64(cpu),
+            &format!("layer T={tokens}"),
+        );
+    }
+}
+
 /// Gradients of `sum(output^2) + aux_loss` for the router gate, the experts' input and output
 /// weights and the layer's input.
 fn gradients<B: MoeBackend + AutodiffBackend>(layer: &MoeLayer<B>, x: &[f32]) -> [Vec<f64>; 4] {
