@@ -504,7 +504,7 @@ fn calibrated_threshold<R: CubeRuntime, F: FloatElement>(
     x: Tensor<Cube<R, F>, 2>,
     mean_k: f64,
 ) -> f64 {
-    let logits = layer.router.gate.forward(x); // [T, E]
+    let logits = layer.router.logits(x); // [T, E]
     let top: Tensor<Cube<R, F>, 2> = burn::tensor::activation::softmax(logits, 1).max_dim(1);
     let mut top: Vec<f64> = top.to_data().iter::<f64>().collect();
     top.sort_by(f64::total_cmp);

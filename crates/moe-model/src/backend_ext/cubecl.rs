@@ -68,7 +68,12 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         let [num_tokens, d_model] = x.dims();
         let [_, num_experts] = weight.dims();
         let dtype = x.dtype();
-        if num_tokens > DECODE_TOKENS || weight.dtype() != dtype {
+        if num_tokens > DECODE_TOKENS {
+            return x.matmul(weight);
+        }
+        if weight.dtype() != dtype {
+            let reason = format!("the gate is {:?} and its input {dtype:?}", weight.dtype());
+            fall_back("router logits", KernelError::Unsupported(reason));
             return x.matmul(weight);
         }
         let (input, gate) = (contiguous_float(&x), contiguous_float(&weight));
