@@ -5,7 +5,7 @@ use cubecl::server::Handle;
 
 use super::kernel::router_logits_kernel;
 use crate::buffer::{expect_len, expect_positive};
-use crate::{InvalidValue, KernelError};
+use crate::KernelError;
 
 /// Units per cube (a power of two: the cube sums its units in halving rounds).
 const CUBE_UNITS: usize = 256;
@@ -60,12 +60,10 @@ pub fn router_logits_into<R: Runtime, F: Float + CubeElement>(
     let expert_blocks = shape.num_experts.div_ceil(EXPERTS_PER_CUBE);
     let (_, max_y, _) = client.properties().hardware.max_cube_count;
     if shape.num_tokens > max_y as usize {
-        return Err(InvalidValue::new(
-            "num_tokens",
-            shape.num_tokens,
-            format!("must be at most {max_y} (one row of cubes per token)"),
-        )
-        .into());
+        return Err(KernelError::Unsupported(format!(
+            "{} tokens exceed the grid's {max_y} rows of cubes (one per token)",
+            shape.num_tokens
+        )));
     }
     // SAFETY: the buffers hold the sizes checked above; cube (b, t) reads row t of `x`, columns
     // below E of every weight row, and writes row t of `logits`.
