@@ -105,9 +105,7 @@ fn main() {
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
         for config in ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms) {
             let plan = upload_plan(&client, &ids, experts, config.tile_rows());
-            if wanted("gemm1")
-                && !inputs.contains(&config.input)
-                && picked(describe(&config.input))
+            if wanted("gemm1") && !inputs.contains(&config.input) && picked(describe(&config.input))
             {
                 inputs.push(config.input);
                 let time = time(&client, || {

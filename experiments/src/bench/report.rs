@@ -136,8 +136,21 @@ pub fn experts_table(rows: &[ExpertRow], copy_bandwidth: f64) -> String {
         format!(
             "{:<6} {:<36} {:<40} {:>6} {:>10} {:>6} {:>7} {:>7} {:>9} {:>9} {:>14} {:>10} {:>9} \
              {:>7} {:>14}",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12],
-            c[13], c[14]
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c[4],
+            c[5],
+            c[6],
+            c[7],
+            c[8],
+            c[9],
+            c[10],
+            c[11],
+            c[12],
+            c[13],
+            c[14]
         )
     };
     let mut lines = vec![line(EXPERT_HEADERS.map(String::from))];

@@ -4,8 +4,8 @@ use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use super::kernel::router_logits_kernel;
-use crate::buffer::{expect_len, expect_positive};
 use crate::KernelError;
+use crate::buffer::{expect_len, expect_positive};
 
 /// Units per cube (a power of two: the cube sums its units in halving rounds).
 const CUBE_UNITS: usize = 256;

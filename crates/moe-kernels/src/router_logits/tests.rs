@@ -40,7 +40,10 @@ fn check<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
         };
         let (x, x_host) = inputs::<F>(seed as u64, num_tokens * d_model);
         let (w, w_host) = inputs::<F>(seed as u64 + 100, d_model * num_experts);
-        let logits = upload(client, &vec![F::from_f32(f32::NAN); num_tokens * num_experts]);
+        let logits = upload(
+            client,
+            &vec![F::from_f32(f32::NAN); num_tokens * num_experts],
+        );
         router_logits_into::<R, F>(
             client,
             &upload(client, &x),
@@ -56,7 +59,10 @@ fn check<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
         let want = reference::router_logits(&x_host, &w_host, d_model, num_experts);
         let error = relative_error(&got, &want);
         let context = format!("{} {shape:?}", std::any::type_name::<F>());
-        assert!(got.iter().all(|v| v.is_finite()), "{context}: unwritten logits");
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "{context}: unwritten logits"
+        );
         assert!(error < F::TOLERANCE, "{context}: relative error {error}");
     }
 }

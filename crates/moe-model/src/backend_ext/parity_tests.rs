@@ -137,11 +137,7 @@ fn router_logits_and_decode_layers_match_the_tensor_op_path() {
         take_fallbacks();
         let gpu = layer_with::<Wgpu>(&config, d, &weights).infer(tensor(&x, [tokens, d]));
         assert_eq!(take_fallbacks(), vec![], "T={tokens}: every kernel ran");
-        assert_close(
-            &host_f64(gpu),
-            &host_f64(cpu),
-            &format!("layer T={tokens}"),
-        );
+        assert_close(&host_f64(gpu), &host_f64(cpu), &format!("layer T={tokens}"));
     }
 }
 
