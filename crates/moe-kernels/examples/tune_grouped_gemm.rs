@@ -62,7 +62,7 @@ fn main() {
     let mut filters: Vec<String> = std::env::args().skip(1).collect();
     // `--only <text>|<text>...`: time only the candidates whose description contains one of them.
     let only = take_flag(&mut filters, "--only").unwrap_or_default();
-    let picked = |description: String| only.split('|').any(|text| description.contains(text));
+    let picked = |description: &str| only.split('|').any(|text| description.contains(text));
     let ops: Vec<String> = match take_flag(&mut filters, "--ops") {
         Some(list) => list.split(',').map(str::to_owned).collect(),
         None => OPS.map(str::to_owned).to_vec(),
@@ -105,7 +105,9 @@ fn main() {
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
         for config in ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms) {
             let plan = upload_plan(&client, &ids, experts, config.tile_rows());
-            if wanted("gemm1") && !inputs.contains(&config.input) && picked(describe(&config.input))
+            if wanted("gemm1")
+                && !inputs.contains(&config.input)
+                && picked(&describe(&config.input))
             {
                 inputs.push(config.input);
                 let time = time(&client, || {
@@ -128,7 +130,7 @@ fn main() {
             }
             if wanted("gemm2")
                 && !outputs.contains(&config.output)
-                && picked(describe(&config.output))
+                && picked(&describe(&config.output))
             {
                 outputs.push(config.output);
                 let time = time(&client, || {
@@ -241,7 +243,7 @@ fn main() {
             let b = random(pairs * b_width);
             for params in WeightGradParams::candidates(&grad_shape, sms) {
                 let tiles = describe_grad(&params);
-                if !picked(tiles.clone()) {
+                if !picked(&tiles) {
                     continue;
                 }
                 let time = time(&client, || {

@@ -57,14 +57,25 @@ const ROUTING_HEADERS: [&str; 8] = [
     "speed-up",
 ];
 
+/// Column widths of the routing table (negative: left-aligned).
+const ROUTING_WIDTHS: [isize; 8] = [-15, -34, 8, 10, 7, 8, 14, 9];
+
+/// One printed line: each cell padded to its width, right-aligned unless the width is negative.
+fn aligned(cells: &[String], widths: &[isize]) -> String {
+    cells
+        .iter()
+        .zip(widths)
+        .map(|(cell, &width)| match width < 0 {
+            true => format!("{cell:<0$}", width.unsigned_abs()),
+            false => format!("{cell:>0$}", width as usize),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The routing rows as a printed table.
 pub fn routing_table(rows: &[BenchRow], copy_bandwidth: f64) -> String {
-    let line = |c: [String; 8]| {
-        format!(
-            "{:<15} {:<34} {:>8} {:>10} {:>7} {:>8} {:>14} {:>9}",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
-        )
-    };
+    let line = |cells: [String; 8]| aligned(&cells, &ROUTING_WIDTHS);
     let mut lines = vec![line(ROUTING_HEADERS.map(String::from))];
     lines.extend(
         rows.iter()
@@ -130,29 +141,12 @@ fn expert_cells(row: &ExpertRow, copy_bandwidth: f64) -> [String; 15] {
     ]
 }
 
+/// Column widths of the expert table (negative: left-aligned).
+const EXPERT_WIDTHS: [isize; 15] = [-6, -36, -40, 6, 10, 6, 7, 7, 9, 9, 14, 10, 9, 7, 14];
+
 /// The expert rows as a printed table.
 pub fn experts_table(rows: &[ExpertRow], copy_bandwidth: f64) -> String {
-    let line = |c: [String; 15]| {
-        format!(
-            "{:<6} {:<36} {:<40} {:>6} {:>10} {:>6} {:>7} {:>7} {:>9} {:>9} {:>14} {:>10} {:>9} \
-             {:>7} {:>14}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            c[5],
-            c[6],
-            c[7],
-            c[8],
-            c[9],
-            c[10],
-            c[11],
-            c[12],
-            c[13],
-            c[14]
-        )
-    };
+    let line = |cells: [String; 15]| aligned(&cells, &EXPERT_WIDTHS);
     let mut lines = vec![line(EXPERT_HEADERS.map(String::from))];
     lines.extend(
         rows.iter()
@@ -161,11 +155,12 @@ pub fn experts_table(rows: &[ExpertRow], copy_bandwidth: f64) -> String {
     lines.push(
         "median: device time (events), spread = (max - min) / median; TFLOP/s on routed pairs; \
          x floor: median over touched weights + activations at the copy bandwidth; vs X = X's \
-         time / ours; queued (layer rows): device time per forward with its launches queued behind \
-         a busy device, as a captured launch sequence runs (gemm rows: cuBLAS and Burn on the same FLOPs as one dense GEMM; layer \
-         rows: cuBLAS dense MLP with the same active, and the same total, parameters; train \
-         rows: forward + backward of the experts and combine, the dense MLPs' forward + backward \
-         as six cuBLAS GEMMs, vs Burn = the per-expert tensor-op path's wall time)"
+         time / ours; queued (layer rows): device time per forward with its launches queued \
+         behind a busy device, as a captured launch sequence runs (gemm rows: cuBLAS and Burn on \
+         the same FLOPs as one dense GEMM; layer rows: cuBLAS dense MLP with the same active, \
+         and the same total, parameters; train rows: forward + backward of the experts and \
+         combine, the dense MLPs' forward + backward as six cuBLAS GEMMs, vs Burn = the \
+         per-expert tensor-op path's wall time)"
             .to_string(),
     );
     lines.join("\n")

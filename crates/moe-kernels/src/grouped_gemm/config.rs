@@ -3,9 +3,9 @@
 //!
 //! Classes, by the expected rows per touched expert `r = P / min(E, P)`:
 //! - decode (`r <= 16`): 16-row tiles, so a small batch is not padded to a large block; 128-deep
-//!   stages in 2 buffers stream each touched expert's weights once; the output projection splits its depth
-//!   (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since its few
-//!   column blocks alone cannot keep the memory system busy;
+//!   stages in 2 buffers stream each touched expert's weights once; the output projection splits
+//!   its depth (split-K) until the grid has about [`CUBES_PER_SM`] cubes per multiprocessor, since
+//!   its few column blocks alone cannot keep the memory system busy;
 //! - medium (`r <= 64`): 64-row tiles, 64-deep stages;
 //! - prefill: 128-row tiles, 4 planes, 64-deep stages; 128 x 128 products (input, planes 2 x 2:
 //!   64 columns per group for SwiGLU's gate and up) and 128 x 128 (output, planes 1 x 4): large
@@ -37,10 +37,10 @@ use crate::pipeline::{Pipeline, async_copy_fits};
 pub const CUBES_PER_SM: usize = 8;
 /// Most depth slices of a split-K output projection.
 pub const MAX_SPLITS: usize = 8;
-/// Depth of a decode stage, and the shared buffers of its asynchronous pipeline: two stages of
-/// 128 weight rows beat three of 64 (Mixtral T=1 on an H100: 184 / 99 us against 212 / 111 us
-/// for the two projections; T=16 within 4%; docs/GPU.md).
+/// Depth of a decode stage: two stages of 128 weight rows beat three of 64 (Mixtral T=1 on an
+/// H100: 184 / 99 us against 212 / 111 us for the two projections; T=16 within 4%; docs/GPU.md).
 const DECODE_STAGE_DEPTH: usize = 128;
+/// Shared buffers of the decode class's asynchronous pipeline (see [`DECODE_STAGE_DEPTH`]).
 const DECODE_STAGES: usize = 2;
 /// Weight columns one medium or prefill input tile multiplies, over all its column groups.
 const INPUT_PRODUCT_COLUMNS: usize = 128;

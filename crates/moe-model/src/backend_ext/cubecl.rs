@@ -71,23 +71,25 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         if num_tokens > DECODE_TOKENS {
             return x.matmul(weight);
         }
-        if weight.dtype() != dtype {
-            let reason = format!("the gate is {:?} and its input {dtype:?}", weight.dtype());
-            fall_back("router logits", KernelError::Unsupported(reason));
-            return x.matmul(weight);
-        }
         let (input, gate) = (contiguous_float(&x), contiguous_float(&weight));
         let shape = GateShape {
             num_tokens,
             d_model,
             num_experts,
         };
-        let logits = with_float_kernel!(dtype, K => router_logits::<R, K>(
-            &input.client,
-            &input.handle,
-            &gate.handle,
-            shape,
-        ), else Err(unsupported_dtype("router logits", dtype)));
+        let logits = if gate.dtype != dtype {
+            Err(KernelError::Unsupported(format!(
+                "the gate is {:?} and its input {dtype:?}",
+                gate.dtype
+            )))
+        } else {
+            with_float_kernel!(dtype, K => router_logits::<R, K>(
+                &input.client,
+                &input.handle,
+                &gate.handle,
+                shape,
+            ), else Err(unsupported_dtype("router logits", dtype)))
+        };
         match logits {
             Ok(logits) => float_tensor(&input, logits, [num_tokens, num_experts], dtype),
             Err(error) => {
