@@ -36,6 +36,14 @@ impl Pipeline {
             Pipeline::AsyncCopy { stages } => *stages,
         }
     }
+
+    /// This pipeline with `stages` buffers if it is asynchronous (the register pipeline has two).
+    pub fn with_stages(self, stages: usize) -> Self {
+        match self {
+            Pipeline::AsyncCopy { .. } => Pipeline::AsyncCopy { stages },
+            Pipeline::Registers => Pipeline::Registers,
+        }
+    }
 }
 
 /// Whether every width (elements of 16-bit floats per row) lets `cp.async` move whole 4-byte

@@ -10,7 +10,10 @@
 //! - prefill: 128-row tiles, 4 planes, 64-deep stages; 128 x 128 products (input, planes 2 x 2:
 //!   64 columns per group for SwiGLU's gate and up) and 128 x 128 (output, planes 1 x 4): large
 //!   plane tiles, whose many independent MMAs per fragment load beat a second cube per
-//!   multiprocessor.
+//!   multiprocessor;
+//! - prefill fitted (`r` about one tile: [`fits_fitted_tile`]): 144-row tiles, planes 3 x 2 of
+//!   48 rows, 2 buffers, so that an expert's rows fit one tile instead of spilling into a
+//!   nearly empty second one.
 //!
 //! Medium and prefill input tiles multiply 128 columns of weights whatever the epilogue: SwiGLU
 //! splits them into its two groups, GELU and the training forward's pre-activations
@@ -18,9 +21,10 @@
 //! work per fragment load.
 //!
 //! On tensor cores every class copies its stages asynchronously into shared buffers (3; 2 for
-//! decode) (`mma.sync` m16n8k16 in 16-bit floats needs sm_80, which has `cp.async`;
-//! [`device_config`](super::device_config) falls back to the register pipeline on a device
-//! without it), unless `d` or `F` is odd: `cp.async` moves at least 4 bytes, two 16-bit floats.
+//! decode and prefill fitted) (`mma.sync` m16n8k16 in 16-bit floats needs sm_80, which has
+//! `cp.async`; [`device_config`](super::device_config) falls back to the register pipeline on a
+//! device without it), unless `d` or `F` is odd: `cp.async` moves at least 4 bytes, two 16-bit
+//! floats.
 //!
 //! The picks are the fastest candidates of `examples/tune_grouped_gemm.rs` on an H100 in bf16
 //! (docs/GPU.md has the table). Without tensor cores (f32, or a device without them) one
@@ -44,6 +48,34 @@ const DECODE_STAGE_DEPTH: usize = 128;
 const DECODE_STAGES: usize = 2;
 /// Weight columns one medium or prefill input tile multiplies, over all its column groups.
 const INPUT_PRODUCT_COLUMNS: usize = 128;
+
+/// Rows of the prefill tiles for experts that get about one tile of rows (see
+/// [`fits_fitted_tile`]).
+pub const FITTED_TILE_ROWS: usize = 144;
+
+/// Whether experts expecting `rows_per_expert` rows get [`FITTED_TILE_ROWS`]-row tiles rather
+/// than 128-row ones: when their rows, plus one standard deviation of a random routing (about
+/// the square root), overflow 128 rows but fit 144. With 128-row tiles about half of such
+/// experts would spill a few rows into a second, nearly empty tile, which costs a whole tile's
+/// weight copies and barriers (DeepSeek-like routing, 128 +- 11 rows per expert: GEMM 1 / 2 went
+/// from 8735 / 4535 us to 7617 / 3989 us on an H100, docs/GPU.md).
+pub fn fits_fitted_tile(rows_per_expert: usize) -> bool {
+    let high = rows_per_expert as f64 + (rows_per_expert as f64).sqrt();
+    high > 128.0 && high <= FITTED_TILE_ROWS as f64
+}
+
+/// The output projection's knobs for an input projection's `input`: rows in dispatch order,
+/// no activation, `tile_cols` columns over `warps_n` planes.
+fn output_tiles(input: GemmParams, tile_cols: usize, warps_n: usize) -> GemmParams {
+    GemmParams {
+        tile_cols,
+        warps_n,
+        groups: 1,
+        gather: false,
+        epilogue: Epilogue::Identity,
+        ..input
+    }
+}
 
 /// The tiles of both expert projections of one batch (they share the dispatch's tile rows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -93,19 +125,11 @@ impl ExpertGemmConfig {
                 Pipeline::Registers
             },
         };
-        let output_of = |input: GemmParams, tile_cols, warps_n| GemmParams {
-            tile_cols,
-            warps_n,
-            groups: 1,
-            gather: false,
-            epilogue: Epilogue::Identity,
-            ..input
-        };
         if !tensor_cores {
             return Self {
                 class: "portable",
                 input: base,
-                output: output_of(base, 32, 1),
+                output: output_tiles(base, 32, 1),
             };
         }
         if rows_per_expert <= 16 {
@@ -116,15 +140,10 @@ impl ExpertGemmConfig {
                 warps_m: 1,
                 warps_n: 4,
                 raster_group: 1,
-                pipeline: match base.pipeline {
-                    Pipeline::AsyncCopy { .. } => Pipeline::AsyncCopy {
-                        stages: DECODE_STAGES,
-                    },
-                    Pipeline::Registers => Pipeline::Registers,
-                },
+                pipeline: base.pipeline.with_stages(DECODE_STAGES),
                 ..base
             };
-            let mut output = output_of(input, 64, 4);
+            let mut output = output_tiles(input, 64, 4);
             let cubes = touched * shape.d_model.div_ceil(output.tile_cols);
             let target = CUBES_PER_SM * multiprocessors.unwrap_or(132);
             let depth_stages = shape.width.div_ceil(output.stage_depth);
@@ -153,8 +172,32 @@ impl ExpertGemmConfig {
                 input,
                 output: GemmParams {
                     warps_m: 2,
-                    ..output_of(input, 128, 4)
+                    ..output_tiles(input, 128, 4)
                 },
+            };
+        }
+        Self::prefill(base, input_cols, fits_fitted_tile(rows_per_expert))
+    }
+
+    /// The prefill class's tiles (`fitted`: the 144-row ones) for the input projection's knobs
+    /// `base` (epilogue, pipeline, ...) and `input_cols` columns per group.
+    fn prefill(base: GemmParams, input_cols: usize, fitted: bool) -> Self {
+        if fitted {
+            // 3 x 2 planes of 48 rows; 2 buffers, so that two cubes fit a multiprocessor's
+            // shared memory.
+            let input = GemmParams {
+                tile_rows: FITTED_TILE_ROWS,
+                tile_cols: input_cols,
+                stage_depth: 64,
+                warps_m: 3,
+                warps_n: 2,
+                pipeline: base.pipeline.with_stages(2),
+                ..base
+            };
+            return Self {
+                class: "prefill fitted",
+                input,
+                output: output_tiles(input, 128, 2),
             };
         }
         let input = GemmParams {
@@ -163,6 +206,7 @@ impl ExpertGemmConfig {
             stage_depth: 64,
             warps_m: 2,
             warps_n: 2,
+            pipeline: base.pipeline.with_stages(3),
             ..base
         };
         Self {
@@ -170,7 +214,7 @@ impl ExpertGemmConfig {
             input,
             output: GemmParams {
                 warps_m: 1,
-                ..output_of(input, 128, 4)
+                ..output_tiles(input, 128, 4)
             },
         }
     }
@@ -192,8 +236,8 @@ impl ExpertGemmConfig {
 
     /// The configurations a tuning run compares for `shape`: the size rule's choice first, then
     /// variants of its class (tile columns, stage depth, planes, split-K, pipeline) and, for
-    /// prefill, its tiles with 64 rows. Every other candidate keeps
-    /// the class's tile rows, which both projections share.
+    /// prefill, tiles of 64 rows and of rows near one expert's (the other prefill tiles among
+    /// them). Every other candidate keeps the class's tile rows, which both projections share.
     pub fn candidates(
         shape: &ExpertShape,
         activation: Activation,
@@ -269,10 +313,29 @@ impl ExpertGemmConfig {
             };
             push_to(&mut all, with(input), with(output));
         }
-        if chosen.class == "prefill" {
-            // Half-height tiles: less padding where experts get about one tile of rows.
+        if chosen.class.starts_with("prefill") {
+            // Both prefill tiles (128 rows, and fitted to experts of about one tile), the
+            // 128-row ones at half height (less padding where experts get about one tile of
+            // rows), and other tile rows near one expert's (see `fits_fitted_tile`).
+            for fitted in [false, true] {
+                let tiles = Self::prefill(input, input.tile_cols, fitted);
+                push_to(&mut all, tiles.input, tiles.output);
+            }
+            let standard = Self::prefill(input, input.tile_cols, false);
             let half = |p: GemmParams| GemmParams { tile_rows: 64, ..p };
-            push_to(&mut all, half(input), half(output));
+            push_to(&mut all, half(standard.input), half(standard.output));
+            for (tile_rows, warps_m, warps_n) in [(144, 9, 1), (160, 5, 1), (192, 3, 2)] {
+                for stages in [2, 3] {
+                    let fitted = |p: GemmParams| GemmParams {
+                        tile_rows,
+                        warps_m,
+                        warps_n,
+                        pipeline: p.pipeline.with_stages(stages),
+                        ..p
+                    };
+                    push_to(&mut all, fitted(input), fitted(output));
+                }
+            }
         }
         all
     }

@@ -12,7 +12,7 @@ mod tests;
 mod units;
 
 pub use crate::pipeline::Pipeline;
-pub use config::{CUBES_PER_SM, ExpertGemmConfig, MAX_SPLITS};
+pub use config::{CUBES_PER_SM, ExpertGemmConfig, FITTED_TILE_ROWS, MAX_SPLITS, fits_fitted_tile};
 pub use launch::{
     ExpertOperands, ExpertRows, ExpertShape, device_config, expert_matmul, has_tensor_cores,
     input_projection, input_projection_into, multiprocessors, output_projection,

@@ -10,8 +10,9 @@ use super::reference::{
     swiglu_pre_gradient, transposed_projection,
 };
 use super::{
-    Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, Pipeline, expert_matmul,
-    has_tensor_cores, input_projection_into, multiprocessors, output_projection_into,
+    Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, FITTED_TILE_ROWS, GemmParams,
+    Pipeline, expert_matmul, fits_fitted_tile, has_tensor_cores, input_projection_into,
+    multiprocessors, output_projection_into,
 };
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::{DispatchPlan, plan};
@@ -464,6 +465,8 @@ fn class_cases() -> Vec<Case> {
     let top2 = RoutingPolicy::TopK { k: 2 };
     all.push((100, 8, 96, 72, top2, Activation::SwiGlu, 0.0)); // medium
     all.push((600, 4, 128, 136, top2, Activation::SwiGlu, 0.0)); // prefill
+    let top8 = RoutingPolicy::TopK { k: 8 };
+    all.push((256, 16, 96, 72, top8, Activation::SwiGlu, 0.0)); // prefill fitted: 128 rows each
     all
 }
 
@@ -702,3 +705,34 @@ crate::runtime_tests!(
     chosen_configs_match_reference_in_every_float_type,
     grouped_gemm_rejects_bad_arguments,
 );
+
+/// The size rule gives experts of about one 128-row tile 144-row tiles, and every candidate of
+/// the tuner is a configuration the kernel accepts.
+#[test]
+fn size_rule_fits_tile_rows_to_one_tile_experts() {
+    assert!(!fits_fitted_tile(100));
+    assert!(fits_fitted_tile(128));
+    assert!(!fits_fitted_tile(664));
+    let shape = |tokens, experts, slots| ExpertShape {
+        num_tokens: tokens,
+        slots,
+        num_experts: experts,
+        d_model: 7168,
+        width: 2048,
+    };
+    let deepseek = shape(4096, 256, 8);
+    let mixtral = shape(4096, 8, 2);
+    let pick =
+        |shape: &ExpertShape| ExpertGemmConfig::choose(shape, Activation::SwiGlu, true, None);
+    assert_eq!(pick(&deepseek).class, "prefill fitted");
+    assert_eq!(pick(&deepseek).tile_rows(), FITTED_TILE_ROWS);
+    assert_eq!(pick(&deepseek).output.tile_rows, FITTED_TILE_ROWS);
+    assert_eq!(pick(&mixtral).class, "prefill");
+    for shape in [deepseek, mixtral] {
+        for candidate in ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, Some(132)) {
+            assert_eq!(candidate.input.check(8), Ok(()), "{candidate:?}");
+            assert_eq!(candidate.output.check(8), Ok(()), "{candidate:?}");
+            assert_eq!(candidate.input.tile_rows, candidate.output.tile_rows);
+        }
+    }
+}
