@@ -9,8 +9,9 @@
 //!   than [`CUBES_PER_SM`] x multiprocessors cubes, or when the width is at most 64.
 //!
 //! Stages are copied asynchronously into 3 buffers on tensor cores when both widths are even
-//! (`cp.async` moves at least two 16-bit floats), as in the grouped GEMM. Not tuned on a GPU yet:
-//! [`WeightGradParams::candidates`] lists what a tuning run should time.
+//! (`cp.async` moves at least two 16-bit floats), as in the grouped GEMM. The tensor-core tiles
+//! were the fastest of [`WeightGradParams::candidates`] for `dW_in` on an H100 in bf16, and
+//! within 4% of the fastest for `dW_out` (docs/GPU.md).
 
 use serde::{Deserialize, Serialize};
 
@@ -113,7 +114,8 @@ impl WeightGradParams {
     }
 
     /// What a tuning run should time for `shape` on tensor cores: the rule's choice first, then
-    /// tiles of 64 to 256 per side with their plane grids and stages of 16, 32 and 64 rows, in
+    /// tiles of 64 to 256 per side with their plane grids (and with planes of 64 x 64 where
+    /// that gives at least 2) and stages of 16, 32 and 64 rows, in
     /// the register pipeline and (where the rule's choice copies asynchronously) with 3
     /// asynchronous buffers, then the rule's tiles with 2 and 4 buffers; all where their buffers
     /// of 16-bit floats fit in 112 KiB of shared memory.
@@ -133,15 +135,25 @@ impl WeightGradParams {
         for pipeline in pipelines {
             for stage_rows in [32, 16, 64] {
                 for (tile_m, tile_n) in [(128, 128), (64, 128), (128, 64), (64, 64), (128, 256)] {
-                    let candidate = Self {
+                    let tiles = Self {
                         stage_rows,
                         pipeline,
                         ..Self::TENSOR_CORES.with_tile(tile_m, tile_n)
                     };
-                    if candidate.shared_bytes(2) <= CANDIDATE_SHARED_BYTES
-                        && !all.contains(&candidate)
-                    {
-                        all.push(candidate);
+                    // The same tiles in planes of 64 x 64, the forward's best plane tile: more
+                    // MMAs per fragment load, fewer planes per cube.
+                    let square = Self {
+                        warps_m: tile_m / 64,
+                        warps_n: tile_n / 64,
+                        ..tiles
+                    };
+                    for candidate in [tiles, square] {
+                        if candidate.warps_m * candidate.warps_n >= 2
+                            && candidate.shared_bytes(2) <= CANDIDATE_SHARED_BYTES
+                            && !all.contains(&candidate)
+                        {
+                            all.push(candidate);
+                        }
                     }
                 }
             }
