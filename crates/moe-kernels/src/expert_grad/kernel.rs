@@ -29,7 +29,7 @@ use cubecl::prelude::*;
 
 use super::params::WeightGradParams;
 use super::tensor_cores::{
-    GradFragmentAcc, register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue,
+    FragmentAcc, register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue,
     tensor_core_stage,
 };
 use crate::pipeline::{
@@ -426,7 +426,7 @@ fn multiply_stage<F: Float, N: Size>(
     stage_a: &SharedMemory<Vector<F, N>>,
     stage_b: &SharedMemory<Vector<F, N>>,
     buffer: usize,
-    fragments: &mut Array<Vector<f32, GradFragmentAcc>>,
+    fragments: &mut Array<Vector<f32, FragmentAcc>>,
     sums: &mut Array<f32>,
     #[comptime] params: WeightGradParams,
 ) {

@@ -12,68 +12,33 @@
 //! Each plane owns `tile_m / warps_m` gradient rows and `tile_n / warps_n` columns; its
 //! accumulators live in registers and the epilogue writes them from there.
 //!
-//! The constants and the fragment-width binding repeat `grouped_gemm/tensor_cores.rs` (private
-//! there).
+//! The instruction, its constants and the fragment widths are the grouped GEMM's
+//! (`grouped_gemm/tensor_cores.rs`).
 
-use cubecl::cmma::MmaDefinition;
 use cubecl::ir::MatrixIdent;
 use cubecl::prelude::*;
 
 use super::kernel::write_grad;
 use super::params::WeightGradParams;
 
-use crate::grouped_gemm::tensor_cores::{ACCUMULATOR_VECTORS, LDMATRIX_ROW};
-pub use crate::grouped_gemm::tensor_cores::{COLUMN_PAIR, MMA_K, MMA_M, MMA_N, PLANE_UNITS};
-
-define_size!(pub GradFragmentA);
-define_size!(pub GradFragmentB);
-define_size!(pub GradFragmentAcc);
-
-/// The instruction: `F` x `F` into f32.
-#[cube]
-fn mma<F: Float>() -> MmaDefinition<F, F, f32> {
-    MmaDefinition::new(MMA_M, MMA_N, MMA_K)
-}
-
-/// Binds the register vector widths of the fragments (from the device's MMA layout; 1 on the
-/// portable path, where the fragments are unused).
-#[cube]
-#[allow(
-    unused_variables,
-    reason = "the widths are read by the intrinsic at expansion"
-)]
-pub fn register_fragment_sizes<F: Float>(#[comptime] tensor_cores: bool) {
-    if comptime!(tensor_cores) {
-        let def = mma::<F>();
-        let a = def.vector_size(MatrixIdent::A);
-        let b = def.vector_size(MatrixIdent::B);
-        let acc = def.vector_size(MatrixIdent::Accumulator);
-        intrinsic!(|scope| {
-            scope.register_size::<GradFragmentA>(a);
-            scope.register_size::<GradFragmentB>(b);
-            scope.register_size::<GradFragmentAcc>(acc);
-        });
-    } else {
-        intrinsic!(|scope| {
-            scope.register_size::<GradFragmentA>(1);
-            scope.register_size::<GradFragmentB>(1);
-            scope.register_size::<GradFragmentAcc>(1);
-        });
-    }
-}
+use crate::grouped_gemm::tensor_cores::{ACCUMULATOR_VECTORS, LDMATRIX_ROW, mma};
+pub use crate::grouped_gemm::tensor_cores::{
+    COLUMN_PAIR, FragmentA, FragmentAcc, FragmentB, MMA_K, MMA_M, MMA_N, PLANE_UNITS,
+    register_fragment_sizes,
+};
 
 /// The plane's accumulators, zeroed: row tiles x column tiles of 16x8 (one unused vector on the
 /// portable path).
 #[cube]
 pub fn tensor_core_accumulators(
     #[comptime] params: WeightGradParams,
-) -> Array<Vector<f32, GradFragmentAcc>> {
+) -> Array<Vector<f32, FragmentAcc>> {
     let count = comptime!(if params.tensor_cores {
         row_tiles(params) * 2 * column_pairs(params) * ACCUMULATOR_VECTORS
     } else {
         1
     });
-    let mut accumulators = Array::<Vector<f32, GradFragmentAcc>>::new(count);
+    let mut accumulators = Array::<Vector<f32, FragmentAcc>>::new(count);
     #[unroll]
     for i in 0..count {
         accumulators[i] = Vector::new(0.0);
@@ -104,7 +69,7 @@ pub fn tensor_core_stage<F: Float, N: Size>(
     stage_b: &SharedMemory<Vector<F, N>>,
     a_base: usize,
     b_base: usize,
-    accumulators: &mut Array<Vector<f32, GradFragmentAcc>>,
+    accumulators: &mut Array<Vector<f32, FragmentAcc>>,
     #[comptime] params: WeightGradParams,
 ) {
     let def = mma::<F>();
@@ -135,12 +100,12 @@ pub fn tensor_core_stage<F: Float, N: Size>(
 
     #[unroll]
     for kk in 0..comptime!(params.stage_rows / MMA_K) {
-        let mut a = Array::<Vector<F, GradFragmentA>>::new(comptime!(rows * a_regs));
+        let mut a = Array::<Vector<F, FragmentA>>::new(comptime!(rows * a_regs));
         #[unroll]
         for i in 0..rows {
             let start =
                 a_base + ((kk * MMA_K + a_depth) * a_stride + first_m + i * MMA_M + a_offset) / n;
-            let loaded = def.load_matrix::<Vector<F, N>, GradFragmentA>(
+            let loaded = def.load_matrix::<Vector<F, N>, FragmentA>(
                 &stage_a.slice(start, start + row_vectors),
                 MatrixIdent::A,
                 a_regs,
@@ -155,7 +120,7 @@ pub fn tensor_core_stage<F: Float, N: Size>(
         for j in 0..pairs {
             let start = b_base
                 + ((kk * MMA_K + b_depth) * b_stride + first_n + j * COLUMN_PAIR + b_offset) / n;
-            let pair = def.load_matrix::<Vector<F, N>, GradFragmentB>(
+            let pair = def.load_matrix::<Vector<F, N>, FragmentB>(
                 &stage_b.slice(start, start + row_vectors),
                 MatrixIdent::B,
                 comptime!(2 * b_regs),
@@ -163,20 +128,20 @@ pub fn tensor_core_stage<F: Float, N: Size>(
             );
             #[unroll]
             for h in 0..2 {
-                let mut b = Array::<Vector<F, GradFragmentB>>::new(b_regs);
+                let mut b = Array::<Vector<F, FragmentB>>::new(b_regs);
                 #[unroll]
                 for v in 0..b_regs {
                     b[v] = pair[h * b_regs + v];
                 }
                 #[unroll]
                 for i in 0..rows {
-                    let mut a_tile = Array::<Vector<F, GradFragmentA>>::new(a_regs);
+                    let mut a_tile = Array::<Vector<F, FragmentA>>::new(a_regs);
                     #[unroll]
                     for v in 0..a_regs {
                         a_tile[v] = a[i * a_regs + v];
                     }
                     let base = comptime!(tile_index(params, i, j, h) * acc_regs);
-                    let mut c = Array::<Vector<f32, GradFragmentAcc>>::new(acc_regs);
+                    let mut c = Array::<Vector<f32, FragmentAcc>>::new(acc_regs);
                     #[unroll]
                     for v in 0..acc_regs {
                         c[v] = accumulators[base + v];
@@ -197,7 +162,7 @@ pub fn tensor_core_stage<F: Float, N: Size>(
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
 pub fn tensor_core_epilogue<F: Float>(
-    accumulators: &Array<Vector<f32, GradFragmentAcc>>,
+    accumulators: &Array<Vector<f32, FragmentAcc>>,
     grad: &mut Array<F>,
     grad_base: usize,
     first_m: usize,

@@ -35,7 +35,7 @@ define_size!(pub FragmentAcc);
 
 /// The instruction: `F` x `F` into f32.
 #[cube]
-fn mma<F: Float>() -> MmaDefinition<F, F, f32> {
+pub(crate) fn mma<F: Float>() -> MmaDefinition<F, F, f32> {
     MmaDefinition::new(MMA_M, MMA_N, MMA_K)
 }
 
