@@ -239,6 +239,55 @@ fn bad_configs_end_with_one_line_naming_the_field_and_exit_code_2() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A short run of the default task (its data, model and routing; 8192 training points, two
+/// epochs) on wgpu, whose MoE layers run the CubeCL kernels forward and backward, reaches the
+/// accuracy of the same run (same seed) on NdArray's tensor ops within one point, with no
+/// kernel falling back to tensor ops.
+#[test]
+fn kernel_path_training_matches_tensor_op_path_accuracy() {
+    let results = scratch_dir("kernel-path-training");
+    let config = repo_path("configs/moe.toml");
+    let train = |backend: &str| {
+        let output = experiments(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "task.train_size=8192",
+            "--results",
+            results.to_str().unwrap(),
+            "--name",
+            backend,
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{backend}: {stderr}");
+        (RunMetrics::load(&results.join(backend)).unwrap(), stderr)
+    };
+    let (tensor_ops, _) = train("ndarray");
+    let (kernels, kernel_stderr) = train("wgpu");
+    assert!(
+        !kernel_stderr.contains("runs on tensor ops"),
+        "a kernel fell back: {kernel_stderr}"
+    );
+    assert!(
+        tensor_ops.test_accuracy > tensor_ops.chance_accuracy + 0.15,
+        "the short run learns: {} vs chance {}",
+        tensor_ops.test_accuracy,
+        tensor_ops.chance_accuracy
+    );
+    assert!(
+        (kernels.test_accuracy - tensor_ops.test_accuracy).abs() <= 0.01,
+        "kernel path {:.1}% vs tensor-op path {:.1}%",
+        100.0 * kernels.test_accuracy,
+        100.0 * tensor_ops.test_accuracy
+    );
+    std::fs::remove_dir_all(results).unwrap();
+}
+
 #[test]
 fn cuda_backend_either_trains_or_explains_in_one_line() {
     let results = scratch_dir("cuda");
