@@ -19,6 +19,17 @@ pub fn random_f32(rng: &mut StdRng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
+/// `len` random values of type `F` from `[-scale, scale)` (seeded), and the same values as the
+/// kernel sees them (rounded to `F`) in f32, for the reference.
+pub fn random_rounded<F: HostFloat>(seed: u64, len: usize, scale: f32) -> (Vec<F>, Vec<f32>) {
+    let values: Vec<F> = random_f32(&mut rng(seed), len, scale)
+        .into_iter()
+        .map(F::from_f32)
+        .collect();
+    let host = values.iter().map(|v| v.to_host()).collect();
+    (values, host)
+}
+
 /// Copies `values` to a new device buffer.
 pub fn upload<R: Runtime, E: CubeElement>(
     client: &ComputeClient<R>,

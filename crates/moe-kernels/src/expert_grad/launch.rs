@@ -5,7 +5,7 @@ use cubecl::server::Handle;
 
 use super::kernel::expert_weight_grad as weight_grad_kernel;
 use super::params::WeightGradParams;
-use crate::buffer::{expect_len, expect_positive};
+use crate::buffer::{expect_grid, expect_len, expect_positive};
 use crate::dispatch::DispatchOnDevice;
 use crate::grouped_gemm::{has_tensor_cores, multiprocessors};
 use crate::pipeline::{load_vector, on_device};
@@ -218,12 +218,7 @@ fn validate<R: Runtime, F: Float + CubeElement, I: CubeElement>(
         shape.a_width.div_ceil(params.tile_m),
         shape.num_experts,
     ];
-    let (max_x, max_y, max_z) = hardware.max_cube_count;
-    if grid[0] > max_x as usize || grid[1] > max_y as usize || grid[2] > max_z as usize {
-        return unsupported(format!(
-            "{grid:?} cubes exceed the grid ({max_x}, {max_y}, {max_z})"
-        ));
-    }
+    expect_grid(client, grid)?;
     // Indices are 32-bit: every element index must fit.
     let largest = shape
         .grad_len()

@@ -49,6 +49,8 @@ const DECODE_STAGES: usize = 2;
 /// Weight columns one medium or prefill input tile multiplies, over all its column groups.
 const INPUT_PRODUCT_COLUMNS: usize = 128;
 
+/// Rows of the prefill tiles.
+const PREFILL_TILE_ROWS: usize = 128;
 /// Rows of the prefill tiles for experts that get about one tile of rows (see
 /// [`fits_fitted_tile`]).
 pub const FITTED_TILE_ROWS: usize = 144;
@@ -61,7 +63,7 @@ pub const FITTED_TILE_ROWS: usize = 144;
 /// from 8735 / 4535 us to 7617 / 3989 us on an H100, docs/GPU.md).
 pub fn fits_fitted_tile(rows_per_expert: usize) -> bool {
     let high = rows_per_expert as f64 + (rows_per_expert as f64).sqrt();
-    high > 128.0 && high <= FITTED_TILE_ROWS as f64
+    high > PREFILL_TILE_ROWS as f64 && high <= FITTED_TILE_ROWS as f64
 }
 
 /// The output projection's knobs for an input projection's `input`: rows in dispatch order,
@@ -201,7 +203,7 @@ impl ExpertGemmConfig {
             };
         }
         let input = GemmParams {
-            tile_rows: 128,
+            tile_rows: PREFILL_TILE_ROWS,
             tile_cols: input_cols,
             stage_depth: 64,
             warps_m: 2,
@@ -317,23 +319,23 @@ impl ExpertGemmConfig {
             // Both prefill tiles (128 rows, and fitted to experts of about one tile), the
             // 128-row ones at half height (less padding where experts get about one tile of
             // rows), and other tile rows near one expert's (see `fits_fitted_tile`).
-            for fitted in [false, true] {
-                let tiles = Self::prefill(input, input.tile_cols, fitted);
+            let standard = Self::prefill(input, input.tile_cols, false);
+            let fitted = Self::prefill(input, input.tile_cols, true);
+            for tiles in [standard, fitted] {
                 push_to(&mut all, tiles.input, tiles.output);
             }
-            let standard = Self::prefill(input, input.tile_cols, false);
             let half = |p: GemmParams| GemmParams { tile_rows: 64, ..p };
             push_to(&mut all, half(standard.input), half(standard.output));
             for (tile_rows, warps_m, warps_n) in [(144, 9, 1), (160, 5, 1), (192, 3, 2)] {
                 for stages in [2, 3] {
-                    let fitted = |p: GemmParams| GemmParams {
+                    let rows = |p: GemmParams| GemmParams {
                         tile_rows,
                         warps_m,
                         warps_n,
                         pipeline: p.pipeline.with_stages(stages),
                         ..p
                     };
-                    push_to(&mut all, fitted(input), fitted(output));
+                    push_to(&mut all, rows(input), rows(output));
                 }
             }
         }

@@ -8,7 +8,7 @@ use super::config::ExpertGemmConfig;
 use super::kernel::grouped_gemm;
 use super::params::{Epilogue, GemmParams};
 use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
-use crate::buffer::{expect_len, expect_positive};
+use crate::buffer::{expect_grid, expect_len, expect_positive};
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::max_tiles;
 use crate::pipeline::{load_vector, on_device};
@@ -382,13 +382,7 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
         ));
     }
     let cubes = tiles * operands.width.div_ceil(params.tile_cols);
-    let (max_x, max_y, _) = hardware.max_cube_count;
-    if cubes > max_x as usize || params.split_k > max_y as usize {
-        return unsupported(format!(
-            "{cubes} x {} cubes exceed the grid",
-            params.split_k
-        ));
-    }
+    expect_grid(client, [cubes, params.split_k, 1])?;
     // Indices are 32-bit: every vector and output index must fit.
     let largest = (weights_len / vector)
         .max(output_len(operands, shape, params))

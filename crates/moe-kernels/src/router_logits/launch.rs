@@ -5,7 +5,7 @@ use cubecl::server::Handle;
 
 use super::kernel::router_logits_kernel;
 use crate::KernelError;
-use crate::buffer::{expect_len, expect_positive};
+use crate::buffer::{expect_grid, expect_len, expect_positive};
 
 /// Units per cube (a power of two: the cube sums its units in halving rounds).
 const CUBE_UNITS: usize = 256;
@@ -58,13 +58,8 @@ pub fn router_logits_into<R: Runtime, F: Float + CubeElement>(
     expect_len(weight, "weight", shape.d_model * shape.num_experts, elem)?;
     expect_len(logits, "logits", shape.num_tokens * shape.num_experts, elem)?;
     let expert_blocks = shape.num_experts.div_ceil(EXPERTS_PER_CUBE);
-    let (_, max_y, _) = client.properties().hardware.max_cube_count;
-    if shape.num_tokens > max_y as usize {
-        return Err(KernelError::Unsupported(format!(
-            "{} tokens exceed the grid's {max_y} rows of cubes (one per token)",
-            shape.num_tokens
-        )));
-    }
+    // One row of cubes per token.
+    expect_grid(client, [expert_blocks, shape.num_tokens, 1])?;
     // SAFETY: the buffers hold the sizes checked above; cube (b, t) reads row t of `x`, columns
     // below E of every weight row, and writes row t of `logits`.
     unsafe {

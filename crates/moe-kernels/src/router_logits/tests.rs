@@ -6,19 +6,7 @@ use half::{bf16, f16};
 
 use super::reference;
 use super::{GateShape, router_logits, router_logits_into};
-use crate::testgen::{
-    HostFloat, download, for_half_types, random_f32, relative_error, rng, upload,
-};
-
-/// Random inputs of type `F` and their values as the kernel sees them (rounded to `F`).
-fn inputs<F: HostFloat>(seed: u64, len: usize) -> (Vec<F>, Vec<f32>) {
-    let values: Vec<F> = random_f32(&mut rng(seed), len, 1.0)
-        .into_iter()
-        .map(F::from_f32)
-        .collect();
-    let host = values.iter().map(|v| v.to_host()).collect();
-    (values, host)
-}
+use crate::testgen::{HostFloat, download, for_half_types, random_rounded, relative_error, upload};
 
 /// Shapes: one token, a decode batch, experts not a multiple of the cube's block, E = 256, a
 /// depth shorter than the cube's units and one not a multiple of them.
@@ -38,8 +26,8 @@ fn check<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
             d_model,
             num_experts,
         };
-        let (x, x_host) = inputs::<F>(seed as u64, num_tokens * d_model);
-        let (w, w_host) = inputs::<F>(seed as u64 + 100, d_model * num_experts);
+        let (x, x_host) = random_rounded::<F>(seed as u64, num_tokens * d_model, 1.0);
+        let (w, w_host) = random_rounded::<F>(seed as u64 + 100, d_model * num_experts, 1.0);
         let logits = upload(
             client,
             &vec![F::from_f32(f32::NAN); num_tokens * num_experts],

@@ -12,17 +12,12 @@ use super::{
 };
 use crate::UNUSED_SLOT;
 use crate::testgen::{
-    HostFloat, download, for_half_types, random_f32, relative_error, rng, upload,
+    HostFloat, download, for_half_types, random_f32, random_rounded, relative_error, rng, upload,
 };
 
 /// Random logits of type `F` and their values as the kernel sees them (rounded to `F`).
 fn logits<F: HostFloat>(seed: u64, shape: RouterShape) -> (Vec<F>, Vec<f32>) {
-    let values: Vec<F> = random_f32(&mut rng(seed), shape.num_tokens * shape.num_experts, 3.0)
-        .into_iter()
-        .map(F::from_f32)
-        .collect();
-    let host = values.iter().map(|v| v.to_host()).collect();
-    (values, host)
+    random_rounded(seed, shape.num_tokens * shape.num_experts, 3.0)
 }
 
 /// Routed pairs per expert: random, with every third expert empty.

@@ -77,19 +77,14 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
             d_model,
             num_experts,
         };
-        let logits = if gate.dtype != dtype {
-            Err(KernelError::Unsupported(format!(
-                "the gate is {:?} and its input {dtype:?}",
-                gate.dtype
-            )))
-        } else {
+        let logits = same_float_type(("x", dtype), &[("gate", gate.dtype)]).and_then(|()| {
             with_float_kernel!(dtype, K => router_logits::<R, K>(
                 &input.client,
                 &input.handle,
                 &gate.handle,
                 shape,
             ), else Err(unsupported_dtype("router logits", dtype)))
-        };
+        });
         match logits {
             Ok(logits) => float_tensor(&input, logits, [num_tokens, num_experts], dtype),
             Err(error) => {
@@ -352,12 +347,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         let client = &a_primitive.client;
         let dtype = a_primitive.dtype;
         let plan = plan_on_device(dispatch);
-        let grad = if b_primitive.dtype != dtype {
-            Err(KernelError::Unsupported(format!(
-                "mixed float types: a {dtype:?}, b {:?}",
-                b_primitive.dtype
-            )))
-        } else {
+        let grad = same_float_type(("a", dtype), &[("b", b_primitive.dtype)]).and_then(|()| {
             with_float_kernel!(dtype, K => expert_weight_grad::<R, K, I>(
                 client,
                 &a_primitive.handle,
@@ -367,7 +357,7 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
                 shape,
                 &weight_grad_config::<R, K>(client, &shape),
             ), else Err(unsupported_dtype("a", dtype)))
-        };
+        });
         match grad {
             Ok(grad) => float_tensor(
                 &a_primitive,
@@ -457,12 +447,13 @@ pub(crate) fn kernel_experts<R: CubeRuntime, F: FloatElement, I: IntElement, BT:
     let (w_in_primitive, w_out_primitive) = (contiguous_float(w_in), contiguous_float(w_out));
     let client = &input.client;
     let dtype = input.dtype;
-    if w_in_primitive.dtype != dtype || w_out_primitive.dtype != dtype {
-        return Err(KernelError::Unsupported(format!(
-            "mixed float types: x {dtype:?}, w_in {:?}, w_out {:?}",
-            w_in_primitive.dtype, w_out_primitive.dtype
-        )));
-    }
+    same_float_type(
+        ("x", dtype),
+        &[
+            ("w_in", w_in_primitive.dtype),
+            ("w_out", w_out_primitive.dtype),
+        ],
+    )?;
     let config = expert_config::<R>(client, config_shape.unwrap_or(&shape), activation, dtype);
     let plan = plan_on_device(dispatch);
     let rows = with_float_kernel!(dtype, K => input_projection::<R, K, I>(
@@ -534,14 +525,8 @@ fn kernel_expert_matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: Bool
         params.epilogue = Epilogue::SwiGluBackward;
     }
     let columns = width * params.epilogue.output_groups();
-    for (name, other) in [("weights", Some(&w)), ("pre", pre.as_ref())] {
-        if let Some(other) = other.filter(|other| other.dtype != dtype) {
-            return Err(KernelError::Unsupported(format!(
-                "mixed float types: a {dtype:?}, {name} {:?}",
-                other.dtype
-            )));
-        }
-    }
+    let pre_dtype = pre.as_ref().map(|pre| pre.dtype).unwrap_or(dtype);
+    same_float_type(("a", dtype), &[("weights", w.dtype), ("pre", pre_dtype)])?;
     let plan = plan_on_device(dispatch);
     let output = client.empty(shape.num_pairs() * columns * dtype.size());
     let operands = ExpertOperands {
@@ -584,6 +569,18 @@ fn expert_config<R: CubeRuntime>(
     // A dtype no kernel takes gets the f32 (portable) tiles; the experts then fall back anyway.
     with_float_kernel!(dtype, K => device_config::<R, K>(client, shape, activation),
         else device_config::<R, f32>(client, shape, activation))
+}
+
+/// `Unsupported` when an operand of `others` (name, float type) differs from `first`'s type: the
+/// kernels take one float type for all their operands.
+fn same_float_type(first: (&str, DType), others: &[(&str, DType)]) -> Result<(), KernelError> {
+    match others.iter().find(|(_, dtype)| *dtype != first.1) {
+        Some((name, dtype)) => Err(KernelError::Unsupported(format!(
+            "mixed float types: {} {:?}, {name} {dtype:?}",
+            first.0, first.1
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The error for a float tensor whose dtype no kernel takes (e.g. f64).
