@@ -325,14 +325,15 @@ fn time<E: std::fmt::Display>(
 /// The knobs of one candidate in one line.
 fn describe(params: &GemmParams) -> String {
     format!(
-        "{}x{}x{} planes {}x{} split {} {:?}",
+        "{}x{}x{} planes {}x{} split {} {:?}{}",
         params.tile_rows,
         params.tile_cols,
         params.stage_depth,
         params.warps_m,
         params.warps_n,
         params.split_k,
-        params.pipeline
+        params.pipeline,
+        if params.tma_weights { " tma" } else { "" }
     )
 }
 

@@ -49,6 +49,8 @@ const DECODE_STAGES: usize = 2;
 /// Weight columns one medium or prefill input tile multiplies, over all its column groups.
 const INPUT_PRODUCT_COLUMNS: usize = 128;
 
+/// Elements of one 16-byte load of 16-bit floats: the tensor-core path's vector width.
+const VECTOR_16_BIT: usize = 8;
 /// Rows of the prefill tiles.
 const PREFILL_TILE_ROWS: usize = 128;
 /// Rows of the prefill tiles for experts that get about one tile of rows (see
@@ -121,6 +123,7 @@ impl ExpertGemmConfig {
             split_k: 1,
             raster_group: 8,
             transposed_weights: false,
+            tma_weights: false,
             pipeline: if tensor_cores && async_copy_fits(&[shape.d_model, shape.width]) {
                 Pipeline::AsyncCopy { stages: 3 }
             } else {
@@ -339,6 +342,21 @@ impl ExpertGemmConfig {
                 }
             }
         }
+        // Every asynchronous candidate with its weight stages as TMA boxes, where they fit.
+        let tma = |p: GemmParams| {
+            let boxed = GemmParams {
+                tma_weights: true,
+                ..p
+            };
+            if boxed.check(VECTOR_16_BIT).is_ok() {
+                boxed
+            } else {
+                p
+            }
+        };
+        for candidate in all.clone() {
+            push_to(&mut all, tma(candidate.input), tma(candidate.output));
+        }
         all
     }
 
@@ -360,6 +378,7 @@ impl ExpertGemmConfig {
     pub fn transposed(&self) -> GemmParams {
         GemmParams {
             transposed_weights: true,
+            tma_weights: false,
             split_k: 1,
             ..self.output
         }

@@ -15,7 +15,10 @@
 //! while the previous stage, in one of two shared buffers, is multiplied; any runtime) or by
 //! asynchronous copies (`cp.async`, CUDA) straight into one of several shared buffers, several
 //! stages ahead, each buffer with a barrier that completes when its copies have landed. One
-//! cube-wide barrier per stage either way.
+//! cube-wide barrier per stage either way. With `tma_weights` (CUDA, sm_90) the weight stages
+//! arrive instead as TMA boxes of 64 columns, which one unit issues on the buffer's barrier
+//! (adding their bytes to it) and the hardware lays out with the 128-byte swizzle; the gathered
+//! A rows keep their `cp.async` copies, which TMA's tiled boxes cannot express.
 //! Multiplication: tensor cores (`tensor_cores.rs`: `mma.sync` fed by `ldmatrix`, f32
 //! accumulators in each plane's registers) or, portable (`units.rs`), each unit accumulates
 //! `unit_rows` x `unit_cols` per group in f32 registers. Epilogue: identity, `silu(gate) * up`,
@@ -26,9 +29,10 @@
 //! loads zeros for gathered tokens out of range, so a corrupt plan gives wrong numbers, never an
 //! access out of bounds.
 
+use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
-use super::params::{Epilogue, GemmParams};
+use super::params::{Epilogue, GemmParams, TMA_BOX_COLS, TMA_SWIZZLE_SPAN};
 use super::tensor_cores::{
     FragmentAcc, register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue,
     tensor_core_stage,
@@ -50,6 +54,7 @@ use crate::pipeline::{
 pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     a: &Array<Vector<F, N>>, // [rows of a, depth]: x [T, d] (gather) or hidden [P, depth]
     weights: &Array<Vector<F, N>>, // [E, depth, groups * width]
+    weights_map: ComptimeOption<TensorMap<F, Tiled>>, // `weights` as [E, depth, groups, width]
     pre: &Array<F>,          // [P, 2 * width] gate and up pre-activations (SwiGluBackward)
     routed_pairs: &Array<I>, // [P] pair of each row (gather: token = pair / slots)
     expert_offsets: &Array<I>, // [E + 1]
@@ -121,8 +126,13 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     let buffers = comptime!(params.pipeline.buffers());
     let mut stage_a =
         SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * a_stage), 128usize);
+    let w_alignment = comptime!(if params.tma_weights {
+        TMA_SWIZZLE_SPAN
+    } else {
+        128
+    });
     let mut stage_w =
-        SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * w_stage), 128usize);
+        SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * w_stage), w_alignment);
 
     register_fragment_sizes::<F>(params.tensor_cores);
     let mut fragments = tensor_core_accumulators::<F>(params);
@@ -196,9 +206,23 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
         // Buffer b holds stages b, b + buffers, ...; its barrier completes phase `round` when
         // every unit has arrived and its copies of stage `round * buffers + b` have landed.
         let landed = stage_barriers(buffers);
+        if comptime!(params.tma_weights) {
+            // The barriers' initialisation must be visible to the TMA unit's copies.
+            sync_async_proxy_shared();
+        }
         #[unroll]
         for b in 0..comptime!(buffers - 1) {
             if b < stages {
+                load_weight_boxes::<F, N>(
+                    &weights_map,
+                    &landed,
+                    &mut stage_w,
+                    b,
+                    expert,
+                    depth_begin + b * params.stage_depth,
+                    first_col,
+                    params,
+                );
                 copy_stage::<F, N>(
                     a,
                     weights,
@@ -227,6 +251,16 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                     let ahead = s + buffers - 1;
                     if ahead < stages {
                         let refill = comptime!((b + buffers - 1) % buffers);
+                        load_weight_boxes::<F, N>(
+                            &weights_map,
+                            &landed,
+                            &mut stage_w,
+                            refill,
+                            expert,
+                            depth_begin + ahead * params.stage_depth,
+                            first_col,
+                            params,
+                        );
                         copy_stage::<F, N>(
                             a,
                             weights,
@@ -506,19 +540,66 @@ fn copy_stage<F: Float, N: Size>(
             copy_vector_async::<F, N>(a, source, stage_a, a_destination(at, buffer, params, n));
         }
     }
-    #[unroll]
-    for i in 0..comptime!(params.w_loads_per_unit(n)) {
-        let at = w_vector(i, params, n);
-        if at.present {
-            let source = w_source(
-                w_base, first_col, width, depth, at, k0, depth_end, params, n,
-            );
-            copy_vector_async::<F, N>(
-                weights,
-                source,
-                stage_w,
-                w_destination(at, buffer, params, n),
-            );
+    // With `tma_weights` the weight stage comes as TMA boxes (`load_weight_boxes`).
+    if comptime!(!params.tma_weights) {
+        #[unroll]
+        for i in 0..comptime!(params.w_loads_per_unit(n)) {
+            let at = w_vector(i, params, n);
+            if at.present {
+                let source = w_source(
+                    w_base, first_col, width, depth, at, k0, depth_end, params, n,
+                );
+                copy_vector_async::<F, N>(
+                    weights,
+                    source,
+                    stage_w,
+                    w_destination(at, buffer, params, n),
+                );
+            }
+        }
+    }
+}
+
+/// With `tma_weights`: unit 0 adds the weight stage's bytes to buffer `buffer`'s barrier and
+/// issues its TMA boxes (depth `k0..k0 + stage_depth` of the tile's columns of every group, 64
+/// columns per box; zeros past the depth and past `width`). Nothing otherwise.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn load_weight_boxes<F: Float, N: Size>(
+    weights_map: &ComptimeOption<TensorMap<F, Tiled>>,
+    barriers: &Sequence<Shared<Barrier>>,
+    stage_w: &mut SharedMemory<Vector<F, N>>,
+    #[comptime] buffer: usize,
+    expert: usize,
+    k0: usize,
+    first_col: usize,
+    #[comptime] params: GemmParams,
+) {
+    #[comptime]
+    if let ComptimeOption::Some(map) = weights_map {
+        if UNIT_POS == 0 {
+            let n = N::value();
+            let boxes = comptime!(params.tma_boxes());
+            let box_vectors = comptime!(params.stage_depth * TMA_BOX_COLS / n);
+            let stage_start = comptime!(buffer * params.w_stage_vectors(n));
+            let barrier = barriers.index(buffer);
+            let type_size = F::type_size();
+            barrier
+                .expect_tx(comptime!(boxes * params.stage_depth * TMA_BOX_COLS * type_size) as u32);
+            #[unroll]
+            for b in 0..boxes {
+                let group = comptime!(b * TMA_BOX_COLS / params.tile_cols);
+                let column = first_col + comptime!(b * TMA_BOX_COLS % params.tile_cols);
+                let start = comptime!(stage_start + b * box_vectors);
+                barrier.tma_load_4d(
+                    map,
+                    &mut stage_w.slice_mut(start, start + box_vectors),
+                    i32::cast_from(expert),
+                    i32::cast_from(k0),
+                    comptime!(group as i32),
+                    i32::cast_from(column),
+                );
+            }
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Host side of the grouped GEMM: validate, allocate, launch.
 
-use cubecl::ir::features::MmaConfig;
+use cubecl::ir::features::{MmaConfig, Tma};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
+use cubecl::zspace::{Shape, Strides};
 
 use super::config::ExpertGemmConfig;
 use super::kernel::grouped_gemm;
-use super::params::{Epilogue, GemmParams};
+use super::params::{Epilogue, GemmParams, TMA_BOX_COLS};
 use super::tensor_cores::{MMA_K, MMA_M, MMA_N};
 use crate::buffer::{expect_grid, expect_len, expect_positive};
 use crate::dispatch::DispatchOnDevice;
@@ -259,6 +260,7 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
                 operands.a_rows * operands.depth / vector,
             ),
             ArrayArg::from_raw_parts(operands.weights.clone(), weights_len / vector),
+            weights_map::<R, F>(operands, shape, params),
             // The other epilogues never read `pre`: any buffer of the float type serves.
             ArrayArg::from_raw_parts(operands.pre.unwrap_or(operands.a).clone(), pre_len),
             ArrayArg::from_raw_parts(plan.routed_pairs.clone(), num_pairs),
@@ -277,6 +279,38 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
         );
     }
     Ok(())
+}
+
+/// Whether the device of `client` loads tensor-mapped boxes (TMA, sm_90): what the weight
+/// stages' `tma_weights` option needs.
+pub fn has_tma<R: Runtime>(client: &ComputeClient<R>) -> bool {
+    client.features().tma.contains(Tma::Base)
+}
+
+/// The weights as a TMA map for `params.tma_weights`: `[E, depth, groups, width]`, boxes of
+/// `stage_depth` rows of [`TMA_BOX_COLS`] columns with the 128-byte swizzle (`None` without
+/// the option).
+fn weights_map<R: Runtime, F: Float + CubeElement>(
+    operands: &ExpertOperands,
+    shape: ExpertShape,
+    params: &GemmParams,
+) -> ComptimeOptionArgs<TensorMap<F, Tiled>, R> {
+    if !params.tma_weights {
+        return ComptimeOptionArgs::None;
+    }
+    let (depth, width, groups) = (operands.depth, operands.width, params.groups);
+    let dims = Shape::from(vec![shape.num_experts, depth, groups, width]);
+    let strides = Strides::from(vec![depth * groups * width, groups * width, width, 1]);
+    // SAFETY: the shape and strides describe the weights buffer, whose length `validate`
+    // checked.
+    let tensor = unsafe { TensorArg::from_raw_parts(operands.weights.clone(), strides, dims) };
+    let boxes = TiledArgs {
+        tile_size: Shape::from(vec![1, params.stage_depth, 1, TMA_BOX_COLS]),
+    };
+    ComptimeOptionArgs::Some(
+        TensorMapArg::new(boxes, tensor, F::as_type_native_unchecked())
+            .with_swizzle(TensorMapSwizzle::B128),
+    )
 }
 
 /// Elements of the output: `[split_k, P, width]`, with both gradients per column for the SwiGLU
@@ -372,6 +406,20 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
         |v| params.check(v),
     )
     .or_else(unsupported)?;
+    if params.tma_weights {
+        if !has_tma(client) {
+            return unsupported(
+                "this device has no TMA (tensor memory access) for weight boxes".into(),
+            );
+        }
+        // TMA strides are multiples of 16 bytes.
+        if !(operands.width * elem).is_multiple_of(16) {
+            return unsupported(format!(
+                "TMA weight boxes need rows of a multiple of 16 bytes (width {})",
+                operands.width
+            ));
+        }
+    }
     let properties = client.properties();
     let hardware = &properties.hardware;
     let shared = params.shared_bytes(elem);

@@ -15,7 +15,7 @@ pub use crate::pipeline::Pipeline;
 pub use config::{CUBES_PER_SM, ExpertGemmConfig, FITTED_TILE_ROWS, MAX_SPLITS, fits_fitted_tile};
 pub use launch::{
     ExpertOperands, ExpertRows, ExpertShape, device_config, expert_matmul, has_tensor_cores,
-    input_projection, input_projection_into, multiprocessors, output_projection,
+    has_tma, input_projection, input_projection_into, multiprocessors, output_projection,
     output_projection_into,
 };
-pub use params::{Epilogue, GemmParams};
+pub use params::{Epilogue, GemmParams, TMA_BOX_COLS};

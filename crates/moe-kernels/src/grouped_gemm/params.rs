@@ -10,6 +10,18 @@ use crate::pipeline::Pipeline;
 /// rows an `ldmatrix` reads start in different banks, and every row stays 16-byte aligned.
 pub const ROW_PADDING: usize = 8;
 
+/// Columns of one TMA box of weights: 128 bytes of 16-bit floats, the widest row the 128-byte
+/// swizzle takes. A weight stage loaded by TMA is held as boxes of `stage_depth` rows of this
+/// many columns, unpadded: the swizzle, not padding, keeps `ldmatrix` free of bank conflicts.
+pub const TMA_BOX_COLS: usize = 64;
+
+/// Bytes the 128-byte swizzle pattern spans (8 rows of 128 bytes): a TMA box must start at a
+/// multiple of it for the pattern to be the row's 16-byte chunk XOR the row modulo 8.
+pub const TMA_SWIZZLE_SPAN: usize = 1024;
+
+/// Most rows of one TMA box (each box dimension is at most 256 elements).
+const TMA_MAX_BOX_ROWS: usize = 256;
+
 /// What the epilogue applies to each output element.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Epilogue {
@@ -78,6 +90,10 @@ pub struct GemmParams {
     pub transposed_weights: bool,
     /// How stages reach shared memory.
     pub pipeline: Pipeline,
+    /// The weight stages arrive as TMA boxes (tensor memory access, sm_90), issued by one unit,
+    /// instead of `cp.async` copies by every unit (asynchronous pipeline, tensor cores,
+    /// untransposed weights, `tile_cols` a multiple of [`TMA_BOX_COLS`]; CUDA only).
+    pub tma_weights: bool,
 }
 
 impl GemmParams {
@@ -110,22 +126,36 @@ impl GemmParams {
     }
 
     /// Elements per shared-memory row of the weight stage (rows run along the depth, or along
-    /// the columns when the weights are transposed).
+    /// the columns when the weights are transposed; TMA boxes: [`TMA_BOX_COLS`], unpadded).
     pub fn w_stride(&self) -> usize {
-        if self.transposed_weights {
+        if self.tma_weights {
+            TMA_BOX_COLS
+        } else if self.transposed_weights {
             self.stage_depth + ROW_PADDING
         } else {
             self.groups * self.tile_cols + ROW_PADDING
         }
     }
 
-    /// Rows of the weight stage in shared memory.
+    /// Rows of the weight stage in shared memory (TMA: every box's rows, box after box).
     fn w_stage_rows(&self) -> usize {
-        if self.transposed_weights {
+        if self.tma_weights {
+            self.stage_depth * self.tma_boxes()
+        } else if self.transposed_weights {
             self.groups * self.tile_cols
         } else {
             self.stage_depth
         }
+    }
+
+    /// TMA boxes of one weight stage: [`TMA_BOX_COLS`] columns each, over every group.
+    pub fn tma_boxes(&self) -> usize {
+        self.groups * self.tile_cols / TMA_BOX_COLS
+    }
+
+    /// Bytes of one TMA box with elements of `elem_size` bytes.
+    pub fn tma_box_bytes(&self, elem_size: usize) -> usize {
+        self.stage_depth * TMA_BOX_COLS * elem_size
     }
 
     /// Vectors of `vector` elements in one A stage buffer (padded).
@@ -158,10 +188,16 @@ impl GemmParams {
         self.w_vectors(vector).div_ceil(self.units())
     }
 
-    /// Bytes of shared memory one cube uses with elements of `elem_size` bytes.
+    /// Bytes of shared memory one cube uses with elements of `elem_size` bytes (with the
+    /// alignment the TMA boxes need).
     pub fn shared_bytes(&self, elem_size: usize) -> usize {
         let buffer = self.tile_rows * self.a_stride() + self.w_stage_rows() * self.w_stride();
-        self.pipeline.buffers() * buffer * elem_size
+        let alignment = if self.tma_weights {
+            TMA_SWIZZLE_SPAN
+        } else {
+            0
+        };
+        self.pipeline.buffers() * buffer * elem_size + alignment
     }
 
     /// Why these knobs cannot run with `vector`-wide loads, if they cannot.
@@ -192,6 +228,23 @@ impl GemmParams {
         }
         if self.split_k > 1 && self.epilogue != Epilogue::Identity {
             return Err("split-K sums partial products: only the identity epilogue".into());
+        }
+        if self.tma_weights {
+            if !self.tensor_cores || self.transposed_weights || self.pipeline == Pipeline::Registers
+            {
+                return Err(
+                    "TMA weight boxes need tensor cores, untransposed weights and the \
+                     asynchronous pipeline"
+                        .into(),
+                );
+            }
+            divides("tile_cols", self.tile_cols, TMA_BOX_COLS)?;
+            if self.stage_depth > TMA_MAX_BOX_ROWS {
+                return Err(format!(
+                    "stage_depth = {} exceeds a TMA box's {TMA_MAX_BOX_ROWS} rows",
+                    self.stage_depth
+                ));
+            }
         }
         if self.tensor_cores {
             divides("tile_rows", self.tile_rows, self.warps_m * MMA_M)?;

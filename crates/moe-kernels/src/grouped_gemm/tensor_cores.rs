@@ -11,7 +11,7 @@ use cubecl::ir::MatrixIdent;
 use cubecl::prelude::*;
 
 use super::kernel::write_output;
-use super::params::GemmParams;
+use super::params::{GemmParams, TMA_BOX_COLS};
 
 /// Units per plane on the tensor-core path (CUDA warps).
 pub const PLANE_UNITS: usize = 32;
@@ -177,6 +177,18 @@ pub fn tensor_core_stage<F: Float, N: Size>(
                         // Stage `[columns][depth]`: rows are columns, read without transposing.
                         let col = first_col + j * COLUMN_PAIR + (lane / 16) * 8 + lane % 8;
                         start = w_base + (col * w_stride + kk * MMA_K + ((lane / 8) % 2) * 8) / n;
+                    }
+                    if comptime!(params.tma_weights) {
+                        // TMA boxes `[stage_depth][64]`, box after box, with the 128-byte
+                        // swizzle: a row's 16-byte chunk c lies at chunk c XOR (row % 8).
+                        let k = kk * MMA_K + lane_row;
+                        let col = g * params.tile_cols + first_col + j * COLUMN_PAIR + lane_col;
+                        let chunk = (col % TMA_BOX_COLS) / LDMATRIX_ROW;
+                        start = w_base
+                            + ((col / TMA_BOX_COLS) * comptime!(params.stage_depth * TMA_BOX_COLS)
+                                + k * TMA_BOX_COLS
+                                + (chunk ^ (k % 8)) * LDMATRIX_ROW)
+                                / n;
                     }
                     let pair = def.load_matrix::<Vector<F, N>, FragmentB>(
                         &stage_w.slice(start, start + row_vectors),

@@ -11,7 +11,7 @@ use super::reference::{
 };
 use super::{
     Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, FITTED_TILE_ROWS, GemmParams,
-    Pipeline, expert_matmul, fits_fitted_tile, has_tensor_cores, input_projection_into,
+    Pipeline, expert_matmul, fits_fitted_tile, has_tensor_cores, has_tma, input_projection_into,
     multiprocessors, output_projection_into,
 };
 use crate::dispatch::DispatchOnDevice;
@@ -564,28 +564,71 @@ fn async_pipeline_matches_reference_in<R: Runtime, F: HostFloat>(client: &Comput
         let refused =
             !client.properties().features.copy_async || d % copyable != 0 || width % copyable != 0;
         if refused {
-            let plan = batch.upload_plan(client);
-            let hidden = upload(
-                client,
-                &vec![F::from_f32(POISON); shape.num_pairs() * width],
-            );
-            let refused = input_projection_into::<R, F, i32>(
-                client,
-                &upload(client, &to_device::<F>(&batch.x)),
-                &upload(client, &to_device::<F>(&batch.w_in)),
-                &plan,
-                shape,
-                &config.input,
-                &hidden,
-            );
-            assert!(
-                matches!(refused, Err(KernelError::Unsupported(_))),
-                "asynchronous copies where they cannot run ({shape:?}): {refused:?}"
-            );
+            assert_input_refused::<R, F>(client, &batch, &config.input, "asynchronous copies");
             continue;
         }
         let context = format!("{} async {stages}", std::any::type_name::<F>());
         check_projections::<R, F>(client, &batch, &config, activation, &context);
+    }
+}
+
+/// The input projection of `batch` with `params` is refused as unsupported (`what` cannot run
+/// there).
+fn assert_input_refused<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    batch: &Batch,
+    params: &GemmParams,
+    what: &str,
+) {
+    let shape = batch.shape;
+    let hidden = upload(
+        client,
+        &vec![F::from_f32(POISON); shape.num_pairs() * shape.width],
+    );
+    let refused = input_projection_into::<R, F, i32>(
+        client,
+        &upload(client, &to_device::<F>(&batch.x)),
+        &upload(client, &to_device::<F>(&batch.w_in)),
+        &batch.upload_plan(client),
+        shape,
+        params,
+        &hidden,
+    );
+    assert!(
+        matches!(refused, Err(KernelError::Unsupported(_))),
+        "{what} where they cannot run ({shape:?}): {refused:?}"
+    );
+}
+
+/// The size rule's tiles with their weight stages as TMA boxes (bf16 on tensor cores), over
+/// every case and each shape class, with 2 to 4 buffers: on a device with TMA they match the
+/// reference (widths whose rows are not whole 16-byte units are refused); on one without, the
+/// option is refused as unsupported.
+pub fn tma_weight_boxes_match_reference<R: Runtime>(client: ComputeClient<R>) {
+    let Some(true) = tensor_cores_or_skip::<R, bf16>(&client) else {
+        println!("no tensor cores for bf16: TMA weight boxes skipped");
+        return;
+    };
+    for (seed, &case) in class_cases().iter().enumerate() {
+        let (chosen, batch) = chosen_batch::<R, bf16>(&client, case, seed as u64 + 300, true);
+        let boxed = |p: GemmParams| GemmParams {
+            tma_weights: true,
+            pipeline: Pipeline::AsyncCopy {
+                stages: 2 + seed % 3,
+            },
+            ..p
+        };
+        let config = ExpertGemmConfig {
+            input: boxed(chosen.input),
+            output: boxed(chosen.output),
+            ..chosen
+        };
+        let (d, width) = (batch.shape.d_model, batch.shape.width);
+        if !has_tma(&client) || d % 8 != 0 || width % 8 != 0 {
+            assert_input_refused::<R, bf16>(&client, &batch, &config.input, "TMA boxes");
+            continue;
+        }
+        check_projections::<R, bf16>(&client, &batch, &config, case.5, "bf16 tma");
     }
 }
 
@@ -702,6 +745,7 @@ pub fn grouped_gemm_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) 
 crate::runtime_tests!(
     portable_path_matches_reference,
     async_pipeline_matches_reference,
+    tma_weight_boxes_match_reference,
     chosen_configs_match_reference_in_every_float_type,
     grouped_gemm_rejects_bad_arguments,
 );
