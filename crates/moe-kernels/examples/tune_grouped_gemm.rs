@@ -21,8 +21,8 @@ use moe_kernels::dispatch::DispatchOnDevice;
 use moe_kernels::dispatch::reference::plan;
 use moe_kernels::expert_grad::{WeightGradParams, WeightGradShape, expert_weight_grad};
 use moe_kernels::grouped_gemm::{
-    Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, expert_matmul,
-    input_projection, multiprocessors, output_projection,
+    Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, device_config,
+    expert_matmul, input_projection, multiprocessors, output_projection,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -152,7 +152,8 @@ fn main() {
                 );
             }
         }
-        let chosen = ExpertGemmConfig::choose(&shape, Activation::SwiGlu, true, sms);
+        // What the layers run on this device (TMA weight boxes included).
+        let chosen = device_config::<R, bf16>(&client, &shape, Activation::SwiGlu);
         let plan = upload_plan(&client, &ids, experts, chosen.tile_rows());
         let pairs = tokens * slots;
         let out = |columns: usize| client.empty(pairs * columns * size_of::<bf16>());

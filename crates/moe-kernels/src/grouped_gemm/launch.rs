@@ -74,7 +74,7 @@ pub fn multiprocessors<R: Runtime>(client: &ComputeClient<R>) -> Option<usize> {
 
 /// The size rule's tiles for `shape` with floats `F` on this device: tensor cores where it has
 /// them for `F`, split-K sized by its multiprocessors, the register pipeline where it has no
-/// asynchronous copies.
+/// asynchronous copies, weight stages as TMA boxes where it has TMA and they fit.
 pub fn device_config<R: Runtime, F: CubeElement>(
     client: &ComputeClient<R>,
     shape: &ExpertShape,
@@ -86,7 +86,12 @@ pub fn device_config<R: Runtime, F: CubeElement>(
         has_tensor_cores::<R, F>(client),
         multiprocessors(client),
     );
-    config.with_pipeline(on_device(client, config.input.pipeline))
+    let config = config.with_pipeline(on_device(client, config.input.pipeline));
+    if has_tma(client) && config.input.tensor_cores {
+        config.with_tma_weights(shape)
+    } else {
+        config
+    }
 }
 
 /// First projection of every routed row: `hidden[row] = act(x[token of row] @ w_in[e])`, a new
