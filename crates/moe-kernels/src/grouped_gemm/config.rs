@@ -26,6 +26,10 @@
 //! device without it), unless `d` or `F` is odd: `cp.async` moves at least 4 bytes, two 16-bit
 //! floats.
 //!
+//! On a device with TMA (sm_90) the prefill and medium classes take their weight stages as TMA
+//! boxes ([`ExpertGemmConfig::gains_from_tma`]): one unit issues them instead of every unit
+//! copying 16 bytes at a time, which left the prefill GEMMs about 15% faster on an H100.
+//!
 //! The picks are the fastest candidates of `examples/tune_grouped_gemm.rs` on an H100 in bf16
 //! (docs/GPU.md has the table). Without tensor cores (f32, or a device without them) one
 //! portable shape serves every class.
@@ -224,12 +228,21 @@ impl ExpertGemmConfig {
         }
     }
 
+    /// Whether this class's tiles run faster with their weight stages as TMA boxes, on an
+    /// H100 (docs/GPU.md): prefill (Mixtral T=4096 GEMM 1 / 2: 4067 / 2224 us with `cp.async`,
+    /// 3512 / 1903 us with TMA; fine-grained 1356 / 772 against 1205 / 697 us) and medium
+    /// (744 / 369 against 726 / 367 us), not decode (T=16: 700 / 346 against 681 / 377 us) or
+    /// prefill fitted (DeepSeek: 7533 / 4054 against 9381 / 5168 us). Why those two lose is not
+    /// measured: both keep one stage in flight (2 buffers), where a box's longer latency would
+    /// show, but DeepSeek's tiles with 3 buffers lose too (8808 / 5080 us with TMA).
+    pub fn gains_from_tma(&self) -> bool {
+        matches!(self.class, "prefill" | "medium")
+    }
+
     /// These tiles with the weight stages of each projection as TMA boxes where they fit: an
     /// asynchronous pipeline, tile columns in whole 64-column boxes, and rows of `d` and `F`
-    /// in whole 16-byte units (TMA strides). What a device with TMA runs
-    /// ([`device_config`](super::device_config)): on an H100 the prefill GEMMs went from 4067 /
-    /// 2224 us to 3512 / 1903 us (Mixtral T=4096), 1356 / 772 to 1205 / 697 us (fine-grained;
-    /// docs/GPU.md).
+    /// in whole 16-byte units (TMA strides). A device with TMA runs them where the class
+    /// [gains from it](Self::gains_from_tma) ([`device_config`](super::device_config)).
     pub fn with_tma_weights(self, shape: &ExpertShape) -> Self {
         let rows_fit = shape.d_model.is_multiple_of(VECTOR_16_BIT)
             && shape.width.is_multiple_of(VECTOR_16_BIT);

@@ -74,7 +74,8 @@ pub fn multiprocessors<R: Runtime>(client: &ComputeClient<R>) -> Option<usize> {
 
 /// The size rule's tiles for `shape` with floats `F` on this device: tensor cores where it has
 /// them for `F`, split-K sized by its multiprocessors, the register pipeline where it has no
-/// asynchronous copies, weight stages as TMA boxes where it has TMA and they fit.
+/// asynchronous copies, weight stages as TMA boxes where it has TMA and the class gains from
+/// them.
 pub fn device_config<R: Runtime, F: CubeElement>(
     client: &ComputeClient<R>,
     shape: &ExpertShape,
@@ -87,7 +88,7 @@ pub fn device_config<R: Runtime, F: CubeElement>(
         multiprocessors(client),
     );
     let config = config.with_pipeline(on_device(client, config.input.pipeline));
-    if has_tma(client) && config.input.tensor_cores {
+    if has_tma(client) && config.input.tensor_cores && config.gains_from_tma() {
         config.with_tma_weights(shape)
     } else {
         config

@@ -780,3 +780,37 @@ fn size_rule_fits_tile_rows_to_one_tile_experts() {
         }
     }
 }
+
+/// The prefill and medium classes take TMA weight boxes where every projection fits them; decode
+/// and prefill fitted do not, and widths whose rows are not whole 16-byte units never do.
+#[test]
+fn tma_weight_boxes_where_the_class_gains_and_they_fit() {
+    let shape = |tokens, experts, slots, width| ExpertShape {
+        num_tokens: tokens,
+        slots,
+        num_experts: experts,
+        d_model: 4096,
+        width,
+    };
+    let pick =
+        |shape: &ExpertShape| ExpertGemmConfig::choose(shape, Activation::SwiGlu, true, None);
+    for (shape, gains) in [
+        (shape(4096, 8, 2, 14336), true),
+        (shape(128, 8, 2, 14336), true),
+        (shape(1, 8, 2, 14336), false),
+        (shape(4096, 256, 8, 2048), false),
+    ] {
+        let config = pick(&shape);
+        assert_eq!(config.gains_from_tma(), gains, "{}", config.class);
+        let boxed = config.with_tma_weights(&shape);
+        assert!(
+            boxed.input.tma_weights && boxed.output.tma_weights,
+            "{boxed:?}"
+        );
+        assert_eq!(boxed.input.check(8), Ok(()));
+        assert_eq!(boxed.output.check(8), Ok(()));
+    }
+    let odd = shape(4096, 8, 2, 14332);
+    let boxed = pick(&odd).with_tma_weights(&odd);
+    assert!(!boxed.input.tma_weights && !boxed.output.tma_weights);
+}
