@@ -326,7 +326,7 @@ fn time<E: std::fmt::Display>(
 /// The knobs of one candidate in one line.
 fn describe(params: &GemmParams) -> String {
     format!(
-        "{}x{}x{} planes {}x{} split {} {:?}{}",
+        "{}x{}x{} planes {}x{} split {} {:?}{}{}",
         params.tile_rows,
         params.tile_cols,
         params.stage_depth,
@@ -334,7 +334,8 @@ fn describe(params: &GemmParams) -> String {
         params.warps_n,
         params.split_k,
         params.pipeline,
-        if params.tma_weights { " tma" } else { "" }
+        if params.tma_weights { " tma" } else { "" },
+        if params.tma_rows { " rows" } else { "" }
     )
 }
 

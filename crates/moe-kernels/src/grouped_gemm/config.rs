@@ -128,6 +128,7 @@ impl ExpertGemmConfig {
             raster_group: 8,
             transposed_weights: false,
             tma_weights: false,
+            tma_rows: false,
             pipeline: if tensor_cores && async_copy_fits(&[shape.d_model, shape.width]) {
                 Pipeline::AsyncCopy { stages: 3 }
             } else {
@@ -239,23 +240,27 @@ impl ExpertGemmConfig {
         matches!(self.class, "prefill" | "medium")
     }
 
-    /// These tiles with the weight stages of each projection as TMA boxes where they fit: an
-    /// asynchronous pipeline, tile columns in whole 64-column boxes, and rows of `d` and `F`
-    /// in whole 16-byte units (TMA strides). A device with TMA runs them where the class
+    /// These tiles with the weight stages of each projection as TMA boxes, and (`rows`) the A
+    /// stages of the projections whose rows are in dispatch order, where they fit: an
+    /// asynchronous pipeline, tiles in whole 64-column boxes, and rows of `d` and `F` in whole
+    /// 16-byte units (TMA strides). A device with TMA runs them where the class
     /// [gains from it](Self::gains_from_tma) ([`device_config`](super::device_config)).
-    pub fn with_tma_weights(self, shape: &ExpertShape) -> Self {
-        let rows_fit = shape.d_model.is_multiple_of(VECTOR_16_BIT)
+    pub fn with_tma(self, shape: &ExpertShape, rows: bool) -> Self {
+        let strides_fit = shape.d_model.is_multiple_of(VECTOR_16_BIT)
             && shape.width.is_multiple_of(VECTOR_16_BIT);
         let boxed = |p: GemmParams| {
-            let with = GemmParams {
+            let with_weights = GemmParams {
                 tma_weights: true,
                 ..p
             };
-            if rows_fit && with.check(VECTOR_16_BIT).is_ok() {
-                with
-            } else {
-                p
-            }
+            let with_rows = GemmParams {
+                tma_rows: true,
+                ..with_weights
+            };
+            [(rows, with_rows), (true, with_weights)]
+                .into_iter()
+                .find(|(wanted, q)| *wanted && strides_fit && q.check(VECTOR_16_BIT).is_ok())
+                .map_or(p, |(_, q)| q)
         };
         Self {
             input: boxed(self.input),
@@ -382,10 +387,13 @@ impl ExpertGemmConfig {
                 }
             }
         }
-        // Every candidate with its weight stages as TMA boxes, where they fit.
+        // Every candidate with its weight stages as TMA boxes, and with its A rows too, where
+        // they fit.
         for candidate in all.clone() {
-            let boxed = candidate.with_tma_weights(shape);
-            push_to(&mut all, boxed.input, boxed.output);
+            for rows in [false, true] {
+                let boxed = candidate.with_tma(shape, rows);
+                push_to(&mut all, boxed.input, boxed.output);
+            }
         }
         all
     }

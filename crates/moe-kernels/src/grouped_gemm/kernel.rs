@@ -17,8 +17,9 @@
 //! stages ahead, each buffer with a barrier that completes when its copies have landed. One
 //! cube-wide barrier per stage either way. With `tma_weights` (CUDA, sm_90) the weight stages
 //! arrive instead as TMA boxes of 64 columns, which one unit issues on the buffer's barrier
-//! (adding their bytes to it) and the hardware lays out with the 128-byte swizzle; the gathered
-//! A rows keep their `cp.async` copies, which TMA's tiled boxes cannot express.
+//! (adding their bytes to it) and the hardware lays out with the 128-byte swizzle; with
+//! `tma_rows` the A stages too, where rows are in dispatch order (gathered rows keep their
+//! `cp.async` copies: TMA's tiled boxes cannot follow a permutation).
 //! Multiplication: tensor cores (`tensor_cores.rs`: `mma.sync` fed by `ldmatrix`, f32
 //! accumulators in each plane's registers) or, portable (`units.rs`), each unit accumulates
 //! `unit_rows` x `unit_cols` per group in f32 registers. Epilogue: identity, `silu(gate) * up`,
@@ -32,7 +33,7 @@
 use cubecl::prelude::barrier::Barrier;
 use cubecl::prelude::*;
 
-use super::params::{Epilogue, GemmParams, TMA_BOX_COLS, TMA_SWIZZLE_SPAN};
+use super::params::{Epilogue, GemmParams, TMA_BOX_COLS, stage_alignment};
 use super::tensor_cores::{
     FragmentAcc, register_fragment_sizes, tensor_core_accumulators, tensor_core_epilogue,
     tensor_core_stage,
@@ -53,6 +54,7 @@ use crate::pipeline::{
 )]
 pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     a: &Array<Vector<F, N>>, // [rows of a, depth]: x [T, d] (gather) or hidden [P, depth]
+    rows_map: ComptimeOption<TensorMap<F, Tiled>>, // `a` as [rows of a, depth] (not gathered)
     weights: &Array<Vector<F, N>>, // [E, depth, groups * width]
     weights_map: ComptimeOption<TensorMap<F, Tiled>>, // `weights` as [E, depth, groups, width]
     pre: &Array<F>,          // [P, 2 * width] gate and up pre-activations (SwiGluBackward)
@@ -124,15 +126,14 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
     let a_stage = comptime!(params.a_stage_vectors(n));
     let w_stage = comptime!(params.w_stage_vectors(n));
     let buffers = comptime!(params.pipeline.buffers());
-    let mut stage_a =
-        SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * a_stage), 128usize);
-    let w_alignment = comptime!(if params.tma_weights {
-        TMA_SWIZZLE_SPAN
-    } else {
-        128
-    });
-    let mut stage_w =
-        SharedMemory::<Vector<F, N>>::new_aligned(comptime!(buffers * w_stage), w_alignment);
+    let mut stage_a = SharedMemory::<Vector<F, N>>::new_aligned(
+        comptime!(buffers * a_stage),
+        comptime!(stage_alignment(params.tma_rows)),
+    );
+    let mut stage_w = SharedMemory::<Vector<F, N>>::new_aligned(
+        comptime!(buffers * w_stage),
+        comptime!(stage_alignment(params.tma_weights)),
+    );
 
     register_fragment_sizes::<F>(params.tensor_cores);
     let mut fragments = tensor_core_accumulators::<F>(params);
@@ -206,19 +207,22 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
         // Buffer b holds stages b, b + buffers, ...; its barrier completes phase `round` when
         // every unit has arrived and its copies of stage `round * buffers + b` have landed.
         let landed = stage_barriers(buffers);
-        if comptime!(params.tma_weights) {
+        if comptime!(params.tma_weights || params.tma_rows) {
             // The barriers' initialisation must be visible to the TMA unit's copies.
             sync_async_proxy_shared();
         }
         #[unroll]
         for b in 0..comptime!(buffers - 1) {
             if b < stages {
-                load_weight_boxes::<F, N>(
+                load_stage_boxes::<F, N>(
+                    &rows_map,
                     &weights_map,
                     &landed,
+                    &mut stage_a,
                     &mut stage_w,
                     b,
                     expert,
+                    first_row,
                     depth_begin + b * params.stage_depth,
                     first_col,
                     params,
@@ -251,12 +255,15 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                     let ahead = s + buffers - 1;
                     if ahead < stages {
                         let refill = comptime!((b + buffers - 1) % buffers);
-                        load_weight_boxes::<F, N>(
+                        load_stage_boxes::<F, N>(
+                            &rows_map,
                             &weights_map,
                             &landed,
+                            &mut stage_a,
                             &mut stage_w,
                             refill,
                             expert,
+                            first_row,
                             depth_begin + ahead * params.stage_depth,
                             first_col,
                             params,
@@ -532,15 +539,17 @@ fn copy_stage<F: Float, N: Size>(
     #[comptime] params: GemmParams,
 ) {
     let n = N::value();
-    #[unroll]
-    for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let at = a_vector(i, params, n);
-        if at.present {
-            let source = a_source(a_starts, i, at, k0, depth_end, n);
-            copy_vector_async::<F, N>(a, source, stage_a, a_destination(at, buffer, params, n));
+    // With `tma_rows` / `tma_weights` these stages come as TMA boxes (`load_stage_boxes`).
+    if comptime!(!params.tma_rows) {
+        #[unroll]
+        for i in 0..comptime!(params.a_loads_per_unit(n)) {
+            let at = a_vector(i, params, n);
+            if at.present {
+                let source = a_source(a_starts, i, at, k0, depth_end, n);
+                copy_vector_async::<F, N>(a, source, stage_a, a_destination(at, buffer, params, n));
+            }
         }
     }
-    // With `tma_weights` the weight stage comes as TMA boxes (`load_weight_boxes`).
     if comptime!(!params.tma_weights) {
         #[unroll]
         for i in 0..comptime!(params.w_loads_per_unit(n)) {
@@ -560,34 +569,37 @@ fn copy_stage<F: Float, N: Size>(
     }
 }
 
-/// With `tma_weights`: unit 0 adds the weight stage's bytes to buffer `buffer`'s barrier and
-/// issues its TMA boxes (depth `k0..k0 + stage_depth` of the tile's columns of every group, 64
-/// columns per box; zeros past the depth and past `width`). Nothing otherwise.
+/// With `tma_weights` or `tma_rows`: unit 0 adds the stage's box bytes to buffer `buffer`'s
+/// barrier and issues the boxes of depth `k0..k0 + stage_depth`: the weights' (the tile's
+/// columns of every group, 64 columns per box) and the A rows' (the tile's rows, 64 depth
+/// columns per box). TMA fills zeros past the depth, `width` and the rows of `a`. Nothing
+/// otherwise.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
-fn load_weight_boxes<F: Float, N: Size>(
+fn load_stage_boxes<F: Float, N: Size>(
+    rows_map: &ComptimeOption<TensorMap<F, Tiled>>,
     weights_map: &ComptimeOption<TensorMap<F, Tiled>>,
     barriers: &Sequence<Shared<Barrier>>,
+    stage_a: &mut SharedMemory<Vector<F, N>>,
     stage_w: &mut SharedMemory<Vector<F, N>>,
     #[comptime] buffer: usize,
     expert: usize,
+    first_row: usize,
     k0: usize,
     first_col: usize,
     #[comptime] params: GemmParams,
 ) {
-    #[comptime]
-    if let ComptimeOption::Some(map) = weights_map {
-        if UNIT_POS == 0 {
-            let n = N::value();
-            let boxes = comptime!(params.tma_boxes());
+    if comptime!(params.tma_weights || params.tma_rows) && UNIT_POS == 0 {
+        let n = N::value();
+        let barrier = barriers.index(buffer);
+        let type_size = F::type_size();
+        barrier.expect_tx(comptime!(params.tma_stage_bytes(type_size)) as u32);
+        #[comptime]
+        if let ComptimeOption::Some(map) = weights_map {
             let box_vectors = comptime!(params.stage_depth * TMA_BOX_COLS / n);
             let stage_start = comptime!(buffer * params.w_stage_vectors(n));
-            let barrier = barriers.index(buffer);
-            let type_size = F::type_size();
-            barrier
-                .expect_tx(comptime!(boxes * params.stage_depth * TMA_BOX_COLS * type_size) as u32);
             #[unroll]
-            for b in 0..boxes {
+            for b in 0..comptime!(params.weight_boxes()) {
                 let group = comptime!(b * TMA_BOX_COLS / params.tile_cols);
                 let column = first_col + comptime!(b * TMA_BOX_COLS % params.tile_cols);
                 let start = comptime!(stage_start + b * box_vectors);
@@ -598,6 +610,21 @@ fn load_weight_boxes<F: Float, N: Size>(
                     i32::cast_from(k0),
                     comptime!(group as i32),
                     i32::cast_from(column),
+                );
+            }
+        }
+        #[comptime]
+        if let ComptimeOption::Some(map) = rows_map {
+            let box_vectors = comptime!(params.tile_rows * TMA_BOX_COLS / n);
+            let stage_start = comptime!(buffer * params.a_stage_vectors(n));
+            #[unroll]
+            for b in 0..comptime!(params.row_boxes()) {
+                let start = comptime!(stage_start + b * box_vectors);
+                barrier.tma_load_2d(
+                    map,
+                    &mut stage_a.slice_mut(start, start + box_vectors),
+                    i32::cast_from(first_row),
+                    i32::cast_from(k0 + comptime!(b * TMA_BOX_COLS)),
                 );
             }
         }

@@ -89,7 +89,7 @@ pub fn device_config<R: Runtime, F: CubeElement>(
     );
     let config = config.with_pipeline(on_device(client, config.input.pipeline));
     if has_tma(client) && config.input.tensor_cores && config.gains_from_tma() {
-        config.with_tma_weights(shape)
+        config.with_tma(shape, true)
     } else {
         config
     }
@@ -265,6 +265,7 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
                 operands.a.clone(),
                 operands.a_rows * operands.depth / vector,
             ),
+            rows_map::<R, F>(operands, params),
             ArrayArg::from_raw_parts(operands.weights.clone(), weights_len / vector),
             weights_map::<R, F>(operands, shape, params),
             // The other epilogues never read `pre`: any buffer of the float type serves.
@@ -287,8 +288,8 @@ fn launch<R: Runtime, F: Float + CubeElement, O: Float + CubeElement, I: Int + C
     Ok(())
 }
 
-/// Whether the device of `client` loads tensor-mapped boxes (TMA, sm_90): what the weight
-/// stages' `tma_weights` option needs.
+/// Whether the device of `client` loads tensor-mapped boxes (TMA, sm_90): what the
+/// `tma_weights` and `tma_rows` options need.
 pub fn has_tma<R: Runtime>(client: &ComputeClient<R>) -> bool {
     client.features().tma.contains(Tma::Base)
 }
@@ -312,6 +313,28 @@ fn weights_map<R: Runtime, F: Float + CubeElement>(
     let tensor = unsafe { TensorArg::from_raw_parts(operands.weights.clone(), strides, dims) };
     let boxes = TiledArgs {
         tile_size: Shape::from(vec![1, params.stage_depth, 1, TMA_BOX_COLS]),
+    };
+    ComptimeOptionArgs::Some(
+        TensorMapArg::new(boxes, tensor, F::as_type_native_unchecked())
+            .with_swizzle(TensorMapSwizzle::B128),
+    )
+}
+
+/// The A rows as a TMA map for `params.tma_rows`: `[a_rows, depth]`, boxes of `tile_rows` rows
+/// of [`TMA_BOX_COLS`] depth columns with the 128-byte swizzle (`None` without the option).
+fn rows_map<R: Runtime, F: Float + CubeElement>(
+    operands: &ExpertOperands,
+    params: &GemmParams,
+) -> ComptimeOptionArgs<TensorMap<F, Tiled>, R> {
+    if !params.tma_rows {
+        return ComptimeOptionArgs::None;
+    }
+    let dims = Shape::from(vec![operands.a_rows, operands.depth]);
+    let strides = Strides::from(vec![operands.depth, 1]);
+    // SAFETY: the shape and strides describe `a`, whose length `validate` checked.
+    let tensor = unsafe { TensorArg::from_raw_parts(operands.a.clone(), strides, dims) };
+    let boxes = TiledArgs {
+        tile_size: Shape::from(vec![params.tile_rows, TMA_BOX_COLS]),
     };
     ComptimeOptionArgs::Some(
         TensorMapArg::new(boxes, tensor, F::as_type_native_unchecked())
@@ -412,17 +435,23 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
         |v| params.check(v),
     )
     .or_else(unsupported)?;
-    if params.tma_weights {
+    if params.tma_weights || params.tma_rows {
         if !has_tma(client) {
             return unsupported(
-                "this device has no TMA (tensor memory access) for weight boxes".into(),
+                "this device has no TMA (tensor memory access) for stage boxes".into(),
             );
         }
-        // TMA strides are multiples of 16 bytes.
-        if !(operands.width * elem).is_multiple_of(16) {
+        // TMA strides are multiples of 16 bytes: the weights' rows (`width`), `a`'s (`depth`).
+        let rows = [
+            (params.tma_weights, "width", operands.width),
+            (params.tma_rows, "depth", operands.depth),
+        ];
+        if let Some((_, name, len)) = rows
+            .into_iter()
+            .find(|&(boxed, _, len)| boxed && !(len * elem).is_multiple_of(16))
+        {
             return unsupported(format!(
-                "TMA weight boxes need rows of a multiple of 16 bytes (width {})",
-                operands.width
+                "TMA boxes need rows of a multiple of 16 bytes ({name} = {len})"
             ));
         }
     }

@@ -10,14 +10,20 @@ use crate::pipeline::Pipeline;
 /// rows an `ldmatrix` reads start in different banks, and every row stays 16-byte aligned.
 pub const ROW_PADDING: usize = 8;
 
-/// Columns of one TMA box of weights: 128 bytes of 16-bit floats, the widest row the 128-byte
-/// swizzle takes. A weight stage loaded by TMA is held as boxes of `stage_depth` rows of this
-/// many columns, unpadded: the swizzle, not padding, keeps `ldmatrix` free of bank conflicts.
+/// Columns of one TMA box: 128 bytes of 16-bit floats, the widest row the 128-byte swizzle
+/// takes. A stage loaded by TMA is held as boxes of rows of this many columns, unpadded: the
+/// swizzle, not padding, keeps `ldmatrix` free of bank conflicts.
 pub const TMA_BOX_COLS: usize = 64;
 
 /// Bytes the 128-byte swizzle pattern spans (8 rows of 128 bytes): a TMA box must start at a
 /// multiple of it for the pattern to be the row's 16-byte chunk XOR the row modulo 8.
 pub const TMA_SWIZZLE_SPAN: usize = 1024;
+
+/// Bytes a stage buffer in shared memory is aligned to: the swizzle's span when TMA fills it
+/// (`tma`), else 128.
+pub(crate) fn stage_alignment(tma: bool) -> usize {
+    if tma { TMA_SWIZZLE_SPAN } else { 128 }
+}
 
 /// Most rows of one TMA box (each box dimension is at most 256 elements).
 const TMA_MAX_BOX_ROWS: usize = 256;
@@ -94,6 +100,11 @@ pub struct GemmParams {
     /// instead of `cp.async` copies by every unit (asynchronous pipeline, tensor cores,
     /// untransposed weights, `tile_cols` a multiple of [`TMA_BOX_COLS`]; CUDA only).
     pub tma_weights: bool,
+    /// The A stages arrive as TMA boxes of [`TMA_BOX_COLS`] depth columns, issued with the
+    /// weights' (rows in dispatch order, not gathered; asynchronous pipeline, tensor cores,
+    /// `stage_depth` a multiple of [`TMA_BOX_COLS`]; CUDA only). Rows past the tile's expert
+    /// are loaded too (they belong to the next expert) and their products never stored.
+    pub tma_rows: bool,
 }
 
 impl GemmParams {
@@ -120,9 +131,22 @@ impl GemmParams {
         }
     }
 
-    /// Elements per shared-memory row of the A stage.
+    /// Elements per shared-memory row of the A stage (TMA boxes: [`TMA_BOX_COLS`], unpadded).
     pub fn a_stride(&self) -> usize {
-        self.stage_depth + ROW_PADDING
+        if self.tma_rows {
+            TMA_BOX_COLS
+        } else {
+            self.stage_depth + ROW_PADDING
+        }
+    }
+
+    /// Rows of the A stage in shared memory (TMA: every box's rows, box after box).
+    fn a_stage_rows(&self) -> usize {
+        if self.tma_rows {
+            self.tile_rows * self.row_boxes()
+        } else {
+            self.tile_rows
+        }
     }
 
     /// Elements per shared-memory row of the weight stage (rows run along the depth, or along
@@ -140,7 +164,7 @@ impl GemmParams {
     /// Rows of the weight stage in shared memory (TMA: every box's rows, box after box).
     fn w_stage_rows(&self) -> usize {
         if self.tma_weights {
-            self.stage_depth * self.tma_boxes()
+            self.stage_depth * self.weight_boxes()
         } else if self.transposed_weights {
             self.groups * self.tile_cols
         } else {
@@ -148,19 +172,36 @@ impl GemmParams {
         }
     }
 
-    /// TMA boxes of one weight stage: [`TMA_BOX_COLS`] columns each, over every group.
-    pub fn tma_boxes(&self) -> usize {
+    /// TMA boxes of one weight stage: `stage_depth` rows of [`TMA_BOX_COLS`] columns each,
+    /// over every group.
+    pub fn weight_boxes(&self) -> usize {
         self.groups * self.tile_cols / TMA_BOX_COLS
     }
 
-    /// Bytes of one TMA box with elements of `elem_size` bytes.
-    pub fn tma_box_bytes(&self, elem_size: usize) -> usize {
-        self.stage_depth * TMA_BOX_COLS * elem_size
+    /// TMA boxes of one A stage: `tile_rows` rows of [`TMA_BOX_COLS`] depth columns each.
+    pub fn row_boxes(&self) -> usize {
+        self.stage_depth / TMA_BOX_COLS
+    }
+
+    /// Bytes one stage's TMA boxes bring, with elements of `elem_size` bytes (what the stage's
+    /// barrier expects besides the units' copies).
+    pub fn tma_stage_bytes(&self, elem_size: usize) -> usize {
+        let weights = if self.tma_weights {
+            self.weight_boxes() * self.stage_depth
+        } else {
+            0
+        };
+        let rows = if self.tma_rows {
+            self.row_boxes() * self.tile_rows
+        } else {
+            0
+        };
+        (weights + rows) * TMA_BOX_COLS * elem_size
     }
 
     /// Vectors of `vector` elements in one A stage buffer (padded).
     pub fn a_stage_vectors(&self, vector: usize) -> usize {
-        self.tile_rows * self.a_stride() / vector
+        self.a_stage_rows() * self.a_stride() / vector
     }
 
     /// Vectors in one weight stage buffer (padded).
@@ -191,12 +232,9 @@ impl GemmParams {
     /// Bytes of shared memory one cube uses with elements of `elem_size` bytes (with the
     /// alignment the TMA boxes need).
     pub fn shared_bytes(&self, elem_size: usize) -> usize {
-        let buffer = self.tile_rows * self.a_stride() + self.w_stage_rows() * self.w_stride();
-        let alignment = if self.tma_weights {
-            TMA_SWIZZLE_SPAN
-        } else {
-            0
-        };
+        let buffer = self.a_stage_rows() * self.a_stride() + self.w_stage_rows() * self.w_stride();
+        // Alignment may pad in front of each of the two buffers.
+        let alignment = stage_alignment(self.tma_rows) + stage_alignment(self.tma_weights);
         self.pipeline.buffers() * buffer * elem_size + alignment
     }
 
@@ -243,6 +281,22 @@ impl GemmParams {
                 return Err(format!(
                     "stage_depth = {} exceeds a TMA box's {TMA_MAX_BOX_ROWS} rows",
                     self.stage_depth
+                ));
+            }
+        }
+        if self.tma_rows {
+            if !self.tensor_cores || self.gather || self.pipeline == Pipeline::Registers {
+                return Err(
+                    "TMA row boxes need tensor cores, rows in dispatch order and the \
+                     asynchronous pipeline"
+                        .into(),
+                );
+            }
+            divides("stage_depth", self.stage_depth, TMA_BOX_COLS)?;
+            if self.tile_rows > TMA_MAX_BOX_ROWS {
+                return Err(format!(
+                    "tile_rows = {} exceeds a TMA box's {TMA_MAX_BOX_ROWS} rows",
+                    self.tile_rows
                 ));
             }
         }

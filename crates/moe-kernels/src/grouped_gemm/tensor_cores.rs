@@ -147,8 +147,17 @@ pub fn tensor_core_stage<F: Float, N: Size>(
             let mut a = Array::<Vector<F, FragmentA>>::new(comptime!(rows * a_regs));
             #[unroll]
             for i in 0..rows {
-                let start = a_base
-                    + ((first_row + i * MMA_M + lane_row) * a_stride + kk * MMA_K + lane_col) / n;
+                let row = first_row + i * MMA_M + lane_row;
+                let mut start = a_base + (row * a_stride + kk * MMA_K + lane_col) / n;
+                if comptime!(params.tma_rows) {
+                    // TMA boxes `[tile_rows][64]`, box after box, swizzled as the weights'.
+                    let col = kk * MMA_K + lane_col;
+                    start = a_base
+                        + ((col / TMA_BOX_COLS) * comptime!(params.tile_rows * TMA_BOX_COLS)
+                            + row * TMA_BOX_COLS
+                            + swizzled_column(row, col))
+                            / n;
+                }
                 let loaded = def.load_matrix::<Vector<F, N>, FragmentA>(
                     &stage_a.slice(start, start + row_vectors),
                     MatrixIdent::A,
@@ -183,11 +192,10 @@ pub fn tensor_core_stage<F: Float, N: Size>(
                         // swizzle: a row's 16-byte chunk c lies at chunk c XOR (row % 8).
                         let k = kk * MMA_K + lane_row;
                         let col = g * params.tile_cols + first_col + j * COLUMN_PAIR + lane_col;
-                        let chunk = (col % TMA_BOX_COLS) / LDMATRIX_ROW;
                         start = w_base
                             + ((col / TMA_BOX_COLS) * comptime!(params.stage_depth * TMA_BOX_COLS)
                                 + k * TMA_BOX_COLS
-                                + (chunk ^ (k % 8)) * LDMATRIX_ROW)
+                                + swizzled_column(k, col))
                                 / n;
                     }
                     let pair = def.load_matrix::<Vector<F, N>, FragmentB>(
@@ -227,6 +235,13 @@ pub fn tensor_core_stage<F: Float, N: Size>(
             }
         }
     }
+}
+
+/// Where column `col` (the first of an 8-element `ldmatrix` row) of row `row` of a TMA box
+/// lies within the row: the 128-byte swizzle puts 16-byte chunk c at c XOR (row % 8).
+#[cube]
+fn swizzled_column(row: usize, col: usize) -> usize {
+    (((col % TMA_BOX_COLS) / LDMATRIX_ROW) ^ (row % 8)) * LDMATRIX_ROW
 }
 
 /// Writes the plane's accumulators through the epilogue, each lane its own elements.

@@ -600,19 +600,21 @@ fn assert_input_refused<R: Runtime, F: HostFloat>(
     );
 }
 
-/// The size rule's tiles with their weight stages as TMA boxes (bf16 on tensor cores), over
+/// The size rule's tiles with their weight stages, and the A stages of the projections whose
+/// rows are in dispatch order, as TMA boxes (bf16 on tensor cores), forward and backward, over
 /// every case and each shape class, with 2 to 4 buffers: on a device with TMA they match the
 /// reference (widths whose rows are not whole 16-byte units are refused); on one without, the
-/// option is refused as unsupported.
-pub fn tma_weight_boxes_match_reference<R: Runtime>(client: ComputeClient<R>) {
+/// options are refused as unsupported.
+pub fn tma_boxes_match_reference<R: Runtime>(client: ComputeClient<R>) {
     let Some(true) = tensor_cores_or_skip::<R, bf16>(&client) else {
-        println!("no tensor cores for bf16: TMA weight boxes skipped");
+        println!("no tensor cores for bf16: TMA boxes skipped");
         return;
     };
     for (seed, &case) in class_cases().iter().enumerate() {
         let (chosen, batch) = chosen_batch::<R, bf16>(&client, case, seed as u64 + 300, true);
         let boxed = |p: GemmParams| GemmParams {
             tma_weights: true,
+            tma_rows: !p.gather,
             pipeline: Pipeline::AsyncCopy {
                 stages: 2 + seed % 3,
             },
@@ -745,7 +747,7 @@ pub fn grouped_gemm_rejects_bad_arguments<R: Runtime>(client: ComputeClient<R>) 
 crate::runtime_tests!(
     portable_path_matches_reference,
     async_pipeline_matches_reference,
-    tma_weight_boxes_match_reference,
+    tma_boxes_match_reference,
     chosen_configs_match_reference_in_every_float_type,
     grouped_gemm_rejects_bad_arguments,
 );
@@ -781,10 +783,11 @@ fn size_rule_fits_tile_rows_to_one_tile_experts() {
     }
 }
 
-/// The prefill and medium classes take TMA weight boxes where every projection fits them; decode
-/// and prefill fitted do not, and widths whose rows are not whole 16-byte units never do.
+/// The prefill and medium classes take TMA boxes (weights, and the output projection's rows)
+/// where every projection fits them; decode and prefill fitted do not, and widths whose rows
+/// are not whole 16-byte units never do.
 #[test]
-fn tma_weight_boxes_where_the_class_gains_and_they_fit() {
+fn tma_boxes_where_the_class_gains_and_they_fit() {
     let shape = |tokens, experts, slots, width| ExpertShape {
         num_tokens: tokens,
         slots,
@@ -802,15 +805,18 @@ fn tma_weight_boxes_where_the_class_gains_and_they_fit() {
     ] {
         let config = pick(&shape);
         assert_eq!(config.gains_from_tma(), gains, "{}", config.class);
-        let boxed = config.with_tma_weights(&shape);
+        let boxed = config.with_tma(&shape, true);
         assert!(
             boxed.input.tma_weights && boxed.output.tma_weights,
             "{boxed:?}"
         );
+        // The input projection gathers its rows: only the output projection's come as boxes.
+        assert!(!boxed.input.tma_rows && boxed.output.tma_rows, "{boxed:?}");
+        assert!(!config.with_tma(&shape, false).output.tma_rows);
         assert_eq!(boxed.input.check(8), Ok(()));
         assert_eq!(boxed.output.check(8), Ok(()));
     }
     let odd = shape(4096, 8, 2, 14332);
-    let boxed = pick(&odd).with_tma_weights(&odd);
-    assert!(!boxed.input.tma_weights && !boxed.output.tma_weights);
+    let boxed = pick(&odd).with_tma(&odd, true);
+    assert!(!boxed.input.tma_weights && !boxed.output.tma_weights && !boxed.output.tma_rows);
 }
