@@ -103,7 +103,8 @@ pub struct GemmParams {
     /// The A stages arrive as TMA boxes of [`TMA_BOX_COLS`] depth columns, issued with the
     /// weights' (rows in dispatch order, not gathered; asynchronous pipeline, tensor cores,
     /// `stage_depth` a multiple of [`TMA_BOX_COLS`]; CUDA only). Rows past the tile's expert
-    /// are loaded too (they belong to the next expert) and their products never stored.
+    /// are loaded too (they belong to the next expert) and their products never stored. A tuner
+    /// candidate: the size rule does not use it (slower on an H100, docs/GPU.md).
     pub tma_rows: bool,
 }
 
