@@ -214,22 +214,14 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
         #[unroll]
         for b in 0..comptime!(buffers - 1) {
             if b < stages {
-                load_stage_boxes::<F, N>(
-                    &rows_map,
-                    &weights_map,
-                    &landed,
-                    &mut stage_a,
-                    &mut stage_w,
-                    b,
-                    expert,
-                    first_row,
-                    depth_begin + b * params.stage_depth,
-                    first_col,
-                    params,
-                );
                 copy_stage::<F, N>(
                     a,
                     weights,
+                    &rows_map,
+                    &weights_map,
+                    &landed,
+                    expert,
+                    first_row,
                     &a_starts,
                     w_base,
                     first_col,
@@ -255,22 +247,14 @@ pub fn grouped_gemm<F: Float, O: Float, I: Int, N: Size>(
                     let ahead = s + buffers - 1;
                     if ahead < stages {
                         let refill = comptime!((b + buffers - 1) % buffers);
-                        load_stage_boxes::<F, N>(
-                            &rows_map,
-                            &weights_map,
-                            &landed,
-                            &mut stage_a,
-                            &mut stage_w,
-                            refill,
-                            expert,
-                            first_row,
-                            depth_begin + ahead * params.stage_depth,
-                            first_col,
-                            params,
-                        );
                         copy_stage::<F, N>(
                             a,
                             weights,
+                            &rows_map,
+                            &weights_map,
+                            &landed,
+                            expert,
+                            first_row,
                             &a_starts,
                             w_base,
                             first_col,
@@ -519,13 +503,19 @@ fn store_stage<F: Float, N: Size>(
     }
 }
 
-/// Starts the asynchronous copies of one stage into shared buffer `buffer`; sources out of
-/// range copy zeros. The caller commits them on the buffer's barrier.
+/// Starts the asynchronous copies of one stage into shared buffer `buffer`: the TMA boxes, if
+/// any (`load_stage_boxes`), then the units' copies; sources out of range copy zeros. The
+/// caller commits them on the buffer's barrier.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
 fn copy_stage<F: Float, N: Size>(
     a: &Array<Vector<F, N>>,
     weights: &Array<Vector<F, N>>,
+    rows_map: &ComptimeOption<TensorMap<F, Tiled>>,
+    weights_map: &ComptimeOption<TensorMap<F, Tiled>>,
+    barriers: &Sequence<Shared<Barrier>>,
+    expert: usize,
+    first_row: usize,
     a_starts: &Array<i32>,
     w_base: usize,
     first_col: usize,
@@ -535,9 +525,22 @@ fn copy_stage<F: Float, N: Size>(
     depth_end: usize,
     stage_a: &mut SharedMemory<Vector<F, N>>,
     stage_w: &mut SharedMemory<Vector<F, N>>,
-    buffer: usize,
+    #[comptime] buffer: usize,
     #[comptime] params: GemmParams,
 ) {
+    load_stage_boxes::<F, N>(
+        rows_map,
+        weights_map,
+        barriers,
+        stage_a,
+        stage_w,
+        buffer,
+        expert,
+        first_row,
+        k0,
+        first_col,
+        params,
+    );
     let n = N::value();
     // With `tma_rows` / `tma_weights` these stages come as TMA boxes (`load_stage_boxes`).
     if comptime!(!params.tma_rows) {
