@@ -230,6 +230,17 @@ fn bad_configs_end_with_one_line_naming_the_field_and_exit_code_2() {
         "train.epochs",
     ]);
     assert_clean_failure(&bad_override, "key=value");
+    // Mixed precision on a device without the 16-bit type (NdArray has no bf16).
+    let no_bf16 = experiments(&[
+        "train",
+        "--config",
+        repo_path("configs/smoke.toml").to_str().unwrap(),
+        "--set",
+        "model.ffn.compute_type=\"bf16\"",
+        "--results",
+        dir.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&no_bf16, "model.ffn.compute_type = \"bf16\": the device");
     // Nothing was written for runs that never started.
     assert!(
         std::fs::read_dir(&dir)

@@ -7,6 +7,7 @@ use burn::tensor::{DType, Tensor};
 use moe_model::MoeAutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::config::RunConfig;
 use crate::error::{ExperimentError, catch_panic};
 
 /// Backend that metrics and saved results are computed on (host memory).
@@ -93,6 +94,23 @@ pub fn use_float_type<B: Backend>(
             reason: error.to_string(),
         }
     })
+}
+
+/// Checks that `device` has the float type the config's feed-forward products run in (mixed
+/// precision), so a run stops with a message instead of a panic at the first cast.
+pub fn check_compute_type<B: Backend>(
+    config: &RunConfig,
+    device: &B::Device,
+) -> Result<(), ExperimentError> {
+    match config.model.ffn.compute_type() {
+        Some(compute) if !B::supports_dtype(device, compute.dtype().into()) => {
+            Err(ExperimentError::ComputeTypeUnavailable {
+                compute: compute.name(),
+                device: format!("{device:?}"),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Work that can run on any training backend; [`run_on`] picks the backend at run time.

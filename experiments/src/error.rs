@@ -140,6 +140,17 @@ pub enum ExperimentError {
         /// Why not.
         reason: String,
     },
+    /// The config's `compute_type` names a float type the chosen backend's device does not have.
+    #[error(
+        "model.ffn.compute_type = \"{compute}\": the device ({device}) has no {compute}; remove the \
+         field (products in the parameters' type) or run on --backend cuda"
+    )]
+    ComputeTypeUnavailable {
+        /// The products' float type asked for.
+        compute: &'static str,
+        /// The device, as Burn names it.
+        device: String,
+    },
     /// The chosen backend is not part of this build.
     #[error("backend `{0}` was not compiled into this binary; rebuild with `--features {0}`")]
     BackendNotCompiled(&'static str),

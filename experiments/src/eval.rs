@@ -12,7 +12,8 @@ use burn::train::metric::ItemLazy;
 use moe_model::{MoeAutodiffBackend, MoeBackend};
 
 use crate::backend::{
-    BackendJob, BackendKind, FloatType, max_buffer_bytes, run_on, use_float_type,
+    BackendJob, BackendKind, FloatType, check_compute_type, max_buffer_bytes, run_on,
+    use_float_type,
 };
 use crate::classifier::Classifier;
 use crate::config::{ConfigSources, RunConfig};
@@ -226,6 +227,7 @@ pub fn load_classifier<B: MoeBackend>(
     config: &RunConfig,
     device: &B::Device,
 ) -> Result<Classifier<B>, ExperimentError> {
+    check_compute_type::<B>(config, device)?;
     let model_path = run_path.join(MODEL_FILE);
     let fresh: Classifier<B> = Classifier {
         model: config

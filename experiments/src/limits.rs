@@ -88,15 +88,22 @@ impl MemoryEstimate {
         let points = task.train_size as f64 + task.valid_size as f64 + test;
         let data = teachers + (points + 2.0 * test) * point_bytes + 3.0 * test * 8.0;
         let eval_batch = config.train.eval_batch_size as f64 * per_token;
+        // Mixed precision: 16-bit copies of the feed-forward weights (half a float each), and
+        // in training their 16-bit gradients too.
+        let compute_copies = match config.model.ffn.compute_type() {
+            Some(_) => 0.5 * blocks * ffn_weights,
+            None => 0.0,
+        };
         let floats = match purpose {
             // Weights, gradients and Adam's moments, the per-expert gradients the backward pass
             // sums (two more of the largest tensor), a training batch forward and backward.
             Purpose::Train => {
                 4.0 * weights
                     + 2.0 * largest_tensor
+                    + 2.0 * compute_copies
                     + (3.0 * config.train.batch_size as f64 * per_token).max(eval_batch)
             }
-            Purpose::Eval => weights + eval_batch,
+            Purpose::Eval => weights + compute_copies + eval_batch,
         };
         Self {
             total: floats * FLOAT_BYTES + data,
@@ -303,6 +310,33 @@ mod tests {
             largest_size_field(&shared),
             ("model.ffn.shared_expert_width", 1_000_000_000)
         );
+    }
+
+    /// Mixed precision holds 16-bit copies of the feed-forward weights (and, training, of their
+    /// gradients) beside the f32 ones: 2 bytes per weight for eval, 4 for training.
+    #[test]
+    fn mixed_precision_adds_the_16_bit_copies() {
+        let mut wide = RunConfig::new();
+        let FfnConfig::Moe(moe) = &mut wide.model.ffn else {
+            panic!("the default run is an MoE")
+        };
+        moe.expert_width = 100_000;
+        let ffn_weights = (moe.num_experts * wide.model.d_model * 3 * moe.expert_width) as f64;
+        let blocks = wide.model.num_blocks as f64;
+        let mut mixed = wide.clone();
+        if let FfnConfig::Moe(moe) = &mut mixed.model.ffn {
+            moe.compute_type = Some(moe_model::ComputeType::Bf16);
+        }
+        for (purpose, bytes_per_weight) in [(Purpose::Eval, 2.0), (Purpose::Train, 4.0)] {
+            let extra = MemoryEstimate::of(&mixed, purpose).total
+                - MemoryEstimate::of(&wide, purpose).total;
+            let expected = bytes_per_weight * blocks * ffn_weights;
+            // The router's d * E weights are part of the feed-forward's count too.
+            assert!(
+                (extra / expected - 1.0).abs() < 1e-3,
+                "{purpose:?}: {extra} extra bytes, expected about {expected}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@ use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{Interrupter, Learner, SupervisedTraining};
 use moe_model::{FfnConfig, MoeAutodiffBackend};
 
-use crate::backend::{BackendJob, BackendKind, MetricsBackend, max_buffer_bytes, run_on};
+use crate::backend::{
+    BackendJob, BackendKind, MetricsBackend, check_compute_type, max_buffer_bytes, run_on,
+};
 use crate::classifier::Classifier;
 use crate::config::{ConfigSources, RunConfig};
 use crate::data::{TaskBatcher, TaskSplits, items};
@@ -92,6 +94,7 @@ impl BackendJob for Training {
             config,
         } = self;
         let backend = request.backend;
+        check_compute_type::<B>(&config, &device)?;
         check_memory(
             &config,
             &request.sources,

@@ -5,6 +5,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use crate::feed_forward::Activation;
 use crate::init::projection;
+use crate::precision::{ComputeType, in_compute_type};
 
 /// E independent MLPs of hidden width F.
 #[derive(Module, Debug)]
@@ -15,15 +16,19 @@ pub struct Experts<B: Backend> {
     pub w_out: Param<Tensor<B, 3>>,
     #[module(skip)]
     activation: Activation,
+    #[module(skip)]
+    compute_type: Option<ComputeType>,
 }
 
 impl<B: Backend> Experts<B> {
-    /// `num_experts` experts of hidden `width` over rows of width `d_model`.
+    /// `num_experts` experts of hidden `width` over rows of width `d_model`, whose products run
+    /// in `compute_type` (`None`: the parameters' type).
     pub fn new(
         num_experts: usize,
         d_model: usize,
         width: usize,
         activation: Activation,
+        compute_type: Option<ComputeType>,
         device: &B::Device,
     ) -> Self {
         let columns = activation.input_columns(width);
@@ -31,12 +36,26 @@ impl<B: Backend> Experts<B> {
             w_in: projection([num_experts, d_model, columns], d_model, device),
             w_out: projection([num_experts, width, d_model], width, device),
             activation,
+            compute_type,
         }
     }
 
     /// The experts' nonlinearity.
     pub fn activation(&self) -> Activation {
         self.activation
+    }
+
+    /// The float type the experts' products run in, when it is not the parameters'.
+    pub fn compute_type(&self) -> Option<ComputeType> {
+        self.compute_type
+    }
+
+    /// `(w_in, w_out)` in the products' type.
+    pub fn compute_weights(&self) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        (
+            in_compute_type(self.w_in.val(), self.compute_type),
+            in_compute_type(self.w_out.val(), self.compute_type),
+        )
     }
 
     /// Number of experts E.

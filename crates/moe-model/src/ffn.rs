@@ -8,6 +8,7 @@ use crate::InvalidValue;
 use crate::backend_ext::{MoeBackend, Routing};
 use crate::mlp::{DenseMlp, DenseMlpConfig};
 use crate::moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
+use crate::precision::ComputeType;
 
 /// Which feed-forward the blocks use; `kind = "dense"` or `kind = "moe"` in config files.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -28,6 +29,14 @@ impl FfnConfig {
         }
     }
 
+    /// The float type of the products when it is not the parameters' (mixed precision).
+    pub fn compute_type(&self) -> Option<ComputeType> {
+        match self {
+            FfnConfig::Dense(config) => config.compute_type,
+            FfnConfig::Moe(config) => config.compute_type,
+        }
+    }
+
     /// A freshly initialised feed-forward over rows of width `d_model`.
     pub fn init<B: MoeBackend>(&self, d_model: usize, device: &B::Device) -> Ffn<B> {
         match self {
@@ -40,7 +49,7 @@ impl FfnConfig {
 impl std::fmt::Display for FfnConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FfnConfig::Dense(c) => write!(f, "dense F={}", c.width),
+            FfnConfig::Dense(c) => write!(f, "dense F={}", c.width)?,
             FfnConfig::Moe(c) => write!(
                 f,
                 "moe E={} F={} {}{}",
@@ -48,7 +57,11 @@ impl std::fmt::Display for FfnConfig {
                 c.expert_width,
                 c.routing,
                 crate::control::describe(c)
-            ),
+            )?,
+        }
+        match self.compute_type() {
+            Some(compute) => write!(f, ", {} products", compute.name()),
+            None => Ok(()),
         }
     }
 }

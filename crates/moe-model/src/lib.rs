@@ -16,6 +16,8 @@ pub mod experts;
 pub mod feed_forward;
 pub mod ffn;
 mod init;
+#[cfg(test)]
+mod mixed_precision_tests;
 pub mod mlp;
 pub mod model;
 pub mod moe;
@@ -35,5 +37,5 @@ pub use mlp::{DenseMlp, DenseMlpConfig};
 pub use model::{Block, BlockPass, Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
 pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT, expert_capacity};
-pub use precision::cast_float_params;
+pub use precision::{ComputeType, cast_float_params};
 pub use router::Router;

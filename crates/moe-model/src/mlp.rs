@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::InvalidValue;
 use crate::feed_forward::{Activation, feed_forward};
 use crate::init::projection;
+use crate::precision::{ComputeType, in_compute_type};
 
 /// Configuration of [`DenseMlp`]; the model width `d` is given by the host model at `init`.
 #[derive(Config, Debug)]
@@ -17,6 +18,10 @@ pub struct DenseMlpConfig {
     /// Nonlinearity.
     #[config(default = "Activation::SwiGlu")]
     pub activation: Activation,
+    /// Float type of the matrix products when it is not the parameters' (mixed precision, see
+    /// [`ComputeType`]); `None`: the parameters' own type.
+    #[config(default = "None")]
+    pub compute_type: Option<ComputeType>,
 }
 
 impl DenseMlpConfig {
@@ -35,6 +40,7 @@ impl DenseMlpConfig {
             w_in: projection([d_model, columns], d_model, device),
             w_out: projection([self.width, d_model], self.width, device),
             activation: self.activation,
+            compute_type: self.compute_type,
         }
     }
 }
@@ -48,13 +54,22 @@ pub struct DenseMlp<B: Backend> {
     pub w_out: Param<Tensor<B, 2>>,
     #[module(skip)]
     activation: Activation,
+    #[module(skip)]
+    compute_type: Option<ComputeType>,
 }
 
 impl<B: Backend> DenseMlp<B> {
     /// # Shapes
     /// - `x`: `[T, d]` -> `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        feed_forward(x, self.w_in.val(), self.w_out.val(), self.activation)
+        let (dtype, compute) = (x.dtype(), self.compute_type);
+        feed_forward(
+            in_compute_type(x, compute),
+            in_compute_type(self.w_in.val(), compute),
+            in_compute_type(self.w_out.val(), compute),
+            self.activation,
+        )
+        .cast(dtype)
     }
 
     /// Parameters (and multiply-adds) one token uses.

@@ -12,6 +12,7 @@ use crate::balance::BalanceMethod;
 use crate::control::{RoutingControl, router_summary};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
+use crate::precision::{ComputeType, in_compute_type};
 use crate::router::Router;
 use crate::shared_experts::SharedExperts;
 
@@ -50,6 +51,11 @@ pub struct MoeLayerConfig {
     /// pairs, the lowest-scored rest are dropped; `None` is padding-free (no limit, no drops).
     #[config(default = "None")]
     pub capacity_factor: Option<f64>,
+    /// Float type of the experts' (and shared experts') matrix products when it is not the
+    /// parameters' (mixed precision, see [`ComputeType`]); `None`: the parameters' own type. The
+    /// router and the combine stay in the parameters' type.
+    #[config(default = "None")]
+    pub compute_type: Option<ComputeType>,
     /// Always-on experts added to every token's output (DeepSeek-V3, Qwen-MoE style).
     #[config(default = 0)]
     pub shared_experts: usize,
@@ -101,6 +107,7 @@ impl MoeLayerConfig {
                 d_model,
                 self.expert_width,
                 self.activation,
+                self.compute_type,
                 device,
             ),
             balance_loss_coef: self.balance_loss_coef,
@@ -110,6 +117,7 @@ impl MoeLayerConfig {
                 self.shared_experts,
                 self.shared_expert_width,
                 self.activation,
+                self.compute_type,
                 d_model,
                 device,
             ),
@@ -257,16 +265,13 @@ impl<B: MoeBackend> MoeLayer<B> {
             d_model,
             width: self.experts.w_out.dims()[1],
         };
+        let shared_output = self.shared_experts.as_ref().map(|s| s.forward(x.clone())); // [T, d]
+        let x = in_compute_type(x, self.experts.compute_type());
         let tile_rows = B::moe_tile_rows(&shape, activation, x.dtype(), &x.device());
         let dispatch = B::moe_dispatch(routing.expert_ids.clone(), shape.num_experts, tile_rows);
-        let shared_output = self.shared_experts.as_ref().map(|s| s.forward(x.clone())); // [T, d]
-        let rows = B::moe_experts(
-            x,
-            &dispatch,
-            self.experts.w_in.val(),
-            self.experts.w_out.val(),
-            activation,
-        );
+        let (w_in, w_out) = self.experts.compute_weights();
+        let rows = B::moe_experts(x, &dispatch, w_in, w_out, activation);
+        // In the routing weights' type, the parameters', whatever the rows' type.
         let output = B::moe_combine(rows, routing.weights.clone(), &dispatch); // [T, d]
         let output = match shared_output {
             Some(shared) => output + shared,

@@ -1,12 +1,58 @@
-//! Float type of a module's parameters.
+//! Float types: of a module's parameters, and of a feed-forward's matrix products.
 //!
 //! Burn creates parameters in the device's default float type, which is fixed by the first
 //! backend that touches the device in a process; a run that wants bf16 or f16 parameters next to
-//! f32 ones (a benchmark, a precision test) casts them explicitly.
+//! f32 ones (a benchmark, a precision test) casts them explicitly. Mixed-precision training keeps
+//! the parameters in f32 and runs the products in a 16-bit [`ComputeType`].
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The float type a feed-forward's matrix products run in when it is not the parameters' own
+/// (`compute_type = "bf16"` in a config): mixed precision. The parameters, the optimizer, the
+/// router and everything outside the products stay in the backend's type (f32 master weights);
+/// the inputs and weights are cast for the products (tensor cores on CUDA) and the products'
+/// output is cast back. The casts are differentiable, so gradients reach the parameters in their
+/// own type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeType {
+    /// bfloat16: f32's range with 8 bits of mantissa.
+    Bf16,
+    /// IEEE half precision: 11 bits of mantissa, magnitudes up to 65504.
+    F16,
+}
+
+impl ComputeType {
+    /// Burn's float type.
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            ComputeType::Bf16 => FloatDType::BF16,
+            ComputeType::F16 => FloatDType::F16,
+        }
+    }
+
+    /// The name configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeType::Bf16 => "bf16",
+            ComputeType::F16 => "f16",
+        }
+    }
+}
+
+/// `tensor` in the products' type `compute`, or unchanged when `None` (or already that type).
+pub fn in_compute_type<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    compute: Option<ComputeType>,
+) -> Tensor<B, D> {
+    match compute {
+        Some(compute) => tensor.cast(compute.dtype()),
+        None => tensor,
+    }
+}
 
 /// `module` with every float parameter cast to `dtype` (int and bool parameters unchanged).
 pub fn cast_float_params<B: Backend, M: Module<B>>(module: M, dtype: FloatDType) -> M {

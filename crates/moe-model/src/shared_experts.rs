@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use crate::feed_forward::Activation;
 use crate::mlp::{DenseMlp, DenseMlpConfig};
+use crate::precision::ComputeType;
 
 /// The always-on part of an MoE layer.
 #[derive(Module, Debug)]
@@ -21,6 +22,7 @@ impl<B: Backend> SharedExperts<B> {
         count: usize,
         width: usize,
         activation: Activation,
+        compute_type: Option<ComputeType>,
         d_model: usize,
         device: &B::Device,
     ) -> Option<Self> {
@@ -28,6 +30,7 @@ impl<B: Backend> SharedExperts<B> {
             mlp: DenseMlpConfig::new()
                 .with_width(count * width)
                 .with_activation(activation)
+                .with_compute_type(compute_type)
                 .init(d_model, device),
         })
     }

@@ -389,33 +389,23 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
             d_model,
             splits,
         };
+        // The rows may be in another type than the weights and output: f32 split-K sums, or the
+        // products' type under mixed precision.
         let dtype = row_weights.dtype;
-        let combined = with_float_kernel!(dtype, K => {
-            let kernel = if blocks.dtype == DType::F32 {
-                combine::<R, K, f32, I>
-            } else if blocks.dtype == dtype {
-                combine::<R, K, K, I>
-            } else {
-                return Self::moe_combine(
-                    ExpertRows { blocks: rows.blocks.cast(dtype) },
-                    weights,
-                    dispatch,
-                );
-            };
-            kernel(
+        let combined = with_float_kernel!(dtype, K => with_float_kernel!(blocks.dtype, E =>
+            combine::<R, K, E, I>(
                 &blocks.client,
                 &blocks.handle,
                 &row_weights.handle,
                 &row_of_pair.handle,
                 shape,
-            )
-        }, else Err(unsupported_dtype("routing weights", dtype)));
+            ), else Err(unsupported_dtype("expert rows", blocks.dtype))
+        ), else Err(unsupported_dtype("routing weights", dtype)));
         match combined {
             Ok(output) => float_tensor(&blocks, output, [num_tokens, d_model], dtype),
             Err(error) => {
                 fall_back("combine", error);
-                let blocks = rows.blocks.cast(dtype);
-                tensor_ops::combine(ExpertRows { blocks }, weights, dispatch)
+                tensor_ops::combine(rows, weights, dispatch)
             }
         }
     }

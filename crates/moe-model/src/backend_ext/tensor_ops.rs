@@ -300,7 +300,11 @@ pub fn combine<B: Backend>(
 ) -> Tensor<B, 2> {
     let [_, num_rows, d_model] = rows.blocks.dims();
     let [num_tokens, slots] = weights.dims();
-    let rows = rows.blocks.sum_dim(0).reshape([num_rows, d_model]); // [R, d]
+    let rows = rows
+        .blocks
+        .sum_dim(0)
+        .reshape([num_rows, d_model])
+        .cast(weights.dtype()); // [R, d]
     let row_of_pair = dispatch.row_of_pair.clone().reshape([num_tokens * slots]); // [T*K]
     let used = row_of_pair.clone().greater_equal_elem(0); // [T*K]
     let pair_rows = rows.select(0, row_of_pair.clamp_min(0)); // [T*K, d]
