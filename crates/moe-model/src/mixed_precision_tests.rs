@@ -84,11 +84,10 @@ fn assert_rounded(output_error: f64, context: &str) {
 /// The MoE layer with `compute` products against the f32 layer: output, and the gradients of the
 /// input, the router and both expert weights; every kernel ran (no fallback).
 fn moe_layer_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Device) {
+    // One batch: the casts do not depend on its size, and on CUDA every size class compiles its
+    // own tensor-core kernels (minutes per class for the forward and backward).
     let (d, width, experts) = (64, 96, 8);
-    for (seed, tokens, routing) in [
-        (1, 3, RoutingPolicy::TopK { k: 2 }),
-        (2, 200, RoutingPolicy::Threshold { tau: 0.5 }),
-    ] {
+    for (seed, tokens, routing) in [(2, 200, RoutingPolicy::Threshold { tau: 0.5 })] {
         let context = format!("moe {} {routing} T={tokens}", compute.name());
         let mut draw = rng(seed);
         let mut values = |len, scale| rounded(random_values(&mut draw, len, scale), compute);
@@ -201,9 +200,13 @@ mod cuda {
 
     #[test]
     #[ignore = "needs an NVIDIA GPU: run with --include-ignored (just test-gpu)"]
-    fn bf16_and_f16_products_match_f32() {
-        let device = CudaDevice::default();
-        mixed_precision_matches_f32::<CudaRuntime>(ComputeType::Bf16, &device);
-        mixed_precision_matches_f32::<CudaRuntime>(ComputeType::F16, &device);
+    fn bf16_products_match_f32() {
+        mixed_precision_matches_f32::<CudaRuntime>(ComputeType::Bf16, &CudaDevice::default());
+    }
+
+    #[test]
+    #[ignore = "needs an NVIDIA GPU: run with --include-ignored (just test-gpu)"]
+    fn f16_products_match_f32() {
+        mixed_precision_matches_f32::<CudaRuntime>(ComputeType::F16, &CudaDevice::default());
     }
 }

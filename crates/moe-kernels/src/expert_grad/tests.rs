@@ -242,15 +242,19 @@ pub fn portable_path_matches_reference<R: Runtime>(client: ComputeClient<R>) {
     check_cases::<R, f32>(&client, |_| portable_params(), "portable f32");
 }
 
-/// One 16-bit type: tensor cores (every tuning candidate) and the portable path where the device
-/// has them, the portable path alone where it has the type only, else skipped.
+/// One 16-bit type: the portable path where the device has the type (else skipped) and, with
+/// `every_candidate`, tensor cores in every tuning candidate where the device has them.
 ///
-/// The candidates run on one case, with many stages and widths off every tile (each candidate
-/// compiles once per comptime variant, and all of them on every case outran a 10-minute device
-/// step); `chosen_config_is_correct_and_deterministic` runs the size rule's tiles on every case.
-fn half_precision_matches_reference<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) {
+/// The candidates run on one case, with many stages and widths off every tile, in one type:
+/// each candidate compiles once per comptime variant, and all of them on every case in both
+/// types outran a 10-minute device step. The tiles do not depend on the type;
+/// `chosen_config_is_correct_and_deterministic` runs the size rule's tiles on every case in both.
+fn half_precision_matches_reference<R: Runtime, F: HostFloat>(
+    client: &ComputeClient<R>,
+    every_candidate: bool,
+) {
     let name = std::any::type_name::<F>();
-    if has_tensor_cores::<R, F>(client) {
+    if every_candidate && has_tensor_cores::<R, F>(client) {
         let sms = multiprocessors(client);
         check_some_cases::<R, F>(
             client,
@@ -266,10 +270,10 @@ fn half_precision_matches_reference<R: Runtime, F: HostFloat>(client: &ComputeCl
     }
 }
 
-/// bf16 and f16 on every path the device has.
+/// bf16 and f16 on every path the device has (every tensor-core candidate in bf16).
 pub fn half_precision_matches_reference_in_bf16_and_f16<R: Runtime>(client: ComputeClient<R>) {
-    half_precision_matches_reference::<R, bf16>(&client);
-    half_precision_matches_reference::<R, f16>(&client);
+    half_precision_matches_reference::<R, bf16>(&client, true);
+    half_precision_matches_reference::<R, f16>(&client, false);
 }
 
 /// The size rule's choice in every float type, and the allocating entry point: the same bits on a
