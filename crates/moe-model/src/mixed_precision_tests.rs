@@ -87,54 +87,53 @@ fn moe_layer_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Devic
     // One batch: the casts do not depend on its size, and on CUDA every size class compiles its
     // own tensor-core kernels (minutes per class for the forward and backward).
     let (d, width, experts) = (64, 96, 8);
-    for (seed, tokens, routing) in [(2, 200, RoutingPolicy::Threshold { tau: 0.5 })] {
-        let context = format!("moe {} {routing} T={tokens}", compute.name());
-        let mut draw = rng(seed);
-        let mut values = |len, scale| rounded(random_values(&mut draw, len, scale), compute);
-        let gate = values(d * experts, 1.0);
-        let w_in = values(experts * d * 2 * width, 0.2);
-        let w_out = values(experts * width * d, 0.15);
-        let x = values(tokens * d, 1.0);
-        let probe = values(tokens * d, 1.0);
+    let (seed, tokens, routing) = (2, 200, RoutingPolicy::Threshold { tau: 0.5 });
+    let context = format!("moe {} {routing} T={tokens}", compute.name());
+    let mut draw = rng(seed);
+    let mut values = |len, scale| rounded(random_values(&mut draw, len, scale), compute);
+    let gate = values(d * experts, 1.0);
+    let w_in = values(experts * d * 2 * width, 0.2);
+    let w_out = values(experts * width * d, 0.15);
+    let x = values(tokens * d, 1.0);
+    let probe = values(tokens * d, 1.0);
 
-        let run = |compute_type: Option<ComputeType>| {
-            let mut layer = MoeLayerConfig::new()
-                .with_num_experts(experts)
-                .with_expert_width(width)
-                .with_activation(Activation::SwiGlu)
-                .with_routing(routing)
-                .with_compute_type(compute_type)
-                .init::<Mixed<R>>(d, device);
-            layer.router.gate.weight = Param::from_tensor(leaf(&gate, [d, experts], device));
-            layer.experts.w_in = Param::from_tensor(leaf(&w_in, [experts, d, 2 * width], device));
-            layer.experts.w_out = Param::from_tensor(leaf(&w_out, [experts, width, d], device));
-            let x = leaf::<CubeBackend<R, f32, i32, u8>, 2>(&x, [tokens, d], device);
-            let output = layer.forward(x.clone()).output;
-            let probe = Tensor::from_data(TensorData::new(probe.clone(), [tokens, d]), device);
-            let grads = (output.clone() * probe).sum().backward();
-            (
-                output.inner(),
-                x.grad(&grads).expect("x gradient"),
-                layer
-                    .router
-                    .gate
-                    .weight
-                    .grad(&grads)
-                    .expect("router gradient"),
-                layer.experts.w_in.grad(&grads).expect("w_in gradient"),
-                layer.experts.w_out.grad(&grads).expect("w_out gradient"),
-            )
-        };
-        take_fallbacks();
-        let mixed = run(Some(compute));
-        assert_eq!(take_fallbacks(), vec![], "{context}: every kernel ran");
-        let full = run(None);
-        assert_rounded(assert_close(mixed.0, full.0, "output", &context), &context);
-        assert_close(mixed.1, full.1, "x gradient", &context);
-        assert_close(mixed.2, full.2, "router gradient", &context);
-        assert_close(mixed.3, full.3, "w_in gradient", &context);
-        assert_close(mixed.4, full.4, "w_out gradient", &context);
-    }
+    let run = |compute_type: Option<ComputeType>| {
+        let mut layer = MoeLayerConfig::new()
+            .with_num_experts(experts)
+            .with_expert_width(width)
+            .with_activation(Activation::SwiGlu)
+            .with_routing(routing)
+            .with_compute_type(compute_type)
+            .init::<Mixed<R>>(d, device);
+        layer.router.gate.weight = Param::from_tensor(leaf(&gate, [d, experts], device));
+        layer.experts.w_in = Param::from_tensor(leaf(&w_in, [experts, d, 2 * width], device));
+        layer.experts.w_out = Param::from_tensor(leaf(&w_out, [experts, width, d], device));
+        let x = leaf::<CubeBackend<R, f32, i32, u8>, 2>(&x, [tokens, d], device);
+        let output = layer.forward(x.clone()).output;
+        let probe = Tensor::from_data(TensorData::new(probe.clone(), [tokens, d]), device);
+        let grads = (output.clone() * probe).sum().backward();
+        (
+            output.inner(),
+            x.grad(&grads).expect("x gradient"),
+            layer
+                .router
+                .gate
+                .weight
+                .grad(&grads)
+                .expect("router gradient"),
+            layer.experts.w_in.grad(&grads).expect("w_in gradient"),
+            layer.experts.w_out.grad(&grads).expect("w_out gradient"),
+        )
+    };
+    take_fallbacks();
+    let mixed = run(Some(compute));
+    assert_eq!(take_fallbacks(), vec![], "{context}: every kernel ran");
+    let full = run(None);
+    assert_rounded(assert_close(mixed.0, full.0, "output", &context), &context);
+    assert_close(mixed.1, full.1, "x gradient", &context);
+    assert_close(mixed.2, full.2, "router gradient", &context);
+    assert_close(mixed.3, full.3, "w_in gradient", &context);
+    assert_close(mixed.4, full.4, "w_out gradient", &context);
 }
 
 /// The dense MLP with `compute` products against the f32 MLP: output and every gradient.
