@@ -209,17 +209,8 @@ fn portable_params() -> Vec<WeightGradParams> {
     ]
 }
 
-/// Runs every case, gathered and not, with the knobs `params_of` gives for its shape.
+/// Runs `cases`, gathered and not, with the knobs `params_of` gives for each shape.
 fn check_cases<R: Runtime, F: HostFloat>(
-    client: &ComputeClient<R>,
-    params_of: impl Fn(&WeightGradShape) -> Vec<WeightGradParams>,
-    context: &str,
-) {
-    check_some_cases::<R, F>(client, &cases(), params_of, context);
-}
-
-/// [`check_cases`] on `cases` only.
-fn check_some_cases<R: Runtime, F: HostFloat>(
     client: &ComputeClient<R>,
     cases: &[Case],
     params_of: impl Fn(&WeightGradShape) -> Vec<WeightGradParams>,
@@ -239,7 +230,7 @@ fn check_some_cases<R: Runtime, F: HostFloat>(
 
 /// The portable path in f32 with several tile shapes, on every case.
 pub fn portable_path_matches_reference<R: Runtime>(client: ComputeClient<R>) {
-    check_cases::<R, f32>(&client, |_| portable_params(), "portable f32");
+    check_cases::<R, f32>(&client, &cases(), |_| portable_params(), "portable f32");
 }
 
 /// One 16-bit type: the portable path where the device has the type (else skipped) and, with
@@ -256,7 +247,7 @@ fn half_precision_matches_reference<R: Runtime, F: HostFloat>(
     let name = std::any::type_name::<F>();
     if every_candidate && has_tensor_cores::<R, F>(client) {
         let sms = multiprocessors(client);
-        check_some_cases::<R, F>(
+        check_cases::<R, F>(
             client,
             &[cases()[4]],
             |shape| WeightGradParams::candidates(shape, sms),
@@ -264,7 +255,12 @@ fn half_precision_matches_reference<R: Runtime, F: HostFloat>(
         );
     }
     if client.properties().supports_type(F::cube_type()) {
-        check_cases::<R, F>(client, |_| portable_params(), &format!("portable {name}"));
+        check_cases::<R, F>(
+            client,
+            &cases(),
+            |_| portable_params(),
+            &format!("portable {name}"),
+        );
     } else {
         println!("this device has no {name}: skipped");
     }
@@ -358,6 +354,7 @@ pub fn async_pipeline_matches_reference<R: Runtime>(client: ComputeClient<R>) {
     if client.properties().features.copy_async {
         check_cases::<R, f32>(
             &client,
+            &cases(),
             |_| (2..=4).flat_map(asynchronous).collect(),
             "async f32",
         );
