@@ -20,7 +20,9 @@
 //! Pipeline (`params.pipeline`, as in the grouped GEMM): each stage goes through registers into
 //! one of two shared buffers while the previous one is multiplied, or (CUDA) by asynchronous
 //! copies into one of several buffers, several stages ahead (`crate::pipeline`); one cube-wide
-//! barrier per stage either way. Multiplication: tensor
+//! barrier per stage either way. The asynchronous pipeline reads the gathered token rows of a
+//! stage one stage before it copies them, so the copies never wait on `routed_pairs` (they
+//! otherwise stalled every stage, unlike the grouped GEMM, whose rows stay fixed per tile). Multiplication: tensor
 //! cores (`tensor_cores.rs`: `mma.sync` fed by transposing `ldmatrix`, f32 accumulators in each
 //! plane's registers) or, portable, each unit sums `unit_m` x `unit_n` products in f32
 //! registers (any runtime and float type).
@@ -148,25 +150,45 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
         }
     } else {
         // Buffer b holds stages b, b + buffers, ...: see `crate::pipeline`.
+        // `tokens` holds the `a` rows of the next stage to copy, read one stage ahead.
         let landed = stage_barriers(buffers);
+        let mut tokens = Array::<u32>::new(comptime!(params.a_loads_per_unit(n)));
         #[unroll]
         for first in 0..comptime!(buffers - 1) {
             if first < stages {
-                copy_stage::<F, I, N>(
-                    a,
-                    b,
+                let row0 = row_begin + first * params.stage_rows;
+                load_tokens::<I>(
                     routed_pairs,
                     &operands,
-                    row_begin + first * params.stage_rows,
+                    row0,
+                    &mut tokens,
+                    params,
+                    gather,
+                    n,
+                );
+                copy_stage::<F, N>(
+                    a,
+                    b,
+                    &tokens,
+                    &operands,
+                    row0,
                     &mut stage_a,
                     &mut stage_b,
                     first,
                     params,
-                    gather,
                 );
                 commit_stage(&landed, first);
             }
         }
+        load_tokens::<I>(
+            routed_pairs,
+            &operands,
+            row_begin + (buffers - 1) * params.stage_rows,
+            &mut tokens,
+            params,
+            gather,
+            n,
+        );
         let rounds = (stages + buffers - 1) / buffers;
         for round in 0..rounds {
             #[unroll]
@@ -177,19 +199,27 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
                     let ahead = s + buffers - 1;
                     if ahead < stages {
                         let refill = comptime!((buffer + buffers - 1) % buffers);
-                        copy_stage::<F, I, N>(
+                        copy_stage::<F, N>(
                             a,
                             b,
-                            routed_pairs,
+                            &tokens,
                             &operands,
                             row_begin + ahead * params.stage_rows,
                             &mut stage_a,
                             &mut stage_b,
                             refill,
                             params,
-                            gather,
                         );
                         commit_stage(&landed, refill);
+                        load_tokens::<I>(
+                            routed_pairs,
+                            &operands,
+                            row_begin + (ahead + 1) * params.stage_rows,
+                            &mut tokens,
+                            params,
+                            gather,
+                            n,
+                        );
                     }
                     multiply_stage::<F, N>(
                         &stage_a,
@@ -251,32 +281,45 @@ fn b_vector(i: usize, #[comptime] params: WeightGradParams, #[comptime] n: usize
     )
 }
 
-/// Where the `a` vector `at` of the stage at routed row `row0` comes from: not live past the
-/// expert's rows or the width, or for a gathered token out of range.
+/// Where the `a` vector `at` comes from, given the token row it reads (`a_rows` where the
+/// stage's row is past the expert's end): not live past the width or the tokens.
 #[cube]
-fn a_source<I: Int>(
+fn a_source(operands: &StageOperands, token: u32, at: StageVector, #[comptime] n: usize) -> Source {
+    let col = operands.first_m + at.column * n;
+    let token = token as usize;
+    Source {
+        index: (token * operands.a_width + col) / n,
+        live: token < operands.a_rows && col < operands.a_width,
+    }
+}
+
+/// Writes into `tokens` the row of `a` that each of this unit's `a` vectors of the stage at
+/// routed row `row0` reads: the routed row itself, or (`gather`) its token read through
+/// `routed_pairs`; `a_rows` (nothing to read) for rows past the expert's end. The asynchronous
+/// pipeline calls it one stage before the copies that use it, so no copy waits on the read.
+#[cube]
+fn load_tokens<I: Int>(
     routed_pairs: &Array<I>,
     operands: &StageOperands,
     row0: usize,
-    at: StageVector,
+    tokens: &mut Array<u32>,
+    #[comptime] params: WeightGradParams,
     #[comptime] gather: bool,
     #[comptime] n: usize,
-) -> Source {
-    let row = row0 + at.row;
-    let col = operands.first_m + at.column * n;
-    let mut source = Source {
-        index: 0,
-        live: false,
-    };
-    if at.present && row < operands.row_end && col < operands.a_width {
-        let mut token = row;
-        if comptime!(gather) {
-            token = u32::cast_from(routed_pairs[row]) as usize / operands.slots;
+) {
+    #[unroll]
+    for i in 0..comptime!(params.a_loads_per_unit(n)) {
+        let at = a_vector(i, params, n);
+        let row = row0 + at.row;
+        let mut token = operands.a_rows as u32;
+        if at.present && row < operands.row_end {
+            token = row as u32;
+            if comptime!(gather) {
+                token = u32::cast_from(routed_pairs[row]) / operands.slots as u32;
+            }
         }
-        source.index = (token * operands.a_width + col) / n;
-        source.live = token < operands.a_rows;
+        tokens[i] = token;
     }
-    source
 }
 
 /// Where the `b` vector `at` of the stage at routed row `row0` comes from: not live past the
@@ -345,10 +388,11 @@ fn load_stage<F: Float, I: Int, N: Size>(
     #[comptime] gather: bool,
 ) {
     let n = N::value();
+    let mut tokens = Array::<u32>::new(comptime!(params.a_loads_per_unit(n)));
+    load_tokens::<I>(routed_pairs, operands, row0, &mut tokens, params, gather, n);
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
-        let at = a_vector(i, params, n);
-        let source = a_source::<I>(routed_pairs, operands, row0, at, gather, n);
+        let source = a_source(operands, tokens[i], a_vector(i, params, n), n);
         staged_a[i] = read_vector::<F, N>(a, source);
     }
     #[unroll]
@@ -385,28 +429,28 @@ fn store_stage<F: Float, N: Size>(
     }
 }
 
-/// Starts the asynchronous copies of one stage into shared buffer `buffer`; sources out of
-/// range copy zeros. The caller commits them on the buffer's barrier.
+/// Starts the asynchronous copies of one stage into shared buffer `buffer`, its `a` rows given by
+/// `tokens` (`load_tokens`); sources out of range copy zeros. The caller commits them on the
+/// buffer's barrier.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
-fn copy_stage<F: Float, I: Int, N: Size>(
+fn copy_stage<F: Float, N: Size>(
     a: &Array<Vector<F, N>>,
     b: &Array<Vector<F, N>>,
-    routed_pairs: &Array<I>,
+    tokens: &Array<u32>,
     operands: &StageOperands,
     row0: usize,
     stage_a: &mut SharedMemory<Vector<F, N>>,
     stage_b: &mut SharedMemory<Vector<F, N>>,
     buffer: usize,
     #[comptime] params: WeightGradParams,
-    #[comptime] gather: bool,
 ) {
     let n = N::value();
     #[unroll]
     for i in 0..comptime!(params.a_loads_per_unit(n)) {
         let at = a_vector(i, params, n);
         if at.present {
-            let source = a_source::<I>(routed_pairs, operands, row0, at, gather, n);
+            let source = a_source(operands, tokens[i], at, n);
             copy_vector_async::<F, N>(a, source, stage_a, a_destination(at, buffer, params, n));
         }
     }
