@@ -25,7 +25,8 @@
 //! otherwise stalled every stage, unlike the grouped GEMM, whose rows stay fixed per tile). Multiplication: tensor
 //! cores (`tensor_cores.rs`: `mma.sync` fed by transposing `ldmatrix`, f32 accumulators in each
 //! plane's registers) or, portable, each unit sums `unit_m` x `unit_n` products in f32
-//! registers (any runtime and float type).
+//! registers (any runtime and float type). Epilogue: the sums go into a gradient tile in shared
+//! memory, which the cube then writes in whole vectors along the gradient's rows.
 
 use cubecl::prelude::*;
 
@@ -39,8 +40,8 @@ use crate::pipeline::{
     stage_destination, stage_vector, wait_stage,
 };
 
-/// Weight gradient (see the module docs). `a` and `b` are vectorised along their rows (`N` values
-/// per vector); `a_width` and `b_width` are multiples of `N`.
+/// Weight gradient (see the module docs). `a`, `b` and `grad` are vectorised along their rows
+/// (`N` values per vector); `a_width` and `b_width` are multiples of `N`.
 #[cube(launch_unchecked)]
 #[allow(
     clippy::too_many_arguments,
@@ -51,7 +52,7 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
     b: &Array<Vector<F, N>>, // [P, b_width] in dispatch order
     routed_pairs: &Array<I>, // [P] pair of each row (gather: token = pair / slots)
     expert_offsets: &Array<I>, // [E + 1]
-    grad: &mut Array<F>,     // [E, a_width, b_width]
+    grad: &mut Array<Vector<F, N>>, // [E, a_width, b_width]
     a_rows: usize,
     a_width: usize,
     b_width: usize,
@@ -234,16 +235,16 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
         }
     }
 
-    let grad_base = expert * a_width * b_width;
+    let mut tile = SharedMemory::<F>::new(comptime!(params.tile_m * params.out_stride()));
     if comptime!(params.tensor_cores) {
-        tensor_core_epilogue::<F>(
-            &fragments, grad, grad_base, first_m, first_n, a_width, b_width, params,
-        );
+        tensor_core_epilogue::<F>(&fragments, &mut tile, params);
     } else {
-        unit_epilogue::<F>(
-            &sums, grad, grad_base, first_m, first_n, a_width, b_width, params,
-        );
+        unit_epilogue::<F>(&sums, &mut tile, params);
     }
+    sync_cube();
+    store_tile::<F, N>(
+        &tile, grad, expert, first_m, first_n, a_width, b_width, params,
+    );
 }
 
 /// Where one cube's stages come from: the end of its expert's rows, its gradient block and the
@@ -525,51 +526,58 @@ fn unit_stage<F: Float, N: Size>(
     }
 }
 
-/// Writes the portable path's register sums to the gradient block at (`first_m`, `first_n`).
+/// Writes the portable path's register sums into the cube's gradient tile in shared memory.
 #[cube]
-#[allow(clippy::too_many_arguments, reason = "kernel helper")]
 fn unit_epilogue<F: Float>(
     sums: &Array<f32>,
-    grad: &mut Array<F>,
-    grad_base: usize,
+    tile: &mut SharedMemory<F>,
+    #[comptime] params: WeightGradParams,
+) {
+    let units_per_row = comptime!(params.tile_n / params.unit_n);
+    let unit_first_m = (UNIT_POS as usize / units_per_row) * params.unit_m;
+    let unit_first_n = (UNIT_POS as usize % units_per_row) * params.unit_n;
+    #[unroll]
+    for i in 0..params.unit_m {
+        #[unroll]
+        for j in 0..params.unit_n {
+            tile[(unit_first_m + i) * comptime!(params.out_stride()) + unit_first_n + j] =
+                F::cast_from(sums[comptime!(i * params.unit_n + j)]);
+        }
+    }
+}
+
+/// Copies the cube's gradient tile from shared memory to block (`first_m`, `first_n`) of
+/// `expert`'s gradient in whole vectors of `N` (`b_width` is a multiple of `N`), the cube's
+/// units taking consecutive vectors of each row: full 32-byte sectors, where the accumulators'
+/// own layout would write two elements per row and lane.
+#[cube]
+#[allow(clippy::too_many_arguments, reason = "kernel helper")]
+fn store_tile<F: Float, N: Size>(
+    tile: &SharedMemory<F>,
+    grad: &mut Array<Vector<F, N>>,
+    expert: usize,
     first_m: usize,
     first_n: usize,
     a_width: usize,
     b_width: usize,
     #[comptime] params: WeightGradParams,
 ) {
-    let units_per_row = comptime!(params.tile_n / params.unit_n);
-    let unit_first_m = first_m + (UNIT_POS as usize / units_per_row) * params.unit_m;
-    let unit_first_n = first_n + (UNIT_POS as usize % units_per_row) * params.unit_n;
+    let n = N::value();
+    let row_vectors = comptime!(params.tile_n / n);
+    let vectors = comptime!(params.tile_m * params.tile_n / n);
     #[unroll]
-    for i in 0..params.unit_m {
-        #[unroll]
-        for j in 0..params.unit_n {
-            write_grad::<F>(
-                grad,
-                grad_base,
-                unit_first_m + i,
-                unit_first_n + j,
-                a_width,
-                b_width,
-                sums[comptime!(i * params.unit_n + j)],
-            );
+    for i in 0..comptime!(vectors.div_ceil(params.units())) {
+        let at = stage_vector(i, params.units(), vectors, row_vectors);
+        let row = first_m + at.row;
+        let col = first_n + at.column * n;
+        if at.present && row < a_width && col < b_width {
+            let start = at.row * comptime!(params.out_stride()) + at.column * n;
+            let mut value = Vector::<F, N>::empty();
+            #[unroll]
+            for e in 0..n {
+                value[e] = tile[start + e];
+            }
+            grad[((expert * a_width + row) * b_width + col) / n] = value;
         }
-    }
-}
-
-/// Stores one gradient element of the expert block at `grad_base`, if it exists.
-#[cube]
-pub fn write_grad<F: Float>(
-    grad: &mut Array<F>,
-    grad_base: usize,
-    row: usize,
-    col: usize,
-    a_width: usize,
-    b_width: usize,
-    value: f32,
-) {
-    if row < a_width && col < b_width {
-        grad[grad_base + row * b_width + col] = F::cast_from(value);
     }
 }

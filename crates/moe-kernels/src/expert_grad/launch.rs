@@ -126,7 +126,7 @@ pub fn expert_weight_grad_into<R: Runtime, F: Float + CubeElement, I: Int + Cube
             ArrayArg::from_raw_parts(b.clone(), num_pairs * shape.b_width / vector),
             ArrayArg::from_raw_parts(plan.routed_pairs.clone(), num_pairs),
             ArrayArg::from_raw_parts(plan.expert_offsets.clone(), shape.num_experts + 1),
-            ArrayArg::from_raw_parts(grad.clone(), shape.grad_len()),
+            ArrayArg::from_raw_parts(grad.clone(), shape.grad_len() / vector),
             a_rows,
             shape.a_width,
             shape.b_width,

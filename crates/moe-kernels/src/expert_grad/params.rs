@@ -213,6 +213,12 @@ impl WeightGradParams {
         self.tile_n + ROW_PADDING
     }
 
+    /// Elements per shared-memory row of the gradient tile the epilogue stages
+    /// (`[tile_m][tile_n]`, padded).
+    pub fn out_stride(&self) -> usize {
+        self.tile_n + ROW_PADDING
+    }
+
     /// Vectors of `vector` elements in one `a` stage buffer (padded).
     pub fn a_stage_vectors(&self, vector: usize) -> usize {
         self.stage_rows * self.a_stride() / vector
@@ -243,9 +249,12 @@ impl WeightGradParams {
         self.b_vectors(vector).div_ceil(self.units())
     }
 
-    /// Bytes of shared memory one cube uses with elements of `elem_size` bytes.
+    /// Bytes of shared memory one cube uses with elements of `elem_size` bytes: the stage
+    /// buffers and the gradient tile.
     pub fn shared_bytes(&self, elem_size: usize) -> usize {
-        self.pipeline.buffers() * self.stage_rows * (self.a_stride() + self.b_stride()) * elem_size
+        let stages =
+            self.pipeline.buffers() * self.stage_rows * (self.a_stride() + self.b_stride());
+        (stages + self.tile_m * self.out_stride()) * elem_size
     }
 
     /// Why these knobs cannot run with `vector`-wide loads, if they cannot.

@@ -18,7 +18,6 @@
 use cubecl::ir::MatrixIdent;
 use cubecl::prelude::*;
 
-use super::kernel::write_grad;
 use super::params::WeightGradParams;
 
 use crate::grouped_gemm::tensor_cores::{ACCUMULATOR_VECTORS, LDMATRIX_ROW, mma};
@@ -157,18 +156,12 @@ pub fn tensor_core_stage<F: Float, N: Size>(
     }
 }
 
-/// Writes the plane's accumulators to the gradient block at (`first_m`, `first_n`) of expert
-/// block `grad_base`, each lane its own elements.
+/// Writes the plane's accumulators into the cube's gradient tile in shared memory (`tile`,
+/// `[tile_m][out_stride]`, see `kernel::store_tile`), each lane its own elements.
 #[cube]
-#[allow(clippy::too_many_arguments, reason = "kernel helper")]
 pub fn tensor_core_epilogue<F: Float>(
     accumulators: &Array<Vector<f32, FragmentAcc>>,
-    grad: &mut Array<F>,
-    grad_base: usize,
-    first_m: usize,
-    first_n: usize,
-    a_width: usize,
-    b_width: usize,
+    tile: &mut SharedMemory<F>,
     #[comptime] params: WeightGradParams,
 ) {
     let def = mma::<F>();
@@ -180,10 +173,11 @@ pub fn tensor_core_epilogue<F: Float>(
     let acc_width = def.vector_size(MatrixIdent::Accumulator);
     let rows = comptime!(row_tiles(params));
     let pairs = comptime!(column_pairs(params));
+    let stride = comptime!(params.out_stride());
     let plane = UNIT_POS as usize / PLANE_UNITS;
     let lane = UNIT_POS % comptime!(PLANE_UNITS as u32);
-    let plane_m = first_m + (plane / params.warps_n) * rows * MMA_M;
-    let plane_n = first_n + (plane % params.warps_n) * pairs * COLUMN_PAIR;
+    let plane_m = (plane / params.warps_n) * rows * MMA_M;
+    let plane_n = (plane % params.warps_n) * pairs * COLUMN_PAIR;
     #[unroll]
     for i in 0..rows {
         #[unroll]
@@ -200,15 +194,9 @@ pub fn tensor_core_epilogue<F: Float>(
                             comptime!((v * acc_width + e) as u32),
                             MatrixIdent::Accumulator,
                         );
-                        write_grad::<F>(
-                            grad,
-                            grad_base,
-                            plane_m + i * MMA_M + row as usize,
-                            plane_n + j * COLUMN_PAIR + h * MMA_N + col as usize,
-                            a_width,
-                            b_width,
-                            accumulators[base + v][e],
-                        );
+                        let m = plane_m + i * MMA_M + row as usize;
+                        let n = plane_n + j * COLUMN_PAIR + h * MMA_N + col as usize;
+                        tile[m * stride + n] = F::cast_from(accumulators[base + v][e]);
                     }
                 }
             }

@@ -201,7 +201,8 @@ fn portable_params() -> Vec<WeightGradParams> {
         WeightGradParams {
             tile_m: 64,
             tile_n: 32,
-            stage_rows: 32,
+            // 32 rows would need more than the 32 KiB of shared memory some devices give.
+            stage_rows: 24,
             unit_m: 4,
             unit_n: 8,
             ..base
