@@ -22,10 +22,11 @@
 //! copies into one of several buffers, several stages ahead (`crate::pipeline`); one cube-wide
 //! barrier per stage either way. The asynchronous pipeline reads the gathered token rows of a
 //! stage one stage before it copies them, so the copies never wait on `routed_pairs` (they
-//! otherwise stalled every stage, unlike the grouped GEMM, whose rows stay fixed per tile). Multiplication: tensor
-//! cores (`tensor_cores.rs`: `mma.sync` fed by transposing `ldmatrix`, f32 accumulators in each
-//! plane's registers) or, portable, each unit sums `unit_m` x `unit_n` products in f32
-//! registers (any runtime and float type). Epilogue: the sums go into a gradient tile in shared
+//! otherwise stalled every stage, unlike the grouped GEMM, whose rows stay fixed per tile).
+//!
+//! Multiplication: tensor cores (`tensor_cores.rs`: `mma.sync` fed by transposing `ldmatrix`,
+//! f32 accumulators in each plane's registers) or, portable, each unit sums `unit_m` x `unit_n`
+//! products in f32 registers (any runtime and float type). Epilogue: the sums go into a gradient tile in shared
 //! memory, which the cube then writes in whole vectors along the gradient's rows.
 
 use cubecl::prelude::*;
