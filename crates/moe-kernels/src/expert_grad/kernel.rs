@@ -236,7 +236,7 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
         }
     }
 
-    let mut tile = SharedMemory::<F>::new(comptime!(params.tile_m * params.out_stride()));
+    let mut tile = SharedMemory::<F>::new(comptime!(params.out_tile_len()));
     if comptime!(params.tensor_cores) {
         tensor_core_epilogue::<F>(&fragments, &mut tile, params);
     } else {

@@ -219,6 +219,11 @@ impl WeightGradParams {
         self.tile_n + ROW_PADDING
     }
 
+    /// Elements of the epilogue's gradient tile in shared memory (padded).
+    pub fn out_tile_len(&self) -> usize {
+        self.tile_m * self.out_stride()
+    }
+
     /// Vectors of `vector` elements in one `a` stage buffer (padded).
     pub fn a_stage_vectors(&self, vector: usize) -> usize {
         self.stage_rows * self.a_stride() / vector
@@ -254,7 +259,7 @@ impl WeightGradParams {
     pub fn shared_bytes(&self, elem_size: usize) -> usize {
         let stages =
             self.pipeline.buffers() * self.stage_rows * (self.a_stride() + self.b_stride());
-        (stages + self.tile_m * self.out_stride()) * elem_size
+        (stages + self.out_tile_len()) * elem_size
     }
 
     /// Why these knobs cannot run with `vector`-wide loads, if they cannot.
