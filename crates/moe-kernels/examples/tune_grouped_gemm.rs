@@ -8,7 +8,8 @@
 //! Ops: `gemm1`, `gemm2` (the forward's projections), `pre` (the training forward's
 //! pre-activations), `dhidden` (`d_rows @ w_out^T` with the identity epilogue and with the fused
 //! SwiGLU backward, same tiles: what the fusion costs inside the GEMM), `dtokens`
-//! (`d_pre @ w_in^T`), `wgrad_in`, `wgrad_out` (the weight gradients' candidates): with the
+//! (`d_pre @ w_in^T`; both transposed projections at the rule's tiles, then with TMA weight
+//! boxes toggled), `wgrad_in`, `wgrad_out` (the weight gradients' candidates): with the
 //! forward's `gemm2` at the rule's tiles, every GEMM of a training step. Without `--ops`: all.
 
 use std::time::Duration;
@@ -179,16 +180,29 @@ fn main() {
             let flops = 2.0 * (rows * d_model * 2 * width) as f64;
             time_matmul("pre", operands, &params, flops);
         }
+        // The projections through transposed weights: the rule's tiles, then the same with the
+        // weight stages copied by the units instead of TMA boxes (or the other way round).
+        let transposed: Vec<GemmParams> = {
+            let rule = chosen.transposed();
+            let other = GemmParams {
+                tma_weights: !rule.tma_weights,
+                ..rule
+            };
+            [rule, other]
+                .into_iter()
+                .filter(|p| p.check(8).is_ok())
+                .collect()
+        };
         if wanted("dhidden") {
             // `d_rows @ w_out^T` (`w_out` is `[E, F, d]`: transposed, depth d), then the same
             // tiles with the SwiGLU backward reading the pre-activations.
             let d_rows = random(pairs * d_model);
             let pre = random(pairs * 2 * width);
-            for epilogue in [Epilogue::Identity, Epilogue::SwiGluBackward] {
-                let params = GemmParams {
-                    epilogue,
-                    ..chosen.transposed()
-                };
+            for (&tiles, epilogue) in transposed
+                .iter()
+                .flat_map(|t| [(t, Epilogue::Identity), (t, Epilogue::SwiGluBackward)])
+            {
+                let params = GemmParams { epilogue, ..tiles };
                 let fused = epilogue == Epilogue::SwiGluBackward;
                 let output = out(width * epilogue.output_groups());
                 let operands = ExpertOperands {
@@ -207,19 +221,20 @@ fn main() {
         if wanted("dtokens") {
             // `d_pre @ w_in^T` (`w_in` is `[E, d, 2F]`: transposed, depth 2F, d columns).
             let d_pre = random(pairs * 2 * width);
-            let params = chosen.transposed();
             let output = out(d_model);
-            let operands = ExpertOperands {
-                a: &d_pre,
-                a_rows: pairs,
-                weights: &w_in,
-                pre: None,
-                depth: 2 * width,
-                width: d_model,
-                output: &output,
-            };
-            let flops = 2.0 * (rows * d_model * 2 * width) as f64;
-            time_matmul("dtokens", operands, &params, flops);
+            for params in &transposed {
+                let operands = ExpertOperands {
+                    a: &d_pre,
+                    a_rows: pairs,
+                    weights: &w_in,
+                    pre: None,
+                    depth: 2 * width,
+                    width: d_model,
+                    output: &output,
+                };
+                let flops = 2.0 * (rows * d_model * 2 * width) as f64;
+                time_matmul("dtokens", operands, params, flops);
+            }
         }
         // dW_in = x_e^T dGU_e (gathered token rows, [d, 2F]); dW_out = h_e^T dRows_e ([F, d]).
         for (op, gather, a_width, b_width) in [

@@ -412,13 +412,21 @@ impl ExpertGemmConfig {
 
     /// A projection of rows in dispatch order through transposed weights, with the output
     /// projection's tiles: the backward's input gradients (`d_rows @ w_out^T`,
-    /// `d_pre @ w_in^T`).
+    /// `d_pre @ w_in^T`). Its weight stages come as TMA boxes where the output projection's do
+    /// and the transposed boxes fit (stages of whole 64-element boxes of depth).
     pub fn transposed(&self) -> GemmParams {
-        GemmParams {
+        let params = GemmParams {
             transposed_weights: true,
-            tma_weights: false,
             split_k: 1,
             ..self.output
+        };
+        if params.check(VECTOR_16_BIT).is_ok() {
+            params
+        } else {
+            GemmParams {
+                tma_weights: false,
+                ..params
+            }
         }
     }
 

@@ -16,10 +16,11 @@
 //! asynchronous copies (`cp.async`, CUDA) straight into one of several shared buffers, several
 //! stages ahead, each buffer with a barrier that completes when its copies have landed. One
 //! cube-wide barrier per stage either way. With `tma_weights` (CUDA, sm_90) the weight stages
-//! arrive instead as TMA boxes of 64 columns, which one unit issues on the buffer's barrier
-//! (adding their bytes to it) and the hardware lays out with the 128-byte swizzle; with
-//! `tma_rows` the A stages too, where rows are in dispatch order (gathered rows keep their
-//! `cp.async` copies: TMA's tiled boxes cannot follow a permutation).
+//! arrive instead as TMA boxes 64 elements wide (columns, or depth for transposed weights),
+//! which one unit issues on the buffer's barrier (adding their bytes to it) and the hardware
+//! lays out with the 128-byte swizzle; with `tma_rows` the A stages too, where rows are in
+//! dispatch order (gathered rows keep their `cp.async` copies: TMA's tiled boxes cannot follow
+//! a permutation).
 //! Multiplication: tensor cores (`tensor_cores.rs`: `mma.sync` fed by `ldmatrix`, f32
 //! accumulators in each plane's registers) or, portable (`units.rs`), each unit accumulates
 //! `unit_rows` x `unit_cols` per group in f32 registers. Epilogue: identity, `silu(gate) * up`,
@@ -574,9 +575,9 @@ fn copy_stage<F: Float, N: Size>(
 
 /// With `tma_weights` or `tma_rows`: unit 0 adds the stage's box bytes to buffer `buffer`'s
 /// barrier and issues the boxes of depth `k0..k0 + stage_depth`: the weights' (the tile's
-/// columns of every group, 64 columns per box) and the A rows' (the tile's rows, 64 depth
-/// columns per box). TMA fills zeros past the depth, `width` and the rows of `a`. Nothing
-/// otherwise.
+/// columns of every group, 64 columns per box; transposed, the tile's columns as rows, 64 depth
+/// columns per box) and the A rows' (the tile's rows, 64 depth columns per box). TMA fills
+/// zeros past the depth, `width` and the rows of `a`. Nothing otherwise.
 #[cube]
 #[allow(clippy::too_many_arguments, reason = "kernel helper")]
 fn load_stage_boxes<F: Float, N: Size>(
@@ -599,21 +600,34 @@ fn load_stage_boxes<F: Float, N: Size>(
         barrier.expect_tx(comptime!(params.tma_stage_bytes(type_size)) as u32);
         #[comptime]
         if let ComptimeOption::Some(map) = weights_map {
-            let box_vectors = comptime!(params.stage_depth * TMA_BOX_COLS / n);
+            let box_vectors = comptime!(params.w_vectors(n) / params.weight_boxes());
             let stage_start = comptime!(buffer * params.w_stage_vectors(n));
             #[unroll]
             for b in 0..comptime!(params.weight_boxes()) {
-                let group = comptime!(b * TMA_BOX_COLS / params.tile_cols);
-                let column = first_col + comptime!(b * TMA_BOX_COLS % params.tile_cols);
                 let start = comptime!(stage_start + b * box_vectors);
-                barrier.tma_load_4d(
-                    map,
-                    &mut stage_w.slice_mut(start, start + box_vectors),
-                    i32::cast_from(expert),
-                    i32::cast_from(k0),
-                    comptime!(group as i32),
-                    i32::cast_from(column),
-                );
+                let destination = &mut stage_w.slice_mut(start, start + box_vectors);
+                if comptime!(params.transposed_weights) {
+                    // `[E, width, depth]`: the tile's columns, 64 depth columns per box.
+                    barrier.tma_load_3d(
+                        map,
+                        destination,
+                        i32::cast_from(expert),
+                        i32::cast_from(first_col),
+                        i32::cast_from(k0 + comptime!(b * TMA_BOX_COLS)),
+                    );
+                } else {
+                    // `[E, depth, groups, width]`: the stage's depth, 64 columns per box.
+                    let group = comptime!(b * TMA_BOX_COLS / params.tile_cols);
+                    let column = first_col + comptime!(b * TMA_BOX_COLS % params.tile_cols);
+                    barrier.tma_load_4d(
+                        map,
+                        destination,
+                        i32::cast_from(expert),
+                        i32::cast_from(k0),
+                        comptime!(group as i32),
+                        i32::cast_from(column),
+                    );
+                }
             }
         }
         #[comptime]

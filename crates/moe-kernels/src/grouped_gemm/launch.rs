@@ -296,9 +296,10 @@ pub fn has_tma<R: Runtime>(client: &ComputeClient<R>) -> bool {
     client.features().tma.contains(Tma::Base)
 }
 
-/// The weights as a TMA map for `params.tma_weights`: `[E, depth, groups, width]`, boxes of
-/// `stage_depth` rows of [`TMA_BOX_COLS`] columns with the 128-byte swizzle (`None` without
-/// the option).
+/// The weights as a TMA map for `params.tma_weights`, with the 128-byte swizzle (`None` without
+/// the option): `[E, depth, groups, width]`, boxes of `stage_depth` rows of [`TMA_BOX_COLS`]
+/// columns; transposed, `[E, width, depth]`, boxes of `tile_cols` rows of [`TMA_BOX_COLS`]
+/// depth columns.
 fn weights_map<R: Runtime, F: Float + CubeElement>(
     operands: &ExpertOperands,
     shape: ExpertShape,
@@ -308,13 +309,30 @@ fn weights_map<R: Runtime, F: Float + CubeElement>(
         return ComptimeOptionArgs::None;
     }
     let (depth, width, groups) = (operands.depth, operands.width, params.groups);
-    let dims = Shape::from(vec![shape.num_experts, depth, groups, width]);
-    let strides = Strides::from(vec![depth * groups * width, groups * width, width, 1]);
+    let (dims, strides, tile_size) = if params.transposed_weights {
+        (
+            vec![shape.num_experts, width, depth],
+            vec![width * depth, depth, 1],
+            vec![1, params.tile_cols, TMA_BOX_COLS],
+        )
+    } else {
+        (
+            vec![shape.num_experts, depth, groups, width],
+            vec![depth * groups * width, groups * width, width, 1],
+            vec![1, params.stage_depth, 1, TMA_BOX_COLS],
+        )
+    };
     // SAFETY: the shape and strides describe the weights buffer, whose length `validate`
     // checked.
-    let tensor = unsafe { TensorArg::from_raw_parts(operands.weights.clone(), strides, dims) };
+    let tensor = unsafe {
+        TensorArg::from_raw_parts(
+            operands.weights.clone(),
+            Strides::from(strides),
+            Shape::from(dims),
+        )
+    };
     let boxes = TiledArgs {
-        tile_size: Shape::from(vec![1, params.stage_depth, 1, TMA_BOX_COLS]),
+        tile_size: Shape::from(tile_size),
     };
     ComptimeOptionArgs::Some(
         TensorMapArg::new(boxes, tensor, F::as_type_native_unchecked())
@@ -443,9 +461,15 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
                 "this device has no TMA (tensor memory access) for stage boxes".into(),
             );
         }
-        // TMA strides are multiples of 16 bytes: the weights' rows (`width`), `a`'s (`depth`).
+        // TMA strides are multiples of 16 bytes: the weights' rows (`width`, or `depth`
+        // transposed), `a`'s (`depth`).
+        let weight_row = if params.transposed_weights {
+            ("depth", operands.depth)
+        } else {
+            ("width", operands.width)
+        };
         let rows = [
-            (params.tma_weights, "width", operands.width),
+            (params.tma_weights, weight_row.0, weight_row.1),
             (params.tma_rows, "depth", operands.depth),
         ];
         if let Some((_, name, len)) = rows

@@ -97,8 +97,9 @@ pub struct GemmParams {
     /// How stages reach shared memory.
     pub pipeline: Pipeline,
     /// The weight stages arrive as TMA boxes (tensor memory access, sm_90), issued by one unit,
-    /// instead of `cp.async` copies by every unit (asynchronous pipeline, tensor cores,
-    /// untransposed weights, `tile_cols` a multiple of [`TMA_BOX_COLS`]; CUDA only).
+    /// instead of `cp.async` copies by every unit (asynchronous pipeline, tensor cores; CUDA
+    /// only). Boxes are [`TMA_BOX_COLS`] wide along the weights' rows: `tile_cols` a multiple of
+    /// it, or, with transposed weights, `stage_depth`.
     pub tma_weights: bool,
     /// The A stages arrive as TMA boxes of [`TMA_BOX_COLS`] depth columns, issued with the
     /// weights' (rows in dispatch order, not gathered; asynchronous pipeline, tensor cores,
@@ -162,21 +163,30 @@ impl GemmParams {
         }
     }
 
-    /// Rows of the weight stage in shared memory (TMA: every box's rows, box after box).
+    /// Rows of the weight stage in shared memory: along the depth, or the columns when the
+    /// weights are transposed (TMA: every box's rows, box after box).
     fn w_stage_rows(&self) -> usize {
-        if self.tma_weights {
-            self.stage_depth * self.weight_boxes()
-        } else if self.transposed_weights {
+        let rows = if self.transposed_weights {
             self.groups * self.tile_cols
         } else {
             self.stage_depth
+        };
+        if self.tma_weights {
+            rows * self.weight_boxes()
+        } else {
+            rows
         }
     }
 
-    /// TMA boxes of one weight stage: `stage_depth` rows of [`TMA_BOX_COLS`] columns each,
-    /// over every group.
+    /// TMA boxes of one weight stage, each [`TMA_BOX_COLS`] wide: over the tile's columns of
+    /// every group (`stage_depth` rows each), or, transposed, over the stage's depth (the tile's
+    /// columns as rows).
     pub fn weight_boxes(&self) -> usize {
-        self.groups * self.tile_cols / TMA_BOX_COLS
+        if self.transposed_weights {
+            self.stage_depth / TMA_BOX_COLS
+        } else {
+            self.groups * self.tile_cols / TMA_BOX_COLS
+        }
     }
 
     /// TMA boxes of one A stage: `tile_rows` rows of [`TMA_BOX_COLS`] depth columns each.
@@ -188,16 +198,16 @@ impl GemmParams {
     /// barrier expects besides the units' copies).
     pub fn tma_stage_bytes(&self, elem_size: usize) -> usize {
         let weights = if self.tma_weights {
-            self.weight_boxes() * self.stage_depth
+            self.stage_depth * self.groups * self.tile_cols
         } else {
             0
         };
         let rows = if self.tma_rows {
-            self.row_boxes() * self.tile_rows
+            self.tile_rows * self.stage_depth
         } else {
             0
         };
-        (weights + rows) * TMA_BOX_COLS * elem_size
+        (weights + rows) * elem_size
     }
 
     /// Vectors of `vector` elements in one A stage buffer (padded).
@@ -269,19 +279,28 @@ impl GemmParams {
             return Err("split-K sums partial products: only the identity epilogue".into());
         }
         if self.tma_weights {
-            if !self.tensor_cores || self.transposed_weights || self.pipeline == Pipeline::Registers
-            {
+            if !self.tensor_cores || self.pipeline == Pipeline::Registers {
                 return Err(
-                    "TMA weight boxes need tensor cores, untransposed weights and the \
-                     asynchronous pipeline"
-                        .into(),
+                    "TMA weight boxes need tensor cores and the asynchronous pipeline".into(),
                 );
             }
-            divides("tile_cols", self.tile_cols, TMA_BOX_COLS)?;
-            if self.stage_depth > TMA_MAX_BOX_ROWS {
+            // Boxes run along the weights' rows: the tile's columns, or (transposed) the depth.
+            let (along, box_rows) = if self.transposed_weights {
+                (
+                    ("stage_depth", self.stage_depth),
+                    ("tile_cols", self.tile_cols),
+                )
+            } else {
+                (
+                    ("tile_cols", self.tile_cols),
+                    ("stage_depth", self.stage_depth),
+                )
+            };
+            divides(along.0, along.1, TMA_BOX_COLS)?;
+            if box_rows.1 > TMA_MAX_BOX_ROWS {
                 return Err(format!(
-                    "stage_depth = {} exceeds a TMA box's {TMA_MAX_BOX_ROWS} rows",
-                    self.stage_depth
+                    "{} = {} exceeds a TMA box's {TMA_MAX_BOX_ROWS} rows",
+                    box_rows.0, box_rows.1
                 ));
             }
         }

@@ -185,9 +185,17 @@ pub fn tensor_core_stage<F: Float, N: Size>(
                     if comptime!(params.transposed_weights) {
                         // Stage `[columns][depth]`: rows are columns, read without transposing.
                         let col = first_col + j * COLUMN_PAIR + (lane / 16) * 8 + lane % 8;
-                        start = w_base + (col * w_stride + kk * MMA_K + ((lane / 8) % 2) * 8) / n;
-                    }
-                    if comptime!(params.tma_weights) {
+                        let k = kk * MMA_K + ((lane / 8) % 2) * 8;
+                        start = w_base + (col * w_stride + k) / n;
+                        if comptime!(params.tma_weights) {
+                            // TMA boxes `[tile_cols][64]`, box after box, swizzled.
+                            start = w_base
+                                + ((k / TMA_BOX_COLS) * comptime!(params.tile_cols * TMA_BOX_COLS)
+                                    + col * TMA_BOX_COLS
+                                    + swizzled_column(col, k))
+                                    / n;
+                        }
+                    } else if comptime!(params.tma_weights) {
                         // TMA boxes `[stage_depth][64]`, box after box, with the 128-byte
                         // swizzle: a row's 16-byte chunk c lies at chunk c XOR (row % 8).
                         let k = kk * MMA_K + lane_row;

@@ -815,7 +815,21 @@ fn tma_boxes_where_the_class_gains_and_they_fit() {
         assert!(!config.with_tma(&shape, false).output.tma_rows);
         assert_eq!(boxed.input.check(8), Ok(()));
         assert_eq!(boxed.output.check(8), Ok(()));
+        // The backward's projections through transposed weights keep the boxes.
+        let transposed = boxed.transposed();
+        assert!(transposed.tma_weights && transposed.transposed_weights);
+        assert_eq!(transposed.check(8), Ok(()));
     }
+    // Their boxes run along the depth: stages of 32 are half a box, so they copy instead.
+    let prefill = pick(&shape(4096, 8, 2, 14336)).with_tma(&shape(4096, 8, 2, 14336), false);
+    let shallow = ExpertGemmConfig {
+        output: GemmParams {
+            stage_depth: 32,
+            ..prefill.output
+        },
+        ..prefill
+    };
+    assert!(shallow.output.tma_weights && !shallow.transposed().tma_weights);
     let odd = shape(4096, 8, 2, 14332);
     let boxed = pick(&odd).with_tma(&odd, true);
     assert!(!boxed.input.tma_weights && !boxed.output.tma_weights && !boxed.output.tma_rows);
