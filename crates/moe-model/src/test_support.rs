@@ -1,6 +1,7 @@
 //! Shared helpers of the unit tests: seeded random inputs and host copies of tensors.
 
 use burn::backend::NdArray;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -16,6 +17,41 @@ pub fn rng(seed: u64) -> StdRng {
 /// `len` values drawn uniformly from `[-scale, scale)`.
 pub fn random_values(rng: &mut StdRng, len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// `module` with every randomly initialised float parameter drawn again from `seed`, uniformly
+/// within its largest magnitude (the bound of Burn's uniform initialisers); constant parameters
+/// (norm scales and offsets) unchanged. Burn's initialisers draw from one process-wide generator
+/// seeded by the OS, so a test running beside others cannot reproduce their values.
+pub fn reseeded<B: Backend, M: Module<B>>(module: M, seed: u64) -> M {
+    module.map(&mut Reseed { rng: rng(seed) })
+}
+
+struct Reseed {
+    rng: StdRng,
+}
+
+impl<B: Backend> ModuleMapper<B> for Reseed {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let values = host_f64(tensor.clone());
+        let (low, high) = values
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        if low == high {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let bound = low.abs().max(high.abs()) as f32;
+        let shape: [usize; D] = tensor.shape().dims();
+        let redrawn = random_tensor::<B, D>(&mut self.rng, shape, bound, &tensor.device());
+        Param::from_mapped_value(
+            id,
+            redrawn.set_require_grad(tensor.is_require_grad()),
+            mapper,
+        )
+    }
 }
 
 /// A tensor of `shape` with values drawn uniformly from `[-scale, scale)`.

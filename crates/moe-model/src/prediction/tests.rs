@@ -11,16 +11,18 @@ use moe_kernels::RoutingPolicy;
 use super::*;
 use crate::balance::BalanceMethod;
 use crate::moe::MoeLayerConfig;
-use crate::test_support::{TestBackend, host_f64, host_i64, random_tensor, rng};
+use crate::test_support::{TestBackend, host_f64, host_i64, random_tensor, reseeded, rng};
 use crate::{FfnConfig, ModelConfig};
 
-/// A small untrained MoE model of `blocks` blocks over inputs of 6 features.
+/// A small untrained MoE model of `blocks` blocks over inputs of 6 features, its weights drawn
+/// from a fixed seed.
 fn model(blocks: usize, layer: MoeLayerConfig) -> crate::Model<TestBackend> {
-    ModelConfig::new()
+    let model = ModelConfig::new()
         .with_d_model(16)
         .with_num_blocks(blocks)
         .with_ffn(FfnConfig::Moe(layer.with_expert_width(8)))
-        .init(6, 3, &Default::default())
+        .init(6, 3, &Default::default());
+    reseeded(model, 17)
 }
 
 #[test]
