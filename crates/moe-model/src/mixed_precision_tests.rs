@@ -14,7 +14,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_cubecl::{CubeBackend, CubeRuntime};
 
 use crate::backend_ext::take_fallbacks;
-use crate::test_support::{host_f64, random_values, relative_error, rng};
+use crate::test_support::{float_tensor_on, host_f64, random_values, relative_error, rng};
 use crate::{Activation, ComputeType, DenseMlp, DenseMlpConfig, MoeLayerConfig, RoutingPolicy};
 
 type Mixed<R> = Autodiff<CubeBackend<R, f32, i32, u8>>;
@@ -42,20 +42,7 @@ fn leaf<B: Backend, const D: usize>(
 where
     Autodiff<B>: Backend<Device = B::Device>,
 {
-    f32_tensor::<Autodiff<B>, D>(values, shape, device).require_grad()
-}
-
-/// An f32 tensor of `values` (explicitly: tests in this process also use the device with 16-bit
-/// backends, and the first backend to use a device fixes its default float type for all).
-fn f32_tensor<B: Backend, const D: usize>(
-    values: &[f32],
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
-    Tensor::from_data(
-        TensorData::new(values.to_vec(), shape),
-        (device, DType::F32),
-    )
+    float_tensor_on::<Autodiff<B>, D>(values, shape, DType::F32, device).require_grad()
 }
 
 /// Compares one output or gradient of the mixed module with the f32 module's: f32 (the master
@@ -119,7 +106,7 @@ fn moe_layer_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Devic
         layer.experts.w_out = Param::from_tensor(leaf(&w_out, [experts, width, d], device));
         let x = leaf::<CubeBackend<R, f32, i32, u8>, 2>(&x, [tokens, d], device);
         let output = layer.forward(x.clone()).output;
-        let probe = f32_tensor(&probe, [tokens, d], device);
+        let probe = float_tensor_on(&probe, [tokens, d], DType::F32, device);
         let grads = (output.clone() * probe).sum().backward();
         (
             output.inner(),
@@ -164,7 +151,7 @@ fn dense_mlp_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Devic
         mlp.w_out = Param::from_tensor(leaf(&w_out, [width, d], device));
         let x = leaf::<CubeBackend<R, f32, i32, u8>, 2>(&x, [tokens, d], device);
         let output = mlp.forward(x.clone());
-        let probe = f32_tensor(&probe, [tokens, d], device);
+        let probe = float_tensor_on(&probe, [tokens, d], DType::F32, device);
         let grads = (output.clone() * probe).sum().backward();
         (
             output.inner(),

@@ -71,8 +71,19 @@ pub fn float_tensor<B: Backend, const D: usize>(
     shape: [usize; D],
     dtype: DType,
 ) -> Tensor<B, D> {
-    Tensor::<B, D>::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
-        .cast(dtype)
+    float_tensor_on(values, shape, dtype, &Default::default())
+}
+
+/// A tensor of `shape` holding `values` in `dtype`, on `device`. Created in `dtype` directly:
+/// the first backend to use a device fixes its default float type for the whole process, and
+/// tests of 16-bit backends share the process with f32 ones.
+pub fn float_tensor_on<B: Backend, const D: usize>(
+    values: &[f32],
+    shape: [usize; D],
+    dtype: DType,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), (device, dtype))
 }
 
 /// ||got - want|| / ||want||.

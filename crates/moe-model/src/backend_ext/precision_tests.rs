@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor, TensorData, bf16, f16};
 use burn_cubecl::{CubeBackend, CubeRuntime, FloatElement};
 
 use super::{MoeBackend, take_fallbacks};
-use crate::test_support::{host_f64, host_i64, random_values, rng};
+use crate::test_support::{float_tensor_on, host_f64, host_i64, random_values, rng};
 use crate::{Activation, MoeLayer, MoeLayerConfig, RoutingPolicy};
 
 type Cube<R, F> = CubeBackend<R, F, i32, u8>;
@@ -28,20 +28,14 @@ fn layer_and_input<B: MoeBackend>(
     let width = config.expert_width;
     let columns = config.activation.input_columns(width);
     let mut layer = config.init::<B>(d, device);
-    layer.router.gate.weight = Param::from_tensor(tensor(&values[0], [d, e], dtype, device));
-    layer.experts.w_in = Param::from_tensor(tensor(&values[1], [e, d, columns], dtype, device));
-    layer.experts.w_out = Param::from_tensor(tensor(&values[2], [e, width, d], dtype, device));
-    let x = tensor(&values[3], [values[3].len() / d, d], dtype, device);
+    layer.router.gate.weight =
+        Param::from_tensor(float_tensor_on(&values[0], [d, e], dtype, device));
+    layer.experts.w_in =
+        Param::from_tensor(float_tensor_on(&values[1], [e, d, columns], dtype, device));
+    layer.experts.w_out =
+        Param::from_tensor(float_tensor_on(&values[2], [e, width, d], dtype, device));
+    let x = float_tensor_on(&values[3], [values[3].len() / d, d], dtype, device);
     (layer, x)
-}
-
-fn tensor<B: MoeBackend, const D: usize>(
-    values: &[f32],
-    shape: [usize; D],
-    dtype: DType,
-    device: &B::Device,
-) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(values.to_vec(), shape), (device, dtype))
 }
 
 /// Runs a decode-sized, a medium and a prefill-sized batch through the layer in `F` and in f32
