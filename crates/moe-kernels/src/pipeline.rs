@@ -52,6 +52,13 @@ pub fn async_copy_fits(widths: &[usize]) -> bool {
     widths.iter().all(|width| width.is_multiple_of(2))
 }
 
+/// Whether the compiler of runtime `R` places shared memory made after a `SharedMemory::free`
+/// over the freed memory: CUDA's does (`cubecl-opt`'s liveness analysis, docs/DESIGN.md), wgpu's
+/// keeps every array for the whole kernel.
+pub fn reuses_freed_shared_memory<R: Runtime>(client: &ComputeClient<R>) -> bool {
+    R::name(client) == "cuda"
+}
+
 /// `pipeline`, or the register pipeline where the device of `client` has no asynchronous copies:
 /// what the size rules' device entry points run.
 pub fn on_device<R: Runtime>(client: &ComputeClient<R>, pipeline: Pipeline) -> Pipeline {

@@ -236,6 +236,15 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
         }
     }
 
+    // The gradient tile reuses the stage buffers' memory where the compiler reuses freed shared
+    // memory (CUDA; `pipeline::reuses_freed_shared_memory`): every plane must be done reading
+    // them first. The barriers stay live; they were first used in the kernel's first block, so
+    // they sit before the buffers and the tile goes at the buffers' start.
+    sync_cube();
+    unsafe {
+        stage_a.free();
+        stage_b.free();
+    }
     let mut tile = SharedMemory::<F>::new(comptime!(params.out_tile_len()));
     if comptime!(params.tensor_cores) {
         tensor_core_epilogue::<F>(&fragments, &mut tile, params);

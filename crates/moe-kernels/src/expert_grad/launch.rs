@@ -8,7 +8,7 @@ use super::params::WeightGradParams;
 use crate::buffer::{expect_grid, expect_len, expect_positive};
 use crate::dispatch::DispatchOnDevice;
 use crate::grouped_gemm::{has_tensor_cores, multiprocessors};
-use crate::pipeline::{load_vector, on_device};
+use crate::pipeline::{load_vector, on_device, reuses_freed_shared_memory};
 use crate::{InvalidValue, KernelError};
 
 /// Sizes of one weight-gradient launch: `grad[e]` is `[a_width, b_width]` for each of the
@@ -199,7 +199,7 @@ fn validate<R: Runtime, F: Float + CubeElement, I: CubeElement>(
     .or_else(unsupported)?;
     let properties = client.properties();
     let hardware = &properties.hardware;
-    let shared = params.shared_bytes(elem);
+    let shared = params.shared_bytes(elem, reuses_freed_shared_memory(client));
     if shared > hardware.max_shared_memory_size {
         return unsupported(format!(
             "tiles need {shared} bytes of shared memory, the device has {}",

@@ -4,14 +4,15 @@
 //! Size rule ([`WeightGradParams::choose`]):
 //! - without tensor cores (f32, wgpu): 32 x 32 output tiles, 16-row stages, 4 x 4 sums per unit
 //!   (64 units), the grouped GEMM's portable shape;
-//! - tensor cores (CUDA, f16/bf16): 128 x 128 tiles, 32-row stages, 8 planes as 2 x 4 (each plane
-//!   64 x 32); a side is halved to 64 (planes 2 x 2 or 4 x 2 / 2 x 4) while the grid has fewer
-//!   than [`CUBES_PER_SM`] x multiprocessors cubes, or when the width is at most 64.
+//! - tensor cores (CUDA, f16/bf16): 128 x 128 tiles, 32-row stages, 4 planes as 2 x 2 (each plane
+//!   64 x 64); a side is halved to 64 (planes 2 x 2 of 32 x 32, or 4 x 2 / 2 x 4 of 32 x 32)
+//!   while the grid has fewer than [`CUBES_PER_SM`] x multiprocessors cubes, or when the width
+//!   is at most 64.
 //!
 //! Stages are copied asynchronously into 3 buffers on tensor cores when both widths are even
 //! (`cp.async` moves at least two 16-bit floats), as in the grouped GEMM. The tensor-core tiles
-//! were the fastest of [`WeightGradParams::candidates`] for `dW_in` on an H100 in bf16, and
-//! within 4% of the fastest for `dW_out` (docs/GPU.md).
+//! were the fastest of [`WeightGradParams::candidates`] for `dW_in` and `dW_out` on an H100 in
+//! bf16; planes of 64 x 64 beat 8 planes of 64 x 32 by 6-8% (docs/GPU.md, eleventh session).
 
 use serde::{Deserialize, Serialize};
 
@@ -68,15 +69,15 @@ impl WeightGradParams {
         pipeline: Pipeline::Registers,
     };
 
-    /// The tensor-core shape for large gradients: 128 x 128 tiles, 32-row stages, planes 2 x 4,
-    /// asynchronous copies into 3 buffers.
+    /// The tensor-core shape for large gradients: 128 x 128 tiles, 32-row stages, planes 2 x 2
+    /// (each 64 x 64), asynchronous copies into 3 buffers.
     pub const TENSOR_CORES: Self = Self {
         tile_m: 128,
         tile_n: 128,
         stage_rows: 32,
         tensor_cores: true,
         warps_m: 2,
-        warps_n: 4,
+        warps_n: 2,
         unit_m: 1,
         unit_n: 1,
         pipeline: Pipeline::AsyncCopy { stages: 3 },
@@ -149,7 +150,7 @@ impl WeightGradParams {
                     };
                     for candidate in [tiles, square] {
                         if candidate.warps_m * candidate.warps_n >= 2
-                            && candidate.shared_bytes(2) <= CANDIDATE_SHARED_BYTES
+                            && candidate.shared_bytes(2, true) <= CANDIDATE_SHARED_BYTES
                             && !all.contains(&candidate)
                         {
                             all.push(candidate);
@@ -255,11 +256,17 @@ impl WeightGradParams {
     }
 
     /// Bytes of shared memory one cube uses with elements of `elem_size` bytes: the stage
-    /// buffers and the gradient tile.
-    pub fn shared_bytes(&self, elem_size: usize) -> usize {
+    /// buffers and the gradient tile, which takes the buffers' place where the compiler reuses
+    /// freed shared memory (`reuses_freed`).
+    pub fn shared_bytes(&self, elem_size: usize, reuses_freed: bool) -> usize {
         let stages =
             self.pipeline.buffers() * self.stage_rows * (self.a_stride() + self.b_stride());
-        (stages + self.out_tile_len()) * elem_size
+        let elements = if reuses_freed {
+            stages.max(self.out_tile_len())
+        } else {
+            stages + self.out_tile_len()
+        };
+        elements * elem_size
     }
 
     /// Why these knobs cannot run with `vector`-wide loads, if they cannot.

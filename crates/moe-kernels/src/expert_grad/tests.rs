@@ -448,6 +448,35 @@ fn size_rule_picks_tiles_by_shape() {
     }
 }
 
+/// The gradient tile takes the stage buffers' place where the compiler reuses freed shared
+/// memory, so 64-row stages of 128 x 128 tiles fit two cubes on an H100 SM; elsewhere the cube
+/// needs both.
+#[test]
+fn gradient_tile_reuses_the_stage_buffers_where_it_can() {
+    let deep = WeightGradParams {
+        stage_rows: 64,
+        ..WeightGradParams::TENSOR_CORES
+    };
+    let stages = 3 * 64 * (136 + 136) * 2;
+    let tile = 128 * 136 * 2;
+    assert_eq!(deep.shared_bytes(2, true), stages);
+    assert_eq!(deep.shared_bytes(2, false), stages + tile);
+    let wide_tile = WeightGradParams {
+        stage_rows: 16,
+        tile_n: 256,
+        ..WeightGradParams::TENSOR_CORES
+    };
+    assert_eq!(wide_tile.shared_bytes(2, true), 128 * 264 * 2);
+    let large = WeightGradShape {
+        num_tokens: 4096,
+        slots: 2,
+        num_experts: 8,
+        a_width: 4096,
+        b_width: 2 * 14336,
+    };
+    assert!(WeightGradParams::candidates(&large, Some(132)).contains(&deep));
+}
+
 crate::runtime_tests!(
     portable_path_matches_reference,
     async_pipeline_matches_reference,
