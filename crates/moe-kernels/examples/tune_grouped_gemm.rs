@@ -9,7 +9,7 @@
 //! pre-activations), `dhidden` (`d_rows @ w_out^T` with the identity epilogue and with the fused
 //! SwiGLU backward, same tiles: what the fusion costs inside the GEMM), `dtokens`
 //! (`d_pre @ w_in^T`; both transposed projections at the rule's tiles, then with TMA weight
-//! boxes toggled), `wgrad_in`, `wgrad_out` (the weight gradients' candidates): with the
+//! boxes toggled, then every candidate's output tiles made transposed), `wgrad_in`, `wgrad_out` (the weight gradients' candidates): with the
 //! forward's `gemm2` at the rule's tiles, every GEMM of a training step. Without `--ops`: all.
 
 use std::time::Duration;
@@ -181,17 +181,27 @@ fn main() {
             time_matmul("pre", operands, &params, flops);
         }
         // The projections through transposed weights: the rule's tiles, then the same with the
-        // weight stages copied by the units instead of TMA boxes (or the other way round).
+        // weight stages copied by the units instead of TMA boxes (or the other way round), then
+        // every candidate's output tiles (with the rule's tile rows, so the same plan) made
+        // transposed; those `--only` picks.
         let transposed: Vec<GemmParams> = {
             let rule = chosen.transposed();
             let other = GemmParams {
                 tma_weights: !rule.tma_weights,
                 ..rule
             };
-            [rule, other]
+            let others = ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms)
                 .into_iter()
-                .filter(|p| p.check(8).is_ok())
-                .collect()
+                .filter(|c| c.tile_rows() == chosen.tile_rows())
+                .map(|c| c.transposed())
+                .filter(|p| picked(&describe(p)));
+            let mut all: Vec<GemmParams> = Vec::new();
+            for params in [rule, other].into_iter().chain(others) {
+                if params.check(8).is_ok() && !all.contains(&params) {
+                    all.push(params);
+                }
+            }
+            all
         };
         if wanted("dhidden") {
             // `d_rows @ w_out^T` (`w_out` is `[E, F, d]`: transposed, depth d), then the same
