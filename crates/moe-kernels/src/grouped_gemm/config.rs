@@ -29,7 +29,8 @@
 //! On a device with TMA (sm_90) the prefill and medium classes take their weight stages as TMA
 //! boxes ([`ExpertGemmConfig::gains_from_tma`]): one unit issues them instead of every unit
 //! copying 16 bytes at a time, which left the prefill GEMMs about 15% faster on an H100, and
-//! the backward's projections through transposed weights 10-18% faster.
+//! the backward's projections through transposed weights 10-18% faster. On 128 x 128 tiles
+//! those take their A rows as boxes too, in 8 planes ([`ExpertGemmConfig::transposed`]).
 //!
 //! The picks are the fastest candidates of `examples/tune_grouped_gemm.rs` on an H100 in bf16
 //! (docs/GPU.md has the table). Without tensor cores (f32, or a device without them) one
