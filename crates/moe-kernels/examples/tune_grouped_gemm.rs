@@ -9,8 +9,9 @@
 //! pre-activations), `dhidden` (`d_rows @ w_out^T` with the identity epilogue and with the fused
 //! SwiGLU backward, same tiles: what the fusion costs inside the GEMM), `dtokens`
 //! (`d_pre @ w_in^T`; both transposed projections at the rule's tiles, then with TMA weight
-//! boxes toggled, then every candidate's output tiles made transposed), `wgrad_in`, `wgrad_out` (the weight gradients' candidates): with the
-//! forward's `gemm2` at the rule's tiles, every GEMM of a training step. Without `--ops`: all.
+//! boxes toggled, then every candidate's output tiles made transposed), `wgrad_in`,
+//! `wgrad_out` (the weight gradients' candidates): with the forward's `gemm2` at the rule's
+//! tiles, every GEMM of a training step. Without `--ops`: all.
 
 use std::time::Duration;
 

@@ -833,7 +833,10 @@ fn tma_boxes_where_the_class_gains_and_they_fit() {
     // Prefill's 128 x 128 output tiles: the transposed projections take their A rows as boxes
     // too, in 8 planes.
     let deep = prefill.transposed();
-    assert_eq!((prefill.output.tile_rows, prefill.output.tile_cols), (128, 128));
+    assert_eq!(
+        (prefill.output.tile_rows, prefill.output.tile_cols),
+        (128, 128)
+    );
     assert!(deep.tma_rows && deep.tma_weights, "{deep:?}");
     assert_eq!((deep.warps_m, deep.warps_n), (2, 4));
     assert!(!shallow.transposed().tma_rows);
