@@ -105,7 +105,8 @@ fn main() {
         let hidden = random(tokens * slots * width);
         println!("\n{name}: {rows} routed rows");
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
-        for config in ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms) {
+        let candidates = ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms);
+        for config in &candidates {
             let plan = upload_plan(&client, &ids, experts, config.tile_rows());
             if wanted("gemm1")
                 && !inputs.contains(&config.input)
@@ -191,8 +192,8 @@ fn main() {
                 tma_weights: !rule.tma_weights,
                 ..rule
             };
-            let others = ExpertGemmConfig::candidates(&shape, Activation::SwiGlu, sms)
-                .into_iter()
+            let others = candidates
+                .iter()
                 .filter(|c| c.tile_rows() == chosen.tile_rows())
                 .map(|c| c.transposed())
                 .filter(|p| picked(&describe(p)));

@@ -234,13 +234,15 @@ pub fn expert_weight_grad<F: Float, I: Int, N: Size>(
                 }
             }
         }
+        // Every plane is done reading the buffers before the tile reuses them (the register
+        // pipeline ends each stage with this barrier already).
+        sync_cube();
     }
 
     // The gradient tile reuses the stage buffers' memory where the compiler reuses freed shared
-    // memory (CUDA; `pipeline::reuses_freed_shared_memory`): every plane must be done reading
-    // them first. The barriers stay live; they were first used in the kernel's first block, so
-    // they sit before the buffers and the tile goes at the buffers' start.
-    sync_cube();
+    // memory (CUDA; `pipeline::reuses_freed_shared_memory`). The barriers stay live; they were
+    // first used in the kernel's first block, so they sit before the buffers and the tile goes
+    // at the buffers' start.
     unsafe {
         stage_a.free();
         stage_b.free();

@@ -431,18 +431,18 @@ impl ExpertGemmConfig {
             warps_n: 4,
             ..params
         };
-        let weights_copied = GemmParams {
-            tma_weights: false,
-            ..params
-        };
         let square_with_tma =
             params.tma_weights && (params.tile_rows, params.tile_cols) == (128, 128);
-        let preferred = square_with_tma.then_some(rows_boxed);
-        preferred
+        [(square_with_tma, rows_boxed), (true, params)]
             .into_iter()
-            .chain([params])
-            .find(|p| p.check(VECTOR_16_BIT).is_ok())
-            .unwrap_or(weights_copied)
+            .find(|(wanted, p)| *wanted && p.check(VECTOR_16_BIT).is_ok())
+            .map_or(
+                GemmParams {
+                    tma_weights: false,
+                    ..params
+                },
+                |(_, p)| p,
+            )
     }
 
     /// Rows per tile of the dispatch's tile list that both projections need.
