@@ -100,6 +100,18 @@ impl<B: MoeBackend> Ffn<B> {
         }
     }
 
+    /// The output of [`Ffn::forward`] alone, for serving: an MoE layer runs
+    /// [`MoeLayer::infer`] (no balance losses, no routing statistics).
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]` -> `[T, d]`
+    pub fn infer(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            Ffn::Dense(mlp) => mlp.forward(x),
+            Ffn::Moe(moe) => moe.infer(x),
+        }
+    }
+
     /// [`Ffn::forward`], and the routing decision of an MoE layer (`None` for a dense MLP).
     ///
     /// # Shapes

@@ -16,6 +16,7 @@ pub mod experts;
 pub mod feed_forward;
 pub mod ffn;
 mod init;
+pub mod lm;
 #[cfg(test)]
 mod mixed_precision_tests;
 pub mod mlp;
@@ -33,6 +34,7 @@ pub use backend_ext::{Dispatch, ExpertRows, MoeAutodiffBackend, MoeBackend, Rout
 pub use balance::BalanceMethod;
 pub use feed_forward::Activation;
 pub use ffn::{Ffn, FfnConfig, FfnOutput};
+pub use lm::{KvCache, Lm, LmConfig, LmOutput};
 pub use mlp::{DenseMlp, DenseMlpConfig};
 pub use model::{Block, BlockPass, Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
