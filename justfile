@@ -21,6 +21,11 @@ train config *args:
 eval run *args:
     cargo run --release -p experiments -- eval --run results/{{run}} {{backend_flag}} {{args}}
 
+# Continue a prompt with the language model of results/<run>/ and time it (time to first token,
+# decode latency): `just generate lm-moe --prompt "It was" --max-tokens 200`.
+generate run *args:
+    cargo run --release -p experiments -- generate --run results/{{run}} {{backend_flag}} {{args}}
+
 # Print every run under results/ side by side.
 compare:
     cargo run --release -p experiments -- compare

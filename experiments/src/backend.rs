@@ -4,10 +4,9 @@ use burn::backend::Autodiff;
 use burn::backend::ndarray::{NdArray, NdArrayDevice};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
-use moe_model::MoeAutodiffBackend;
+use moe_model::{FfnConfig, MoeAutodiffBackend};
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
 use crate::error::{ExperimentError, catch_panic};
 
 /// Backend that metrics and saved results are computed on (host memory).
@@ -96,13 +95,13 @@ pub fn use_float_type<B: Backend>(
     })
 }
 
-/// Checks that `device` has the float type the config's feed-forward products run in (mixed
-/// precision), so a run stops with a message instead of a panic at the first cast.
+/// Checks that `device` has the float type a feed-forward's products run in (mixed precision),
+/// so a run stops with a message instead of a panic at the first cast.
 pub fn check_compute_type<B: Backend>(
-    config: &RunConfig,
+    ffn: &FfnConfig,
     device: &B::Device,
 ) -> Result<(), ExperimentError> {
-    match config.model.ffn.compute_type() {
+    match ffn.compute_type() {
         Some(compute) if !B::supports_dtype(device, compute.dtype().into()) => {
             Err(ExperimentError::ComputeTypeUnavailable {
                 compute: compute.name(),

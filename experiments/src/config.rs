@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use burn::config::Config;
 use moe_model::{InvalidValue, ModelConfig};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::ExperimentError;
 use crate::limits;
@@ -142,52 +144,7 @@ impl RunConfig {
 
     /// Like [`RunConfig::load`], from the text of a config file; `path` is used in errors.
     pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Self, ExperimentError> {
-        let sources = ConfigSources {
-            file: path.to_path_buf(),
-            overrides: overrides.to_vec(),
-        };
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map_or(0, |span| text[..span.start].lines().count().max(1));
-            ExperimentError::ParseConfig {
-                origin: ConfigOrigin::File(path.to_path_buf()),
-                message: format!("line {line}: {}", e.message().trim()),
-            }
-        })?;
-        if value.as_table().is_some_and(toml::Table::is_empty) {
-            return Err(ExperimentError::EmptyConfig(path.to_path_buf()));
-        }
-        for assignment in overrides {
-            apply_override(&mut value, assignment)?;
-        }
-        let defaults = toml::Value::try_from(RunConfig::new()).expect("defaults serialise");
-        fill_defaults(&mut value, &defaults);
-
-        let config = deserialize(&value).map_err(|(field, message)| {
-            let field = locate_in_tagged_table(&value, &field, &message).unwrap_or(field);
-            ExperimentError::ParseConfig {
-                origin: sources.origin_of(&field),
-                message: match field.as_str() {
-                    "" => message,
-                    field => format!("{field}: {message}"),
-                },
-            }
-        })?;
-        let known = toml::Value::try_from(&config).expect("a parsed config serialises");
-        if let Some(key) = first_unknown_key(&value, &known, "") {
-            return Err(ExperimentError::UnknownKey {
-                origin: sources.origin_of(&key),
-                key,
-            });
-        }
-        config
-            .validate()
-            .map_err(|source| ExperimentError::InvalidConfig {
-                origin: sources.origin_of(&source.field),
-                source,
-            })?;
-        Ok(config)
+        parse_config(text, path, overrides)
     }
 
     /// The configuration as TOML, as written next to a run's results.
@@ -196,12 +153,86 @@ impl RunConfig {
     }
 }
 
+impl ConfigFile for RunConfig {
+    fn defaults() -> Self {
+        RunConfig::new()
+    }
+
+    fn validate(&self) -> Result<(), InvalidValue> {
+        RunConfig::validate(self)
+    }
+}
+
+/// The root of a config file (a task run, a language-model run): what [`parse_config`] needs to
+/// fill in defaults, reject unknown keys and validate.
+pub trait ConfigFile: Serialize + DeserializeOwned {
+    /// Every field at its default: what a file leaves out.
+    fn defaults() -> Self;
+    /// Checks every section; the error names the field by its dotted path.
+    fn validate(&self) -> Result<(), InvalidValue>;
+}
+
+/// Reads a config file's text, applies `key=value` overrides, fills in the defaults, rejects
+/// unknown keys and validates; `path` is used in errors, which name the field and who set it.
+pub fn parse_config<C: ConfigFile>(
+    text: &str,
+    path: &Path,
+    overrides: &[String],
+) -> Result<C, ExperimentError> {
+    let sources = ConfigSources {
+        file: path.to_path_buf(),
+        overrides: overrides.to_vec(),
+    };
+    let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map_or(0, |span| text[..span.start].lines().count().max(1));
+        ExperimentError::ParseConfig {
+            origin: ConfigOrigin::File(path.to_path_buf()),
+            message: format!("line {line}: {}", e.message().trim()),
+        }
+    })?;
+    if value.as_table().is_some_and(toml::Table::is_empty) {
+        return Err(ExperimentError::EmptyConfig(path.to_path_buf()));
+    }
+    for assignment in overrides {
+        apply_override(&mut value, assignment)?;
+    }
+    let defaults = toml::Value::try_from(C::defaults()).expect("defaults serialise");
+    fill_defaults(&mut value, &defaults);
+
+    let config = deserialize::<C>(&value).map_err(|(field, message)| {
+        let field = locate_in_tagged_table::<C>(&value, &field, &message).unwrap_or(field);
+        ExperimentError::ParseConfig {
+            origin: sources.origin_of(&field),
+            message: match field.as_str() {
+                "" => message,
+                field => format!("{field}: {message}"),
+            },
+        }
+    })?;
+    let known = toml::Value::try_from(&config).expect("a parsed config serialises");
+    if let Some(key) = first_unknown_key(&value, &known, "") {
+        return Err(ExperimentError::UnknownKey {
+            origin: sources.origin_of(&key),
+            key,
+        });
+    }
+    config
+        .validate()
+        .map_err(|source| ExperimentError::InvalidConfig {
+            origin: sources.origin_of(&source.field),
+            source,
+        })?;
+    Ok(config)
+}
+
 /// Keys that name the variant of a tagged enum in config files (`FfnConfig`, `RoutingPolicy`).
 const VARIANT_TAGS: [&str; 2] = ["kind", "policy"];
 
 /// Parses a filled-in config; the error is the dotted path of the field (empty for the whole
 /// file) and what is wrong with it, in the words of the config file rather than Rust type names.
-fn deserialize(value: &toml::Value) -> Result<RunConfig, (String, String)> {
+fn deserialize<C: DeserializeOwned>(value: &toml::Value) -> Result<C, (String, String)> {
     serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let field = match e.path().to_string() {
             root if root == "." => String::new(),
@@ -214,7 +245,11 @@ fn deserialize(value: &toml::Value) -> Result<RunConfig, (String, String)> {
 /// serde reports an error inside an internally tagged table (`model.ffn`, `model.ffn.routing`)
 /// at the table, having buffered its fields. Finds the field inside: removing the culprit turns
 /// the error into "missing field `<it>`", removing any other field leaves it as it was.
-fn locate_in_tagged_table(value: &toml::Value, reported: &str, message: &str) -> Option<String> {
+fn locate_in_tagged_table<C: DeserializeOwned>(
+    value: &toml::Value,
+    reported: &str,
+    message: &str,
+) -> Option<String> {
     if message.starts_with("missing field") {
         return None; // nothing to find: the field is not there
     }
@@ -241,7 +276,7 @@ fn locate_in_tagged_table(value: &toml::Value, reported: &str, message: &str) ->
                 slot.as_table_mut()?.remove(key);
                 let missing = format!("missing field `{key}`");
                 let culprit =
-                    matches!(deserialize(&probe), Err((at, m)) if at == reported && m == missing);
+                    matches!(deserialize::<C>(&probe), Err((at, m)) if at == reported && m == missing);
                 culprit.then(|| (format!("{table_path}.{key}"), field_value.is_table()))
             })
     };

@@ -102,6 +102,11 @@ pub enum ExperimentError {
         /// What it is instead.
         reason: String,
     },
+    /// `generate` (or a language-model command) was given a run of the task model.
+    #[error(
+        "{0}: not a language-model run (train one with `just train lm-smoke` or another configs/lm-*.toml)"
+    )]
+    NotALanguageModel(PathBuf),
     /// `compare` found run directories but could read none of them.
     #[error("no readable run under {root}: {skipped} skipped (see the notes above)")]
     NoReadableRun {

@@ -227,32 +227,41 @@ pub fn load_classifier<B: MoeBackend>(
     config: &RunConfig,
     device: &B::Device,
 ) -> Result<Classifier<B>, ExperimentError> {
-    check_compute_type::<B>(config, device)?;
-    let model_path = run_path.join(MODEL_FILE);
+    check_compute_type::<B>(&config.model.ffn, device)?;
     let fresh: Classifier<B> = Classifier {
         model: config
             .model
             .init(config.task.input_dim, config.task.num_classes, device),
     };
+    load_module(fresh, &run_path.join(MODEL_FILE), device)
+}
+
+/// Loads the weights saved at `model_path` into `fresh`, a module built from the run's config. A
+/// missing or damaged file, or one whose weights do not fit the config, is an error naming it.
+pub fn load_module<B: Backend, M: Module<B>>(
+    fresh: M,
+    model_path: &Path,
+    device: &B::Device,
+) -> Result<M, ExperimentError> {
     let expected_shapes = param_shapes(&fresh);
     let load_error = |reason: String| ExperimentError::ModelFile {
-        path: model_path.clone(),
+        path: model_path.to_path_buf(),
         action: "load",
         reason,
     };
     // Burn panics when the saved structure differs from the configured one (e.g. block count).
-    let classifier = catch_panic(|| fresh.load_file(&model_path, &CompactRecorder::new(), device))
+    let loaded = catch_panic(|| fresh.load_file(model_path, &CompactRecorder::new(), device))
         .map_err(|panic| load_error(format!("{panic}; was config.toml edited?")))?
         .map_err(|error| match error {
             RecorderError::FileNotFound(reason) => load_error(reason),
             RecorderError::DeserializeError(reason) | RecorderError::Unknown(reason) => {
                 ExperimentError::DamagedFile {
-                    path: model_path.clone(),
+                    path: model_path.to_path_buf(),
                     reason: decode_failure(&reason),
                 }
             }
         })?;
-    let saved_shapes = param_shapes(&classifier);
+    let saved_shapes = param_shapes(&loaded);
     if saved_shapes != expected_shapes {
         let detail = match saved_shapes
             .iter()
@@ -272,7 +281,7 @@ pub fn load_classifier<B: MoeBackend>(
             "the saved model has {detail}; was config.toml edited?"
         )));
     }
-    Ok(classifier)
+    Ok(loaded)
 }
 
 /// Why the recorder could not decode a model file, in a few words: Burn appends a paragraph about

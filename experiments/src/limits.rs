@@ -220,7 +220,13 @@ fn size_fields(config: &RunConfig) -> Vec<(&'static str, usize, usize)> {
 
 /// The size field furthest above its default (by ratio), and its value.
 fn largest_size_field(config: &RunConfig) -> (&'static str, usize) {
-    size_fields(config)
+    furthest_above_default(size_fields(config))
+}
+
+/// Of `(field, value, default)` triples, the field whose value is furthest above its default (by
+/// ratio), and its value: the one a "too large" message names.
+pub fn furthest_above_default(fields: Vec<(&'static str, usize, usize)>) -> (&'static str, usize) {
+    fields
         .into_iter()
         .max_by(|a, b| {
             let ratio = |(_, value, default): &(&str, usize, usize)| {

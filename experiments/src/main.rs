@@ -1,5 +1,5 @@
-//! Command line: `train`, `eval`, `compare`, `bench`, `sweep`, `predict` and `offload` runs of the
-//! variable-k MoE experiments.
+//! Command line: `train`, `eval`, `generate`, `compare`, `bench`, `sweep`, `predict` and `offload`
+//! runs of the variable-k MoE experiments.
 //!
 //! Exit codes: 0 success, 2 an error (one line on stderr), 130 training stopped by Ctrl-C
 //! (143 by SIGTERM), nothing kept.
@@ -10,6 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use experiments::backend::FloatType;
 use experiments::config::ConfigSources;
+use experiments::lm::config::is_lm_config;
+use experiments::lm::generate::{GenerateRequest, generate};
+use experiments::lm::sample::Sampling;
 use experiments::predict::{PredictRequest, PredictSettings, predict};
 use experiments::sweep::{SweepRequest, sweep};
 use experiments::train::{TrainRequest, train};
@@ -27,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model from a config file and write results/<run>/.
+    /// Train a model from a config file and write results/<run>/ (a config with a [corpus]
+    /// table trains a byte-level language model).
     Train {
         /// Config file, e.g. configs/moe.toml.
         #[arg(long)]
@@ -55,6 +59,35 @@ enum Command {
         #[arg(long)]
         run: PathBuf,
         /// Backend to evaluate on.
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
+        /// Float type of the weights and activations (bf16 and f16 need a CubeCL backend whose
+        /// device has the type).
+        #[arg(long, value_enum, default_value_t)]
+        dtype: FloatType,
+    },
+    /// Continue a prompt with a trained language model; print the text, the time to first token
+    /// and the decode latency per token.
+    Generate {
+        /// The run directory of a language model, e.g. results/lm-moe.
+        #[arg(long)]
+        run: PathBuf,
+        /// Text to continue.
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Bytes to generate at most (generation also ends at a document boundary).
+        #[arg(long, default_value_t = 200)]
+        max_tokens: usize,
+        /// Softmax temperature (0: always the most likely byte).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Draw only among the k most likely bytes (0: all).
+        #[arg(long, default_value_t = 40)]
+        top_k: usize,
+        /// Seed of the draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Backend to run on.
         #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
         /// Float type of the weights and activations (bf16 and f16 need a CubeCL backend whose
@@ -234,7 +267,8 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             overrides,
             results,
         } => {
-            let metrics = train(TrainRequest {
+            let is_lm = is_lm_config(&config);
+            let request = TrainRequest {
                 sources: ConfigSources {
                     file: config,
                     overrides,
@@ -243,15 +277,48 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 name,
                 overwrite,
                 backend,
-            })?;
-            println!("{}", metrics.summary());
+            };
+            let summary = match is_lm {
+                true => experiments::lm::train::train_lm(request)?.summary(),
+                false => train(request)?.summary(),
+            };
+            println!("{summary}");
         }
         Command::Eval {
             run,
             backend,
             dtype,
         } => {
-            println!("{}", eval::eval_saved(&run, backend, dtype)?.summary());
+            let summary = match is_lm_config(&run.join(experiments::run_dir::CONFIG_FILE)) {
+                true => experiments::lm::eval::eval_lm(&run, backend, dtype)?.summary(),
+                false => eval::eval_saved(&run, backend, dtype)?.summary(),
+            };
+            println!("{summary}");
+        }
+        Command::Generate {
+            run,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            seed,
+            backend,
+            dtype,
+        } => {
+            let (generation, model) = generate(GenerateRequest {
+                run,
+                prompt: prompt.clone(),
+                max_tokens,
+                sampling: Sampling { temperature, top_k },
+                seed,
+                backend,
+                dtype,
+            })?;
+            println!(
+                "{prompt}{}",
+                String::from_utf8_lossy(&generation.continuation)
+            );
+            println!("{}", generation.summary(&model));
         }
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
         Command::Bench {

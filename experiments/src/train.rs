@@ -47,13 +47,7 @@ pub struct TrainRequest {
 /// `config.toml`, `model.mpk` and `metrics.json` into `results/<run>/`, which appears once the
 /// run is complete. Nothing is written before the backend is known to work and the sizes fit.
 pub fn train(request: TrainRequest) -> Result<RunMetrics, ExperimentError> {
-    let name = match &request.name {
-        Some(name) => RunName::parse(name).map_err(|reason| ExperimentError::BadRunName {
-            name: format!("--name {name:?}"),
-            reason,
-        })?,
-        None => default_name(&request.sources)?,
-    };
+    let name = run_name(&request)?;
     let config = request.sources.load()?;
     run_on(
         request.backend,
@@ -63,6 +57,17 @@ pub fn train(request: TrainRequest) -> Result<RunMetrics, ExperimentError> {
             config,
         },
     )
+}
+
+/// The run name asked for with `--name`, else the config file's name.
+pub fn run_name(request: &TrainRequest) -> Result<RunName, ExperimentError> {
+    match &request.name {
+        Some(name) => RunName::parse(name).map_err(|reason| ExperimentError::BadRunName {
+            name: format!("--name {name:?}"),
+            reason,
+        }),
+        None => default_name(&request.sources),
+    }
 }
 
 /// The run name taken from the config file's name (`configs/moe.toml` -> `moe`).
@@ -94,7 +99,7 @@ impl BackendJob for Training {
             config,
         } = self;
         let backend = request.backend;
-        check_compute_type::<B>(&config, &device)?;
+        check_compute_type::<B>(&config.model.ffn, &device)?;
         check_memory(
             &config,
             &request.sources,

@@ -29,6 +29,11 @@ pub fn decode(tokens: &[Token], boundary: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// Tokens as the integer ids a Burn tensor is made from.
+pub fn as_ids(tokens: &[Token]) -> Vec<i64> {
+    tokens.iter().map(|&t| i64::from(t)).collect()
+}
+
 /// One stream of `documents`: each document's bytes preceded by [`BOUNDARY`].
 pub fn token_stream(documents: &[Document]) -> Vec<Token> {
     let total: usize = documents.iter().map(|d| d.bytes.len() + 1).sum();

@@ -1,0 +1,229 @@
+//! Training a byte-level language model: random windows of the training split, AdamW with warm-up
+//! and cosine decay, then bits per byte on the validation and test splits. A straight loop (no
+//! burn-train), written through [`RunDir`] like the task model's runs, so the run appears under its
+//! name only once complete and Ctrl-C or a kill keeps an earlier run.
+
+use std::time::Instant;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::record::CompactRecorder;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::train::Interrupter;
+use moe_model::MoeAutodiffBackend;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::backend::{BackendJob, check_compute_type, max_buffer_bytes, run_on};
+use crate::error::ExperimentError;
+use crate::interrupt::StopOnSignal;
+use crate::lm::config::{LmRunConfig, describe};
+use crate::lm::data::TokenSplits;
+use crate::lm::evaluate::score_split;
+use crate::lm::memory::check_lm_memory;
+use crate::lm::metrics::{CurvePoint, LmMetrics};
+use crate::lm::schedule::LrSchedule;
+use crate::lm::tokens::as_ids;
+use crate::lm::windows::window_batch;
+use crate::run_dir::{CONFIG_FILE, MODEL_FILE, RunDir, RunName, git_commit};
+use crate::train::{TrainRequest, run_name};
+
+/// Checks the run name, the config and the corpus, then trains, scores the validation and test
+/// splits and writes `config.toml`, `model.mpk` and `metrics.json` into `results/<run>/`, which
+/// appears once the run is complete. Nothing is written before the corpus is read, the backend
+/// is known to work and the sizes fit.
+pub fn train_lm(request: TrainRequest) -> Result<LmMetrics, ExperimentError> {
+    let name = run_name(&request)?;
+    let config = LmRunConfig::load(&request.sources.file, &request.sources.overrides)?;
+    let splits = TokenSplits::load(&config.corpus)?;
+    run_on(
+        request.backend,
+        LmTraining {
+            request,
+            name,
+            config,
+            splits,
+        },
+    )
+}
+
+/// A checked language-model training request.
+struct LmTraining {
+    request: TrainRequest,
+    name: RunName,
+    config: LmRunConfig,
+    splits: TokenSplits,
+}
+
+impl BackendJob for LmTraining {
+    type Output = LmMetrics;
+
+    fn run<B: MoeAutodiffBackend>(self, device: B::Device) -> Result<LmMetrics, ExperimentError> {
+        let LmTraining {
+            request,
+            name,
+            config,
+            splits,
+        } = self;
+        let backend = request.backend;
+        check_compute_type::<B>(&config.model.ffn, &device)?;
+        check_lm_memory(&config, &request.sources, max_buffer_bytes(backend))?;
+        let run_dir = match request.name {
+            Some(_) => RunDir::claim(&request.results_root, &name, request.overwrite)?,
+            None => RunDir::claim_next_free(&request.results_root, &name)?,
+        };
+        let interrupter = Interrupter::new();
+        let left_behind = format!(
+            "{} is left behind (compare and eval skip it)",
+            run_dir.staging().display()
+        );
+        let stop = StopOnSignal::install(interrupter.clone(), left_behind)
+            .map_err(ExperimentError::io("SIGINT/SIGTERM handler"))?;
+        let interrupted = |stop: &StopOnSignal| match stop.cause() {
+            Some(cause) => Err(ExperimentError::Interrupted {
+                cause,
+                left: run_dir.left_as_it_was(),
+            }),
+            None => Ok(()),
+        };
+        let train = &config.train;
+        let context = config.model.context;
+        println!(
+            "training a byte-level LM ({}) on {} -> {}: {} steps of {} tokens, {:.1} MB of training text",
+            describe(&config.model),
+            backend.name(),
+            run_dir.path().display(),
+            train.steps,
+            config.tokens_per_step(),
+            splits.train.len() as f64 / 1e6
+        );
+        let staging = run_dir.staging();
+        let config_path = staging.join(CONFIG_FILE);
+        std::fs::write(&config_path, config.to_toml()).map_err(ExperimentError::io(config_path))?;
+
+        B::seed(&device, train.seed);
+        let mut model = config.model.init::<B>(&device);
+        let mut optimizer = AdamWConfig::new()
+            .with_weight_decay(train.weight_decay as f32)
+            .with_grad_clipping(
+                (train.grad_clip > 0.0)
+                    .then(|| GradientClippingConfig::Norm(train.grad_clip as f32)),
+            )
+            .init();
+        let schedule = LrSchedule {
+            peak: train.learning_rate,
+            floor: train.min_learning_rate,
+            warmup_steps: train.warmup_steps,
+            total_steps: train.steps,
+        };
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let mut rng = StdRng::seed_from_u64(train.seed);
+        let mut curve = Vec::new();
+        let mut train_seconds = 0.0;
+        let mut steps_done = 0;
+        let estimate_tokens = train.eval_windows * context;
+        while steps_done < train.steps && !interrupter.should_stop() {
+            let started = Instant::now();
+            let (inputs, targets) =
+                window_batch(&splits.train, context, train.batch_size, &mut rng)?;
+            let n = targets.len();
+            let input = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(as_ids(&inputs), [train.batch_size, context]),
+                &device,
+            );
+            let target =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(as_ids(&targets), [n]), &device);
+            let output = model.forward(input);
+            let vocab = output.logits.dims()[2];
+            let loss = loss_fn.forward(output.logits.reshape([n, vocab]), target);
+            let grads = (loss.clone() + output.aux_loss).backward();
+            let grads = GradientsParams::from_grads(grads, &model);
+            model = optimizer.step(schedule.rate(steps_done), model, grads);
+            steps_done += 1;
+            let last = steps_done == train.steps;
+            let log = steps_done % train.log_interval == 0 || last;
+            let estimate = train.eval_interval > 0 && steps_done % train.eval_interval == 0 || last;
+            if !(log || estimate) {
+                train_seconds += started.elapsed().as_secs_f64();
+                continue;
+            }
+            let train_bits = loss.into_scalar().elem::<f64>() / std::f64::consts::LN_2;
+            train_seconds += started.elapsed().as_secs_f64();
+            let valid_bits_per_byte = estimate.then(|| {
+                score_split(
+                    &model.valid(),
+                    &splits.valid,
+                    train.eval_batch_size,
+                    estimate_tokens,
+                    &device,
+                )
+                .bits_per_byte
+            });
+            let tokens_per_s = (steps_done * n) as f64 / train_seconds;
+            let valid =
+                valid_bits_per_byte.map_or(String::new(), |v| format!(", valid {v:.4} bits/byte"));
+            println!(
+                "step {steps_done}/{}: train {train_bits:.4} bits/token{valid}, lr {:.2e}, {tokens_per_s:.0} tokens/s",
+                train.steps,
+                schedule.rate(steps_done - 1),
+            );
+            curve.push(CurvePoint {
+                step: steps_done,
+                train_bits,
+                valid_bits_per_byte,
+            });
+        }
+        interrupted(&stop)?;
+
+        let model_path = staging.join(MODEL_FILE);
+        model
+            .clone()
+            .save_file(&model_path, &CompactRecorder::new())
+            .map_err(|e| ExperimentError::ModelFile {
+                path: model_path,
+                action: "save",
+                reason: e.to_string(),
+            })?;
+        let inference = model.valid();
+        let score = |stream: &[u16]| {
+            score_split(
+                &inference,
+                stream,
+                train.eval_batch_size,
+                train.final_eval_bytes,
+                &device,
+            )
+        };
+        let valid = score(&splits.valid);
+        interrupted(&stop)?;
+        let test = score(&splits.test);
+        let train_tokens = steps_done * config.tokens_per_step();
+        let mean_ks: Vec<f64> = test.blocks.iter().map(|b| b.mean_k).collect();
+        let params = inference.param_counts(&mean_ks);
+        let metrics = LmMetrics {
+            workload: "lm".into(),
+            run: run_dir.name().to_string(),
+            backend: backend.name().to_string(),
+            git_commit: git_commit(),
+            model: describe(&config.model),
+            sources: splits.sources.clone(),
+            steps: steps_done,
+            train_tokens,
+            train_wall_time_s: train_seconds,
+            train_tokens_per_s: train_tokens as f64 / train_seconds,
+            params_total: params.total,
+            params_active: params.active,
+            flops_per_token: inference.flops_per_token(&mean_ks),
+            valid,
+            test,
+            routing_limits: inference.routing_limits(),
+            curve,
+        };
+        metrics.save(staging)?;
+        interrupted(&stop)?;
+        run_dir.commit()?;
+        Ok(metrics)
+    }
+}
