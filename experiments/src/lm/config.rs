@@ -21,7 +21,7 @@ pub struct LmTrainConfig {
     #[config(default = 2000)]
     pub steps: usize,
     /// Sequences (random windows of the context length) per step.
-    #[config(default = 32)]
+    #[config(default = 16)]
     pub batch_size: usize,
     /// Peak learning rate, reached after the warm-up.
     #[config(default = 2e-3)]
@@ -48,7 +48,7 @@ pub struct LmTrainConfig {
     #[config(default = 64)]
     pub eval_windows: usize,
     /// Sequences per batch when evaluating.
-    #[config(default = 32)]
+    #[config(default = 16)]
     pub eval_batch_size: usize,
     /// Bytes of the validation and test splits scored at the end (0: the whole splits).
     #[config(default = 0)]

@@ -40,8 +40,11 @@ pub struct LmMetrics {
     pub train_tokens: usize,
     /// Wall time of the training steps (validation estimates excluded), seconds.
     pub train_wall_time_s: f64,
-    /// Tokens trained per second.
+    /// Tokens trained per second, over the whole run.
     pub train_tokens_per_s: f64,
+    /// Tokens trained per second over the second half of the steps, after kernel compilation and
+    /// autotuning (`None` for a run stopped before it).
+    pub steady_tokens_per_s: Option<f64>,
     /// Every parameter of the model.
     pub params_total: usize,
     /// Parameters a token uses on average (idle experts excluded).
@@ -94,8 +97,13 @@ impl LmMetrics {
             (
                 "training".to_string(),
                 format!(
-                    "{} steps, {} tokens in {:.1} s ({:.0} tokens/s)",
-                    self.steps, self.train_tokens, self.train_wall_time_s, self.train_tokens_per_s
+                    "{} steps, {} tokens in {:.1} s ({:.0} tokens/s; second half {})",
+                    self.steps,
+                    self.train_tokens,
+                    self.train_wall_time_s,
+                    self.train_tokens_per_s,
+                    self.steady_tokens_per_s
+                        .map_or("-".into(), |rate| format!("{rate:.0} tokens/s"))
                 ),
             ),
             (

@@ -122,6 +122,11 @@ impl BackendJob for LmTraining {
         let mut rng = StdRng::seed_from_u64(train.seed);
         let mut curve = Vec::new();
         let mut train_seconds = 0.0;
+        // Training time at the last progress line and at the half-way step: the progress line
+        // shows the rate since the previous one, the metrics the second half's (kernel
+        // compilation and Burn's autotuning happen in the first steps).
+        let (mut seconds_at_log, mut steps_at_log) = (0.0, 0);
+        let mut seconds_at_half = None;
         let mut steps_done = 0;
         let estimate_tokens = train.eval_windows * context;
         while steps_done < train.steps && !interrupter.should_stop() {
@@ -143,6 +148,9 @@ impl BackendJob for LmTraining {
             model = optimizer.step(schedule.rate(steps_done), model, grads);
             steps_done += 1;
             let last = steps_done == train.steps;
+            if steps_done == train.steps / 2 {
+                seconds_at_half = Some(train_seconds + started.elapsed().as_secs_f64());
+            }
             let log = steps_done % train.log_interval == 0 || last;
             let estimate = train.eval_interval > 0 && steps_done % train.eval_interval == 0 || last;
             if !(log || estimate) {
@@ -161,7 +169,9 @@ impl BackendJob for LmTraining {
                 )
                 .bits_per_byte
             });
-            let tokens_per_s = (steps_done * n) as f64 / train_seconds;
+            let tokens_per_s =
+                ((steps_done - steps_at_log) * n) as f64 / (train_seconds - seconds_at_log);
+            (seconds_at_log, steps_at_log) = (train_seconds, steps_done);
             let valid =
                 valid_bits_per_byte.map_or(String::new(), |v| format!(", valid {v:.4} bits/byte"));
             println!(
@@ -213,6 +223,10 @@ impl BackendJob for LmTraining {
             train_tokens,
             train_wall_time_s: train_seconds,
             train_tokens_per_s: train_tokens as f64 / train_seconds,
+            steady_tokens_per_s: seconds_at_half.map(|half| {
+                ((steps_done - train.steps / 2) * config.tokens_per_step()) as f64
+                    / (train_seconds - half)
+            }),
             params_total: params.total,
             params_active: params.active,
             flops_per_token: inference.flops_per_token(&mean_ks),
