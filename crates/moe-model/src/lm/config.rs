@@ -1,6 +1,8 @@
 //! [`LmConfig`]: the sizes of the byte-level language model and the feed-forward of its blocks.
 
 use burn::config::Config;
+use burn::module::Initializer;
+use burn::nn::{EmbeddingConfig, RmsNormConfig, RotaryEncodingConfig};
 
 use crate::InvalidValue;
 use crate::backend_ext::MoeBackend;
@@ -10,11 +12,9 @@ use crate::lm::attention::CausalSelfAttention;
 use crate::lm::model::{Lm, LmBlock};
 use crate::mlp::DenseMlpConfig;
 use crate::moe::MoeLayerConfig;
-use burn::module::Initializer;
-use burn::nn::{EmbeddingConfig, RmsNormConfig, RotaryEncodingConfig};
 
 /// Configuration of [`Lm`], a decoder-only transformer over byte tokens whose feed-forward
-/// blocks are dense MLPs or MoE layers; read from the `[model]` table of the experiments' TOML.
+/// blocks are dense MLPs or MoE layers; serde-compatible, so experiments read it from TOML.
 #[derive(Config, Debug)]
 pub struct LmConfig {
     /// Vocabulary size: 256 bytes and a document-boundary token.
@@ -69,7 +69,7 @@ impl LmConfig {
         if self.d_model == 0 {
             return Err(InvalidValue::new("d_model", 0, "must be >= 1"));
         }
-        if self.num_heads == 0 || self.d_model % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.d_model.is_multiple_of(self.num_heads) {
             return Err(InvalidValue::new(
                 "num_heads",
                 self.num_heads,
@@ -77,7 +77,7 @@ impl LmConfig {
             ));
         }
         let head_dim = self.d_model / self.num_heads;
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(InvalidValue::new(
                 "num_heads",
                 self.num_heads,

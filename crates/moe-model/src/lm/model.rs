@@ -203,7 +203,9 @@ impl<B: MoeBackend> Lm<B> {
 
     /// Indices of the blocks whose feed-forward is an MoE layer, ascending.
     pub fn moe_blocks(&self) -> Vec<usize> {
-        (self.blocks.iter().enumerate())
+        self.blocks
+            .iter()
+            .enumerate()
             .filter(|(_, block)| matches!(block.ffn, Ffn::Moe(_)))
             .map(|(index, _)| index)
             .collect()

@@ -2,7 +2,6 @@
 //! attention layer against a plain f64 reference, a few training steps, counts and validation.
 
 use burn::backend::Autodiff;
-use burn::module::Module;
 use burn::nn::RotaryEncodingConfig;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
