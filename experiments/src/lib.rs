@@ -15,6 +15,7 @@ pub mod host;
 pub mod interrupt;
 pub mod learner_metrics;
 pub mod limits;
+pub mod model_file;
 pub mod offload;
 pub mod predict;
 pub mod progress;
