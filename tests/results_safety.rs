@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     BINARY, assert_clean_failure, assert_failure_with_code, experiments, repo_path, scratch_dir,
+    snapshot,
 };
 
 /// Flags that make the smoke config train in about a second.
@@ -58,21 +58,6 @@ fn assert_success(output: &Output) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// Every file under `dir` with its bytes: a tree compared before and after a command.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            files.insert(path.clone(), Vec::new());
-            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else {
-            files.insert(path.clone(), std::fs::read(&path).unwrap());
-        }
-    }
-    files
 }
 
 /// Names of the hidden (dot-prefixed) entries of `dir`: staging directories left behind.
@@ -393,7 +378,7 @@ fn eval_refuses_a_run_whose_files_are_damaged() {
         (
             "model.mpk",
             None,
-            "damaged or not written by this program (it ends too early)",
+            "damaged or not written by this program (its bytes do not match",
         ),
         ("config.toml", Some(b"[model\n"), "config.toml: line 1"),
     ];

@@ -1,0 +1,192 @@
+//! Property-style test of every command's settings: random values (NaN, negative, zero, huge,
+//! overflowing products, not a number at all) for the flags and size fields of `train`,
+//! `offload` and `predict`, seeded. Whatever the values, the binary succeeds or fails with exit
+//! code 2 and one `error:` line: never a panic (101), an abort or a signal, never a hang.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{BINARY, repo_path, scratch_dir};
+
+/// Cases per command: the whole test stays well under a minute on 2 cores.
+const CASES: usize = 10;
+/// Longer than any refused or tiny run takes; a command past it is a hang.
+const TIME_BOUND: Duration = Duration::from_secs(90);
+
+/// Integers a user may type: zero, small, 2^32 (products overflow 64 bits), the largest and
+/// one past, negative, and things that are not integers.
+const COUNTS: [&str; 10] = [
+    "0",
+    "1",
+    "3",
+    "4294967296",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-1",
+    "nan",
+    "1e9",
+    "x",
+];
+/// Floats a user may type.
+const FLOATS: [&str; 9] = ["nan", "inf", "-inf", "-1", "0", "0.5", "1", "2", "1e308"];
+
+/// A seeded xorshift generator: the same cases on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, values: &[&'a str]) -> &'a str {
+        values[self.below(values.len())]
+    }
+}
+
+/// Runs the binary, killing it past [`TIME_BOUND`].
+fn run_bounded(args: &[String]) -> Output {
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > TIME_BOUND {
+            let _ = child.kill();
+            panic!("hang: {args:?} ran past {TIME_BOUND:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Success, or exit code 2 with one `error:` line.
+fn assert_success_or_one_line(args: &[String]) {
+    let output = run_bounded(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        return;
+    }
+    assert_eq!(output.status.code(), Some(2), "{args:?}\nstderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("note: ")).collect();
+    assert_eq!(lines.len(), 1, "{args:?}\nstderr: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{args:?}\nstderr: {stderr}");
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn random_settings_end_in_success_or_one_line() {
+    let base = scratch_dir("fuzz");
+    let results = base.join("results");
+    let results_arg = results.to_str().unwrap();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+
+    // train: size fields of the smoke config (not epochs: a huge count is a long run, not a bug).
+    let smoke = repo_path("configs/smoke.toml");
+    let fields = [
+        "task.input_dim",
+        "task.num_clusters",
+        "task.train_size",
+        "model.d_model",
+        "model.num_blocks",
+        "model.ffn.num_experts",
+        "model.ffn.expert_width",
+        "model.ffn.shared_experts",
+        "model.ffn.shared_expert_width",
+        "train.batch_size",
+    ];
+    for _ in 0..CASES {
+        let mut args = strings(&["train", "--config", smoke.to_str().unwrap()]);
+        args.extend(strings(&["--results", results_arg, "--set", "train.epochs=1"]));
+        args.extend(strings(&["--set", "task.train_size=256", "--set", "task.test_size=64"]));
+        for _ in 0..2 {
+            let field = rng.pick(&fields);
+            args.extend(["--set".into(), format!("{field}={}", rng.pick(&COUNTS))]);
+        }
+        if rng.below(3) == 0 {
+            args.extend(["--set".into(), format!("train.learning_rate={}", rng.pick(&FLOATS))]);
+        }
+        assert_success_or_one_line(&args);
+    }
+
+    // offload --quick: its flags (a file's fields go through the same checks).
+    let offload = repo_path("configs/offload.toml");
+    let count_flags = [
+        "--prefill-tokens",
+        "--decode-steps",
+        "--decode-tokens",
+        "--slots",
+        "--distance",
+    ];
+    for _ in 0..CASES {
+        let mut args = strings(&["offload", "--quick", "--config", offload.to_str().unwrap()]);
+        args.extend(strings(&["--results", results_arg]));
+        for _ in 0..2 {
+            let flag = rng.pick(&count_flags);
+            let value = match flag {
+                // Valid huge step counts are long runs: keep those small.
+                "--decode-steps" | "--prefill-tokens" => rng.pick(&["0", "1", "-1", "nan", "x"]),
+                _ => rng.pick(&COUNTS),
+            };
+            args.extend(strings(&[flag, value]));
+        }
+        match rng.below(3) {
+            0 => args.extend(strings(&["--cache-gb", rng.pick(&FLOATS)])),
+            1 => args.extend(["--accuracies".into(), format!("0.5,{}", rng.pick(&FLOATS))]),
+            _ => {}
+        }
+        assert_success_or_one_line(&args);
+    }
+
+    // predict on a two-block run: its flags (not epochs' huge values: long runs).
+    let run = train_two_block_run(&base);
+    for _ in 0..CASES / 2 {
+        let mut args = strings(&["predict", "--run", run.to_str().unwrap()]);
+        args.extend(strings(&["--results", results_arg, "--trace-tokens", "16"]));
+        args.extend(strings(&["--epochs", rng.pick(&["0", "1", "-1", "x"])]));
+        let flag = rng.pick(&["--distance", "--hidden", "--batch-size", "--prefill-batch"]);
+        args.extend(strings(&[flag, rng.pick(&COUNTS)]));
+        args.extend(strings(&["--lr", rng.pick(&FLOATS)]));
+        assert_success_or_one_line(&args);
+    }
+    std::fs::remove_dir_all(base).unwrap();
+}
+
+/// A tiny trained run of two MoE blocks under `base`.
+fn train_two_block_run(base: &Path) -> std::path::PathBuf {
+    let smoke = repo_path("configs/smoke.toml");
+    let output = run_bounded(&strings(&[
+        "train",
+        "--config",
+        smoke.to_str().unwrap(),
+        "--set",
+        "model.num_blocks=2",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "task.train_size=256",
+        "--set",
+        "task.test_size=64",
+        "--name",
+        "two",
+        "--results",
+        base.join("runs").to_str().unwrap(),
+    ]));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    base.join("runs/two")
+}
