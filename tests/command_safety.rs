@@ -187,13 +187,16 @@ fn killing_a_sweep_stops_its_child_and_the_resume_cleans_up() {
     };
     let started = Instant::now();
     while staging(&runs).is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(120), "no child started");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no child started"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
     parent.kill().unwrap();
     parent.wait().unwrap();
-    // The child gets SIGTERM from the kernel, stops at its next batch and removes its staging.
+    // The child gets SIGHUP from the kernel, stops at its next batch and removes its staging.
     let killed = Instant::now();
     while !staging(&runs).is_empty() {
         assert!(
@@ -269,7 +272,10 @@ fn every_command_refuses_bad_settings_in_one_line_and_leaves_nothing() {
             "model.ffn.shared_expert_width = 4294967296 is invalid",
         ),
         (offload(&accuracy, &[]), "synthetic.accuracy = 2 is invalid"),
-        (offload(&locality, &[]), "synthetic.locality = NaN is invalid"),
+        (
+            offload(&locality, &[]),
+            "synthetic.locality = NaN is invalid",
+        ),
         (offload(&top_k, &[]), "top_k = 0 is invalid"),
         (offload(&width, &[]), "expert_width = 0 is invalid"),
         (
@@ -287,7 +293,12 @@ fn every_command_refuses_bad_settings_in_one_line_and_leaves_nothing() {
         (
             offload(
                 &default,
-                &["--decode-steps", "18446744073709551615", "--decode-tokens", "2"],
+                &[
+                    "--decode-steps",
+                    "18446744073709551615",
+                    "--decode-tokens",
+                    "2",
+                ],
             ),
             "of host memory",
         ),
@@ -331,7 +342,13 @@ fn bench_with_a_float_type_the_device_lacks_is_an_error() {
     if output.status.success() {
         // A device with bf16: the rows must then be there.
         let dir = results.join("bench-wgpu-bf16");
-        assert!(std::fs::read_to_string(dir.join("experts.csv")).unwrap().lines().count() > 1);
+        assert!(
+            std::fs::read_to_string(dir.join("experts.csv"))
+                .unwrap()
+                .lines()
+                .count()
+                > 1
+        );
     } else {
         assert_clean_failure(&output, "bf16");
         assert!(std::fs::read_dir(&results).unwrap().next().is_none());

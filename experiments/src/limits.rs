@@ -38,7 +38,11 @@ pub fn check_fixed(config: &RunConfig) -> Result<(), InvalidValue> {
     let d = model.d_model;
     let mut products = vec![
         ("task.input_dim", task.input_dim, vec![task.input_dim, d]),
-        ("task.num_classes", task.num_classes, vec![d, task.num_classes]),
+        (
+            "task.num_classes",
+            task.num_classes,
+            vec![d, task.num_classes],
+        ),
     ];
     match &model.ffn {
         FfnConfig::Dense(mlp) => {
@@ -286,7 +290,10 @@ pub fn check_disk(results_root: &Path, config: &RunConfig) -> Result<(), Experim
     let weights = MemoryEstimate::of(config, Purpose::Eval).total;
     // Logs: a few lines per batch and epoch; 1 MB covers the configs' sizes many times.
     let need = 2.0 * weights + 1e6;
-    let existing = results_root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("."));
+    let existing = results_root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("."));
     match available_disk(existing) {
         Some(free) if (free as f64) < need => Err(ExperimentError::DiskFull {
             path: results_root.to_path_buf(),

@@ -2,7 +2,7 @@
 //! variable-k MoE experiments.
 //!
 //! Exit codes: 0 success, 2 an error (one line on stderr), 130 training stopped by Ctrl-C
-//! (143 by SIGTERM), nothing kept.
+//! (143 by SIGTERM, 129 by SIGHUP), nothing kept.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

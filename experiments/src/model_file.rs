@@ -52,7 +52,10 @@ pub fn load_model<B: Backend, M: Module<B>>(
     // Burn panics when the saved structure differs from the configured one (e.g. block count).
     let loaded = catch_panic(|| fresh.load_file(path, &CompactRecorder::new(), device))
         .map_err(|_| {
-            load_error("the saved model's structure differs from the config's; was config.toml edited?".into())
+            load_error(
+                "the saved model's structure differs from the config's; was config.toml edited?"
+                    .into(),
+            )
         })?
         .map_err(|error| match error {
             RecorderError::FileNotFound(reason) => load_error(reason),

@@ -94,7 +94,10 @@ impl RoutingTrace {
             return Err("it holds no batch".into());
         }
         for (b, batch) in self.batches.iter().enumerate() {
-            let tokens = batch.blocks.first().map_or(0, |block| block.expert_ids.len());
+            let tokens = batch
+                .blocks
+                .first()
+                .map_or(0, |block| block.expert_ids.len());
             if tokens == 0 && !batch.blocks.is_empty() {
                 return Err(format!("batch {b} holds no token"));
             }

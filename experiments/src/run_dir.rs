@@ -198,7 +198,10 @@ pub fn remove_abandoned_staging(root: &Path) -> usize {
             pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
         });
         if name.starts_with('.') && !alive && remove_any(&entry.path()).is_ok() {
-            eprintln!("note: removed {}, left by a killed run", entry.path().display());
+            eprintln!(
+                "note: removed {}, left by a killed run",
+                entry.path().display()
+            );
             removed += 1;
         }
     }
@@ -380,7 +383,10 @@ impl RunDir {
                     // Replaced by something else since the claim: keep both, the finished run
                     // where it was written.
                     self.committed = true;
-                    eprintln!("note: the finished run is kept in {}", self.staging.display());
+                    eprintln!(
+                        "note: the finished run is kept in {}",
+                        self.staging.display()
+                    );
                     return Err(error);
                 }
                 move_aside(&self.path, &self.name)?
@@ -410,7 +416,6 @@ impl RunDir {
         }
         Ok(self.path.clone())
     }
-
 }
 
 impl Drop for RunDir {

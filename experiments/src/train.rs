@@ -108,7 +108,12 @@ impl BackendJob for Training {
         )?;
         check_disk(&request.results_root, &config)?;
         let run_dir = match request.name {
-            Some(_) => RunDir::claim(&request.results_root, &name, DirKind::Run, request.overwrite)?,
+            Some(_) => RunDir::claim(
+                &request.results_root,
+                &name,
+                DirKind::Run,
+                request.overwrite,
+            )?,
             None => RunDir::claim_next_free(&request.results_root, &name, DirKind::Run)?,
         };
         let interrupter = Interrupter::new();

@@ -315,7 +315,13 @@ impl OffloadPlan {
         for shape in &shapes {
             check_shape(shape, &file)?;
         }
-        check_host_memory(&run, &settings.synthetic, &shapes, trace_file.as_ref(), dtype)?;
+        check_host_memory(
+            &run,
+            &settings.synthetic,
+            &shapes,
+            trace_file.as_ref(),
+            dtype,
+        )?;
         let mut plans = Vec::with_capacity(shapes.len());
         for mut shape in shapes {
             let (trace, routing_source) = match &trace_file {
@@ -569,8 +575,7 @@ fn check_host_memory(
             return Err(OffloadError::HostMemory {
                 shape: shape.name.clone(),
                 need: need.map_or("more than 18 EB".into(), |n| crate::limits::bytes(n as f64)),
-                available: available
-                    .map_or("unknown".into(), |a| crate::limits::bytes(a as f64)),
+                available: available.map_or("unknown".into(), |a| crate::limits::bytes(a as f64)),
             });
         }
     }
@@ -579,7 +584,9 @@ fn check_host_memory(
 
 /// The product of `factors`, `None` on overflow.
 fn checked_product(factors: &[usize]) -> Option<usize> {
-    factors.iter().try_fold(1usize, |acc, &f| acc.checked_mul(f))
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
 }
 
 /// The most experts any token of the trace uses: the smallest cache that can run it.

@@ -58,8 +58,8 @@ pub struct SweepOutcome {
 pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     let started = Instant::now();
     // Read once: the file may be this sweep's own record, which is rewritten below.
-    let text = std::fs::read_to_string(&request.config)
-        .map_err(ExperimentError::io(&request.config))?;
+    let text =
+        std::fs::read_to_string(&request.config).map_err(ExperimentError::io(&request.config))?;
     let file = SweepFile::parse(&text, &request.config, request.quick)?;
     let runs = plan(&file, &request.config)?;
     let settings = &file.settings;

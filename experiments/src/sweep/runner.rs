@@ -180,8 +180,9 @@ fn last_error_line(log: &Path) -> String {
     }
 }
 
-/// Asks the kernel to send the child SIGTERM when this process dies (Linux), so a killed sweep
-/// does not leave a run training; the child then removes its staging directory itself.
+/// Asks the kernel to send the child SIGHUP when this process dies (Linux), so a killed sweep
+/// does not leave a run training; the child then removes its staging directory itself. (The
+/// kernel sends one per exiting thread of this process; the child ignores the repeats.)
 #[cfg(target_os = "linux")]
 fn stop_with_parent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
@@ -189,12 +190,12 @@ fn stop_with_parent(command: &mut Command) {
     // SAFETY: prctl, getppid and raise are async-signal-safe; nothing is allocated.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died before the prctl.
             if libc::getppid() != parent {
-                libc::raise(libc::SIGTERM);
+                libc::raise(libc::SIGHUP);
             }
             Ok(())
         });
