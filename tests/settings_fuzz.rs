@@ -1,6 +1,6 @@
 //! Property-style test of every command's settings: random values (NaN, negative, zero, huge,
 //! overflowing products, not a number at all) for the flags and size fields of `train`,
-//! `offload` and `predict`, seeded. Whatever the values, the binary succeeds or fails with exit
+//! `offload`, `sweep` and `predict`, seeded. Whatever the values, the binary succeeds or fails with exit
 //! code 2 and one `error:` line: never a panic (101), an abort or a signal, never a hang.
 
 mod support;
@@ -166,6 +166,29 @@ fn random_settings_end_in_success_or_one_line() {
             _ => {}
         }
         assert_success_or_one_line(&args);
+    }
+
+    // sweep: list entries and counts of the [sweep] section over a one-second run config.
+    for case in 0..CASES / 2 {
+        let thresholds = format!("[{}]", rng.pick(&FLOATS));
+        let top_k = rng.pick(&["0", "1", "2", "4294967296", "-1"]);
+        let jobs = rng.pick(&["0", "1", "2", "18446744073709551615", "-1"]);
+        let text = format!(
+            "[sweep]\nname = \"f{case}\"\nseeds = [0]\njobs = {jobs}\ntop_k = [{top_k}]\n\
+             thresholds = {thresholds}\n\n[task]\ntrain_size = 256\nvalid_size = 64\n\
+             test_size = 64\n\n[model]\nd_model = 16\n\n[model.ffn]\nnum_experts = 4\n\
+             expert_width = 16\n\n[train]\nepochs = 1\n"
+        );
+        let config = base.join(format!("sweep-{case}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let config = config.to_str().unwrap();
+        assert_success_or_one_line(&strings(&[
+            "sweep",
+            "--config",
+            config,
+            "--results",
+            results_arg,
+        ]));
     }
 
     // predict on a two-block run: its flags (not epochs' huge values: long runs).

@@ -102,6 +102,18 @@ pub enum OffloadError {
         /// Bytes available.
         available: String,
     },
+    /// The device cannot hold every expert (the resident policy's floor).
+    #[error(
+        "shape {shape}: the resident policy needs {need} of device memory, {available} free; use --shape or a smaller [synthetic].blocks"
+    )]
+    DeviceMemory {
+        /// The shape.
+        shape: String,
+        /// Bytes needed.
+        need: String,
+        /// Bytes free on the device.
+        available: String,
+    },
     /// The device failed (CUDA driver errors, out of memory).
     #[error("{0}")]
     Device(String),
