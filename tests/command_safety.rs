@@ -164,6 +164,28 @@ fn fresh_and_overwrite_replace_only_a_directory_of_their_own_kind() {
 }
 
 #[test]
+fn a_failed_sweep_run_is_one_line_and_keeps_what_it_could_not_replace() {
+    let base = scratch_dir("sweep-child-error");
+    let results = base.join("results");
+    let runs = results.join("sweep-n/runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    std::fs::write(results.join("sweep-n/.kind"), "sweep\n").unwrap();
+    // A user's file where the sweep's run goes: the child refuses to replace it.
+    std::fs::write(runs.join("top1-s0"), "a user's file").unwrap();
+    let config = write(&base.join("n.toml"), &sweep_config("n", "0.005", 1, 256));
+    let output = sweep(&config, &results, &[]);
+    assert_clean_failure(&output, "sweep run `top1-s0` failed: ");
+    assert_clean_failure(&output, "top1-s0 is a file, not a training run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(runs.join("top1-s0")).unwrap(),
+        "a user's file"
+    );
+    std::fs::remove_dir_all(base).unwrap();
+}
+
+#[test]
 fn killing_a_sweep_stops_its_child_and_the_resume_cleans_up() {
     let base = scratch_dir("sweep-kill");
     let results = base.join("results");
