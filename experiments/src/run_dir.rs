@@ -383,11 +383,11 @@ impl RunDir {
                     // Replaced by something else since the claim: keep both, the finished run
                     // where it was written.
                     self.committed = true;
-                    eprintln!(
-                        "note: the finished run is kept in {}",
-                        self.staging.display()
-                    );
-                    return Err(error);
+                    return Err(ExperimentError::CommitRun {
+                        path: self.path.clone(),
+                        staging: self.staging.clone(),
+                        source: std::io::Error::other(error.to_string()),
+                    });
                 }
                 move_aside(&self.path, &self.name)?
             }
@@ -565,5 +565,44 @@ mod tests {
         }
         assert!(RunName::parse(&"x".repeat(MAX_NAME_LEN)).is_ok());
         assert!(RunName::parse(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn only_a_directory_of_the_same_kind_or_an_empty_claim_is_replaceable() {
+        let root = std::env::temp_dir().join(format!("run-dir-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("legacy")).unwrap();
+        for file in [METRICS_FILE, CONFIG_FILE] {
+            std::fs::write(root.join("legacy").join(file), "").unwrap();
+        }
+        std::fs::create_dir_all(root.join("marked")).unwrap();
+        write_marker(&root.join("marked"), DirKind::Predict).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::create_dir_all(root.join("foreign")).unwrap();
+        std::fs::write(root.join("foreign/photo.jpg"), "").unwrap();
+        std::fs::write(root.join("file"), "").unwrap();
+
+        assert_eq!(kind_of(&root.join("legacy")), Some(DirKind::Run));
+        assert_eq!(kind_of(&root.join("marked")), Some(DirKind::Predict));
+        assert_eq!(kind_of(&root.join("foreign")), None);
+        let replaceable = |name: &str, kind| check_replaceable(&root.join(name), kind);
+        assert!(replaceable("legacy", DirKind::Run).unwrap());
+        assert!(replaceable("marked", DirKind::Predict).unwrap());
+        assert!(replaceable("empty", DirKind::Sweep).unwrap());
+        assert!(!replaceable("absent", DirKind::Run).unwrap());
+        for (name, kind, found) in [
+            ("legacy", DirKind::Predict, "is a training run"),
+            ("marked", DirKind::Run, "is a predict result directory"),
+            (
+                "foreign",
+                DirKind::Run,
+                "is a directory not written by this program",
+            ),
+            ("file", DirKind::Sweep, "is a file"),
+        ] {
+            let error = replaceable(name, kind).unwrap_err().to_string();
+            assert!(error.contains(found), "{name}: {error}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
