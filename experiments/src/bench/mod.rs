@@ -153,10 +153,7 @@ impl RuntimeJob for BenchJob {
     fn run<R: CubeRuntime>(self, device: R::Device) -> Result<PathBuf, ExperimentError> {
         type Probe<R> = burn_cubecl::CubeBackend<R, f32, i32, u32>;
         let dtype = self.request.dtype;
-        if !<Probe<R> as burn::tensor::backend::Backend>::supports_dtype(
-            &device,
-            dtype.dtype().into(),
-        ) {
+        if !<Probe<R> as burn::tensor::backend::Backend>::supports_dtype(&device, dtype.dtype()) {
             return Err(ExperimentError::FloatTypeUnavailable {
                 dtype: dtype.name(),
                 backend: self.backend.name(),
