@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     BINARY, assert_clean_failure, assert_failure_with_code, experiments, repo_path, scratch_dir,
+    snapshot,
 };
 
 /// Flags that make the smoke config train in about a second.
@@ -58,21 +58,6 @@ fn assert_success(output: &Output) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// Every file under `dir` with its bytes: a tree compared before and after a command.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            files.insert(path.clone(), Vec::new());
-            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else {
-            files.insert(path.clone(), std::fs::read(&path).unwrap());
-        }
-    }
-    files
 }
 
 /// Names of the hidden (dot-prefixed) entries of `dir`: staging directories left behind.
@@ -343,6 +328,8 @@ fn compare_lists_readable_runs_and_names_the_unreadable_ones() {
     }
     std::fs::create_dir(results.join(".late.partial-1")).unwrap();
     std::fs::create_dir(results.join("empty")).unwrap();
+    std::fs::create_dir_all(results.join("marked/learner")).unwrap();
+    std::fs::write(results.join("marked/.kind"), "run\n").unwrap();
     std::fs::create_dir(results.join("bench-routing-wgpu")).unwrap();
     std::fs::write(results.join("bench-routing-wgpu/routing.csv"), "op\n").unwrap();
 
@@ -355,12 +342,13 @@ fn compare_lists_readable_runs_and_names_the_unreadable_ones() {
     );
     let notes = String::from_utf8_lossy(&output.stderr);
     let lines: Vec<&str> = notes.lines().collect();
-    assert_eq!(lines.len(), 4, "{notes}");
+    assert_eq!(lines.len(), 5, "{notes}");
     for (line, expected) in lines.iter().zip([
         ".late.partial-1: an unfinished run",
         "corrupt/metrics.json: damaged or not written by this program (EOF",
         "empty: empty",
         "foreign/metrics.json: damaged or not written by this program (missing field",
+        "marked: metrics.json is missing",
     ]) {
         assert!(line.starts_with("note: skipped "), "{line}");
         assert!(line.contains(expected), "{expected:?} in {line}");
@@ -375,7 +363,7 @@ fn compare_lists_readable_runs_and_names_the_unreadable_ones() {
     assert!(
         stderr
             .trim_end()
-            .ends_with("4 skipped (see the notes above)"),
+            .ends_with("5 skipped (see the notes above)"),
         "{stderr}"
     );
     std::fs::remove_dir_all(results).unwrap();
@@ -393,7 +381,7 @@ fn eval_refuses_a_run_whose_files_are_damaged() {
         (
             "model.mpk",
             None,
-            "damaged or not written by this program (it ends too early)",
+            "damaged or not written by this program (its bytes do not match",
         ),
         ("config.toml", Some(b"[model\n"), "config.toml: line 1"),
     ];
@@ -407,6 +395,22 @@ fn eval_refuses_a_run_whose_files_are_damaged() {
         assert_clean_failure(&output, expected);
         std::fs::write(&path, intact).unwrap();
     }
+    // A flipped bit or an appended byte leaves a decodable record: the checksum catches both.
+    let model = run.join("model.mpk");
+    let intact = std::fs::read(&model).unwrap();
+    let mut flipped = intact.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x10;
+    let mut appended = intact.clone();
+    appended.push(0);
+    for damaged in [flipped, appended] {
+        std::fs::write(&model, damaged).unwrap();
+        assert_clean_failure(
+            &experiments(&["eval", "--run", run_arg]),
+            "model.mpk: damaged or not written by this program (its bytes do not match",
+        );
+    }
+    std::fs::write(&model, intact).unwrap();
     assert_success(&experiments(&["eval", "--run", run_arg]));
     std::fs::remove_dir_all(results).unwrap();
 }

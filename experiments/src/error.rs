@@ -125,6 +125,26 @@ pub enum ExperimentError {
         /// The system error.
         source: std::io::Error,
     },
+    /// Training failed inside burn-train (e.g. its logger on a full disk); nothing was kept.
+    #[error("training failed: {reason}; nothing was kept; {left}")]
+    TrainingFailed {
+        /// burn-train's message, first line.
+        reason: String,
+        /// What the run's name holds now.
+        left: String,
+    },
+    /// The disk holding the results has too little free space for the run's files.
+    #[error(
+        "{path}: {need} of free disk space needed for the run's files (model, logs), {available} free"
+    )]
+    DiskFull {
+        /// The results directory.
+        path: PathBuf,
+        /// Bytes needed.
+        need: String,
+        /// Bytes free.
+        available: String,
+    },
     /// Training was stopped by a signal or from the dashboard; nothing was kept.
     #[error("{cause}: training stopped, nothing was kept; {left}")]
     Interrupted {
@@ -178,14 +198,31 @@ pub enum ExperimentError {
         /// The labels of all cases.
         cases: String,
     },
+    /// `bench` measured none of the expert cases it was asked for; nothing was written.
+    #[error("bench: every expert case failed, the first with {0}; nothing was written")]
+    BenchFailed(String),
     /// The results directory of the run already exists.
     #[error(
         "{0} already exists; pass --overwrite to replace it or --name to pick another run name"
     )]
     RunExists(PathBuf),
+    /// `--overwrite` or `--fresh` would replace something that is not a results directory of the
+    /// command's own kind.
+    #[error(
+        "{path} is {found}, not {kind}; refusing to replace it (pick another name, or move it away yourself)"
+    )]
+    NotReplaceable {
+        /// What would be replaced.
+        path: PathBuf,
+        /// What it is, e.g. `a file` or `a training run`.
+        found: String,
+        /// What the command writes, e.g. `a predict result directory`.
+        kind: &'static str,
+    },
     /// A run of a sweep failed; the sweep stops (finished runs are kept for a resume).
     #[error(
-        "sweep run `{run}` failed: {reason} (its output: {log}); run the sweep again to resume"
+        "sweep run `{run}` failed: {reason} (its output: {log}); the finished runs are kept, and \
+         the same command resumes from them once the cause is fixed"
     )]
     SweepRunFailed {
         /// The run's name.

@@ -4,10 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::record::{CompactRecorder, RecorderError};
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use burn::train::metric::ItemLazy;
 use moe_model::{MoeAutodiffBackend, MoeBackend};
 
@@ -18,9 +14,10 @@ use crate::backend::{
 use crate::classifier::Classifier;
 use crate::config::{ConfigSources, RunConfig};
 use crate::data::{TaskBatch, TaskBatcher, TaskDataset, TaskSplits, items};
-use crate::error::{ExperimentError, catch_panic, first_line};
+use crate::error::ExperimentError;
 use crate::host::host_usizes;
 use crate::limits::{Purpose, check_memory};
+use crate::model_file::load_model;
 use crate::report::RunMetrics;
 use crate::routing_metrics::{BatchPoints, LayerDecisions, RoutingReport, RoutingTally, ratio};
 use crate::run_dir::{CONFIG_FILE, MODEL_FILE, RunState, git_commit, run_state};
@@ -233,75 +230,5 @@ pub fn load_classifier<B: MoeBackend>(
             .model
             .init(config.task.input_dim, config.task.num_classes, device),
     };
-    load_module(fresh, &run_path.join(MODEL_FILE), device)
-}
-
-/// Loads the weights saved at `model_path` into `fresh`, a module built from the run's config. A
-/// missing or damaged file, or one whose weights do not fit the config, is an error naming it.
-pub fn load_module<B: Backend, M: Module<B>>(
-    fresh: M,
-    model_path: &Path,
-    device: &B::Device,
-) -> Result<M, ExperimentError> {
-    let expected_shapes = param_shapes(&fresh);
-    let load_error = |reason: String| ExperimentError::ModelFile {
-        path: model_path.to_path_buf(),
-        action: "load",
-        reason,
-    };
-    // Burn panics when the saved structure differs from the configured one (e.g. block count).
-    let loaded = catch_panic(|| fresh.load_file(model_path, &CompactRecorder::new(), device))
-        .map_err(|panic| load_error(format!("{panic}; was config.toml edited?")))?
-        .map_err(|error| match error {
-            RecorderError::FileNotFound(reason) => load_error(reason),
-            RecorderError::DeserializeError(reason) | RecorderError::Unknown(reason) => {
-                ExperimentError::DamagedFile {
-                    path: model_path.to_path_buf(),
-                    reason: decode_failure(&reason),
-                }
-            }
-        })?;
-    let saved_shapes = param_shapes(&loaded);
-    if saved_shapes != expected_shapes {
-        let detail = match saved_shapes
-            .iter()
-            .zip(&expected_shapes)
-            .find(|(s, e)| s != e)
-        {
-            Some((saved, expected)) => {
-                format!("a weight of shape {saved:?} where the config describes {expected:?}")
-            }
-            None => format!(
-                "{} weight tensors where the config describes {}",
-                saved_shapes.len(),
-                expected_shapes.len()
-            ),
-        };
-        return Err(load_error(format!(
-            "the saved model has {detail}; was config.toml edited?"
-        )));
-    }
-    Ok(loaded)
-}
-
-/// Why the recorder could not decode a model file, in a few words: Burn appends a paragraph about
-/// record formats of version 0.14 to every decoding error, which misleads for a truncated file.
-fn decode_failure(reason: &str) -> String {
-    match reason.contains("UnexpectedEof") {
-        true => "it ends too early".into(),
-        false => first_line(reason, 160),
-    }
-}
-
-/// Shapes of every float parameter of `module`, in visiting order.
-fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<Vec<usize>> {
-    struct Shapes(Vec<Vec<usize>>);
-    impl<B: Backend> ModuleVisitor<B> for Shapes {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.push(param.val().dims().to_vec());
-        }
-    }
-    let mut shapes = Shapes(Vec::new());
-    module.visit(&mut shapes);
-    shapes.0
+    load_model(fresh, &run_path.join(MODEL_FILE), device)
 }

@@ -1,6 +1,7 @@
-//! Stopping a training run cleanly: Ctrl-C (SIGINT) or SIGTERM stops burn-train at the next batch
-//! and the run is dropped (its staging directory removed, an earlier run of the same name kept);
-//! a second signal ends the process at once. The dashboard's own stop (`q`, then `s`; the terminal
+//! Stopping a training run cleanly: Ctrl-C (SIGINT), SIGTERM or SIGHUP stops burn-train at the
+//! next batch and the run is dropped (its staging directory removed, an earlier run of the same
+//! name kept); a second signal ends the process at once, except a repeated SIGHUP: a sweep's
+//! child gets one from the kernel for each thread of the killed sweep that exits. The dashboard's own stop (`q`, then `s`; the terminal
 //! dashboard reads Ctrl-C as a key) is treated the same way.
 
 use std::fmt;
@@ -17,6 +18,8 @@ pub enum StopCause {
     Interrupt,
     /// `kill` (SIGTERM).
     Terminate,
+    /// SIGHUP: the terminal closed, or the sweep that started the run died.
+    Hangup,
     /// The stop command of burn-train's terminal dashboard.
     Dashboard,
 }
@@ -27,6 +30,7 @@ impl StopCause {
         match self {
             StopCause::Interrupt | StopCause::Dashboard => 130,
             StopCause::Terminate => 143,
+            StopCause::Hangup => 129,
         }
     }
 }
@@ -36,11 +40,16 @@ impl fmt::Display for StopCause {
         f.write_str(match self {
             StopCause::Interrupt => "interrupted (Ctrl-C)",
             StopCause::Terminate => "terminated (SIGTERM)",
+            StopCause::Hangup => {
+                "hung up (SIGHUP: the terminal or the sweep that started it ended)"
+            }
             StopCause::Dashboard => "stopped from the dashboard",
         })
     }
 }
 
+/// Signal number of SIGHUP (the same on every Unix).
+const SIGHUP: i32 = 1;
 /// Signal number of SIGINT (the same on every Unix).
 const SIGINT: i32 = 2;
 /// Signal number of SIGTERM (the same on every Unix).
@@ -62,12 +71,15 @@ impl StopOnSignal {
         let received = Arc::new(AtomicI32::new(0));
         #[cfg(unix)]
         let listener = {
-            let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+            let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             let handle = signals.handle();
             let (received, interrupter) = (received.clone(), interrupter.clone());
             let thread = std::thread::spawn(move || {
                 for signal in signals.forever() {
-                    if received.swap(signal, Ordering::SeqCst) != 0 {
+                    let first = received
+                        .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                    if !first && signal != SIGHUP {
                         // Not `eprintln!`: it panics when stderr is closed, and the exit must come.
                         let message =
                             format!("error: a second signal: stopped at once; {left_behind}\n");
@@ -94,6 +106,7 @@ impl StopOnSignal {
         match self.received.load(Ordering::SeqCst) {
             SIGINT => Some(StopCause::Interrupt),
             SIGTERM => Some(StopCause::Terminate),
+            SIGHUP => Some(StopCause::Hangup),
             // The dashboard resets the flag when training ends, not the message.
             _ if self.interrupter.get_message().is_some() => Some(StopCause::Dashboard),
             _ => None,

@@ -16,6 +16,7 @@ pub mod interrupt;
 pub mod learner_metrics;
 pub mod limits;
 pub mod lm;
+pub mod model_file;
 pub mod offload;
 pub mod predict;
 pub mod progress;

@@ -2,6 +2,8 @@
 //! an estimate of the run's memory against what this machine has (a failed allocation aborts the
 //! process, so it has to be foreseen).
 
+use std::path::Path;
+
 use moe_model::{DenseMlpConfig, FfnConfig, InvalidValue};
 
 use crate::config::{ConfigSources, RunConfig};
@@ -19,16 +21,65 @@ const FLOAT_BYTES: f64 = 4.0;
 /// Bytes a generated point takes besides its features (the `Vec` header, label and flag).
 const ITEM_OVERHEAD_BYTES: f64 = 48.0;
 
-/// Checks the limits that do not depend on the machine; part of [`RunConfig::validate`].
+/// Checks the limits that do not depend on the machine; part of [`RunConfig::validate`]. Every
+/// weight tensor's element count must be representable: a wrapped product would silently build
+/// another model than the config describes.
 pub fn check_fixed(config: &RunConfig) -> Result<(), InvalidValue> {
-    match &config.model.ffn {
-        FfnConfig::Moe(moe) if moe.num_experts > MAX_EXPERTS => Err(InvalidValue::new(
+    if let FfnConfig::Moe(moe) = &config.model.ffn
+        && moe.num_experts > MAX_EXPERTS
+    {
+        return Err(InvalidValue::new(
             "model.ffn.num_experts",
             moe.num_experts,
             format!("must be in 1..={MAX_EXPERTS}"),
-        )),
-        _ => Ok(()),
+        ));
     }
+    let (task, model) = (&config.task, &config.model);
+    let d = model.d_model;
+    let mut products = vec![
+        ("task.input_dim", task.input_dim, vec![task.input_dim, d]),
+        (
+            "task.num_classes",
+            task.num_classes,
+            vec![d, task.num_classes],
+        ),
+    ];
+    match &model.ffn {
+        FfnConfig::Dense(mlp) => {
+            let columns = mlp.activation.input_columns(1);
+            products.push(("model.ffn.width", mlp.width, vec![d, columns, mlp.width]));
+        }
+        FfnConfig::Moe(moe) => {
+            let columns = moe.activation.input_columns(1);
+            products.push((
+                "model.ffn.expert_width",
+                moe.expert_width,
+                vec![moe.num_experts, d, columns, moe.expert_width],
+            ));
+            products.push((
+                "model.ffn.shared_expert_width",
+                moe.shared_expert_width,
+                vec![moe.shared_experts, moe.shared_expert_width, d, columns],
+            ));
+        }
+    }
+    for (field, value, factors) in products {
+        let elements = factors.iter().try_fold(1usize, |n, &f| n.checked_mul(f));
+        // Burn and CubeCL index some buffers with 32-bit byte offsets' multiples; stay well
+        // inside u64 bytes and i64 element counts.
+        if elements.is_none_or(|n| n > (i64::MAX as usize) / 8) {
+            let shown: Vec<String> = factors.iter().map(usize::to_string).collect();
+            return Err(InvalidValue::new(
+                field,
+                value,
+                format!(
+                    "the weight tensor it sizes would hold {} elements, more than can be addressed",
+                    shown.join(" x ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a run does with its model, which sets how many copies of the weights it holds.
@@ -69,7 +120,7 @@ impl MemoryEstimate {
                 let slots = moe.routing.max_slots() as f64;
                 let stacked_in = experts * d * columns * width;
                 // Shared experts: one MLP of their summed width.
-                let shared = (moe.shared_experts * moe.shared_expert_width) as f64;
+                let shared = moe.shared_experts as f64 * moe.shared_expert_width as f64;
                 let shared_in = d * columns * shared;
                 let weights =
                     d * experts + stacked_in + experts * width * d + shared_in + shared * d;
@@ -236,6 +287,49 @@ pub fn furthest_above_default(fields: Vec<(&'static str, usize, usize)>) -> (&'s
         })
         .map(|(field, value, _)| (field, value))
         .expect("a config has size fields")
+}
+
+/// Refuses a run whose files (the model, written twice over by the recorder's buffer at most, and
+/// burn-train's logs) would not fit on the disk of `results_root`, before anything is written:
+/// burn-train's logger panics, or aborts, on a full disk.
+pub fn check_disk(results_root: &Path, config: &RunConfig) -> Result<(), ExperimentError> {
+    let weights = MemoryEstimate::of(config, Purpose::Eval).total;
+    // Logs: a few lines per batch and epoch; 1 MB covers the configs' sizes many times.
+    let need = 2.0 * weights + 1e6;
+    let existing = results_root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("."));
+    match available_disk(existing) {
+        Some(free) if (free as f64) < need => Err(ExperimentError::DiskFull {
+            path: results_root.to_path_buf(),
+            need: bytes(need),
+            available: bytes(free as f64),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Free bytes for this user on the file system holding `path`; `None` where unknown.
+#[cfg(target_os = "linux")]
+pub fn available_disk(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `stat` is written by statvfs before it is read.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Free bytes for this user on the file system holding `path`; `None` where unknown.
+#[cfg(not(target_os = "linux"))]
+pub fn available_disk(_: &Path) -> Option<u64> {
+    None
 }
 
 /// Memory this process may still take: `MemAvailable` of `/proc/meminfo`, lowered to the room

@@ -78,9 +78,39 @@ impl RoutingTrace {
     }
 
     /// Why the trace is inconsistent, if it is: block counts, slot counts, expert ids and
-    /// prediction shapes must match the header.
+    /// prediction shapes must match the header, and every batch holds the same number of tokens
+    /// (at least one) in every block.
     pub fn check(&self) -> Result<(), String> {
+        for (field, value) in [
+            ("num_experts", self.num_experts),
+            ("num_blocks", self.num_blocks),
+            ("slots", self.slots),
+        ] {
+            if value == 0 {
+                return Err(format!("{field} = 0, must be >= 1"));
+            }
+        }
+        if self.batches.is_empty() {
+            return Err("it holds no batch".into());
+        }
         for (b, batch) in self.batches.iter().enumerate() {
+            let tokens = batch
+                .blocks
+                .first()
+                .map_or(0, |block| block.expert_ids.len());
+            if tokens == 0 && !batch.blocks.is_empty() {
+                return Err(format!("batch {b} holds no token"));
+            }
+            if let Some(l) = batch
+                .blocks
+                .iter()
+                .position(|block| block.expert_ids.len() != tokens)
+            {
+                return Err(format!(
+                    "batch {b}: block {l} has {} tokens, block 0 has {tokens}",
+                    batch.blocks[l].expert_ids.len()
+                ));
+            }
             if batch.blocks.len() != self.num_blocks {
                 return Err(format!(
                     "batch {b} has {} blocks, the trace says {}",

@@ -7,6 +7,12 @@
 //! which fails atomically when the name is taken (concurrent runs take different names); the final
 //! rename replaces that empty directory. Dot-prefixed directories are never runs: `compare` and
 //! `eval` skip them with a note.
+//!
+//! Every command writes its results directories here (train, sweep, predict, offload, bench): each
+//! directory carries a marker file ([`KIND_FILE`]) naming its [`DirKind`], written before it
+//! appears under its name. `--overwrite` and `--fresh` replace only a directory of the same kind
+//! (or an empty claim left by a killed run); anything else under the name is refused and left as
+//! it was.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -22,6 +28,191 @@ pub const MODEL_FILE: &str = "model.mpk";
 pub const METRICS_FILE: &str = "metrics.json";
 /// burn-train's logs.
 pub const LEARNER_DIR: &str = "learner";
+
+/// The marker file naming what kind of results directory holds it ([`DirKind`]).
+pub const KIND_FILE: &str = ".kind";
+
+/// What a results directory holds, as its marker file says: the commands replace only their own
+/// kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DirKind {
+    /// A training run (`train`).
+    Run,
+    /// A sweep of training runs (`sweep`), resumed in place.
+    Sweep,
+    /// Routing predictors scored on a run (`predict`).
+    Predict,
+    /// Expert-offloading measurements (`offload`).
+    Offload,
+    /// Kernel benchmark tables (`bench`).
+    Bench,
+}
+
+impl DirKind {
+    const ALL: [DirKind; 5] = [
+        DirKind::Run,
+        DirKind::Sweep,
+        DirKind::Predict,
+        DirKind::Offload,
+        DirKind::Bench,
+    ];
+
+    /// The marker's text, e.g. `run`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DirKind::Run => "run",
+            DirKind::Sweep => "sweep",
+            DirKind::Predict => "predict",
+            DirKind::Offload => "offload",
+            DirKind::Bench => "bench",
+        }
+    }
+
+    /// What it is, in words, for messages.
+    fn description(self) -> &'static str {
+        match self {
+            DirKind::Run => "a training run",
+            DirKind::Sweep => "a sweep directory",
+            DirKind::Predict => "a predict result directory",
+            DirKind::Offload => "an offload result directory",
+            DirKind::Bench => "a bench result directory",
+        }
+    }
+
+    /// Files that together identify a directory of this kind written before the marker existed.
+    fn legacy_files(self) -> &'static [&'static str] {
+        match self {
+            DirKind::Run => &[METRICS_FILE, CONFIG_FILE],
+            DirKind::Sweep => &["sweep.toml", "runs"],
+            DirKind::Predict => &["prediction.json"],
+            DirKind::Offload => &["offload.json"],
+            DirKind::Bench => &["bench.json"],
+        }
+    }
+}
+
+/// The kind of results directory `path` is: its marker, or for one written before markers
+/// existed, the files it holds; `None` for anything else (a file, a foreign directory).
+pub fn kind_of(path: &Path) -> Option<DirKind> {
+    if !path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return None;
+    }
+    if let Ok(text) = std::fs::read_to_string(path.join(KIND_FILE)) {
+        return DirKind::ALL.into_iter().find(|k| k.name() == text.trim());
+    }
+    DirKind::ALL
+        .into_iter()
+        .find(|k| k.legacy_files().iter().all(|f| path.join(f).exists()))
+}
+
+/// Whether `path` may be replaced by a directory of `kind`: `Ok(false)` if nothing is there,
+/// `Ok(true)` for a directory of the same kind or an empty one (the claim of a killed run), an
+/// error naming what is there otherwise.
+pub fn check_replaceable(path: &Path, kind: DirKind) -> Result<bool, ExperimentError> {
+    let metadata = match path.symlink_metadata() {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(ExperimentError::io(path)(e)),
+    };
+    let refuse = |found: String| ExperimentError::NotReplaceable {
+        path: path.to_path_buf(),
+        found,
+        kind: kind.description(),
+    };
+    if metadata.file_type().is_symlink() {
+        return Err(refuse("a symbolic link".into()));
+    }
+    if !metadata.is_dir() {
+        return Err(refuse("a file".into()));
+    }
+    let is_empty = std::fs::read_dir(path)
+        .map_err(ExperimentError::io(path))?
+        .next()
+        .is_none();
+    match kind_of(path) {
+        _ if is_empty => Ok(true),
+        Some(found) if found == kind => Ok(true),
+        Some(found) => Err(refuse(found.description().into())),
+        None => Err(refuse("a directory not written by this program".into())),
+    }
+}
+
+/// Opens the resumable results directory `root/<name>` of `kind` (a sweep): creates it with its
+/// marker when absent, keeps it when it is of that kind, and with `fresh` replaces it by an empty
+/// one (the old one is moved aside first, then deleted). Anything else under the name is an error
+/// and stays as it was.
+pub fn open_resumable(
+    root: &Path,
+    name: &RunName,
+    kind: DirKind,
+    fresh: bool,
+) -> Result<PathBuf, ExperimentError> {
+    create_root(root)?;
+    let path = root.join(name.as_str());
+    let exists = check_replaceable(&path, kind)?;
+    let aside = match exists && fresh {
+        true => move_aside(&path, name.as_str())?,
+        false => None,
+    };
+    if !exists || fresh {
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && !exists => {
+                // Created by a concurrent command since the check: check it again.
+                check_replaceable(&path, kind)?;
+            }
+            Err(e) => return Err(ExperimentError::io(&path)(e)),
+        }
+    }
+    if !path.join(KIND_FILE).exists() {
+        write_marker(&path, kind)?;
+    }
+    if let Some(aside) = aside
+        && let Err(e) = remove_any(&aside)
+    {
+        eprintln!(
+            "note: the replaced directory is kept in {} ({e}); delete it by hand",
+            aside.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Removes the staging directories (`.<name>.partial-<pid>`) under `root` whose process is gone,
+/// left by runs that were killed; returns how many. Only where `/proc` tells which processes live.
+pub fn remove_abandoned_staging(root: &Path) -> usize {
+    if !Path::new("/proc/self").exists() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((_, suffix)) = name.split_once(PARTIAL) else {
+            continue;
+        };
+        let pid = suffix.split('-').next().unwrap_or_default();
+        let alive = pid.parse::<u32>().is_ok_and(|pid| {
+            pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if name.starts_with('.') && !alive && remove_any(&entry.path()).is_ok() {
+            eprintln!(
+                "note: removed {}, left by a killed run",
+                entry.path().display()
+            );
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Writes the marker of `kind` into `dir`.
+fn write_marker(dir: &Path, kind: DirKind) -> Result<(), ExperimentError> {
+    let marker = dir.join(KIND_FILE);
+    std::fs::write(&marker, format!("{}\n", kind.name())).map_err(ExperimentError::io(marker))
+}
 
 /// Longest run name accepted (the staging directory adds a prefix and a suffix to it).
 const MAX_NAME_LEN: usize = 100;
@@ -76,36 +267,52 @@ pub struct RunDir {
     name: String,
     path: PathBuf,
     staging: PathBuf,
-    /// `path` held a run (or anything else) before and `--overwrite` replaces it at the commit.
+    /// What the directory holds (its marker).
+    kind: DirKind,
+    /// `path` held a directory of the same kind before and `--overwrite` replaces it at the
+    /// commit.
     replaces: bool,
     committed: bool,
 }
 
 impl RunDir {
-    /// Claims `root/<name>`; a name that exists is an error unless `overwrite`.
-    pub fn claim(root: &Path, name: &RunName, overwrite: bool) -> Result<Self, ExperimentError> {
+    /// Claims `root/<name>` for a directory of `kind`; a name that exists is an error unless
+    /// `overwrite` and it holds a directory of the same kind (checked again at the commit).
+    pub fn claim(
+        root: &Path,
+        name: &RunName,
+        kind: DirKind,
+        overwrite: bool,
+    ) -> Result<Self, ExperimentError> {
         create_root(root)?;
         let path = root.join(name.as_str());
         let replaces = match std::fs::create_dir(&path) {
             Ok(()) => false,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists && overwrite => true,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && overwrite => {
+                check_replaceable(&path, kind)?;
+                true
+            }
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 return Err(ExperimentError::RunExists(path));
             }
             Err(e) => return Err(ExperimentError::io(&path)(e)),
         };
-        Self::with_staging(root, name.as_str().to_string(), path, replaces)
+        Self::with_staging(root, name.as_str().to_string(), path, kind, replaces)
     }
 
-    /// Claims the first free name of `name`, `name-2`, `name-3`, ...; concurrent runs get
-    /// different names.
-    pub fn claim_next_free(root: &Path, name: &RunName) -> Result<Self, ExperimentError> {
+    /// Claims the first free name of `name`, `name-2`, `name-3`, ... for a directory of `kind`;
+    /// concurrent runs get different names.
+    pub fn claim_next_free(
+        root: &Path,
+        name: &RunName,
+        kind: DirKind,
+    ) -> Result<Self, ExperimentError> {
         create_root(root)?;
         for n in 1.. {
             let candidate = name.numbered(n);
             let path = root.join(&candidate);
             match std::fs::create_dir(&path) {
-                Ok(()) => return Self::with_staging(root, candidate, path, false),
+                Ok(()) => return Self::with_staging(root, candidate, path, kind, false),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(ExperimentError::io(&path)(e)),
             }
@@ -117,12 +324,14 @@ impl RunDir {
         root: &Path,
         name: String,
         path: PathBuf,
+        kind: DirKind,
         replaces: bool,
     ) -> Result<Self, ExperimentError> {
         let mut run = Self {
             staging: PathBuf::new(),
             name,
             path,
+            kind,
             replaces,
             committed: false,
         };
@@ -132,6 +341,7 @@ impl RunDir {
             match std::fs::create_dir(&staging) {
                 Ok(()) => {
                     run.staging = staging;
+                    write_marker(&run.staging, kind)?;
                     return Ok(run);
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
@@ -165,10 +375,22 @@ impl RunDir {
     }
 
     /// Moves the complete run into place; with `--overwrite`, the earlier run is moved aside
-    /// first and deleted once the new one is in place.
+    /// first (if it is still of the same kind) and deleted once the new one is in place.
     pub fn commit(mut self) -> Result<PathBuf, ExperimentError> {
         let aside = match self.replaces {
-            true => self.move_earlier_run_aside()?,
+            true => {
+                if let Err(error) = check_replaceable(&self.path, self.kind) {
+                    // Replaced by something else since the claim: keep both, the finished run
+                    // where it was written.
+                    self.committed = true;
+                    return Err(ExperimentError::CommitRun {
+                        path: self.path.clone(),
+                        staging: self.staging.clone(),
+                        source: std::io::Error::other(error.to_string()),
+                    });
+                }
+                move_aside(&self.path, &self.name)?
+            }
             false => None,
         };
         let moved = std::fs::rename(&self.staging, &self.path);
@@ -193,23 +415,6 @@ impl RunDir {
             );
         }
         Ok(self.path.clone())
-    }
-
-    /// Renames `path` to `.<name>.replaced-<pid>`; `None` if it is gone already.
-    fn move_earlier_run_aside(&self) -> Result<Option<PathBuf>, ExperimentError> {
-        let root = self.path.parent().unwrap_or(Path::new("."));
-        for n in 1.. {
-            let aside = root.join(format!(".{}{REPLACED}{}", self.name, pid_suffix(n)));
-            if aside.symlink_metadata().is_ok() {
-                continue;
-            }
-            return match std::fs::rename(&self.path, &aside) {
-                Ok(()) => Ok(Some(aside)),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(ExperimentError::io(&self.path)(e)),
-            };
-        }
-        unreachable!("one of infinitely many names is free")
     }
 }
 
@@ -263,14 +468,37 @@ pub fn run_state(path: &Path) -> RunState {
     if path.join(METRICS_FILE).exists() {
         return RunState::Complete;
     }
-    let is_empty = std::fs::read_dir(path).is_ok_and(|mut entries| entries.next().is_none());
+    let is_empty = match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => return RunState::Incomplete(format!("cannot be read: {e}")),
+    };
     if is_empty {
         RunState::Incomplete("empty: a run still training, or one that was killed".into())
-    } else if path.join(CONFIG_FILE).exists() || path.join(MODEL_FILE).exists() {
+    } else if kind_of(path) == Some(DirKind::Run)
+        || path.join(CONFIG_FILE).exists()
+        || path.join(MODEL_FILE).exists()
+    {
         RunState::Incomplete(format!("{METRICS_FILE} is missing"))
     } else {
         RunState::NotARun
     }
+}
+
+/// Renames `path` to `.<name>.replaced-<pid>` beside it; `None` if it is gone already.
+fn move_aside(path: &Path, name: &str) -> Result<Option<PathBuf>, ExperimentError> {
+    let root = path.parent().unwrap_or(Path::new("."));
+    for n in 1.. {
+        let aside = root.join(format!(".{name}{REPLACED}{}", pid_suffix(n)));
+        if aside.symlink_metadata().is_ok() {
+            continue;
+        }
+        return match std::fs::rename(path, &aside) {
+            Ok(()) => Ok(Some(aside)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ExperimentError::io(path)(e)),
+        };
+    }
+    unreachable!("one of infinitely many names is free")
 }
 
 /// Creates the results directory (and its parents) if it does not exist.
@@ -337,5 +565,44 @@ mod tests {
         }
         assert!(RunName::parse(&"x".repeat(MAX_NAME_LEN)).is_ok());
         assert!(RunName::parse(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn only_a_directory_of_the_same_kind_or_an_empty_claim_is_replaceable() {
+        let root = std::env::temp_dir().join(format!("run-dir-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("legacy")).unwrap();
+        for file in [METRICS_FILE, CONFIG_FILE] {
+            std::fs::write(root.join("legacy").join(file), "").unwrap();
+        }
+        std::fs::create_dir_all(root.join("marked")).unwrap();
+        write_marker(&root.join("marked"), DirKind::Predict).unwrap();
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::create_dir_all(root.join("foreign")).unwrap();
+        std::fs::write(root.join("foreign/photo.jpg"), "").unwrap();
+        std::fs::write(root.join("file"), "").unwrap();
+
+        assert_eq!(kind_of(&root.join("legacy")), Some(DirKind::Run));
+        assert_eq!(kind_of(&root.join("marked")), Some(DirKind::Predict));
+        assert_eq!(kind_of(&root.join("foreign")), None);
+        let replaceable = |name: &str, kind| check_replaceable(&root.join(name), kind);
+        assert!(replaceable("legacy", DirKind::Run).unwrap());
+        assert!(replaceable("marked", DirKind::Predict).unwrap());
+        assert!(replaceable("empty", DirKind::Sweep).unwrap());
+        assert!(!replaceable("absent", DirKind::Run).unwrap());
+        for (name, kind, found) in [
+            ("legacy", DirKind::Predict, "is a training run"),
+            ("marked", DirKind::Run, "is a predict result directory"),
+            (
+                "foreign",
+                DirKind::Run,
+                "is a directory not written by this program",
+            ),
+            ("file", DirKind::Sweep, "is a file"),
+        ] {
+            let error = replaceable(name, kind).unwrap_err().to_string();
+            assert!(error.contains(found), "{name}: {error}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

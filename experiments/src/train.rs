@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::module::Module;
 use burn::optim::AdamConfig;
-use burn::record::CompactRecorder;
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{Interrupter, Learner, SupervisedTraining};
 use moe_model::{FfnConfig, MoeAutodiffBackend};
@@ -19,14 +17,17 @@ use crate::backend::{
 use crate::classifier::Classifier;
 use crate::config::{ConfigSources, RunConfig};
 use crate::data::{TaskBatcher, TaskSplits, items};
-use crate::error::ExperimentError;
+use crate::error::{ExperimentError, catch_panic};
 use crate::eval::evaluate;
 use crate::interrupt::StopOnSignal;
 use crate::learner_metrics::{RoutingMetric, RoutingStatistic};
-use crate::limits::{MemoryEstimate, Purpose, bytes, check_memory};
+use crate::limits::{MemoryEstimate, Purpose, bytes, check_disk, check_memory};
+use crate::model_file::save_model;
 use crate::progress::PlainTextProgress;
 use crate::report::RunMetrics;
-use crate::run_dir::{CONFIG_FILE, LEARNER_DIR, MODEL_FILE, RunDir, RunName};
+use crate::run_dir::{
+    CONFIG_FILE, DirKind, LEARNER_DIR, MODEL_FILE, RunDir, RunName, check_replaceable,
+};
 use crate::task::chance_accuracy;
 
 /// One training run: what to train, where to write, on which backend.
@@ -49,6 +50,10 @@ pub struct TrainRequest {
 pub fn train(request: TrainRequest) -> Result<RunMetrics, ExperimentError> {
     let name = run_name(&request)?;
     let config = request.sources.load()?;
+    if request.name.is_some() && request.overwrite {
+        // Refused before the backend starts; the claim checks again.
+        check_replaceable(&request.results_root.join(name.as_str()), DirKind::Run)?;
+    }
     run_on(
         request.backend,
         Training {
@@ -106,9 +111,15 @@ impl BackendJob for Training {
             Purpose::Train,
             max_buffer_bytes(backend),
         )?;
+        check_disk(&request.results_root, &config)?;
         let run_dir = match request.name {
-            Some(_) => RunDir::claim(&request.results_root, &name, request.overwrite)?,
-            None => RunDir::claim_next_free(&request.results_root, &name)?,
+            Some(_) => RunDir::claim(
+                &request.results_root,
+                &name,
+                DirKind::Run,
+                request.overwrite,
+            )?,
+            None => RunDir::claim_next_free(&request.results_root, &name, DirKind::Run)?,
         };
         let interrupter = Interrupter::new();
         let left_behind = format!(
@@ -179,19 +190,19 @@ impl BackendJob for Training {
         );
 
         let started = Instant::now();
-        let trained = training.launch(learner).model;
+        // burn-train panics on some I/O failures (its file logger on a full disk): one line, and
+        // the staging directory is removed.
+        let trained = catch_panic(|| training.launch(learner).model).map_err(|reason| {
+            ExperimentError::TrainingFailed {
+                reason,
+                left: run_dir.left_as_it_was(),
+            }
+        })?;
         let train_seconds = started.elapsed().as_secs_f64();
         interrupted(&stop)?;
 
         let model_path = staging.join(MODEL_FILE);
-        trained
-            .clone()
-            .save_file(&model_path, &CompactRecorder::new())
-            .map_err(|e| ExperimentError::ModelFile {
-                path: model_path,
-                action: "save",
-                reason: e.to_string(),
-            })?;
+        save_model(trained.clone(), &model_path)?;
         let test = evaluate(
             &trained,
             &splits.test,

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end test files: run the binary, check how it failed.
 #![allow(dead_code)] // each test file uses its own part
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -46,4 +47,20 @@ pub fn assert_failure_with_code(output: &Output, code: i32, expected: &str) {
         stderr.contains(expected),
         "expected {expected:?} in: {stderr}"
     );
+}
+
+/// Every file under `dir` with its bytes (directories with none): a tree compared before and
+/// after a command.
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            files.insert(path.clone(), Vec::new());
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            files.insert(path.clone(), std::fs::read(&path).unwrap());
+        }
+    }
+    files
 }

@@ -202,7 +202,7 @@ pub struct ExpertRow {
 
 /// Measures `cases` with floats `F` (`dtype`). A case that fails (e.g. out of device memory)
 /// ends the measurements, since the device may be unusable after it; the rows measured so far
-/// are kept.
+/// are kept, and the failure is returned beside them.
 pub fn run<R: CubeRuntime, F: FloatElement>(
     client: &ComputeClient<R>,
     device: &R::Device,
@@ -210,7 +210,7 @@ pub fn run<R: CubeRuntime, F: FloatElement>(
     cases: &[ExpertCase],
     dtype: FloatType,
     baselines: &Baselines,
-) -> Vec<ExpertRow> {
+) -> (Vec<ExpertRow>, Option<String>) {
     let mut rows = Vec::new();
     for case in cases {
         println!("  measuring {}", case.label());
@@ -229,12 +229,12 @@ pub fn run<R: CubeRuntime, F: FloatElement>(
                     case.label(),
                     rows.len()
                 );
-                break;
+                return (rows, Some(format!("{}: {reason}", case.label())));
             }
         }
         client.memory_cleanup();
     }
-    rows
+    (rows, None)
 }
 
 /// Repetitions of a measurement: fewer for long kernels.

@@ -27,7 +27,7 @@ use cubecl::prelude::*;
 pub use crate::backend::FloatType;
 use crate::backend::{BackendKind, RuntimeJob, run_on_runtime};
 use crate::error::ExperimentError;
-use crate::run_dir::{RunDir, RunName};
+use crate::run_dir::{DirKind, RunDir, RunName};
 
 /// What to benchmark and where to write the tables.
 pub struct BenchRequest {
@@ -80,7 +80,7 @@ pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
         request.dtype.name()
     ))
     .expect("backend and dtype names make valid run names");
-    let run_dir = RunDir::claim_next_free(&request.results_root, &name)?;
+    let run_dir = RunDir::claim_next_free(&request.results_root, &name, DirKind::Bench)?;
     run_on_runtime(
         backend,
         BenchJob {
@@ -151,7 +151,16 @@ impl RuntimeJob for BenchJob {
     type Output = PathBuf;
 
     fn run<R: CubeRuntime>(self, device: R::Device) -> Result<PathBuf, ExperimentError> {
-        match self.request.dtype {
+        type Probe<R> = burn_cubecl::CubeBackend<R, f32, i32, u32>;
+        let dtype = self.request.dtype;
+        if !<Probe<R> as burn::tensor::backend::Backend>::supports_dtype(&device, dtype.dtype()) {
+            return Err(ExperimentError::FloatTypeUnavailable {
+                dtype: dtype.name(),
+                backend: self.backend.name(),
+                reason: format!("the device has no {}", dtype.name()),
+            });
+        }
+        match dtype {
             FloatType::F32 => self.run_typed::<R, f32>(device),
             FloatType::Bf16 => self.run_typed::<R, half::bf16>(device),
             FloatType::F16 => self.run_typed::<R, half::f16>(device),
@@ -180,7 +189,7 @@ impl BenchJob {
         }
         let baselines = Baselines::new(self.backend, self.request.burn_matmul);
         println!("cuBLAS baseline: {}", baselines.cublas_status());
-        let expert_rows = experts::run::<R, F>(
+        let (expert_rows, failure) = experts::run::<R, F>(
             &client,
             &device,
             &spinner,
@@ -190,6 +199,12 @@ impl BenchJob {
         );
         if !expert_rows.is_empty() {
             println!("{}", report::experts_table(&expert_rows, copy_bandwidth));
+        }
+        if let Some(reason) = failure
+            && expert_rows.is_empty()
+        {
+            // Every expert case failed: nothing of what was asked for was measured.
+            return Err(ExperimentError::BenchFailed(reason));
         }
         report::write(
             self.run_dir.staging(),

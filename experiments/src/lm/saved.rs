@@ -8,9 +8,9 @@ use moe_model::lm::Lm;
 
 use crate::backend::check_compute_type;
 use crate::error::ExperimentError;
-use crate::eval::load_module;
 use crate::lm::config::{LmRunConfig, is_lm_config};
 use crate::lm::metrics::LmMetrics;
+use crate::model_file::load_model;
 use crate::run_dir::{CONFIG_FILE, MODEL_FILE, RunState, run_state};
 
 /// A complete language-model run: where it is, its config and its metrics.
@@ -54,5 +54,5 @@ pub fn load_lm<B: MoeBackend>(
 ) -> Result<Lm<B>, ExperimentError> {
     check_compute_type::<B>(&saved.config.model.ffn, device)?;
     let fresh: Lm<B> = saved.config.model.init(device);
-    load_module(fresh, &saved.path.join(MODEL_FILE), device)
+    load_model(fresh, &saved.path.join(MODEL_FILE), device)
 }

@@ -6,10 +6,9 @@
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::record::CompactRecorder;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn::train::Interrupter;
 use moe_model::MoeAutodiffBackend;
@@ -27,7 +26,10 @@ use crate::lm::metrics::{CurvePoint, LmMetrics};
 use crate::lm::schedule::LrSchedule;
 use crate::lm::tokens::as_ids;
 use crate::lm::windows::window_batch;
-use crate::run_dir::{CONFIG_FILE, MODEL_FILE, RunDir, RunName, git_commit};
+use crate::model_file::save_model;
+use crate::run_dir::{
+    CONFIG_FILE, DirKind, MODEL_FILE, RunDir, RunName, check_replaceable, git_commit,
+};
 use crate::train::{TrainRequest, run_name};
 
 /// Checks the run name, the config and the corpus, then trains, scores the validation and test
@@ -38,6 +40,10 @@ pub fn train_lm(request: TrainRequest) -> Result<LmMetrics, ExperimentError> {
     let name = run_name(&request)?;
     let config = LmRunConfig::load(&request.sources.file, &request.sources.overrides)?;
     let splits = TokenSplits::load(&config.corpus)?;
+    if request.name.is_some() && request.overwrite {
+        // Refused before the backend starts; the claim checks again.
+        check_replaceable(&request.results_root.join(name.as_str()), DirKind::Run)?;
+    }
     run_on(
         request.backend,
         LmTraining {
@@ -71,8 +77,13 @@ impl BackendJob for LmTraining {
         check_compute_type::<B>(&config.model.ffn, &device)?;
         check_lm_memory(&config, &request.sources, max_buffer_bytes(backend))?;
         let run_dir = match request.name {
-            Some(_) => RunDir::claim(&request.results_root, &name, request.overwrite)?,
-            None => RunDir::claim_next_free(&request.results_root, &name)?,
+            Some(_) => RunDir::claim(
+                &request.results_root,
+                &name,
+                DirKind::Run,
+                request.overwrite,
+            )?,
+            None => RunDir::claim_next_free(&request.results_root, &name, DirKind::Run)?,
         };
         let interrupter = Interrupter::new();
         let left_behind = format!(
@@ -187,15 +198,7 @@ impl BackendJob for LmTraining {
         }
         interrupted(&stop)?;
 
-        let model_path = staging.join(MODEL_FILE);
-        model
-            .clone()
-            .save_file(&model_path, &CompactRecorder::new())
-            .map_err(|e| ExperimentError::ModelFile {
-                path: model_path,
-                action: "save",
-                reason: e.to_string(),
-            })?;
+        save_model(model.clone(), &staging.join(MODEL_FILE))?;
         let inference = model.valid();
         let score = |stream: &[u16]| {
             score_split(

@@ -57,6 +57,20 @@ pub fn run(
     let device = CudaDevice::default();
     use_float_type::<Cuda>(&device, dtype, BackendKind::Cuda)?;
     let context = CudaContext::new(0).map_err(driver("CUDA context"))?;
+    let (free, _) = context.mem_get_info().map_err(driver("device memory"))?;
+    for shape in &plan.shapes {
+        // The resident policy holds every expert of every block on the device at once.
+        let need = (shape.trace.num_blocks * shape.shape.num_experts) as f64
+            * shape.shape.expert_bytes(dtype) as f64;
+        if need > 0.9 * free as f64 {
+            return Err(OffloadError::DeviceMemory {
+                shape: shape.shape.name.clone(),
+                need: crate::limits::bytes(need),
+                available: crate::limits::bytes(free as f64),
+            }
+            .into());
+        }
+    }
     let mut results = Vec::new();
     for (index, shape) in plan.shapes.iter().enumerate() {
         let start = Instant::now();

@@ -28,7 +28,7 @@ use moe_model::offload::{ExpertWeights, OffloadBackend, TensorStore, UnknownPoli
 
 use crate::backend::{BackendKind, FloatType, use_float_type};
 use crate::error::ExperimentError;
-use crate::run_dir::{RunDir, RunName};
+use crate::run_dir::{DirKind, RunDir, RunName};
 pub use replay::{PolicyResult, StoreFactory};
 pub use settings::{OffloadFlags, OffloadPlan};
 
@@ -92,7 +92,7 @@ pub enum OffloadError {
     },
     /// The host cannot hold the experts.
     #[error(
-        "shape {shape}: {need} of expert weights in host memory, {available} available; use --shape or a smaller [synthetic].blocks"
+        "shape {shape}: needs {need} of host memory (expert weights, routing, inputs), {available} available; use --shape, fewer tokens or steps, or a smaller [synthetic].blocks"
     )]
     HostMemory {
         /// The shape.
@@ -100,6 +100,18 @@ pub enum OffloadError {
         /// Bytes needed.
         need: String,
         /// Bytes available.
+        available: String,
+    },
+    /// The device cannot hold every expert (the resident policy's floor).
+    #[error(
+        "shape {shape}: the resident policy needs {need} of device memory, {available} free; use --shape or a smaller [synthetic].blocks"
+    )]
+    DeviceMemory {
+        /// The shape.
+        shape: String,
+        /// Bytes needed.
+        need: String,
+        /// Bytes free on the device.
         available: String,
     },
     /// The device failed (CUDA driver errors, out of memory).
@@ -112,26 +124,6 @@ pub enum OffloadError {
 
 /// Runs the measurement, prints a table per shape and writes the run directory; returns it.
 pub fn offload(request: OffloadRequest) -> Result<PathBuf, ExperimentError> {
-    let plan = OffloadPlan::load(
-        &request.config,
-        request.quick,
-        &request.flags,
-        request.dtype,
-    )?;
-    for shape in &plan.shapes {
-        let need = (shape.trace.num_blocks * shape.shape.num_experts) as f64
-            * shape.shape.expert_bytes(request.dtype) as f64;
-        if let Some(available) = crate::limits::available_host_memory()
-            && need > 0.9 * available as f64
-        {
-            return Err(OffloadError::HostMemory {
-                shape: shape.shape.name.clone(),
-                need: crate::limits::bytes(need),
-                available: crate::limits::bytes(available as f64),
-            }
-            .into());
-        }
-    }
     if request.backend != BackendKind::Cuda && request.dtype != FloatType::F32 {
         return Err(ExperimentError::FloatTypeUnavailable {
             dtype: request.dtype.name(),
@@ -139,6 +131,13 @@ pub fn offload(request: OffloadRequest) -> Result<PathBuf, ExperimentError> {
             reason: "offload runs bf16/f16 on CUDA only".into(),
         });
     }
+    // Checks every value and the host memory before the routing is drawn.
+    let plan = OffloadPlan::load(
+        &request.config,
+        request.quick,
+        &request.flags,
+        request.dtype,
+    )?;
     let default_name = format!(
         "offload-{}-{}",
         request.backend.name(),
@@ -151,7 +150,7 @@ pub fn offload(request: OffloadRequest) -> Result<PathBuf, ExperimentError> {
                 reason,
             }
         })?;
-    let run_dir = RunDir::claim_next_free(&request.results_root, &name)?;
+    let run_dir = RunDir::claim_next_free(&request.results_root, &name, DirKind::Offload)?;
     let (results, copy_engine) = match request.backend {
         BackendKind::Ndarray => {
             let device = NdArrayDevice::Cpu;

@@ -230,18 +230,30 @@ impl OffloadPlan {
                 "every accuracy must be in 0..=1".into(),
             ));
         }
-        if run.prefill_tokens == 0 || run.decode_tokens == 0 {
-            return Err(invalid(
-                origin(
-                    "prefill-tokens",
-                    flags.prefill_tokens.is_some(),
-                    &run.prefill_tokens,
-                ),
+        for (flag, field, value, given) in [
+            (
+                "prefill-tokens",
                 "prefill_tokens",
-                &run.prefill_tokens,
-                "prefill and decode batches need at least one token".into(),
-            ));
+                run.prefill_tokens,
+                flags.prefill_tokens.is_some(),
+            ),
+            (
+                "decode-tokens",
+                "decode_tokens",
+                run.decode_tokens,
+                flags.decode_tokens.is_some(),
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(
+                    origin(flag, given, &value),
+                    field,
+                    &value,
+                    "must be >= 1 (a batch needs at least one token)".into(),
+                ));
+            }
         }
+        check_synthetic(&settings.synthetic, &file)?;
         let policy_origin =
             |list: &[String]| origin("policies", flags.policies.is_some(), &list.join(","));
         if run.policies.is_empty() {
@@ -300,6 +312,16 @@ impl OffloadPlan {
                 );
             }
         }
+        for shape in &shapes {
+            check_shape(shape, &file)?;
+        }
+        check_host_memory(
+            &run,
+            &settings.synthetic,
+            &shapes,
+            trace_file.as_ref(),
+            dtype,
+        )?;
         let mut plans = Vec::with_capacity(shapes.len());
         for mut shape in shapes {
             let (trace, routing_source) = match &trace_file {
@@ -332,8 +354,10 @@ impl OffloadPlan {
                     "distance",
                     &run.distance,
                     format!(
-                        "must be in 1..{} (blocks of the model) and at most the trace's {}",
-                        trace.num_blocks, trace.max_distance
+                        "must be in 1..={} (less than the {} blocks of the model, at most the \
+                         trace's prediction distance)",
+                        (trace.num_blocks - 1).min(trace.max_distance),
+                        trace.num_blocks
                     ),
                 ));
             }
@@ -350,6 +374,14 @@ impl OffloadPlan {
             }
             let slots_origin;
             if let Some(gb) = flags.cache_gb {
+                if !(gb > 0.0 && gb.is_finite()) {
+                    return Err(invalid(
+                        format!("--cache-gb {gb}"),
+                        "cache_gb",
+                        &gb,
+                        "must be a finite number > 0".into(),
+                    ));
+                }
                 let per_block = gb * 1e9 / (trace.num_blocks as f64);
                 shape.slots = (per_block / shape.expert_bytes(dtype) as f64).floor() as usize;
                 slots_origin = format!("--cache-gb {gb}");
@@ -427,6 +459,134 @@ impl OffloadPlan {
             shapes: plans,
         })
     }
+}
+
+/// Checks `[synthetic]`: at least two blocks (prefetching needs a later block), probabilities in
+/// [0, 1], a finite skew >= 0.
+fn check_synthetic(synthetic: &SyntheticSettings, file: &str) -> Result<(), OffloadError> {
+    let invalid = |field: &str, value: String, allowed: &str| OffloadError::Invalid {
+        origin: file.to_string(),
+        field: format!("synthetic.{field}"),
+        value,
+        allowed: allowed.to_string(),
+    };
+    if synthetic.blocks < 2 {
+        return Err(invalid(
+            "blocks",
+            synthetic.blocks.to_string(),
+            "must be >= 2 (prefetching copies a later block's experts)",
+        ));
+    }
+    if !(synthetic.skew >= 0.0 && synthetic.skew.is_finite()) {
+        return Err(invalid(
+            "skew",
+            synthetic.skew.to_string(),
+            "must be a finite number >= 0",
+        ));
+    }
+    for (field, value) in [
+        ("locality", synthetic.locality),
+        ("single_expert_share", synthetic.single_expert_share),
+        ("accuracy", synthetic.accuracy),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            return Err(invalid(field, value.to_string(), "must be in [0, 1]"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one `[[shape]]`: every size >= 1, `top_k` at most `num_experts`, the expert's bytes
+/// representable.
+fn check_shape(shape: &ShapeSettings, file: &str) -> Result<(), OffloadError> {
+    let invalid = |field: &str, value: usize, allowed: String| OffloadError::Invalid {
+        origin: file.to_string(),
+        field: format!("shape {:?}: {field}", shape.name),
+        value: value.to_string(),
+        allowed,
+    };
+    for (field, value) in [
+        ("d_model", shape.d_model),
+        ("expert_width", shape.expert_width),
+        ("num_experts", shape.num_experts),
+        ("top_k", shape.top_k),
+    ] {
+        if value == 0 {
+            return Err(invalid(field, value, "must be >= 1".into()));
+        }
+    }
+    if shape.top_k > shape.num_experts {
+        return Err(invalid(
+            "top_k",
+            shape.top_k,
+            format!("must be in 1..={} (num_experts)", shape.num_experts),
+        ));
+    }
+    if checked_product(&[3, shape.d_model, shape.expert_width, 4]).is_none()
+        || i32::try_from(shape.num_experts).is_err()
+    {
+        return Err(invalid(
+            "expert_width",
+            shape.expert_width,
+            "d_model x expert_width x num_experts is too large to address".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses settings whose host memory (the experts of every block, the routing, the inputs)
+/// exceeds what this machine has, before anything is drawn or allocated; sizes in checked
+/// arithmetic.
+fn check_host_memory(
+    run: &RunSettings,
+    synthetic: &SyntheticSettings,
+    shapes: &[ShapeSettings],
+    trace: Option<&RoutingTrace>,
+    dtype: FloatType,
+) -> Result<(), OffloadError> {
+    let available = crate::limits::available_host_memory();
+    for shape in shapes {
+        let (blocks, tokens) = match trace {
+            Some(trace) => (trace.num_blocks, 0),
+            None => (
+                synthetic.blocks,
+                run.decode_steps
+                    .checked_mul(run.decode_tokens)
+                    .and_then(|decode| decode.checked_add(run.prefill_tokens))
+                    .unwrap_or(usize::MAX),
+            ),
+        };
+        let experts = checked_product(&[blocks, shape.num_experts, 3, shape.d_model])
+            .and_then(|n| n.checked_mul(shape.expert_width))
+            .and_then(|n| n.checked_mul(dtype.size()));
+        // Per token and block: a Vec of top_k ids; per token: its input and output rows.
+        let routing = checked_product(&[tokens, blocks, 32 + 4 * shape.top_k.min(1 << 20)]);
+        let activations = checked_product(&[tokens, shape.d_model, 2 * 4]);
+        let need = experts
+            .zip(routing)
+            .zip(activations)
+            .and_then(|((e, r), a)| e.checked_add(r)?.checked_add(a));
+        let too_large = match (need, available) {
+            (None, _) => true,
+            (Some(need), Some(available)) => need as f64 > 0.9 * available as f64,
+            (Some(_), None) => false,
+        };
+        if too_large {
+            return Err(OffloadError::HostMemory {
+                shape: shape.name.clone(),
+                need: need.map_or("more than 18 EB".into(), |n| crate::limits::bytes(n as f64)),
+                available: available.map_or("unknown".into(), |a| crate::limits::bytes(a as f64)),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The product of `factors`, `None` on overflow.
+fn checked_product(factors: &[usize]) -> Option<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
 }
 
 /// The most experts any token of the trace uses: the smallest cache that can run it.

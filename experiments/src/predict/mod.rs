@@ -43,7 +43,9 @@ use crate::error::ExperimentError;
 use crate::eval::load_classifier;
 use crate::interrupt::StopOnSignal;
 use crate::limits::{Purpose, check_memory};
-use crate::run_dir::{CONFIG_FILE, RunDir, RunName, RunState, git_commit, run_state};
+use crate::run_dir::{
+    CONFIG_FILE, DirKind, RunDir, RunName, RunState, check_replaceable, git_commit, run_state,
+};
 
 /// One `predict` command.
 pub struct PredictRequest {
@@ -110,6 +112,10 @@ pub fn predict(request: PredictRequest) -> Result<PredictOutcome, ExperimentErro
             })?
         }
     };
+    if request.name.is_some() && request.overwrite {
+        // Refused before the backend starts; the claim checks again.
+        check_replaceable(&request.results_root.join(name.as_str()), DirKind::Predict)?;
+    }
     run_on(
         request.backend,
         Prediction {
@@ -155,8 +161,13 @@ impl BackendJob for Prediction {
         )?;
         let model = load_classifier::<B::InnerBackend>(&request.run, &config, &device)?.model;
         let run_dir = match request.name {
-            Some(_) => RunDir::claim(&request.results_root, &name, request.overwrite)?,
-            None => RunDir::claim_next_free(&request.results_root, &name)?,
+            Some(_) => RunDir::claim(
+                &request.results_root,
+                &name,
+                DirKind::Predict,
+                request.overwrite,
+            )?,
+            None => RunDir::claim_next_free(&request.results_root, &name, DirKind::Predict)?,
         };
         let interrupter = Interrupter::new();
         let stop = StopOnSignal::install(

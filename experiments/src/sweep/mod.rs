@@ -7,11 +7,12 @@
 
 mod plan;
 mod plot;
+mod preflight;
 mod runner;
 mod settings;
 mod table;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use plan::{Family, PlannedRun, plan};
@@ -20,7 +21,11 @@ pub use table::{MethodRow, RunRow, Spread, SweepTable};
 
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
-use runner::{SweepDirs, run_all};
+use crate::run_dir::{DirKind, RunName, check_replaceable, open_resumable};
+use runner::{SweepDirs, check_finished, run_all};
+
+/// The sweep's copy of its config, in its directory.
+pub const RECORD_FILE: &str = "sweep.toml";
 
 /// One sweep: which file, which settings, where.
 pub struct SweepRequest {
@@ -32,7 +37,7 @@ pub struct SweepRequest {
     pub backend: BackendKind,
     /// Directory holding the sweep directory (`results`).
     pub results_root: PathBuf,
-    /// Delete earlier results of this sweep instead of resuming.
+    /// Replace earlier results of this sweep (only a sweep directory) instead of resuming.
     pub fresh: bool,
 }
 
@@ -46,23 +51,32 @@ pub struct SweepOutcome {
     pub plots: Vec<PathBuf>,
 }
 
-/// Plans every run (all validated before anything trains), trains those without results, and
-/// writes the tables and plots.
+/// Plans every run (all validated, and checked against the backend and the memory, before
+/// anything is written), trains those without results, and writes the tables and plots. A sweep
+/// directory whose finished runs were trained with another config is refused before anything in
+/// it changes.
 pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     let started = Instant::now();
-    let file = SweepFile::load(&request.config, request.quick)?;
+    // Read once: the file may be this sweep's own record, which is rewritten below.
+    let text =
+        std::fs::read_to_string(&request.config).map_err(ExperimentError::io(&request.config))?;
+    let file = SweepFile::parse(&text, &request.config, request.quick)?;
     let runs = plan(&file, &request.config)?;
     let settings = &file.settings;
+    preflight::check(&runs, &file, &request.config, request.backend)?;
     let suffix = if request.quick { "-quick" } else { "" };
-    let dir = request
-        .results_root
-        .join(format!("sweep-{}{suffix}", settings.name));
-    if request.fresh && dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(ExperimentError::io(&dir))?;
+    let dir_name = format!("sweep-{}{suffix}", settings.name);
+    let name = RunName::parse(&dir_name).map_err(|reason| ExperimentError::BadRunName {
+        name: format!("the sweep directory's name {dir_name:?}"),
+        reason,
+    })?;
+    let dir = request.results_root.join(name.as_str());
+    let dirs = SweepDirs { root: dir.clone() };
+    if check_replaceable(&dir, DirKind::Sweep)? && !request.fresh {
+        check_finished(&runs, &dirs)?;
     }
-    std::fs::create_dir_all(&dir).map_err(ExperimentError::io(&dir))?;
-    let copy = dir.join("sweep.toml");
-    std::fs::copy(&request.config, &copy).map_err(ExperimentError::io(&copy))?;
+    open_resumable(&request.results_root, &name, DirKind::Sweep, request.fresh)?;
+    write_record(&dir.join(RECORD_FILE), &text)?;
     println!(
         "sweep {}: {} methods x {} seeds = {} runs on {}, {} at a time -> {}",
         settings.name,
@@ -74,7 +88,6 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
         dir.display()
     );
 
-    let dirs = SweepDirs { root: dir.clone() };
     let metrics = run_all(&runs, &dirs, settings.jobs, request.backend)?;
     let (methods, run_rows) = SweepTable::new(&runs, metrics);
     let table = SweepTable {
@@ -91,4 +104,18 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     std::fs::write(&markdown, table.markdown() + "\n").map_err(ExperimentError::io(&markdown))?;
     let plots = plot::plot_all(&table.methods, &format!("sweep {}", settings.name), &dir)?;
     Ok(SweepOutcome { dir, table, plots })
+}
+
+/// Writes the sweep's copy of its config (unless it holds that text already), through a
+/// temporary file so that the earlier record survives a failed write.
+fn write_record(path: &Path, text: &str) -> Result<(), ExperimentError> {
+    if std::fs::read_to_string(path).is_ok_and(|saved| saved == text) {
+        return Ok(());
+    }
+    let temporary = path.with_extension(format!("toml.tmp-{}", std::process::id()));
+    std::fs::write(&temporary, text).map_err(ExperimentError::io(&temporary))?;
+    std::fs::rename(&temporary, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        ExperimentError::io(path)(e)
+    })
 }

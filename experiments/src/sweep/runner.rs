@@ -17,7 +17,7 @@ use super::plan::PlannedRun;
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
 use crate::report::RunMetrics;
-use crate::run_dir::{CONFIG_FILE, METRICS_FILE};
+use crate::run_dir::{CONFIG_FILE, METRICS_FILE, remove_abandoned_staging};
 
 /// Where a sweep keeps its runs.
 #[derive(Clone, Debug)]
@@ -43,32 +43,43 @@ impl SweepDirs {
     }
 }
 
+/// Refuses a sweep directory holding a finished run whose saved config differs from the plan
+/// (the sweep file changed): resuming would mix two sweeps. Reads only.
+pub fn check_finished(plan: &[PlannedRun], dirs: &SweepDirs) -> Result<(), ExperimentError> {
+    for run in plan {
+        let run_dir = dirs.runs().join(&run.name);
+        if run_dir.join(METRICS_FILE).exists() {
+            let saved = std::fs::read_to_string(run_dir.join(CONFIG_FILE)).unwrap_or_default();
+            if saved != run.config.to_toml() {
+                return Err(ExperimentError::SweepChanged(run_dir));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Trains every run of `plan` that has no results yet and returns all runs' metrics, in plan
-/// order. A finished run whose saved config differs from the plan is an error (the sweep file
-/// changed): resuming would mix two sweeps.
+/// order; removes what killed runs left behind first. Call [`check_finished`] before.
 pub fn run_all(
     plan: &[PlannedRun],
     dirs: &SweepDirs,
     jobs: usize,
     backend: BackendKind,
 ) -> Result<Vec<RunMetrics>, ExperimentError> {
+    check_finished(plan, dirs)?;
     for sub in ["configs", "runs", "logs"] {
         let path = dirs.root.join(sub);
         std::fs::create_dir_all(&path).map_err(ExperimentError::io(&path))?;
     }
+    remove_abandoned_staging(&dirs.runs());
     let mut pending = VecDeque::new();
     for run in plan {
-        let text = run.config.to_toml();
-        let run_dir = dirs.runs().join(&run.name);
-        if run_dir.join(METRICS_FILE).exists() {
-            let saved = std::fs::read_to_string(run_dir.join(CONFIG_FILE)).unwrap_or_default();
-            if saved != text {
-                return Err(ExperimentError::SweepChanged(run_dir));
-            }
+        if dirs.runs().join(&run.name).join(METRICS_FILE).exists() {
             continue;
         }
         let config_path = dirs.config_of(&run.name);
-        std::fs::write(&config_path, &text).map_err(ExperimentError::io(&config_path))?;
+        std::fs::write(&config_path, run.config.to_toml())
+            .map_err(ExperimentError::io(&config_path))?;
         pending.push_back(run);
     }
 
@@ -127,7 +138,9 @@ fn train_in_child(
     let log = File::create(&log_path).map_err(ExperimentError::io(&log_path))?;
     let err_log = log.try_clone().map_err(ExperimentError::io(&log_path))?;
     let exe = std::env::current_exe().map_err(ExperimentError::io("the experiments binary"))?;
-    let status = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    stop_with_parent(&mut command);
+    let status = command
         .arg("train")
         .arg("--config")
         .arg(dirs.config_of(&run.name))
@@ -155,17 +168,43 @@ fn train_in_child(
     RunMetrics::load(&dirs.runs().join(&run.name))
 }
 
-/// The child's one-line error (`error: ...`), or its last line.
+/// The child's one-line error without its `error: ` prefix, or its last line.
 fn last_error_line(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.starts_with("error: "))
-        .or(lines.last())
-        .map_or_else(|| "no output".into(), |l| l.trim().to_string())
+    match lines.iter().rev().find_map(|l| l.strip_prefix("error: ")) {
+        Some(error) => error.trim().to_string(),
+        None => lines
+            .last()
+            .map_or_else(|| "no output".into(), |l| l.trim().to_string()),
+    }
 }
+
+/// Asks the kernel to send the child SIGHUP when this process dies (Linux), so a killed sweep
+/// does not leave a run training; the child then removes its staging directory itself. (The
+/// kernel sends one per exiting thread of this process; the child ignores the repeats.)
+#[cfg(target_os = "linux")]
+fn stop_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl, getppid and raise are async-signal-safe; nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGHUP) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl.
+            if libc::getppid() != parent {
+                libc::raise(libc::SIGHUP);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere the child of a killed sweep runs to its end (its result is kept for a resume).
+#[cfg(not(target_os = "linux"))]
+fn stop_with_parent(_: &mut Command) {}
 
 /// A progress bar in a terminal, plain lines otherwise.
 struct Progress {
