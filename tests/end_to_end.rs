@@ -3,6 +3,7 @@
 
 mod support;
 
+use experiments::lm::config::LmRunConfig;
 use experiments::sweep::{SweepFile, plan};
 use experiments::{RunConfig, RunMetrics};
 use support::{assert_clean_failure, experiments, repo_path, scratch_dir};
@@ -28,12 +29,29 @@ fn every_shipped_config_parses_and_validates() {
                     .unwrap_or_else(|e| panic!("{e}"));
             }
             checked += 1;
+        } else if experiments::lm::config::is_lm_config(&path) {
+            LmRunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
         } else if path.extension().is_some_and(|ext| ext == "toml") {
             RunConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             checked += 1;
         }
     }
     assert!(checked >= 6, "only {checked} configs found");
+}
+
+/// `configs/lm-moe.toml` lists the language model's defaults, and adds the mean-k budget.
+#[test]
+fn lm_moe_config_is_the_defaults_with_a_budget() {
+    let mut lm = LmRunConfig::load(&repo_path("configs/lm-moe.toml"), &[]).unwrap();
+    match &mut lm.model.ffn {
+        moe_model::FfnConfig::Moe(moe) => {
+            assert_eq!(moe.target_mean_k, Some(1.4));
+            moe.target_mean_k = None;
+        }
+        moe_model::FfnConfig::Dense(_) => panic!("lm-moe.toml has a dense feed-forward"),
+    }
+    assert_eq!(lm.to_toml(), LmRunConfig::new().to_toml());
 }
 
 #[test]

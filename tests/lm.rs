@@ -89,6 +89,15 @@ fn smoke_lm_trains_evaluates_and_generates() {
     for file in ["config.toml", "model.mpk", "metrics.json"] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
+    for file in ["trace-prefill.json", "trace-decode.json"] {
+        let trace = experiments::routing_trace::RoutingTrace::load(&run.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(
+            trace.num_blocks, 2,
+            "{file}: the smoke LM has two MoE blocks"
+        );
+        assert!(!trace.batches.is_empty(), "{file} has no batches");
+    }
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     let curve = metrics["curve"].as_array().unwrap();
@@ -114,6 +123,12 @@ fn smoke_lm_trains_evaluates_and_generates() {
     assert!(
         (printed - test_bpb).abs() < 0.01,
         "eval scored {printed}, training saved {test_bpb}"
+    );
+
+    let compared = run_ok(&["compare", "--results", results.to_str().unwrap()]);
+    assert!(
+        compared.contains("LM run") && compared.contains(&format!("{test_bpb:.4}")),
+        "compare does not list the LM run:\n{compared}"
     );
 
     let generated = run_ok(&[

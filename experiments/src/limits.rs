@@ -295,7 +295,11 @@ pub fn furthest_above_default(fields: Vec<(&'static str, usize, usize)>) -> (&'s
 pub fn check_disk(results_root: &Path, config: &RunConfig) -> Result<(), ExperimentError> {
     let weights = MemoryEstimate::of(config, Purpose::Eval).total;
     // Logs: a few lines per batch and epoch; 1 MB covers the configs' sizes many times.
-    let need = 2.0 * weights + 1e6;
+    check_free_disk(results_root, 2.0 * weights + 1e6)
+}
+
+/// Refuses a run that needs `need` bytes under `results_root` where its file system has less.
+pub fn check_free_disk(results_root: &Path, need: f64) -> Result<(), ExperimentError> {
     let existing = results_root
         .ancestors()
         .find(|p| p.exists())

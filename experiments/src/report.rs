@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::ExperimentError;
+use crate::lm::config::is_lm_config;
+use crate::lm::metrics::LmMetrics;
 use crate::routing_metrics::RoutingReport;
-use crate::run_dir::{METRICS_FILE, RunState, run_state};
+use crate::run_dir::{CONFIG_FILE, METRICS_FILE, RunState, run_state};
 
 /// What one run measured; written as `results/<run>/metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,8 +135,10 @@ impl RunMetrics {
 pub struct Comparison {
     /// The results directory.
     pub root: PathBuf,
-    /// Every readable run, sorted by name.
+    /// Every readable task run, sorted by name.
     pub runs: Vec<RunMetrics>,
+    /// Every readable language-model run, sorted by name.
+    pub lm_runs: Vec<LmMetrics>,
     /// One line per run directory that could not be read: its path and why.
     pub skipped: Vec<String>,
 }
@@ -146,9 +150,16 @@ pub fn compare(results_root: &Path) -> Result<Comparison, ExperimentError> {
     let mut paths: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
     paths.sort();
     let mut runs = Vec::new();
+    let mut lm_runs = Vec::new();
     let mut skipped = Vec::new();
     for path in paths {
         match run_state(&path) {
+            RunState::Complete if is_lm_config(&path.join(CONFIG_FILE)) => {
+                match LmMetrics::load(&path) {
+                    Ok(metrics) => lm_runs.push(metrics),
+                    Err(error) => skipped.push(error.to_string()),
+                }
+            }
             RunState::Complete => match RunMetrics::load(&path) {
                 Ok(metrics) => runs.push(metrics),
                 Err(error) => skipped.push(error.to_string()),
@@ -158,9 +169,11 @@ pub fn compare(results_root: &Path) -> Result<Comparison, ExperimentError> {
         }
     }
     runs.sort_by(|a, b| a.run.cmp(&b.run));
+    lm_runs.sort_by(|a, b| a.run.cmp(&b.run));
     Ok(Comparison {
         root: results_root.to_path_buf(),
         runs,
+        lm_runs,
         skipped,
     })
 }
@@ -168,7 +181,7 @@ pub fn compare(results_root: &Path) -> Result<Comparison, ExperimentError> {
 impl Comparison {
     /// Every run side by side, one row per run; an error if there were runs but none readable.
     pub fn table(&self) -> Result<String, ExperimentError> {
-        if self.runs.is_empty() {
+        if self.runs.is_empty() && self.lm_runs.is_empty() {
             return match self.skipped.len() {
                 0 => Ok(format!(
                     "no runs with {METRICS_FILE} under {}",
@@ -180,6 +193,18 @@ impl Comparison {
                 }),
             };
         }
+        let mut tables = Vec::new();
+        if !self.runs.is_empty() {
+            tables.push(self.task_table());
+        }
+        if !self.lm_runs.is_empty() {
+            tables.push(self.lm_table());
+        }
+        Ok(tables.join("\n\n"))
+    }
+
+    /// The task runs side by side.
+    fn task_table(&self) -> String {
         let header = [
             "run",
             "ffn",
@@ -220,7 +245,41 @@ impl Comparison {
                 ]
             })
             .collect();
-        Ok(table(&header, &rows))
+        table(&header, &rows)
+    }
+
+    /// The language-model runs side by side.
+    fn lm_table(&self) -> String {
+        let header = [
+            "LM run",
+            "model",
+            "backend",
+            "valid bits/byte",
+            "test bits/byte",
+            "mean k",
+            "steps",
+            "tokens/s (2nd half)",
+            "active params",
+        ];
+        let rows: Vec<Vec<String>> = self
+            .lm_runs
+            .iter()
+            .map(|m| {
+                vec![
+                    m.run.clone(),
+                    m.model.clone(),
+                    m.backend.clone(),
+                    format!("{:.4}", m.valid.bits_per_byte),
+                    format!("{:.4}", m.test.bits_per_byte),
+                    m.test.mean_k.map_or("-".into(), |k| format!("{k:.3}")),
+                    m.steps.to_string(),
+                    m.steady_tokens_per_s
+                        .map_or("-".into(), |rate| format!("{rate:.0}")),
+                    format!("{:.0}", m.params_active),
+                ]
+            })
+            .collect();
+        table(&header, &rows)
     }
 }
 

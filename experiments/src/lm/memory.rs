@@ -16,6 +16,8 @@ const FLOAT_BYTES: f64 = 4.0;
 pub struct LmMemory {
     /// Weights, gradients, AdamW's two moments and one step's activations.
     pub total: f64,
+    /// The weights alone (what the model file holds, at most).
+    pub weights: f64,
     /// The largest single tensor (one device buffer on CubeCL backends).
     pub largest_tensor: f64,
 }
@@ -53,6 +55,7 @@ impl LmMemory {
         let activations = tokens * per_token + blocks * 2.0 * scores;
         Self {
             total: FLOAT_BYTES * (4.0 * weights + 2.0 * activations),
+            weights: FLOAT_BYTES * weights,
             largest_tensor: FLOAT_BYTES * ffn_largest.max(scores).max(tokens * vocab),
         }
     }

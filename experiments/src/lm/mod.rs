@@ -16,6 +16,7 @@ pub mod saved;
 pub mod schedule;
 pub mod split;
 pub mod tokens;
+pub mod trace;
 pub mod train;
 pub mod windows;
 

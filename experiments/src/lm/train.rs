@@ -18,13 +18,15 @@ use rand::rngs::StdRng;
 use crate::backend::{BackendJob, check_compute_type, max_buffer_bytes, run_on};
 use crate::error::ExperimentError;
 use crate::interrupt::StopOnSignal;
+use crate::limits::check_free_disk;
 use crate::lm::config::{LmRunConfig, describe};
 use crate::lm::data::TokenSplits;
 use crate::lm::evaluate::score_split;
-use crate::lm::memory::check_lm_memory;
+use crate::lm::memory::{LmMemory, check_lm_memory};
 use crate::lm::metrics::{CurvePoint, LmMetrics};
 use crate::lm::schedule::LrSchedule;
 use crate::lm::tokens::as_ids;
+use crate::lm::trace::write_traces;
 use crate::lm::windows::window_batch;
 use crate::model_file::save_model;
 use crate::run_dir::{
@@ -76,6 +78,11 @@ impl BackendJob for LmTraining {
         let backend = request.backend;
         check_compute_type::<B>(&config.model.ffn, &device)?;
         check_lm_memory(&config, &request.sources, max_buffer_bytes(backend))?;
+        // The model file, written twice over by the recorder's buffer at most, and the traces.
+        check_free_disk(
+            &request.results_root,
+            2.0 * LmMemory::of(&config).weights + 1e7,
+        )?;
         let run_dir = match request.name {
             Some(_) => RunDir::claim(
                 &request.results_root,
@@ -212,6 +219,7 @@ impl BackendJob for LmTraining {
         let valid = score(&splits.valid);
         interrupted(&stop)?;
         let test = score(&splits.test);
+        write_traces(&inference, &splits.test, staging, &device)?;
         let train_tokens = steps_done * config.tokens_per_step();
         let mean_ks: Vec<f64> = test.blocks.iter().map(|b| b.mean_k).collect();
         let params = inference.param_counts(&mean_ks);

@@ -15,7 +15,7 @@ mod scoring;
 mod settings;
 #[cfg(test)]
 mod tests;
-mod trace;
+pub mod trace;
 
 use std::path::PathBuf;
 use std::time::Instant;
