@@ -12,11 +12,12 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn::train::Interrupter;
 use moe_model::MoeAutodiffBackend;
+use moe_model::lm::Lm;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::backend::{BackendJob, check_compute_type, max_buffer_bytes, run_on};
-use crate::error::ExperimentError;
+use crate::error::{ExperimentError, catch_panic};
 use crate::interrupt::StopOnSignal;
 use crate::limits::check_free_disk;
 use crate::lm::config::{LmRunConfig, describe};
@@ -122,7 +123,7 @@ impl BackendJob for LmTraining {
         std::fs::write(&config_path, config.to_toml()).map_err(ExperimentError::io(config_path))?;
 
         B::seed(&device, train.seed);
-        let mut model = config.model.init::<B>(&device);
+        let model = config.model.init::<B>(&device);
         let mut optimizer = AdamWConfig::new()
             .with_weight_decay(train.weight_decay as f32)
             .with_grad_clipping(
@@ -147,62 +148,75 @@ impl BackendJob for LmTraining {
         let mut seconds_at_half = None;
         let mut steps_done = 0;
         let estimate_tokens = train.eval_windows * context;
-        while steps_done < train.steps && !interrupter.should_stop() {
-            let started = Instant::now();
-            let (inputs, targets) =
-                window_batch(&splits.train, context, train.batch_size, &mut rng)?;
-            let n = targets.len();
-            let input = Tensor::<B, 2, Int>::from_data(
-                TensorData::new(as_ids(&inputs), [train.batch_size, context]),
-                &device,
-            );
-            let target =
-                Tensor::<B, 1, Int>::from_data(TensorData::new(as_ids(&targets), [n]), &device);
-            let output = model.forward(input);
-            let vocab = output.logits.dims()[2];
-            let loss = loss_fn.forward(output.logits.reshape([n, vocab]), target);
-            let grads = (loss.clone() + output.aux_loss).backward();
-            let grads = GradientsParams::from_grads(grads, &model);
-            model = optimizer.step(schedule.rate(steps_done), model, grads);
-            steps_done += 1;
-            let last = steps_done == train.steps;
-            if steps_done == train.steps / 2 {
-                seconds_at_half = Some(train_seconds + started.elapsed().as_secs_f64());
-            }
-            let log = steps_done % train.log_interval == 0 || last;
-            let estimate = train.eval_interval > 0 && steps_done % train.eval_interval == 0 || last;
-            if !(log || estimate) {
-                train_seconds += started.elapsed().as_secs_f64();
-                continue;
-            }
-            let train_bits = loss.into_scalar().elem::<f64>() / std::f64::consts::LN_2;
-            train_seconds += started.elapsed().as_secs_f64();
-            let valid_bits_per_byte = estimate.then(|| {
-                score_split(
-                    &model.valid(),
-                    &splits.valid,
-                    train.eval_batch_size,
-                    estimate_tokens,
+        // A panic inside Burn or CubeCL (e.g. a kernel this device cannot run) becomes one line;
+        // the staging directory is removed as for an interruption.
+        let trained = catch_panic(|| -> Result<Lm<B>, ExperimentError> {
+            let mut model = model;
+            while steps_done < train.steps && !interrupter.should_stop() {
+                let started = Instant::now();
+                let (inputs, targets) =
+                    window_batch(&splits.train, context, train.batch_size, &mut rng)?;
+                let n = targets.len();
+                let input = Tensor::<B, 2, Int>::from_data(
+                    TensorData::new(as_ids(&inputs), [train.batch_size, context]),
                     &device,
-                )
-                .bits_per_byte
-            });
-            let tokens_per_s =
-                ((steps_done - steps_at_log) * n) as f64 / (train_seconds - seconds_at_log);
-            (seconds_at_log, steps_at_log) = (train_seconds, steps_done);
-            let valid =
-                valid_bits_per_byte.map_or(String::new(), |v| format!(", valid {v:.4} bits/byte"));
-            println!(
-                "step {steps_done}/{}: train {train_bits:.4} bits/token{valid}, lr {:.2e}, {tokens_per_s:.0} tokens/s",
-                train.steps,
-                schedule.rate(steps_done - 1),
-            );
-            curve.push(CurvePoint {
-                step: steps_done,
-                train_bits,
-                valid_bits_per_byte,
-            });
-        }
+                );
+                let target =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(as_ids(&targets), [n]), &device);
+                let output = model.forward(input);
+                let vocab = output.logits.dims()[2];
+                let loss = loss_fn.forward(output.logits.reshape([n, vocab]), target);
+                let grads = (loss.clone() + output.aux_loss).backward();
+                let grads = GradientsParams::from_grads(grads, &model);
+                model = optimizer.step(schedule.rate(steps_done), model, grads);
+                steps_done += 1;
+                let last = steps_done == train.steps;
+                if steps_done == train.steps / 2 {
+                    seconds_at_half = Some(train_seconds + started.elapsed().as_secs_f64());
+                }
+                let log = steps_done % train.log_interval == 0 || last;
+                let estimate =
+                    train.eval_interval > 0 && steps_done % train.eval_interval == 0 || last;
+                if !(log || estimate) {
+                    train_seconds += started.elapsed().as_secs_f64();
+                    continue;
+                }
+                let train_bits = loss.into_scalar().elem::<f64>() / std::f64::consts::LN_2;
+                train_seconds += started.elapsed().as_secs_f64();
+                let valid_bits_per_byte = estimate.then(|| {
+                    score_split(
+                        &model.valid(),
+                        &splits.valid,
+                        train.eval_batch_size,
+                        estimate_tokens,
+                        &device,
+                    )
+                    .bits_per_byte
+                });
+                let tokens_per_s =
+                    ((steps_done - steps_at_log) * n) as f64 / (train_seconds - seconds_at_log);
+                (seconds_at_log, steps_at_log) = (train_seconds, steps_done);
+                let valid = valid_bits_per_byte
+                    .map_or(String::new(), |v| format!(", valid {v:.4} bits/byte"));
+                println!(
+                    "step {steps_done}/{}: train {train_bits:.4} bits/token{valid}, lr {:.2e}, {tokens_per_s:.0} tokens/s",
+                    train.steps,
+                    schedule.rate(steps_done - 1),
+                );
+                curve.push(CurvePoint {
+                    step: steps_done,
+                    train_bits,
+                    valid_bits_per_byte,
+                });
+            }
+            Ok(model)
+        });
+        let model = trained
+            .map_err(|reason| ExperimentError::TrainingFailed {
+                reason,
+                left: run_dir.left_as_it_was(),
+            })
+            .and_then(|model| model)?;
         interrupted(&stop)?;
 
         save_model(model.clone(), &staging.join(MODEL_FILE))?;
