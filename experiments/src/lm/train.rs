@@ -128,7 +128,7 @@ impl BackendJob for LmTraining {
             .with_weight_decay(train.weight_decay as f32)
             .with_grad_clipping(
                 (train.grad_clip > 0.0)
-                    .then(|| GradientClippingConfig::Norm(train.grad_clip as f32)),
+                    .then_some(GradientClippingConfig::Norm(train.grad_clip as f32)),
             )
             .init();
         let schedule = LrSchedule {
