@@ -131,30 +131,23 @@ fn smoke_lm_trains_evaluates_and_generates() {
         "compare does not list the LM run:\n{compared}"
     );
 
-    let generated = run_ok(&[
-        "generate",
-        "--run",
-        run.to_str().unwrap(),
-        "--prompt",
-        "The whale ",
-        "--max-tokens",
-        "24",
-        "--seed",
-        "3",
-    ]);
+    let generate = || {
+        run_ok(&[
+            "generate",
+            "--run",
+            run.to_str().unwrap(),
+            "--prompt",
+            "The whale ",
+            "--max-tokens",
+            "24",
+            "--seed",
+            "3",
+        ])
+    };
+    let generated = generate();
     assert!(generated.starts_with("The whale "), "{generated}");
     assert!(generated.contains("time to first token"), "{generated}");
-    let again = run_ok(&[
-        "generate",
-        "--run",
-        run.to_str().unwrap(),
-        "--prompt",
-        "The whale ",
-        "--max-tokens",
-        "24",
-        "--seed",
-        "3",
-    ]);
+    let again = generate();
     let text = |out: &str| out.lines().next().unwrap_or_default().to_string();
     assert_eq!(
         text(&generated),

@@ -174,23 +174,8 @@ pub fn check_memory(
     device_buffer: Option<u64>,
 ) -> Result<(), ExperimentError> {
     let estimate = MemoryEstimate::of(config, purpose);
-    let detail = if let Some(available) = available_host_memory()
-        && estimate.total > available as f64
-    {
-        format!(
-            "the run needs about {} of memory, {} is available",
-            bytes(estimate.total),
-            bytes(available as f64)
-        )
-    } else if let Some(buffer) = device_buffer
-        && estimate.largest_tensor > buffer as f64
-    {
-        format!(
-            "one weight tensor needs {}, the device allows at most {} per buffer",
-            bytes(estimate.largest_tensor),
-            bytes(buffer as f64)
-        )
-    } else {
+    let Some(detail) = memory_shortfall(estimate.total, estimate.largest_tensor, device_buffer)
+    else {
         return Ok(());
     };
     let (field, value) = largest_size_field(config);
@@ -200,6 +185,35 @@ pub fn check_memory(
         value,
         detail,
     })
+}
+
+/// Why a run needing `total` bytes, `largest_tensor` of them in one tensor, does not fit: against
+/// the host's available memory (where the system reports it) and `device_buffer`, the largest
+/// buffer the device allows; `None` when it fits.
+pub fn memory_shortfall(
+    total: f64,
+    largest_tensor: f64,
+    device_buffer: Option<u64>,
+) -> Option<String> {
+    if let Some(available) = available_host_memory()
+        && total > available as f64
+    {
+        Some(format!(
+            "the run needs about {} of memory, {} is available",
+            bytes(total),
+            bytes(available as f64)
+        ))
+    } else if let Some(buffer) = device_buffer
+        && largest_tensor > buffer as f64
+    {
+        Some(format!(
+            "one tensor needs {}, the device allows at most {} per buffer",
+            bytes(largest_tensor),
+            bytes(buffer as f64)
+        ))
+    } else {
+        None
+    }
 }
 
 /// The size fields of a config with their values and defaults.

@@ -8,7 +8,7 @@ use crate::error::ExperimentError;
 use crate::lm::config::is_lm_config;
 use crate::lm::metrics::LmMetrics;
 use crate::routing_metrics::RoutingReport;
-use crate::run_dir::{CONFIG_FILE, METRICS_FILE, RunState, run_state};
+use crate::run_dir::{CONFIG_FILE, METRICS_FILE, RunState, load_metrics, run_state, save_metrics};
 
 /// What one run measured; written as `results/<run>/metrics.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,19 +49,12 @@ pub struct RunMetrics {
 impl RunMetrics {
     /// Writes `metrics.json` into `run_dir`.
     pub fn save(&self, run_dir: &Path) -> Result<(), ExperimentError> {
-        let path = run_dir.join(METRICS_FILE);
-        let json = serde_json::to_string_pretty(self).expect("metrics serialise");
-        std::fs::write(&path, json).map_err(ExperimentError::io(path))
+        save_metrics(self, run_dir)
     }
 
     /// Reads `metrics.json` from `run_dir`.
     pub fn load(run_dir: &Path) -> Result<Self, ExperimentError> {
-        let path = run_dir.join(METRICS_FILE);
-        let text = std::fs::read_to_string(&path).map_err(ExperimentError::io(&path))?;
-        serde_json::from_str(&text).map_err(|e| ExperimentError::DamagedFile {
-            path,
-            reason: e.to_string(),
-        })
+        load_metrics(run_dir)
     }
 
     /// A short two-column summary for the terminal.

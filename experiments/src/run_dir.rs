@@ -18,6 +18,9 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::error::ExperimentError;
 
 /// The resolved configuration, saved in every run directory.
@@ -536,6 +539,23 @@ pub fn git_commit() -> Option<String> {
         format!("{commit}-dirty")
     } else {
         commit
+    })
+}
+
+/// Writes `metrics` as `metrics.json` into `run_dir`.
+pub fn save_metrics<T: Serialize>(metrics: &T, run_dir: &Path) -> Result<(), ExperimentError> {
+    let path = run_dir.join(METRICS_FILE);
+    let json = serde_json::to_string_pretty(metrics).expect("metrics serialise");
+    std::fs::write(&path, json).map_err(ExperimentError::io(path))
+}
+
+/// Reads `metrics.json` from `run_dir`; a file that does not parse is a damaged file.
+pub fn load_metrics<T: DeserializeOwned>(run_dir: &Path) -> Result<T, ExperimentError> {
+    let path = run_dir.join(METRICS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(ExperimentError::io(&path))?;
+    serde_json::from_str(&text).map_err(|e| ExperimentError::DamagedFile {
+        path,
+        reason: e.to_string(),
     })
 }
 

@@ -5,7 +5,7 @@ use moe_model::FfnConfig;
 
 use crate::config::ConfigSources;
 use crate::error::ExperimentError;
-use crate::limits::{available_host_memory, bytes, furthest_above_default};
+use crate::limits::{furthest_above_default, memory_shortfall};
 use crate::lm::config::LmRunConfig;
 
 /// Bytes of one weight or activation (f32).
@@ -70,23 +70,8 @@ pub fn check_lm_memory(
     device_buffer: Option<u64>,
 ) -> Result<(), ExperimentError> {
     let estimate = LmMemory::of(config);
-    let detail = if let Some(available) = available_host_memory()
-        && estimate.total > available as f64
-    {
-        format!(
-            "the run needs about {} of memory, {} is available",
-            bytes(estimate.total),
-            bytes(available as f64)
-        )
-    } else if let Some(buffer) = device_buffer
-        && estimate.largest_tensor > buffer as f64
-    {
-        format!(
-            "one tensor needs {}, the device allows at most {} per buffer",
-            bytes(estimate.largest_tensor),
-            bytes(buffer as f64)
-        )
-    } else {
+    let Some(detail) = memory_shortfall(estimate.total, estimate.largest_tensor, device_buffer)
+    else {
         return Ok(());
     };
     let (field, value) = largest_size_field(config);

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ExperimentError;
 use crate::lm::evaluate::SplitScore;
-use crate::run_dir::METRICS_FILE;
+use crate::run_dir::{load_metrics, save_metrics};
 
 /// One point of the training curve.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,19 +65,12 @@ pub struct LmMetrics {
 impl LmMetrics {
     /// Writes `metrics.json` into `run_dir`.
     pub fn save(&self, run_dir: &Path) -> Result<(), ExperimentError> {
-        let path = run_dir.join(METRICS_FILE);
-        let json = serde_json::to_string_pretty(self).expect("metrics serialise");
-        std::fs::write(&path, json).map_err(ExperimentError::io(path))
+        save_metrics(self, run_dir)
     }
 
     /// Reads `metrics.json` from `run_dir`.
     pub fn load(run_dir: &Path) -> Result<Self, ExperimentError> {
-        let path = run_dir.join(METRICS_FILE);
-        let text = std::fs::read_to_string(&path).map_err(ExperimentError::io(&path))?;
-        serde_json::from_str(&text).map_err(|e| ExperimentError::DamagedFile {
-            path,
-            reason: e.to_string(),
-        })
+        load_metrics(run_dir)
     }
 
     /// A short two-column summary for the terminal.
