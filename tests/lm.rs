@@ -154,6 +154,40 @@ fn smoke_lm_trains_evaluates_and_generates() {
         text(&again),
         "the same seed drew other bytes"
     );
+
+    // `predict` reads the LM's routing: block 1's experts from block 0, on the first
+    // eval_windows (8) windows of 64 tokens of the test split, with traces `offload` replays.
+    run_ok(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--trace-tokens",
+        "20",
+        "--prefill-batch",
+        "8",
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    let predicted = results.join("lm-smoke-predict");
+    let report = experiments::predict::PredictionReport::load(&predicted).unwrap();
+    assert_eq!(report.max_distance, 1);
+    assert_eq!(report.model.test_points, 8 * 64);
+    assert_eq!(report.model.train_points, 8 * 64);
+    for predictor in &report.predictors {
+        let recall = predictor.distances[0].all.recall;
+        assert!(
+            (0.0..=1.0).contains(&recall),
+            "{}: {recall}",
+            predictor.name
+        );
+    }
+    for file in ["trace-prefill.json", "trace-decode.json"] {
+        let trace = experiments::routing_trace::RoutingTrace::load(&predicted.join(file))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(trace.num_blocks, 2, "{file}");
+    }
     let _ = std::fs::remove_dir_all(&scratch);
 }
 

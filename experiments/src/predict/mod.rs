@@ -13,6 +13,7 @@ mod records;
 mod report;
 mod scoring;
 mod settings;
+mod source;
 #[cfg(test)]
 mod tests;
 pub mod trace;
@@ -22,8 +23,8 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::train::Interrupter;
+use moe_model::MoeAutodiffBackend;
 use moe_model::prediction::{FrequencyBaseline, GatingHeadConfig, HostRouting, layer_cost};
-use moe_model::{Ffn, MoeAutodiffBackend};
 
 pub use fit::{Heads, fit_heads};
 pub use predictors::{FittedPredictors, PREDICTORS};
@@ -34,15 +35,13 @@ pub use report::{
 };
 pub use scoring::{ScoreSetup, mean_k, score_predictors};
 pub use settings::{MAX_HIDDEN, PredictSettings};
+pub use source::{SourceConfig, SourceModel, Split};
 pub use trace::{DECODE_FILE, PREFILL_FILE, TraceSource};
 
-use crate::backend::{BackendJob, BackendKind, max_buffer_bytes, run_on};
-use crate::config::{ConfigSources, RunConfig};
-use crate::data::{TaskSplits, items};
+use crate::backend::{BackendJob, BackendKind, run_on};
+use crate::config::ConfigSources;
 use crate::error::ExperimentError;
-use crate::eval::load_classifier;
 use crate::interrupt::StopOnSignal;
-use crate::limits::{Purpose, check_memory};
 use crate::run_dir::{
     CONFIG_FILE, DirKind, RunDir, RunName, RunState, check_replaceable, git_commit, run_state,
 };
@@ -92,8 +91,10 @@ pub fn predict(request: PredictRequest) -> Result<PredictOutcome, ExperimentErro
                 .into(),
         });
     }
-    let config = sources.load()?;
-    let max_distance = request.settings.check(&run_label, &config)?;
+    let config = SourceConfig::load(&request.run, &sources)?;
+    let max_distance = request
+        .settings
+        .check(&run_label, config.ffn(), config.num_blocks())?;
     let name = match &request.name {
         Some(name) => RunName::parse(name).map_err(|reason| ExperimentError::BadRunName {
             name: format!("--name {name:?}"),
@@ -132,7 +133,7 @@ pub fn predict(request: PredictRequest) -> Result<PredictOutcome, ExperimentErro
 struct Prediction {
     request: PredictRequest,
     sources: ConfigSources,
-    config: RunConfig,
+    config: SourceConfig,
     name: RunName,
     max_distance: usize,
 }
@@ -153,13 +154,9 @@ impl BackendJob for Prediction {
             max_distance,
         } = self;
         let settings = &request.settings;
-        check_memory(
-            &config,
-            &sources,
-            Purpose::Eval,
-            max_buffer_bytes(request.backend),
-        )?;
-        let model = load_classifier::<B::InnerBackend>(&request.run, &config, &device)?.model;
+        config.check_memory(&sources, request.backend)?;
+        let source = SourceModel::<B::InnerBackend>::load(&request.run, &config, &device)?;
+        let model = source.blocks();
         let run_dir = match request.name {
             Some(_) => RunDir::claim(
                 &request.results_root,
@@ -183,38 +180,23 @@ impl BackendJob for Prediction {
             None => Ok(()),
         };
 
-        let blocks = model.blocks().len();
-        let layers: Vec<_> = model
-            .blocks()
-            .iter()
-            .filter_map(|block| match &block.ffn {
-                Ffn::Moe(layer) => Some(layer),
-                Ffn::Dense(_) => None,
-            })
-            .collect();
+        let blocks = model.num_blocks();
+        let layers = model.moe_layers();
         let num_experts = layers[0].num_experts();
-        let d_model = config.model.d_model;
+        let d_model = config.d_model();
+        let unit = config.unit();
         println!(
             "predict: {} ({blocks} blocks, {}) on {}, distances 1..={max_distance} -> {}",
             request.run.display(),
-            config.model.ffn,
+            config.ffn(),
             request.backend.name(),
             run_dir.path().display()
         );
 
-        let splits = TaskSplits::generate(&config.task);
-        let eval_batch = config.train.eval_batch_size;
         let step = Instant::now();
-        let train = collect(
-            &model,
-            &items(&splits.train),
-            eval_batch,
-            &device,
-            true,
-            |_, _| {},
-        );
+        let train = collect(&source, Split::Train, &device, true, |_, _| {});
         println!(
-            "  routing and block inputs of {} training points ({:.1} s)",
+            "  routing and block inputs of {} training {unit} ({:.1} s)",
             train.len(),
             step.elapsed().as_secs_f64()
         );
@@ -248,25 +230,18 @@ impl BackendJob for Prediction {
         let step = Instant::now();
         let mut predicted: Vec<Vec<Vec<HostRouting>>> =
             vec![vec![vec![HostRouting::default(); max_distance]; blocks]; PREDICTORS.len()];
-        let test = collect(
-            &model,
-            &items(&splits.test),
-            eval_batch,
-            &device,
-            false,
-            |passes, tokens| {
-                let batch = predictors.predict(&model, passes, tokens);
-                for (all, new) in predicted.iter_mut().zip(batch) {
-                    for (by_target, new_by_target) in all.iter_mut().zip(new) {
-                        for (slot, new_slot) in by_target.iter_mut().zip(new_by_target) {
-                            slot.extend(new_slot);
-                        }
+        let test = collect(&source, Split::Test, &device, false, |passes, tokens| {
+            let batch = predictors.predict(model, passes, tokens);
+            for (all, new) in predicted.iter_mut().zip(batch) {
+                for (by_target, new_by_target) in all.iter_mut().zip(new) {
+                    for (slot, new_slot) in by_target.iter_mut().zip(new_by_target) {
+                        slot.extend(new_slot);
                     }
                 }
-            },
-        );
+            }
+        });
         println!(
-            "  predictions for {} test points ({:.1} s)",
+            "  predictions for {} test {unit} ({:.1} s)",
             test.len(),
             step.elapsed().as_secs_f64()
         );
@@ -295,7 +270,7 @@ impl BackendJob for Prediction {
                 num_experts,
                 slots: test.slots,
                 d_model,
-                ffn: config.model.ffn.to_string(),
+                ffn: config.ffn().to_string(),
                 train_points,
                 test_points: test.len(),
             },

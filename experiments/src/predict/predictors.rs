@@ -1,10 +1,11 @@
 //! The fitted predictors of every (target block, distance) and their predictions for a batch.
 
 use burn::tensor::backend::Backend;
+use moe_model::prediction::RoutedBlocks;
 use moe_model::prediction::{
     Cost, FateInput, FrequencyBaseline, HostRouting, fate_cost, fate_routing,
 };
-use moe_model::{BlockPass, Ffn, Model, MoeBackend};
+use moe_model::{BlockPass, MoeBackend};
 
 use super::fit::Heads;
 
@@ -49,14 +50,14 @@ impl<B: MoeBackend> FittedPredictors<B> {
     /// tokens whose block passes are `passes`: `[predictor][target][j - 1]`, empty where `t < j`.
     pub fn predict(
         &self,
-        model: &Model<B>,
+        model: &dyn RoutedBlocks<B>,
         passes: &[BlockPass<B>],
         tokens: usize,
     ) -> Vec<Vec<Vec<HostRouting>>> {
         let blocks = passes.len();
         let mut out = vec![vec![vec![HostRouting::default(); self.max_distance]; blocks]; 4];
         for t in 0..blocks {
-            if !matches!(model.blocks()[t].ffn, Ffn::Moe(_)) {
+            if model.moe_layer(t).is_none() {
                 continue;
             }
             for j in 1..=self.max_distance.min(t) {

@@ -1,12 +1,10 @@
 //! What the trained model does on a split, on the host: every block's real routing and, for the
 //! training split, the inputs and targets the gating heads learn from.
 
-use burn::data::dataloader::batcher::Batcher;
 use moe_model::prediction::{HostRouting, choice_targets};
-use moe_model::{Model, MoeBackend};
+use moe_model::{BlockPass, MoeBackend};
 
-use crate::data::{TaskBatch, TaskBatcher};
-use crate::task::TaskItem;
+use super::source::{SourceModel, Split};
 
 /// One split's routing by every block.
 pub struct SplitRecords {
@@ -17,46 +15,47 @@ pub struct SplitRecords {
     /// Each block's choices as distributions over its experts, row-major `[N, E]` (kept only
     /// when asked).
     pub targets: Vec<Vec<f32>>,
-    /// Whether each point is hard. `[N]`
-    pub hard: Vec<bool>,
+    /// Whether each point is hard (task points; `None` for language-model tokens). `[N]`
+    pub hard: Option<Vec<bool>>,
+    /// Rows (points or tokens) recorded: N.
+    pub rows: usize,
     /// Routing slots per token (K).
     pub slots: usize,
 }
 
 impl SplitRecords {
-    /// Number of points.
+    /// Number of rows (points or tokens).
     pub fn len(&self) -> usize {
-        self.hard.len()
+        self.rows
     }
 
     /// Whether the split is empty.
     pub fn is_empty(&self) -> bool {
-        self.hard.is_empty()
+        self.rows == 0
     }
 }
 
-/// Runs `model` over `items` in batches of `batch_size` and records every block's routing; with
-/// `keep_inputs`, also each block's normed input and choice targets (the distillation data).
-/// `on_batch(batch)` is called for each batch's passes, for the caller's predictions.
+/// Runs `source`'s model over `split` and records every block's routing; with `keep_inputs`,
+/// also each block's normed input and choice targets (the distillation data).
+/// `on_batch(passes, rows)` is called for each batch's passes, for the caller's predictions.
 pub fn collect<B: MoeBackend>(
-    model: &Model<B>,
-    items: &[TaskItem],
-    batch_size: usize,
+    source: &SourceModel<B>,
+    split: Split,
     device: &B::Device,
     keep_inputs: bool,
-    mut on_batch: impl FnMut(&[moe_model::BlockPass<B>], usize),
+    mut on_batch: impl FnMut(&[BlockPass<B>], usize),
 ) -> SplitRecords {
-    let blocks = model.blocks().len();
+    let blocks = source.blocks().num_blocks();
     let mut records = SplitRecords {
         real: vec![HostRouting::default(); blocks],
         normed: vec![Vec::new(); blocks],
         targets: vec![Vec::new(); blocks],
-        hard: Vec::with_capacity(items.len()),
+        hard: None,
+        rows: 0,
         slots: 0,
     };
-    for chunk in items.chunks(batch_size.max(1)) {
-        let batch: TaskBatch<B> = TaskBatcher.batch(chunk.to_vec(), device);
-        let (_, passes) = model.forward_blocks(batch.inputs);
+    source.for_each_batch(split, device, |passes, hard| {
+        let rows = passes.first().map_or(0, |pass| pass.normed.dims()[0]);
         for (l, pass) in passes.iter().enumerate() {
             let Some(routing) = &pass.routing else {
                 continue;
@@ -68,8 +67,11 @@ pub fn collect<B: MoeBackend>(
                 records.targets[l].extend(choice_targets(routing));
             }
         }
-        on_batch(&passes, chunk.len());
-        records.hard.extend(batch.hard);
-    }
+        on_batch(&passes, rows);
+        if let Some(hard) = hard {
+            records.hard.get_or_insert_with(Vec::new).extend(hard);
+        }
+        records.rows += rows;
+    });
     records
 }

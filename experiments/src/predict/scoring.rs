@@ -37,7 +37,7 @@ pub fn score_predictors(
         let max_hit_k = MAX_HIT_K.min(setup.num_experts);
         let mut tally = PredictionTally::new(setup.batch_size, max_hit_k);
         for t in targets {
-            tally.add(&test.real[t], &predicted[p][t][j - 1], Some(&test.hard));
+            tally.add(&test.real[t], &predicted[p][t][j - 1], test.hard.as_deref());
         }
         tally.score()
     };

@@ -4,7 +4,6 @@ use moe_model::FfnConfig;
 use moe_model::prediction::{DistillConfig, GatingHeadConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
 use crate::error::ExperimentError;
 
 /// Widest hidden layer a gating head may have (a head is meant to be small next to the layer).
@@ -57,9 +56,14 @@ impl PredictSettings {
             .with_seed(self.seed)
     }
 
-    /// Checks the settings on their own and against the model of `run` (named in messages);
-    /// returns the largest distance to predict.
-    pub fn check(&self, run: &str, config: &RunConfig) -> Result<usize, ExperimentError> {
+    /// Checks the settings on their own and against the model of `run` (named in messages): its
+    /// feed-forward `ffn` in each of its `blocks` blocks. Returns the largest distance to predict.
+    pub fn check(
+        &self,
+        run: &str,
+        ffn: &FfnConfig,
+        blocks: usize,
+    ) -> Result<usize, ExperimentError> {
         let bad = |flag: &str, value: String, reason: String| ExperimentError::BadSetting {
             setting: format!("--{flag} {value}"),
             reason,
@@ -88,9 +92,8 @@ impl PredictSettings {
                 format!("must be in 0..={MAX_HIDDEN} (0: a linear head)"),
             ));
         }
-        let blocks = config.model.num_blocks;
-        if !matches!(config.model.ffn, FfnConfig::Moe(_)) || blocks < 2 {
-            let what = match config.model.ffn {
+        if !matches!(ffn, FfnConfig::Moe(_)) || blocks < 2 {
+            let what = match ffn {
                 FfnConfig::Moe(_) => "one MoE block".to_string(),
                 FfnConfig::Dense(_) => "dense blocks".to_string(),
             };

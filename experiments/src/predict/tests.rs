@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::config::ConfigSources;
+use crate::config::{ConfigSources, RunConfig};
 use crate::routing_trace::RoutingTrace;
 use crate::train::{TrainRequest, train};
 
@@ -134,20 +134,21 @@ fn settings_are_checked_against_the_run() {
     )
     .unwrap();
     let defaults = PredictSettings::default();
-    assert_eq!(defaults.check("r", &four_blocks).unwrap(), 3);
+    let check = |settings: &PredictSettings, config: &RunConfig| {
+        settings.check("results/r", &config.model.ffn, config.model.num_blocks)
+    };
+    assert_eq!(check(&defaults, &four_blocks).unwrap(), 3);
     let with = |f: fn(&mut PredictSettings)| {
         let mut settings = PredictSettings::default();
         f(&mut settings);
         settings
     };
     assert_eq!(
-        with(|s| s.max_distance = Some(2))
-            .check("r", &four_blocks)
-            .unwrap(),
+        check(&with(|s| s.max_distance = Some(2)), &four_blocks).unwrap(),
         2
     );
     let error = |settings: PredictSettings, config: &RunConfig| {
-        settings.check("results/r", config).unwrap_err().to_string()
+        check(&settings, config).unwrap_err().to_string()
     };
     assert_eq!(
         error(with(|s| s.max_distance = Some(4)), &four_blocks),

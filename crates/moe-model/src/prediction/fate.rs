@@ -4,9 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::blocks::RoutedBlocks;
 use crate::backend_ext::{MoeBackend, Routing};
-use crate::ffn::Ffn;
-use crate::model::{BlockPass, Model};
+use crate::model::BlockPass;
 
 /// Which form of block `l`'s input block `l + j`'s router reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,18 +38,15 @@ impl FateInput {
 /// # Shapes
 /// - `source.residual`, `source.normed`: `[T, d]` -> routing `[T, K]`
 pub fn fate_routing<B: MoeBackend>(
-    model: &Model<B>,
+    model: &(impl RoutedBlocks<B> + ?Sized),
     source: &BlockPass<B>,
     target: usize,
     input: FateInput,
 ) -> Option<Routing<B>> {
-    let block = model.blocks().get(target)?;
-    let Ffn::Moe(layer) = &block.ffn else {
-        return None;
-    };
+    let layer = model.moe_layer(target)?;
     let x = match input {
         FateInput::SourceNormed => source.normed.clone(),
-        FateInput::TargetNorm => block.norm.forward(source.residual.clone()), // [T, d]
+        FateInput::TargetNorm => model.ffn_norm(target, source.residual.clone()), // [T, d]
     };
     Some(layer.route(x))
 }

@@ -13,9 +13,10 @@
 //!
 //! [`metrics`] scores a prediction against the real routing (recall, precision, top-k hits, per
 //! token, per batch and on easy and hard points); [`cost`] puts each predictor's parameters and
-//! FLOPs next to the layer's. [`crate::Model::forward_blocks`] gives each block's inputs and
-//! decision.
+//! FLOPs next to the layer's. [`crate::Model::forward_blocks`] and [`crate::Lm::forward_blocks`]
+//! give each block's inputs and decision; [`RoutedBlocks`] is what the predictors read of either.
 
+mod blocks;
 pub mod cost;
 pub mod distill;
 pub mod fate;
@@ -26,6 +27,7 @@ pub mod metrics;
 #[cfg(test)]
 mod tests;
 
+pub use blocks::RoutedBlocks;
 pub use cost::{Cost, fate_cost, layer_cost};
 pub use distill::{DistillConfig, DistillData, DistillReport, choice_targets, distill};
 pub use fate::{FateInput, fate_routing};
