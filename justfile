@@ -30,6 +30,11 @@ generate run *args:
 compare:
     cargo run --release -p experiments -- compare
 
+# docs/REPORT.md: the three questions answered from the result files in results/ (then the
+# committed copies in docs/results/); each number names its file and command.
+report *args:
+    cargo run --release -p experiments -- report {{args}}
+
 # Train top-1, top-2, variable-k and dense on the same task, then compare them.
 study *args:
     just backend={{backend}} train top1 {{args}}

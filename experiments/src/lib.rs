@@ -25,6 +25,7 @@ pub mod routing_metrics;
 pub mod routing_summary;
 pub mod routing_trace;
 pub mod run_dir;
+pub mod study;
 pub mod sweep;
 pub mod task;
 pub mod train;

@@ -17,7 +17,7 @@ use experiments::lm::sample::Sampling;
 use experiments::predict::{PredictRequest, PredictSettings, predict};
 use experiments::sweep::{SweepRequest, sweep};
 use experiments::train::{TrainRequest, train};
-use experiments::{BackendKind, ExperimentError, eval, report};
+use experiments::{BackendKind, ExperimentError, eval, report, study};
 
 #[derive(Parser)]
 #[command(
@@ -246,6 +246,16 @@ enum Command {
         #[arg(long, default_value = "results")]
         results: PathBuf,
     },
+    /// Write docs/REPORT.md: the project's three questions answered from the result files
+    /// found (the routing studies, bench, predict, offload), each number naming its file.
+    Report {
+        /// Directories searched for result files, in order (repeatable).
+        #[arg(long, default_values = ["results", "docs/results"])]
+        results: Vec<PathBuf>,
+        /// The report to write.
+        #[arg(long, default_value = "docs/REPORT.md")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -466,6 +476,19 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 eprintln!("note: skipped {skipped}");
             }
             println!("{}", comparison.table()?);
+        }
+        Command::Report { results, out } => {
+            let outcome = study::report(study::ReportRequest {
+                roots: results,
+                out,
+            })?;
+            for path in &outcome.read {
+                println!("read {}", path.display());
+            }
+            for command in &outcome.missing {
+                println!("not found: the results of `{command}`");
+            }
+            println!("report written to {}", outcome.path.display());
         }
     }
     Ok(())

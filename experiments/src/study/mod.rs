@@ -1,0 +1,154 @@
+//! `report`: `docs/REPORT.md`, the project's answers written from result files. It reads the
+//! routing studies (language model and synthetic task), the layer benchmark, routing prediction
+//! and offloading, wherever they are found (`results/` first, then the committed copies under
+//! `docs/results/`), answers the three questions in words, and puts every table after them.
+//! Each number names the file it comes from and the command that wrote it; what is missing is
+//! named with the command that measures it.
+
+mod answers;
+mod compare;
+mod layer_speed;
+mod markdown;
+mod routing_prediction;
+mod sources;
+mod studies;
+mod sweep_view;
+
+use std::path::{Path, PathBuf};
+
+pub use sources::{Found, Source};
+pub use studies::{Study, Workload};
+
+use crate::error::ExperimentError;
+use crate::run_dir::git_commit;
+use answers::{Evidence, answers, limits};
+
+/// One `report` command.
+pub struct ReportRequest {
+    /// Directories searched for result files, in order (e.g. `results`, `docs/results`).
+    pub roots: Vec<PathBuf>,
+    /// The report to write, e.g. `docs/REPORT.md`.
+    pub out: PathBuf,
+}
+
+/// What `report` wrote.
+pub struct ReportOutcome {
+    /// The report file.
+    pub path: PathBuf,
+    /// The result files it read.
+    pub read: Vec<PathBuf>,
+    /// The commands whose results were missing.
+    pub missing: Vec<&'static str>,
+}
+
+/// Reads the result files and writes the report (through a temporary file, so a failed write
+/// keeps the previous report).
+pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> {
+    let roots = &request.roots;
+    let mut read = Vec::new();
+    let mut missing = Vec::new();
+    let mut take = |sources: &[Source]| -> Result<Option<Found>, ExperimentError> {
+        let found = sources::find(roots, sources)?;
+        match &found {
+            Some(found) => read.push(found.path.clone()),
+            None => missing.push(sources[0].command),
+        }
+        Ok(found)
+    };
+    let lm = take(&sources::LM_SWEEPS)?.and_then(|f| Study::new(Workload::Lm, f));
+    let task = take(&sources::TASK_SWEEPS)?.and_then(|f| Study::new(Workload::Task, f));
+    let bench = take(&sources::BENCH)?;
+    let lm_prediction = take(&sources::LM_PREDICTION)?;
+    let task_prediction = take(&sources::TASK_PREDICTION)?;
+    let offload = take(&sources::LM_OFFLOAD)?;
+    let bench_rows = bench.as_ref().map(|f| layer_speed::layer_rows(&f.json));
+    let policy_rows = offload
+        .as_ref()
+        .map(|f| routing_prediction::policy_rows(&f.json))
+        .filter(|rows| !rows.is_empty());
+    let evidence = Evidence {
+        lm: lm.as_ref(),
+        task: task.as_ref(),
+        bench: bench.as_ref().zip(bench_rows.as_deref()),
+        offload: offload.as_ref().zip(policy_rows.as_deref()),
+    };
+
+    let out = &request.out;
+    let not_found = |what: &str, command: &str| {
+        format!("Not measured in the result files found: `{command}` writes {what}.")
+    };
+    let mut sections = vec![
+        "# What variable-k routing buys: the report".to_string(),
+        format!(
+            "Written by `just report` (commit {}) from the result files below; every table \
+             names its file and the command that wrote it. Variable-k routing sends a token to \
+             one expert when the router is confident and to two otherwise; top-1 and top-2 \
+             always use one and two; the dense baselines are SwiGLU MLPs with top-2's active \
+             parameters (`dense-active`) and with all the experts' parameters (`dense-total`).",
+            git_commit().unwrap_or_else(|| "unknown".into())
+        ),
+        "## The answers".to_string(),
+        answers(&evidence),
+        "## What the measurements do not support".to_string(),
+        limits(&evidence),
+        "## The language model: quality, balance and cost against mean k".to_string(),
+        lm.as_ref().map_or_else(
+            || not_found("the language-model study", sources::LM_SWEEPS[0].command),
+            |study| study.section(out),
+        ),
+        "## The MoE layer's speed (prefill and decode)".to_string(),
+        match (&bench, &bench_rows) {
+            (Some(found), Some(rows)) => layer_speed::section(found, rows),
+            _ => not_found("the layer benchmark", sources::BENCH[0].command),
+        },
+        "## Predicting the next blocks' experts".to_string(),
+    ];
+    for (label, found, source) in [
+        (
+            "On the language model",
+            &lm_prediction,
+            &sources::LM_PREDICTION[0],
+        ),
+        (
+            "On the synthetic task",
+            &task_prediction,
+            &sources::TASK_PREDICTION[0],
+        ),
+    ] {
+        sections.push(format!(
+            "{label}: {}",
+            found.as_ref().map_or_else(
+                || not_found("it", source.command),
+                routing_prediction::prediction_section
+            )
+        ));
+    }
+    sections.push("## Offloading on the language model's routing".to_string());
+    sections.push(match (&offload, &policy_rows) {
+        (Some(found), Some(rows)) => routing_prediction::offload_section(found, rows),
+        _ => not_found("it", sources::LM_OFFLOAD[0].command),
+    });
+    sections.push("## The synthetic task".to_string());
+    sections.push(task.as_ref().map_or_else(
+        || not_found("the routing study", sources::TASK_SWEEPS[0].command),
+        |study| study.section(out),
+    ));
+    write_atomically(out, &(sections.join("\n\n") + "\n"))?;
+    Ok(ReportOutcome {
+        path: out.clone(),
+        read,
+        missing,
+    })
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), ExperimentError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(ExperimentError::io(parent))?;
+    }
+    let temporary = path.with_extension(format!("md.tmp-{}", std::process::id()));
+    std::fs::write(&temporary, text).map_err(ExperimentError::io(&temporary))?;
+    std::fs::rename(&temporary, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        ExperimentError::io(path)(e)
+    })
+}
