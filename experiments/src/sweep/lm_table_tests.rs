@@ -144,7 +144,7 @@ fn table() -> SweepTable {
             measured.push(WorkloadMetrics::Lm(metrics(bpb, routing)));
         }
     }
-    let (methods, runs) = SweepTable::new(&plan, measured, Workload::Lm);
+    let (methods, runs) = SweepTable::rows(&plan, measured, Workload::Lm);
     SweepTable {
         workload: Workload::Lm,
         name: "lm".into(),

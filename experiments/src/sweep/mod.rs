@@ -104,7 +104,7 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     let workload = runs
         .first()
         .map_or_else(Workload::default, |r| r.config.workload());
-    let (methods, run_rows) = SweepTable::new(&runs, metrics, workload);
+    let (methods, run_rows) = SweepTable::rows(&runs, metrics, workload);
     let table = SweepTable {
         workload,
         name: settings.name.clone(),

@@ -7,8 +7,11 @@ use crate::lm::evaluate::BlockRouting;
 use crate::lm::metrics::LmMetrics;
 use crate::report::RunMetrics;
 
-/// The task's quantities, in column order: name and how to read it from a run.
-const TASK: [(&str, fn(&RunMetrics) -> Option<f64>); 10] = [
+/// A quantity's name and how to read it from a run's metrics `M` (`None`: the run has none).
+type Quantity<M> = (&'static str, fn(&M) -> Option<f64>);
+
+/// The task's quantities, in column order.
+const TASK: [Quantity<RunMetrics>; 10] = [
     ("test_accuracy", |m| Some(m.test_accuracy)),
     ("accuracy_easy", |m| m.accuracy_easy),
     ("accuracy_hard", |m| m.accuracy_hard),
@@ -27,7 +30,7 @@ const TASK: [(&str, fn(&RunMetrics) -> Option<f64>); 10] = [
 
 /// The language model's quantities, in column order. Routing is read on the validation split
 /// (the front's split); the load statistics are means over the MoE blocks.
-const LM: [(&str, fn(&LmMetrics) -> Option<f64>); 12] = [
+const LM: [Quantity<LmMetrics>; 12] = [
     ("valid_bits_per_byte", |m| Some(m.valid.bits_per_byte)),
     ("test_bits_per_byte", |m| Some(m.test.bits_per_byte)),
     ("mean_k", |m| m.valid.mean_k),

@@ -105,7 +105,7 @@ pub struct SweepTable {
 impl SweepTable {
     /// Groups the runs of `plan` (with their `metrics`, same order) by method and marks the
     /// front of `workload`'s quality.
-    pub fn new(
+    pub fn rows(
         plan: &[PlannedRun],
         metrics: Vec<WorkloadMetrics>,
         workload: Workload,
