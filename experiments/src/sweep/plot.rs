@@ -23,7 +23,7 @@ const SIZE: (u32, u32) = (960, 640);
 
 /// What a workload's plots show: the quality axis of the Pareto plot and the axis labels.
 struct Axes {
-    /// The quantity on the quality axis.
+    /// The quantity on the quality axis ([`Workload::quality`]).
     quality: &'static str,
     /// Factor from the quantity to the axis (100: a fraction shown in percent).
     scale: f64,
@@ -49,7 +49,7 @@ struct Axes {
 fn axes(workload: Workload) -> Axes {
     match workload {
         Workload::Task => Axes {
-            quality: "test_accuracy",
+            quality: workload.quality().quantity,
             scale: 100.0,
             caption: "test accuracy against mean k (mean ± std over seeds)",
             quality_label: "test accuracy (%)",
@@ -61,7 +61,7 @@ fn axes(workload: Workload) -> Axes {
             load_label: "coefficient of variation of the per-expert load (test set, mean over layers)",
         },
         Workload::Lm => Axes {
-            quality: "valid_bits_per_byte",
+            quality: workload.quality().quantity,
             scale: 1.0,
             caption: "validation bits per byte against mean k (mean ± std over seeds)",
             quality_label: "validation bits per byte (lower is better)",
