@@ -44,7 +44,8 @@ study *args:
     just compare
 
 # The routing study: every method of configs/sweep.toml with every seed, tables and plots in
-# results/sweep-<name>/ (resumes if interrupted). `just sweep --quick` (CI-sized), `--backend cuda`, `--fresh`.
+# results/sweep-<name>/ (resumes if interrupted). `just sweep --quick` (CI-sized), `--backend cuda`, `--fresh`,
+# `--set key=value`; on the language model `just sweep --config configs/sweep-lm.toml --quick`.
 sweep *args:
     cargo run --release -p experiments -- sweep {{backend_flag}} {{args}}
 

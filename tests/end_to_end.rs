@@ -13,11 +13,17 @@ fn every_shipped_config_parses_and_validates() {
     let mut checked = 0;
     for entry in std::fs::read_dir(repo_path("configs")).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().is_some_and(|name| name == "sweep.toml") {
-            // A sweep config: its [sweep] section and every run it plans, full and quick.
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("sweep") && name.ends_with(".toml") {
+            // A sweep config: its [sweep] section and every run it plans, full and (where it has
+            // [sweep.quick]) quick.
+            let text = std::fs::read_to_string(&path).unwrap();
             for quick in [false, true] {
+                if quick && !text.contains("[sweep.quick]") {
+                    continue;
+                }
                 let file = SweepFile::load(&path, quick).unwrap_or_else(|e| panic!("{e}"));
-                plan(&file, &path).unwrap_or_else(|e| panic!("{e}"));
+                plan(&file, &path).unwrap_or_else(|e| panic!("{name}: {e}"));
             }
             checked += 1;
         } else if path.file_name().is_some_and(|name| name == "offload.toml") {
@@ -38,6 +44,33 @@ fn every_shipped_config_parses_and_validates() {
         }
     }
     assert!(checked >= 6, "only {checked} configs found");
+}
+
+/// The language-model studies plan 10 methods x 3 seeds of language-model runs, every run on the
+/// same number of training tokens; the H100 one at the size of `configs/lm-moe.toml`.
+#[test]
+fn lm_sweep_configs_plan_thirty_runs_of_equal_tokens() {
+    for (config, tokens, d_model) in [
+        ("configs/sweep-lm.toml", 1000 * 16 * 512, 256),
+        ("configs/sweep-lm-cpu.toml", 1000 * 16 * 128, 64),
+    ] {
+        let path = repo_path(config);
+        let runs = plan(&SweepFile::load(&path, false).unwrap(), &path).unwrap();
+        assert_eq!(runs.len(), 30, "{config}");
+        for run in &runs {
+            let experiments::sweep::WorkloadConfig::Lm(lm) = &run.config else {
+                panic!("{config}: {} is not a language-model run", run.name)
+            };
+            assert_eq!(
+                lm.train.steps * lm.tokens_per_step(),
+                tokens,
+                "{}",
+                run.name
+            );
+            assert_eq!(lm.model.d_model, d_model, "{}", run.name);
+            assert_eq!(lm.train.eval_interval, lm.train.steps, "{}", run.name);
+        }
+    }
 }
 
 /// `configs/lm-moe.toml` lists the language model's defaults, and adds the mean-k budget.

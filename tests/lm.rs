@@ -1,59 +1,12 @@
 //! End-to-end tests of the language model through the binary: `configs/lm-smoke.toml` trains on
 //! a small generated corpus (what CI trains), is evaluated again and generates text; bad LM
-//! configs end with one line and exit code 2 and leave nothing behind.
+//! configs end with one line and exit code 2 and leave nothing behind; the quick LM routing
+//! study trains, tabulates and resumes.
 
 mod support;
 
-use std::path::Path;
-
-use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
-use rand::{RngExt, SeedableRng};
-use sha2::{Digest, Sha256};
-use support::{assert_clean_failure, experiments, repo_path, scratch_dir};
-
-/// Writes a corpus laid out as `scripts/corpus` writes it: a few documents per source of
-/// seeded pseudo-English sentences, with their sizes and sha256 in `manifest.tsv`.
-fn write_corpus(dir: &Path) {
-    let words = [
-        "the", "of", "and", "to", "in", "a", "that", "he", "shall", "unto", "for", "his", "i",
-        "with", "not", "all", "they", "be", "is", "him", "whale", "ship", "sea", "nation",
-        "people", "congress", "lord", "king", "love", "night", "day", "upon", "great", "men",
-    ];
-    let mut rng = StdRng::seed_from_u64(11);
-    let mut manifest =
-        String::from("source\tpackage\tversion\tlicence\tcredit\tfile\tbytes\tsha256\n");
-    for source in ["sotu", "shakespeare", "bible", "moby-dick"] {
-        std::fs::create_dir_all(dir.join(source)).unwrap();
-        for doc in 0..3 {
-            let mut text = String::new();
-            while text.len() < 3000 {
-                let length = rng.random_range(4..12);
-                let sentence: Vec<&str> = (0..length)
-                    .map(|_| *words.choose(&mut rng).unwrap())
-                    .collect();
-                let sentence = sentence.join(" ");
-                let mut chars = sentence.chars();
-                let first = chars.next().unwrap().to_ascii_uppercase();
-                text.push_str(&format!("{first}{}. ", chars.as_str()));
-                if rng.random_range(0..5) == 0 {
-                    text.push_str(&format!("{}\n", rng.random_range(1..2000)));
-                }
-            }
-            let file = format!("{source}/doc-{doc}.txt");
-            std::fs::write(dir.join(&file), &text).unwrap();
-            let digest: String = Sha256::digest(text.as_bytes())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            manifest.push_str(&format!(
-                "{source}\tpkg\t1.0\tCC0-1.0\tthe tests\t{file}\t{}\t{digest}\n",
-                text.len()
-            ));
-        }
-    }
-    std::fs::write(dir.join("manifest.tsv"), manifest).unwrap();
-}
+use support::corpus::write_corpus;
+use support::{assert_clean_failure, experiments, repo_path, scratch_dir, snapshot};
 
 fn run_ok(args: &[&str]) -> String {
     let output = experiments(args);
@@ -230,5 +183,109 @@ fn bad_lm_configs_end_with_one_line() {
     assert!(!results.exists());
     let output = experiments(&["generate", "--run", scratch.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The language-model routing study's `--quick` sweep (`configs/sweep-lm.toml`) trains every
+/// method on a generated corpus, writes its tables and plots, and a second invocation resumes
+/// without training any run again.
+#[test]
+fn quick_lm_sweep_writes_tables_and_plots_and_resumes() {
+    let scratch = scratch_dir("lm-sweep");
+    let corpus = scratch.join("corpus");
+    write_corpus(&corpus);
+    let results = scratch.join("results");
+    let config = repo_path("configs/sweep-lm.toml");
+    let corpus_dir = format!("corpus.dir={:?}", corpus.display().to_string());
+    let args = [
+        "sweep",
+        "--quick",
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        &corpus_dir,
+        "--results",
+        results.to_str().unwrap(),
+    ];
+    let first = run_ok(&args);
+    let methods = [
+        "dense-active",
+        "dense-total",
+        "top1",
+        "top2",
+        "threshold-0.5",
+        "budget-1.4",
+    ];
+    for method in methods {
+        assert!(
+            first.contains(&format!(" {method}-s0: valid bits per byte ")),
+            "no progress line of {method}:\n{first}"
+        );
+    }
+    let dir = results.join("sweep-lm-routing-quick");
+    for file in [
+        "sweep.json",
+        "sweep.csv",
+        "pareto.md",
+        "pareto.svg",
+        "load_cv.svg",
+    ] {
+        let size = std::fs::metadata(dir.join(file)).map_or(0, |m| m.len());
+        assert!(size > 200, "{file}: {size} bytes");
+    }
+    for png in ["pareto.png", "load_cv.png"] {
+        let bytes = std::fs::read(dir.join(png)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{png} is not a PNG"
+        );
+    }
+    let svg = std::fs::read_to_string(dir.join("pareto.svg")).unwrap();
+    assert!(svg.contains("validation bits per byte (lower is better)") && svg.contains("top2"));
+
+    // One row per run, then one per method, every method with its validation bits per byte.
+    let csv = std::fs::read_to_string(dir.join("sweep.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with(
+        "kind,method,family,seed,runs,valid_bits_per_byte,valid_bits_per_byte_std,test_bits_per_byte,"
+    ));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let method_rows: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == "method").collect();
+    assert_eq!(rows.len(), 2 * methods.len(), "{csv}");
+    assert_eq!(
+        method_rows.iter().map(|r| r[1]).collect::<Vec<_>>(),
+        methods,
+        "{csv}"
+    );
+    for row in method_rows {
+        let bits_per_byte: f64 = row[5].parse().unwrap();
+        assert!(bits_per_byte > 0.5 && bits_per_byte < 9.0, "{row:?}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), methods.len());
+    assert!(runs.iter().all(|run| run["metrics"]["workload"] == "lm"));
+    let markdown = std::fs::read_to_string(dir.join("pareto.md")).unwrap();
+    for expected in [
+        "| budget-1.4 |",
+        "Load CV per MoE block",
+        "Mean k by the class",
+    ] {
+        assert!(
+            markdown.contains(expected),
+            "{expected:?} missing:\n{markdown}"
+        );
+    }
+
+    // A second invocation finds every run finished, trains none and rewrites only the tables.
+    let trained = snapshot(&dir.join("runs"));
+    let again = run_ok(&args);
+    assert!(again.contains("resuming: 6 of 6 runs"), "{again}");
+    assert!(
+        !again.contains("[1/6]"),
+        "a run was trained again:\n{again}"
+    );
+    assert_eq!(snapshot(&dir.join("runs")), trained);
     let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -234,7 +234,7 @@ pub enum ExperimentError {
     },
     /// A finished run of a sweep was trained with another config than the sweep now plans.
     #[error(
-        "{0} was trained with another config than the sweep now plans (was the sweep config edited?); pass --fresh to start the sweep over"
+        "{0} was trained with another config than the sweep now plans (was the sweep config or a --set edited?); pass --fresh to start the sweep over"
     )]
     SweepChanged(PathBuf),
     /// A plot could not be drawn or written.

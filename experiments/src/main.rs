@@ -133,6 +133,10 @@ enum Command {
         /// Start over instead of resuming an earlier, interrupted sweep of the same name.
         #[arg(long)]
         fresh: bool,
+        /// Override one field of every run's config, after [sweep.quick]'s, e.g.
+        /// --set model.ffn.compute_type="bf16" (repeatable; a resume needs the same ones).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
         /// Directory holding the sweep directory.
         #[arg(long, default_value = "results")]
         results: PathBuf,
@@ -371,6 +375,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             quick,
             backend,
             fresh,
+            overrides,
             results,
         } => {
             let outcome = sweep(SweepRequest {
@@ -379,6 +384,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 backend,
                 results_root: results,
                 fresh,
+                overrides,
             })?;
             println!("{}", outcome.table.markdown());
             println!(

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod corpus;
+
 /// The `experiments` binary under test.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_experiments");
 

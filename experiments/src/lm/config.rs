@@ -167,10 +167,13 @@ fn tokens_per_step(config: &LmRunConfig) -> Result<usize, InvalidValue> {
 /// Whether the config file at `path` is a language-model config (it has a `[corpus]` table).
 /// An unreadable or unparsable file is left to the task config's loader, which names the error.
 pub fn is_lm_config(path: &Path) -> bool {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
-        .is_some_and(|table| table.contains_key("corpus"))
+    std::fs::read_to_string(path).is_ok_and(|text| is_lm_config_text(&text))
+}
+
+/// Whether config text is a language-model config (it has a `[corpus]` table); unparsable text
+/// is not.
+pub fn is_lm_config_text(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text).is_ok_and(|table| table.contains_key("corpus"))
 }
 
 /// The model a `[model]` table starts from (`configs/lm-moe.toml` lists it): 4 blocks of width

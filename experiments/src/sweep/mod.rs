@@ -1,23 +1,31 @@
-//! `sweep`: the routing study. From one sweep config (`configs/sweep.toml`) it trains every
-//! listed method (dense baselines, top-k, variable-k thresholds, the mean-k budget, top-p, expert
-//! choice, balancing, capacity, shared experts) with every seed, then writes
-//! `results/sweep-<name>/`: `sweep.json`, `sweep.csv`, `pareto.md` and the plots
-//! (`pareto.{png,svg}`, `load_cv.{png,svg}`). Runs that finished earlier are kept, so an
-//! interrupted sweep resumes.
+//! `sweep`: the routing study. From one sweep config (`configs/sweep.toml` for the synthetic
+//! task, `configs/sweep-lm.toml` for the byte-level language model) it trains every listed method
+//! (dense baselines, top-k, variable-k thresholds, the mean-k budget, top-p, expert choice,
+//! balancing, capacity, shared experts) with every seed, then writes `results/sweep-<name>/`:
+//! `sweep.json`, `sweep.csv`, `pareto.md` and the plots (`pareto.{png,svg}`,
+//! `load_cv.{png,svg}`). Runs that finished earlier are kept, so an interrupted sweep resumes.
 
+mod markdown;
 mod plan;
 mod plot;
 mod preflight;
+mod quantities;
 mod runner;
 mod settings;
 mod table;
+mod workload;
+
+#[cfg(test)]
+mod lm_table_tests;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use plan::{Family, PlannedRun, plan};
+pub use quantities::{Better, Quality};
 pub use settings::{SweepFile, SweepSettings};
 pub use table::{MethodRow, RunRow, Spread, SweepTable};
+pub use workload::{Workload, WorkloadConfig, WorkloadMetrics};
 
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
@@ -39,6 +47,9 @@ pub struct SweepRequest {
     pub results_root: PathBuf,
     /// Replace earlier results of this sweep (only a sweep directory) instead of resuming.
     pub fresh: bool,
+    /// `key=value` overrides of the run config, applied after `[sweep.quick] set` (e.g.
+    /// `model.ffn.compute_type="bf16"`); a resume needs the same ones.
+    pub overrides: Vec<String>,
 }
 
 /// What a finished sweep wrote.
@@ -60,7 +71,8 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     // Read once: the file may be this sweep's own record, which is rewritten below.
     let text =
         std::fs::read_to_string(&request.config).map_err(ExperimentError::io(&request.config))?;
-    let file = SweepFile::parse(&text, &request.config, request.quick)?;
+    let mut file = SweepFile::parse(&text, &request.config, request.quick)?;
+    file.run_overrides.extend(request.overrides.iter().cloned());
     let runs = plan(&file, &request.config)?;
     let settings = &file.settings;
     preflight::check(&runs, &file, &request.config, request.backend)?;
@@ -89,8 +101,12 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     );
 
     let metrics = run_all(&runs, &dirs, settings.jobs, request.backend)?;
-    let (methods, run_rows) = SweepTable::new(&runs, metrics);
+    let workload = runs
+        .first()
+        .map_or_else(Workload::default, |r| r.config.workload());
+    let (methods, run_rows) = SweepTable::rows(&runs, metrics, workload);
     let table = SweepTable {
+        workload,
         name: settings.name.clone(),
         backend: request.backend.name().to_string(),
         quick: request.quick,
@@ -102,7 +118,8 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     table.save(&dir)?;
     let markdown = dir.join("pareto.md");
     std::fs::write(&markdown, table.markdown() + "\n").map_err(ExperimentError::io(&markdown))?;
-    let plots = plot::plot_all(&table.methods, &format!("sweep {}", settings.name), &dir)?;
+    let title = format!("sweep {}", settings.name);
+    let plots = plot::plot_all(&table.methods, workload, &title, &dir)?;
     Ok(SweepOutcome { dir, table, plots })
 }
 

@@ -1,5 +1,6 @@
-//! The runs of a sweep: one per method and seed, each a full run config derived from the shared
-//! one by changing only the feed-forward (its routing, or a dense MLP) and the training seed.
+//! The runs of a sweep: one per method and seed, each a full run config (task or language model)
+//! derived from the shared one by changing only the feed-forward (its routing, or a dense MLP)
+//! and the training seed.
 
 use std::path::Path;
 
@@ -9,7 +10,8 @@ use moe_model::{
 use serde::{Deserialize, Serialize};
 
 use super::settings::SweepFile;
-use crate::config::{ConfigOrigin, RunConfig};
+use super::workload::WorkloadConfig;
+use crate::config::ConfigOrigin;
 use crate::error::ExperimentError;
 
 /// Kinds of method, for grouping in tables and plots.
@@ -78,13 +80,13 @@ pub struct PlannedRun {
     /// Training seed.
     pub seed: u64,
     /// The validated run config.
-    pub config: RunConfig,
+    pub config: WorkloadConfig,
 }
 
 /// Every run of the sweep in `file` (read from `path`), methods in file order, seeds inside each.
 pub fn plan(file: &SweepFile, path: &Path) -> Result<Vec<PlannedRun>, ExperimentError> {
-    let base = RunConfig::parse(&file.run_config_text, path, &file.run_overrides)?;
-    let FfnConfig::Moe(moe) = &base.model.ffn else {
+    let base = WorkloadConfig::parse(&file.run_config_text, path, &file.run_overrides)?;
+    let FfnConfig::Moe(moe) = base.ffn() else {
         return Err(ExperimentError::InvalidConfig {
             origin: ConfigOrigin::File(path.to_path_buf()),
             source: InvalidValue::new(
@@ -97,7 +99,7 @@ pub fn plan(file: &SweepFile, path: &Path) -> Result<Vec<PlannedRun>, Experiment
     let mut runs = Vec::new();
     for method in methods(file, moe) {
         let mut config = base.clone();
-        config.model.ffn = method.ffn.clone();
+        config.set_ffn(method.ffn.clone());
         config.validate().map_err(|e| {
             let (field, value) = &method.source;
             ExperimentError::InvalidConfig {
@@ -107,7 +109,7 @@ pub fn plan(file: &SweepFile, path: &Path) -> Result<Vec<PlannedRun>, Experiment
         })?;
         for &seed in &file.settings.seeds {
             let mut config = config.clone();
-            config.train.seed = seed;
+            config.set_seed(seed);
             runs.push(PlannedRun {
                 name: format!("{}-s{seed}", method.name),
                 method: method.name.clone(),
@@ -139,7 +141,8 @@ fn methods(file: &SweepFile, moe: &MoeLayerConfig) -> Vec<Method> {
             FfnConfig::Dense(
                 DenseMlpConfig::new()
                     .with_width(width)
-                    .with_activation(moe.activation),
+                    .with_activation(moe.activation)
+                    .with_compute_type(moe.compute_type),
             )
         };
         let active = 2 * moe.expert_width;
@@ -236,6 +239,7 @@ fn methods(file: &SweepFile, moe: &MoeLayerConfig) -> Vec<Method> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RunConfig;
 
     fn file(sweep: &str) -> SweepFile {
         // The run config part must not be empty (an empty config file is an error); the sweep
@@ -269,17 +273,81 @@ mod tests {
         );
         let defaults = RunConfig::new();
         for run in &runs {
-            assert_eq!(run.config.train.seed, run.seed);
-            assert_eq!(run.config.task.to_string(), defaults.task.to_string());
+            assert_eq!(run.config.seed(), run.seed);
+            let WorkloadConfig::Task(config) = &run.config else {
+                panic!("a config without [corpus] plans task runs")
+            };
+            assert_eq!(config.task.to_string(), defaults.task.to_string());
         }
-        let FfnConfig::Dense(dense) = &runs[2].config.model.ffn else {
+        let FfnConfig::Dense(dense) = runs[2].config.ffn() else {
             panic!("dense-total is dense")
         };
         assert_eq!(dense.width, 8 * 128);
-        let FfnConfig::Moe(budget) = &runs[6].config.model.ffn else {
+        let FfnConfig::Moe(budget) = runs[6].config.ffn() else {
             panic!("budget is an MoE")
         };
         assert_eq!(budget.target_mean_k, Some(1.3));
+    }
+
+    /// A run part with `[corpus]` plans language-model runs: the sweep's methods on its
+    /// feed-forward, everything else as the file says.
+    #[test]
+    fn a_corpus_table_plans_language_model_runs_with_the_base_kept() {
+        let text = "[sweep]\nname = \"lm\"\nseeds = [0, 3]\ndense = true\ntop_k = [1]\n\
+                    thresholds = [0.4]\ntarget_mean_k = [1.5]\nbalance = [\"bias\"]\n\
+                    [corpus]\ndir = \"texts\"\n[model]\nd_model = 32\ncontext = 64\n\
+                    num_heads = 2\n[model.ffn]\nkind = \"moe\"\nnum_experts = 4\n\
+                    expert_width = 48\ncompute_type = \"bf16\"\n[train]\nsteps = 7\n";
+        let file = SweepFile::parse(text, Path::new("lm.toml"), false).unwrap();
+        let runs = plan(&file, Path::new("lm.toml")).unwrap();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "dense-active-s0",
+                "dense-active-s3",
+                "dense-total-s0",
+                "dense-total-s3",
+                "top1-s0",
+                "top1-s3",
+                "threshold-0.4-s0",
+                "threshold-0.4-s3",
+                "budget-1.5-s0",
+                "budget-1.5-s3",
+                "balance-bias-s0",
+                "balance-bias-s3",
+            ]
+        );
+        for run in &runs {
+            let WorkloadConfig::Lm(config) = &run.config else {
+                panic!("{}: a [corpus] table plans language-model runs", run.name)
+            };
+            assert_eq!(config.train.seed, run.seed);
+            assert_eq!(config.train.steps, 7);
+            assert_eq!(config.corpus.dir, Path::new("texts"));
+            assert_eq!((config.model.d_model, config.model.context), (32, 64));
+            assert_eq!(
+                run.config.ffn().compute_type(),
+                Some(moe_model::ComputeType::Bf16),
+                "{}",
+                run.name
+            );
+        }
+        let width = |i: usize| match runs[i].config.ffn() {
+            FfnConfig::Dense(dense) => dense.width,
+            FfnConfig::Moe(_) => panic!("{} is dense", runs[i].name),
+        };
+        assert_eq!((width(0), width(2)), (2 * 48, 4 * 48));
+        let moe = |i: usize| match runs[i].config.ffn() {
+            FfnConfig::Moe(moe) => moe.clone(),
+            FfnConfig::Dense(_) => panic!("{} is an MoE", runs[i].name),
+        };
+        assert_eq!(moe(4).routing, RoutingPolicy::TopK { k: 1 });
+        assert_eq!(moe(6).routing, RoutingPolicy::Threshold { tau: 0.4 });
+        assert_eq!(moe(8).target_mean_k, Some(1.5));
+        assert_eq!(moe(10).balance, BalanceMethod::Bias);
+        assert_eq!(moe(10).routing, RoutingPolicy::Threshold { tau: 0.5 });
+        assert!(moe(4).num_experts == 4 && moe(4).expert_width == 48);
     }
 
     #[test]

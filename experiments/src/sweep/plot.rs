@@ -1,5 +1,6 @@
-//! The sweep's plots with `plotters`, as PNG and SVG: test accuracy against mean k (the Pareto
-//! front; seed spread as error bars, dense baselines as horizontal lines) and load CV per method.
+//! The sweep's plots with `plotters`, as PNG and SVG: quality (test accuracy, or the language
+//! model's validation bits per byte) against mean k (the Pareto front; seed spread as error bars,
+//! dense baselines as horizontal lines) and load CV per method.
 //!
 //! Text is drawn with an embedded subset of DejaVu Sans (`assets/`, license beside it) through
 //! plotters' `ab_glyph` feature, so the plots render on a machine without system fonts.
@@ -11,6 +12,7 @@ use plotters::prelude::*;
 
 use super::plan::Family;
 use super::table::{MethodRow, Spread};
+use super::workload::Workload;
 use crate::error::ExperimentError;
 
 /// DejaVu Sans cut to ASCII and a few symbols (see `assets/DejaVuSans-LICENSE.txt`).
@@ -19,26 +21,83 @@ const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
 const FONT_NAME: &str = "sans-serif";
 const SIZE: (u32, u32) = (960, 640);
 
-/// Writes `pareto.{png,svg}` and `load_cv.{png,svg}` into `dir`; returns the paths.
+/// What a workload's plots show: the quality axis of the Pareto plot and the axis labels.
+struct Axes {
+    /// The quantity on the quality axis ([`Workload::quality`]).
+    quality: &'static str,
+    /// Factor from the quantity to the axis (100: a fraction shown in percent).
+    scale: f64,
+    /// The plot's caption after the sweep's title.
+    caption: &'static str,
+    /// The quality axis' label.
+    quality_label: &'static str,
+    /// The mean-k axis' label.
+    mean_k_label: &'static str,
+    /// Decimals and unit of a dense baseline's value in the legend.
+    dense_value: (usize, &'static str),
+    /// The quality range drawn when no method has a value.
+    fallback: (f64, f64),
+    /// Room above and below the quality values, in axis units.
+    margin: f64,
+    /// Where the legend sits (the corner the front leaves empty).
+    legend: SeriesLabelPosition,
+    /// The load-CV axis' label.
+    load_label: &'static str,
+}
+
+/// The axes of `workload`'s plots.
+fn axes(workload: Workload) -> Axes {
+    match workload {
+        Workload::Task => Axes {
+            quality: workload.quality().quantity,
+            scale: 100.0,
+            caption: "test accuracy against mean k (mean ± std over seeds)",
+            quality_label: "test accuracy (%)",
+            mean_k_label: "mean k (experts per token, test set)",
+            dense_value: (1, "%"),
+            fallback: (50.0, 100.0),
+            margin: 1.0,
+            legend: SeriesLabelPosition::LowerRight,
+            load_label: "coefficient of variation of the per-expert load (test set, mean over layers)",
+        },
+        Workload::Lm => Axes {
+            quality: workload.quality().quantity,
+            scale: 1.0,
+            caption: "validation bits per byte against mean k (mean ± std over seeds)",
+            quality_label: "validation bits per byte (lower is better)",
+            mean_k_label: "mean k (experts per token, validation set)",
+            dense_value: (3, " bpb"),
+            fallback: (1.0, 3.0),
+            margin: 0.02,
+            legend: SeriesLabelPosition::UpperRight,
+            load_label: "coefficient of variation of the per-expert load (validation set, mean over blocks)",
+        },
+    }
+}
+
+/// Writes `pareto.{png,svg}` and `load_cv.{png,svg}` of `workload`'s sweep into `dir`; returns
+/// the paths.
 pub fn plot_all(
     methods: &[MethodRow],
+    workload: Workload,
     title: &str,
     dir: &Path,
 ) -> Result<Vec<PathBuf>, ExperimentError> {
     // Registering twice (a second sweep in one process) keeps the first registration.
     let _ = plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT);
+    let axes = axes(workload);
     let mut written = Vec::new();
     written.extend(save_both(
         dir,
         "pareto",
-        |area| pareto(area, methods, title),
-        |area| pareto(area, methods, title),
+        |area| pareto(area, methods, &axes, title),
+        |area| pareto(area, methods, &axes, title),
     )?);
     written.extend(save_both(
         dir,
         "load_cv",
-        |area| load_cv(area, methods, title),
-        |area| load_cv(area, methods, title),
+        |area| load_cv(area, methods, axes.load_label, title),
+        |area| load_cv(area, methods, axes.load_label, title),
     )?);
     Ok(written)
 }
@@ -92,24 +151,21 @@ fn color(family: Family) -> RGBColor {
 /// Families drawn as a connected curve (a parameter swept), the others as points.
 const CURVES: [Family; 3] = [Family::Threshold, Family::Budget, Family::TopP];
 
-/// A routed method's point: mean k and test accuracy (percent), with their spreads.
-fn point(method: &MethodRow) -> Option<(Spread, Spread)> {
-    let k = method.get("mean_k")?;
-    let acc = method.get("test_accuracy")?;
-    Some((
-        k,
-        Spread {
-            mean: 100.0 * acc.mean,
-            std: 100.0 * acc.std,
-        },
-    ))
+/// A method's quality on the axis (scaled), with its spread.
+fn quality(method: &MethodRow, axes: &Axes) -> Option<Spread> {
+    let value = method.get(axes.quality)?;
+    Some(Spread {
+        mean: axes.scale * value.mean,
+        std: axes.scale * value.std,
+    })
 }
 
-/// Test accuracy against mean k, every routed method with its seed spread in both directions,
-/// each swept family joined by a line, the dense baselines as horizontal lines.
+/// Quality against mean k, every routed method with its seed spread in both directions, each
+/// swept family joined by a line, the dense baselines as horizontal lines.
 fn pareto<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     methods: &[MethodRow],
+    axes: &Axes,
     title: &str,
 ) -> DrawResult
 where
@@ -118,62 +174,51 @@ where
     area.fill(&WHITE)?;
     let routed: Vec<(&MethodRow, (Spread, Spread))> = methods
         .iter()
-        .filter_map(|m| Some((m, point(m)?)))
+        .filter_map(|m| Some((m, (m.get("mean_k")?, quality(m, axes)?))))
         .collect();
     let dense: Vec<(&MethodRow, Spread)> = methods
         .iter()
         .filter(|m| m.family == Family::Dense)
-        .filter_map(|m| {
-            let acc = m.get("test_accuracy")?;
-            Some((
-                m,
-                Spread {
-                    mean: 100.0 * acc.mean,
-                    std: 100.0 * acc.std,
-                },
-            ))
-        })
+        .filter_map(|m| Some((m, quality(m, axes)?)))
         .collect();
     let ks = routed
         .iter()
         .flat_map(|(_, (k, _))| [k.mean - k.std, k.mean + k.std]);
     let (k_min, k_max) = bounds(ks, (1.0, 2.0));
-    let accs = routed
+    let values = routed
         .iter()
         .flat_map(|(_, (_, a))| [a.mean - a.std, a.mean + a.std])
         .chain(dense.iter().map(|(_, a)| a.mean));
-    let (acc_min, acc_max) = bounds(accs, (50.0, 100.0));
+    let (low, high) = bounds(values, axes.fallback);
     let x_range = (k_min - 0.08)..(k_max + 0.08);
-    let y_range = (acc_min - 1.0)..(acc_max + 1.0);
+    let y_range = (low - axes.margin)..(high + axes.margin);
 
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            format!("{title}: test accuracy against mean k (mean ± std over seeds)"),
-            (FONT_NAME, 20),
-        )
+        .caption(format!("{title}: {}", axes.caption), (FONT_NAME, 20))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d(x_range.clone(), y_range)?;
     chart
         .configure_mesh()
-        .x_desc("mean k (experts per token, test set)")
-        .y_desc("test accuracy (%)")
+        .x_desc(axes.mean_k_label)
+        .y_desc(axes.quality_label)
         .label_style((FONT_NAME, 14))
         .axis_desc_style((FONT_NAME, 16))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
 
-    for (i, (method, acc)) in dense.iter().enumerate() {
+    let (digits, unit) = axes.dense_value;
+    for (i, (method, value)) in dense.iter().enumerate() {
         let style = [color(Family::Dense), BLACK][i % 2].stroke_width(2);
         chart
             .draw_series(DashedLineSeries::new(
-                [(x_range.start, acc.mean), (x_range.end, acc.mean)],
+                [(x_range.start, value.mean), (x_range.end, value.mean)],
                 8,
                 6,
                 style,
             ))?
-            .label(format!("{} {:.1}%", method.method, acc.mean))
+            .label(format!("{} {:.*}{unit}", method.method, digits, value.mean))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], style));
     }
 
@@ -217,15 +262,17 @@ where
         .label_font((FONT_NAME, 13))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(axes.legend.clone())
         .draw()?;
     Ok(())
 }
 
-/// Load coefficient of variation per routed method (mean ± std over seeds), as horizontal bars.
+/// Load coefficient of variation per routed method (mean ± std over seeds), as horizontal bars;
+/// `label` says over what it was measured.
 fn load_cv<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     methods: &[MethodRow],
+    label: &str,
     title: &str,
 ) -> DrawResult
 where
@@ -256,7 +303,7 @@ where
             SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
             _ => String::new(),
         })
-        .x_desc("coefficient of variation of the per-expert load (test set, mean over layers)")
+        .x_desc(label)
         .label_style((FONT_NAME, 13))
         .axis_desc_style((FONT_NAME, 15))
         .light_line_style(RGBColor(235, 235, 235))

@@ -1,5 +1,6 @@
 //! What would fail every run of a sweep, found before the first one starts: a backend that is
-//! missing or has no device, a compute type the device lacks, sizes the machine cannot hold.
+//! missing or has no device, a compute type the device lacks, sizes the machine cannot hold, a
+//! language model's corpus that is not there.
 
 use std::path::Path;
 
@@ -7,19 +8,24 @@ use moe_model::MoeAutodiffBackend;
 
 use super::plan::PlannedRun;
 use super::settings::SweepFile;
+use super::workload::WorkloadConfig;
 use crate::backend::{BackendJob, BackendKind, check_compute_type, max_buffer_bytes, run_on};
-use crate::config::{ConfigSources, RunConfig};
+use crate::config::ConfigSources;
 use crate::error::ExperimentError;
-use crate::limits::{Purpose, check_memory};
+use crate::lm::data::TokenSplits;
 
 /// Checks every planned run's config against `backend` (which must be usable here) and the
-/// memory; the error names the sweep file's field.
+/// memory, and loads a language model's corpus (every run reads the same one); the error names
+/// the sweep file's field.
 pub fn check(
     runs: &[PlannedRun],
     file: &SweepFile,
     path: &Path,
     backend: BackendKind,
 ) -> Result<(), ExperimentError> {
+    if let Some(WorkloadConfig::Lm(config)) = runs.first().map(|run| &run.config) {
+        TokenSplits::load(&config.corpus)?;
+    }
     run_on(
         backend,
         Preflight {
@@ -35,7 +41,7 @@ pub fn check(
 
 /// The planned configs and where they come from.
 struct Preflight {
-    configs: Vec<RunConfig>,
+    configs: Vec<WorkloadConfig>,
     sources: ConfigSources,
     backend: BackendKind,
 }
@@ -46,8 +52,8 @@ impl BackendJob for Preflight {
     fn run<B: MoeAutodiffBackend>(self, device: B::Device) -> Result<(), ExperimentError> {
         let buffer = max_buffer_bytes(self.backend);
         for config in &self.configs {
-            check_compute_type::<B>(&config.model.ffn, &device)?;
-            check_memory(config, &self.sources, Purpose::Train, buffer)?;
+            check_compute_type::<B>(config.ffn(), &device)?;
+            config.check_memory(&self.sources, buffer)?;
         }
         Ok(())
     }

@@ -14,9 +14,9 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::plan::PlannedRun;
+use super::workload::WorkloadMetrics;
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
-use crate::report::RunMetrics;
 use crate::run_dir::{CONFIG_FILE, METRICS_FILE, remove_abandoned_staging};
 
 /// Where a sweep keeps its runs.
@@ -65,7 +65,7 @@ pub fn run_all(
     dirs: &SweepDirs,
     jobs: usize,
     backend: BackendKind,
-) -> Result<Vec<RunMetrics>, ExperimentError> {
+) -> Result<Vec<WorkloadMetrics>, ExperimentError> {
     check_finished(plan, dirs)?;
     for sub in ["configs", "runs", "logs"] {
         let path = dirs.root.join(sub);
@@ -124,7 +124,11 @@ pub fn run_all(
         return Err(error);
     }
     plan.iter()
-        .map(|run| RunMetrics::load(&dirs.runs().join(&run.name)))
+        .map(|run| {
+            run.config
+                .workload()
+                .load_metrics(&dirs.runs().join(&run.name))
+        })
         .collect()
 }
 
@@ -133,7 +137,7 @@ fn train_in_child(
     run: &PlannedRun,
     dirs: &SweepDirs,
     backend: BackendKind,
-) -> Result<RunMetrics, ExperimentError> {
+) -> Result<WorkloadMetrics, ExperimentError> {
     let log_path = dirs.log_of(&run.name);
     let log = File::create(&log_path).map_err(ExperimentError::io(&log_path))?;
     let err_log = log.try_clone().map_err(ExperimentError::io(&log_path))?;
@@ -165,7 +169,9 @@ fn train_in_child(
             log: log_path,
         });
     }
-    RunMetrics::load(&dirs.runs().join(&run.name))
+    run.config
+        .workload()
+        .load_metrics(&dirs.runs().join(&run.name))
 }
 
 /// The child's one-line error without its `error: ` prefix, or its last line.
@@ -237,19 +243,15 @@ impl Progress {
         }
     }
 
-    fn finished(&self, run: &str, metrics: &RunMetrics, started: Instant) {
+    fn finished(&self, run: &str, metrics: &WorkloadMetrics, started: Instant) {
         let count = self.finished.lock().map_or(0, |mut n| {
             *n += 1;
             *n
         });
-        let mean_k = metrics
-            .routing
-            .as_ref()
-            .map_or("-".into(), |r| format!("{:.3}", r.mean_k));
         let line = format!(
-            "[{count}/{}] {run}: test accuracy {:.1}%, mean k {mean_k} ({:.1} s)",
+            "[{count}/{}] {run}: {} ({:.1} s)",
             self.total,
-            100.0 * metrics.test_accuracy,
+            metrics.progress(),
             started.elapsed().as_secs_f64()
         );
         match &self.bar {

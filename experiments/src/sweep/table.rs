@@ -1,13 +1,15 @@
 //! The sweep's numbers: one row per run, one row per method (mean and standard deviation over
-//! seeds), written as `sweep.json` and `sweep.csv`, and the accuracy-against-mean-k table.
+//! seeds of the workload's quantities), written as `sweep.json` and `sweep.csv`, and the methods
+//! on the Pareto front of quality against mean k.
 
 use std::path::Path;
 
 use serde::Serialize;
 
 use super::plan::{Family, PlannedRun};
+use super::quantities::Quality;
+use super::workload::{Workload, WorkloadMetrics};
 use crate::error::ExperimentError;
-use crate::report::RunMetrics;
 
 /// Mean and sample standard deviation of a quantity over seeds (std 0 for one seed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
@@ -34,24 +36,6 @@ impl Spread {
     }
 }
 
-/// The quantities summarised per method, in column order: name and how to read it from a run.
-pub const QUANTITIES: [(&str, fn(&RunMetrics) -> Option<f64>); 10] = [
-    ("test_accuracy", |m| Some(m.test_accuracy)),
-    ("accuracy_easy", |m| m.accuracy_easy),
-    ("accuracy_hard", |m| m.accuracy_hard),
-    ("mean_k", |m| m.routing.as_ref().map(|r| r.mean_k)),
-    ("flops_per_token", |m| Some(m.flops_per_token)),
-    ("train_wall_time_s", |m| Some(m.train_wall_time_s)),
-    ("load_cv", |m| m.routing.as_ref().map(|r| r.load_cv)),
-    ("load_gini", |m| m.routing.as_ref().map(|r| r.load_gini)),
-    ("dropped_fraction", |m| {
-        m.routing.as_ref().map(|r| r.dropped_fraction)
-    }),
-    ("cluster_expert_mi_bits", |m| {
-        m.routing.as_ref().and_then(|r| r.cluster_expert_mi_bits)
-    }),
-];
-
 /// One run's row.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunRow {
@@ -64,7 +48,7 @@ pub struct RunRow {
     /// Training seed.
     pub seed: u64,
     /// Everything the run measured.
-    pub metrics: RunMetrics,
+    pub metrics: WorkloadMetrics,
 }
 
 /// One method's row: every quantity's mean and spread over seeds.
@@ -78,9 +62,11 @@ pub struct MethodRow {
     pub ffn: String,
     /// Runs (seeds) summarised.
     pub runs: usize,
-    /// `(quantity, spread)` in [`QUANTITIES`] order; `None` where no run has it (dense: mean k).
+    /// `(quantity, spread)` in [`Workload::quantity_names`] order; `None` where no run has it
+    /// (dense: mean k).
     pub stats: Vec<(String, Option<Spread>)>,
-    /// No other routed method is at least as accurate with a mean k at most as high.
+    /// No other routed method is at least as good on the quality axis with a mean k at most as
+    /// high.
     pub on_front: bool,
 }
 
@@ -97,6 +83,9 @@ impl MethodRow {
 /// Everything the sweep measured (`sweep.json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepTable {
+    /// What the runs trained (not written: the metrics say it).
+    #[serde(skip)]
+    pub workload: Workload,
     /// Sweep name (directory `sweep-<name>`).
     pub name: String,
     /// Backend the runs trained on.
@@ -114,8 +103,13 @@ pub struct SweepTable {
 }
 
 impl SweepTable {
-    /// Groups the runs of `plan` (with their `metrics`, same order) by method.
-    pub fn new(plan: &[PlannedRun], metrics: Vec<RunMetrics>) -> (Vec<MethodRow>, Vec<RunRow>) {
+    /// Groups the runs of `plan` (with their `metrics`, same order) by method and marks the
+    /// front of `workload`'s quality.
+    pub fn rows(
+        plan: &[PlannedRun],
+        metrics: Vec<WorkloadMetrics>,
+        workload: Workload,
+    ) -> (Vec<MethodRow>, Vec<RunRow>) {
         let runs: Vec<RunRow> = plan
             .iter()
             .zip(metrics)
@@ -132,25 +126,30 @@ impl SweepTable {
             if methods.iter().any(|m| m.method == row.method) {
                 continue;
             }
-            let of_method: Vec<&RunRow> = runs.iter().filter(|r| r.method == row.method).collect();
-            let stats = QUANTITIES
+            let of_method: Vec<Vec<(&str, Option<f64>)>> = runs
                 .iter()
-                .map(|(name, read)| {
-                    let values: Vec<f64> =
-                        of_method.iter().filter_map(|r| read(&r.metrics)).collect();
+                .filter(|r| r.method == row.method)
+                .map(|r| r.metrics.quantities())
+                .collect();
+            let stats = workload
+                .quantity_names()
+                .into_iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let values: Vec<f64> = of_method.iter().filter_map(|q| q[i].1).collect();
                     (name.to_string(), Spread::of(&values))
                 })
                 .collect();
             methods.push(MethodRow {
                 method: row.method.clone(),
                 family: row.family,
-                ffn: row.metrics.ffn.clone(),
+                ffn: row.metrics.describe().to_string(),
                 runs: of_method.len(),
                 stats,
                 on_front: false,
             });
         }
-        mark_front(&mut methods);
+        mark_front(&mut methods, workload.quality());
         (methods, runs)
     }
 
@@ -169,7 +168,7 @@ impl SweepTable {
         let mut header: Vec<String> = ["kind", "method", "family", "seed", "runs"]
             .map(String::from)
             .to_vec();
-        for (name, _) in QUANTITIES {
+        for name in self.workload.quantity_names() {
             header.extend([name.to_string(), format!("{name}_std")]);
         }
         let number = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
@@ -182,8 +181,8 @@ impl SweepTable {
                 row.seed.to_string(),
                 "1".to_string(),
             ];
-            for (_, read) in QUANTITIES {
-                cells.push(number(read(&row.metrics)));
+            for (_, value) in row.metrics.quantities() {
+                cells.push(number(value));
                 cells.push(String::new());
             }
             lines.push(cells.join(","));
@@ -204,58 +203,23 @@ impl SweepTable {
         }
         lines.join("\n") + "\n"
     }
-
-    /// The accuracy-against-mean-k table in Markdown: mean ± std over seeds.
-    pub fn markdown(&self) -> String {
-        let pm = |s: Option<Spread>, scale: f64, digits: usize| {
-            s.map_or("-".into(), |s| {
-                format!(
-                    "{:.*} ± {:.*}",
-                    digits,
-                    scale * s.mean,
-                    digits,
-                    scale * s.std
-                )
-            })
-        };
-        let mut lines = vec![
-            "| method | test acc % | easy % | hard % | mean k | FLOPs/token | load CV | Gini | dropped % | train s | front |".to_string(),
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |".to_string(),
-        ];
-        for row in &self.methods {
-            lines.push(format!(
-                "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.1} | {} |",
-                row.method,
-                pm(row.get("test_accuracy"), 100.0, 1),
-                pm(row.get("accuracy_easy"), 100.0, 1),
-                pm(row.get("accuracy_hard"), 100.0, 1),
-                pm(row.get("mean_k"), 1.0, 3),
-                row.get("flops_per_token").map_or(0.0, |s| s.mean),
-                pm(row.get("load_cv"), 1.0, 3),
-                pm(row.get("load_gini"), 1.0, 3),
-                row.get("dropped_fraction")
-                    .map_or("-".into(), |s| format!("{:.1}", 100.0 * s.mean)),
-                row.get("train_wall_time_s").map_or(0.0, |s| s.mean),
-                if row.on_front { "*" } else { "" },
-            ));
-        }
-        lines.join("\n")
-    }
 }
 
-/// Marks the routed methods no other routed method dominates (accuracy at least as high with a
-/// mean k at most as high, one of them strictly).
-fn mark_front(methods: &mut [MethodRow]) {
+/// Marks the routed methods no other routed method dominates: `quality` at least as good with a
+/// mean k at most as high, one of them strictly.
+pub(super) fn mark_front(methods: &mut [MethodRow], quality: Quality) {
     let points: Vec<Option<(f64, f64)>> = methods
         .iter()
-        .map(|m| Some((m.get("mean_k")?.mean, m.get("test_accuracy")?.mean)))
+        .map(|m| Some((m.get("mean_k")?.mean, m.get(quality.quantity)?.mean)))
         .collect();
     for (i, method) in methods.iter_mut().enumerate() {
-        let Some((k, acc)) = points[i] else {
+        let Some((k, value)) = points[i] else {
             continue;
         };
-        method.on_front = !points.iter().flatten().any(|&(other_k, other_acc)| {
-            other_k <= k && other_acc >= acc && (other_k < k || other_acc > acc)
+        method.on_front = !points.iter().flatten().any(|&(other_k, other)| {
+            other_k <= k
+                && quality.at_least_as_good(other, value)
+                && (other_k < k || other != value)
         });
     }
 }
@@ -298,7 +262,7 @@ mod tests {
             row("c", 1.6, 0.65),
             row("d", 2.0, 0.71),
         ];
-        mark_front(&mut rows);
+        mark_front(&mut rows, Workload::Task.quality());
         let front: Vec<bool> = rows.iter().map(|r| r.on_front).collect();
         assert_eq!(front, [true, true, false, true]);
     }
