@@ -153,6 +153,7 @@ pub fn cases(quick: bool) -> Vec<ExpertCase> {
     ];
     for tokens in [1, 16, 128] {
         all.push(case("mixtral", mixtral, tokens, mean, CaseKind::Layer));
+        all.push(case("mixtral", mixtral, tokens, top(2), CaseKind::Layer));
     }
     all.extend([
         case("mixtral", mixtral, 4096, mean, CaseKind::Layer),

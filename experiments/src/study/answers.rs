@@ -79,7 +79,7 @@ fn speed(evidence: &Evidence) -> String {
                         top2.moe_us / vk.moe_us
                     );
                 }
-                said.push(sentence + &format!(" ({}).", found.cite()));
+                said.push(sentence + &format!(" (source: {}).", found.cite()));
             }
             if let Some(vk) = row(rows, DECODE_VK) {
                 let mut sentence =
@@ -92,7 +92,14 @@ fn speed(evidence: &Evidence) -> String {
                         dense / vk.moe_us
                     );
                 }
-                said.push(sentence + &format!(" ({}).", found.cite()));
+                if let Some(top2) = row(rows, DECODE_TOP2) {
+                    sentence += &format!(
+                        " and {:.1} us for top-2 routing ({:.2}x)",
+                        top2.moe_us,
+                        top2.moe_us / vk.moe_us
+                    );
+                }
+                said.push(sentence + &format!(" (source: {}).", found.cite()));
             }
         }
         None => said.push(missing(
@@ -106,7 +113,7 @@ fn speed(evidence: &Evidence) -> String {
     {
         said.push(format!(
             "Training the language model, {} runs at {:.0} tokens/s against {:.0} for the \
-             dense model with top-2's active parameters ({:.2}x; {}).",
+             dense model with top-2's active parameters ({:.2}x; source: {}).",
             vk.method,
             c.value.mean,
             c.base_value.mean,
@@ -143,7 +150,7 @@ fn one_expert(evidence: &Evidence) -> String {
         if let Some(c) = study.compare(&vk.method, "top2", "load_cv") {
             sentence += &format!("; its load CV is {}", c.words(1.0, 3));
         }
-        said.push(sentence + &format!(" ({}).", study.found.cite()));
+        said.push(sentence + &format!(" (source: {}).", study.found.cite()));
     }
     if said.is_empty() {
         return missing("routing study", LM_SWEEPS[0].command);
@@ -186,13 +193,13 @@ fn lower_cost(evidence: &Evidence) -> String {
             c.words(scale, digits)
         ));
     }
-    said.push(format!("({}.)", study.found.cite()));
+    said.push(format!("(Source: {}.)", study.found.cite()));
     if let Some((found, rows)) = evidence.offload
         && let Some((prefetch, on_demand)) = best_prefetch(rows, &rows[0].shape)
     {
         said.push(format!(
             "Offloaded ({} shape), {} decodes a step in {:.2} ms against {:.2} ms loading \
-             on demand ({:.2}x; {}).",
+             on demand ({:.2}x; source: {}).",
             prefetch.shape,
             prefetch.policy,
             prefetch.decode_ms,
@@ -247,6 +254,12 @@ pub fn limits(evidence: &Evidence) -> String {
     if evidence.offload.is_none() {
         items.push("Offloading was not replayed on the language model's routing.".into());
     }
+    items.push(
+        "Generation speed (time to first token, decode latency) is printed by `just generate` \
+         but not kept in a result file, so it is not in this report; `docs/GPU.md` records the \
+         H100 measurements."
+            .into(),
+    );
     items
         .iter()
         .map(|item| format!("- {item}"))

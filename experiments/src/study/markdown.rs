@@ -85,7 +85,7 @@ mod tests {
         );
         let spread = Spread {
             mean: 0.123,
-            std: 0.0045,
+            std: 0.0046,
         };
         assert_eq!(pm(Some(spread), 100.0, 1), "12.3 ± 0.5");
         assert_eq!(pm(None, 1.0, 3), "-");

@@ -13,6 +13,8 @@ mod routing_prediction;
 mod sources;
 mod studies;
 mod sweep_view;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 

@@ -54,13 +54,13 @@ pub const BENCH: [Source; 1] = [Source {
 /// Routing prediction on the variable-k language model.
 pub const LM_PREDICTION: [Source; 1] = [Source {
     file: "lm-moe-predict/prediction.json",
-    command: "just predict results/lm-moe",
+    command: "just predict lm-moe",
 }];
 
 /// Routing prediction on the synthetic task's deep model, for comparison.
 pub const TASK_PREDICTION: [Source; 1] = [Source {
     file: "deep-predict/prediction.json",
-    command: "just predict results/deep",
+    command: "just predict deep",
 }];
 
 /// Offloading replayed on the variable-k language model's predicted routing.
@@ -82,13 +82,9 @@ pub struct Found {
 }
 
 impl Found {
-    /// `` source: `path`, written by `command` ``: how the report cites the file.
+    /// `` `path`, written by `command` ``: how the report cites the file.
     pub fn cite(&self) -> String {
-        format!(
-            "source: `{}`, written by `{}`",
-            self.path.display(),
-            self.command
-        )
+        format!("`{}`, written by `{}`", self.path.display(), self.command)
     }
 }
 
