@@ -287,5 +287,50 @@ fn quick_lm_sweep_writes_tables_and_plots_and_resumes() {
         "a run was trained again:\n{again}"
     );
     assert_eq!(snapshot(&dir.join("runs")), trained);
+
+    // `report` answers from the quick study: its variable-k method against top-2, with the file
+    // named, and names the results it did not find.
+    let report = scratch.join("docs/REPORT.md");
+    let printed = run_ok(&[
+        "report",
+        "--results",
+        results.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        printed.contains("not found: the results of `just sweep`"),
+        "{printed}"
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    let top2 = method_value(&json, "top2");
+    assert!(
+        text.contains(&format!("against top2's {top2:.4} ± 0.0000")),
+        "top-2's {top2:.4} not quoted:\n{text}"
+    );
+    assert!(text.contains(&format!(
+        "`{}`, written by `just sweep --config configs/sweep-lm.toml --quick`",
+        dir.join("sweep.json").display()
+    )));
+    assert!(
+        text.contains("](../results/sweep-lm-routing-quick/pareto.png)"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The mean validation bits per byte of `method` in a `sweep.json`.
+fn method_value(sweep: &serde_json::Value, method: &str) -> f64 {
+    let row = sweep["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["method"] == method)
+        .unwrap();
+    let stats = row["stats"].as_array().unwrap();
+    let pair = stats
+        .iter()
+        .find(|p| p[0] == "valid_bits_per_byte")
+        .unwrap();
+    pair[1]["mean"].as_f64().unwrap()
 }

@@ -7,6 +7,7 @@
 pub mod activate;
 mod activation;
 mod buffer;
+pub mod capability;
 pub mod combine;
 pub mod dispatch;
 mod error;

@@ -9,6 +9,8 @@ use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::capability::skip_capability;
+
 /// A seeded generator: kernel tests draw random inputs, reproducibly.
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
@@ -102,13 +104,15 @@ pub fn for_half_types<R: Runtime>(
     ] {
         match client.properties().supports_type(ty) {
             true => check(client),
-            false => println!("this device has no {name}: skipped"),
+            false => skip_capability(&format!("this device has no {name}")),
         }
     }
 }
 
-/// ||got - want|| / ||want|| over the first `want.len()` values.
+/// ||got - want|| / ||want||; `got` and `want` must be as long (an empty or cut result is a
+/// failure, not a perfect score).
 pub fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "result and reference lengths differ");
     let (mut diff, mut norm) = (0.0, 0.0);
     for (&g, &w) in got.iter().zip(want) {
         diff += (g as f64 - w).powi(2);

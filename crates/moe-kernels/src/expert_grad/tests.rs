@@ -11,6 +11,7 @@ use super::{
     WeightGradParams, WeightGradShape, expert_weight_grad, expert_weight_grad_into,
     weight_grad_config,
 };
+use crate::capability::skip_capability;
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::{DispatchPlan, plan};
 use crate::grouped_gemm::{has_tensor_cores, multiprocessors};
@@ -263,7 +264,7 @@ fn half_precision_matches_reference<R: Runtime, F: HostFloat>(
             &format!("portable {name}"),
         );
     } else {
-        println!("this device has no {name}: skipped");
+        skip_capability(&format!("this device has no {name}"));
     }
 }
 

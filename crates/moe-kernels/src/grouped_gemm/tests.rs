@@ -14,6 +14,7 @@ use super::{
     Pipeline, expert_matmul, fits_fitted_tile, has_tensor_cores, has_tma, input_projection_into,
     multiprocessors, output_projection_into,
 };
+use crate::capability::skip_capability;
 use crate::dispatch::DispatchOnDevice;
 use crate::dispatch::reference::{DispatchPlan, plan};
 use crate::route::reference::route;
@@ -475,10 +476,10 @@ fn class_cases() -> Vec<Case> {
 fn tensor_cores_or_skip<R: Runtime, F: HostFloat>(client: &ComputeClient<R>) -> Option<bool> {
     let tensor_cores = has_tensor_cores::<R, F>(client);
     if !tensor_cores && size_of::<F>() == 2 {
-        println!(
-            "no tensor cores for {}: skipped",
+        skip_capability(&format!(
+            "no tensor cores for {}",
             std::any::type_name::<F>()
-        );
+        ));
         return None;
     }
     Some(tensor_cores)
@@ -607,7 +608,7 @@ fn assert_input_refused<R: Runtime, F: HostFloat>(
 /// options are refused as unsupported.
 pub fn tma_boxes_match_reference<R: Runtime>(client: ComputeClient<R>) {
     let Some(true) = tensor_cores_or_skip::<R, bf16>(&client) else {
-        println!("no tensor cores for bf16: TMA boxes skipped");
+        skip_capability("no tensor cores for bf16: no TMA boxes");
         return;
     };
     for (seed, &case) in class_cases().iter().enumerate() {

@@ -117,7 +117,7 @@ mod wgpu {
         let device = WgpuDevice::default();
         let client = WgpuRuntime::client(&device);
         if !client.properties().supports_type(f16::cube_type()) {
-            println!("this wgpu device has no f16: nothing to compare");
+            moe_kernels::capability::skip_capability("this wgpu device has no f16");
             return;
         }
         half_layer_matches_f32::<WgpuRuntime, f16>(&device);
