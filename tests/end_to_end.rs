@@ -58,7 +58,7 @@ fn lm_sweep_configs_plan_thirty_runs_of_equal_tokens() {
         let runs = plan(&SweepFile::load(&path, false).unwrap(), &path).unwrap();
         assert_eq!(runs.len(), 30, "{config}");
         for run in &runs {
-            let experiments::sweep::WorkloadConfig::Lm(lm) = &run.config else {
+            let experiments::workload::WorkloadConfig::Lm(lm) = &run.config else {
                 panic!("{config}: {} is not a language-model run", run.name)
             };
             assert_eq!(

@@ -16,6 +16,7 @@ pub mod interrupt;
 pub mod learner_metrics;
 pub mod limits;
 pub mod lm;
+pub mod markdown;
 pub mod model_file;
 pub mod offload;
 pub mod predict;
@@ -29,6 +30,7 @@ pub mod study;
 pub mod sweep;
 pub mod task;
 pub mod train;
+pub mod workload;
 
 pub use backend::BackendKind;
 pub use config::RunConfig;

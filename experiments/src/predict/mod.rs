@@ -35,16 +35,18 @@ pub use report::{
 };
 pub use scoring::{ScoreSetup, mean_k, score_predictors};
 pub use settings::{MAX_HIDDEN, PredictSettings};
-pub use source::{SourceConfig, SourceModel, Split};
+pub use source::{SourceModel, Split, load_config, unit};
 pub use trace::{DECODE_FILE, PREFILL_FILE, TraceSource};
 
-use crate::backend::{BackendJob, BackendKind, run_on};
+use crate::backend::{BackendJob, BackendKind, max_buffer_bytes, run_on};
 use crate::config::ConfigSources;
 use crate::error::ExperimentError;
 use crate::interrupt::StopOnSignal;
+use crate::limits::Purpose;
 use crate::run_dir::{
     CONFIG_FILE, DirKind, RunDir, RunName, RunState, check_replaceable, git_commit, run_state,
 };
+use crate::workload::WorkloadConfig;
 
 /// One `predict` command.
 pub struct PredictRequest {
@@ -91,7 +93,7 @@ pub fn predict(request: PredictRequest) -> Result<PredictOutcome, ExperimentErro
                 .into(),
         });
     }
-    let config = SourceConfig::load(&request.run, &sources)?;
+    let config = load_config(&sources)?;
     let max_distance = request
         .settings
         .check(&run_label, config.ffn(), config.num_blocks())?;
@@ -133,7 +135,7 @@ pub fn predict(request: PredictRequest) -> Result<PredictOutcome, ExperimentErro
 struct Prediction {
     request: PredictRequest,
     sources: ConfigSources,
-    config: SourceConfig,
+    config: WorkloadConfig,
     name: RunName,
     max_distance: usize,
 }
@@ -154,7 +156,7 @@ impl BackendJob for Prediction {
             max_distance,
         } = self;
         let settings = &request.settings;
-        config.check_memory(&sources, request.backend)?;
+        config.check_memory(&sources, Purpose::Eval, max_buffer_bytes(request.backend))?;
         let source = SourceModel::<B::InnerBackend>::load(&request.run, &config, &device)?;
         let model = source.blocks();
         let run_dir = match request.name {
@@ -184,7 +186,7 @@ impl BackendJob for Prediction {
         let layers = model.moe_layers();
         let num_experts = layers[0].num_experts();
         let d_model = config.d_model();
-        let unit = config.unit();
+        let unit = unit(config.workload());
         println!(
             "predict: {} ({blocks} blocks, {}) on {}, distances 1..={max_distance} -> {}",
             request.run.display(),

@@ -7,81 +7,30 @@ use std::path::Path;
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::{Int, Tensor, TensorData};
 use moe_model::prediction::RoutedBlocks;
-use moe_model::{BlockPass, FfnConfig, Lm, Model, MoeBackend};
+use moe_model::{BlockPass, Lm, Model, MoeBackend};
 
-use crate::backend::{BackendKind, max_buffer_bytes};
-use crate::config::{ConfigSources, RunConfig};
+use crate::config::ConfigSources;
 use crate::data::{TaskBatch, TaskBatcher, TaskSplits, items};
 use crate::error::ExperimentError;
 use crate::eval::load_classifier;
-use crate::limits::{Purpose, check_memory};
-use crate::lm::config::is_lm_config;
 use crate::lm::data::TokenSplits;
-use crate::lm::memory::check_lm_memory;
 use crate::lm::saved::{SavedLm, load_lm};
 use crate::lm::tokens::{Token, as_ids};
 use crate::lm::windows::eval_windows;
+use crate::workload::{Workload, WorkloadConfig};
 
-/// The config of the run `predict` reads.
-pub enum SourceConfig {
-    /// A task-model run.
-    Task(RunConfig),
-    /// A language-model run.
-    Lm(SavedLm),
+/// Reads the config of the run at `run` (`sources.file`, its `config.toml`), either workload.
+pub fn load_config(sources: &ConfigSources) -> Result<WorkloadConfig, ExperimentError> {
+    let text =
+        std::fs::read_to_string(&sources.file).map_err(ExperimentError::io(&sources.file))?;
+    WorkloadConfig::parse(&text, &sources.file, &sources.overrides)
 }
 
-impl SourceConfig {
-    /// Reads the config of the run at `run`, `sources.file` (its kind from the file).
-    pub fn load(run: &Path, sources: &ConfigSources) -> Result<Self, ExperimentError> {
-        Ok(match is_lm_config(&sources.file) {
-            true => Self::Lm(SavedLm::open(run)?),
-            false => Self::Task(sources.load()?),
-        })
-    }
-
-    /// Every block's feed-forward.
-    pub fn ffn(&self) -> &FfnConfig {
-        match self {
-            Self::Task(config) => &config.model.ffn,
-            Self::Lm(saved) => &saved.config.model.ffn,
-        }
-    }
-
-    /// Number of blocks.
-    pub fn num_blocks(&self) -> usize {
-        match self {
-            Self::Task(config) => config.model.num_blocks,
-            Self::Lm(saved) => saved.config.model.num_blocks,
-        }
-    }
-
-    /// Width of the residual stream.
-    pub fn d_model(&self) -> usize {
-        match self {
-            Self::Task(config) => config.model.d_model,
-            Self::Lm(saved) => saved.config.model.d_model,
-        }
-    }
-
-    /// The kind of example `predict` counts: task points or language-model tokens.
-    pub fn unit(&self) -> &'static str {
-        match self {
-            Self::Task(_) => "points",
-            Self::Lm(_) => "tokens",
-        }
-    }
-
-    /// Refuses a model that would not fit on `backend` to evaluate.
-    pub fn check_memory(
-        &self,
-        sources: &ConfigSources,
-        backend: BackendKind,
-    ) -> Result<(), ExperimentError> {
-        let buffer = max_buffer_bytes(backend);
-        match self {
-            Self::Task(config) => check_memory(config, sources, Purpose::Eval, buffer),
-            Self::Lm(saved) => check_lm_memory(&saved.config, sources, buffer),
-        }
+/// The kind of example `predict` counts: task points or language-model tokens.
+pub fn unit(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Task => "points",
+        Workload::Lm => "tokens",
     }
 }
 
@@ -122,20 +71,20 @@ impl<B: MoeBackend> SourceModel<B> {
     /// Loads the run's model with its saved weights and its examples.
     pub fn load(
         run: &Path,
-        config: &SourceConfig,
+        config: &WorkloadConfig,
         device: &B::Device,
     ) -> Result<Self, ExperimentError> {
         Ok(match config {
-            SourceConfig::Task(config) => Self::Task {
+            WorkloadConfig::Task(config) => Self::Task {
                 model: load_classifier::<B>(run, config, device)?.model,
                 splits: TaskSplits::generate(&config.task),
                 batch_size: config.train.eval_batch_size,
             },
-            SourceConfig::Lm(saved) => Self::Lm {
-                model: load_lm::<B>(saved, device)?,
-                splits: TokenSplits::load(&saved.config.corpus)?,
-                windows: saved.config.train.eval_windows,
-                batch_size: saved.config.train.eval_batch_size,
+            WorkloadConfig::Lm(config) => Self::Lm {
+                model: load_lm::<B>(&SavedLm::open(run)?, device)?,
+                splits: TokenSplits::load(&config.corpus)?,
+                windows: config.train.eval_windows,
+                batch_size: config.train.eval_batch_size,
             },
         })
     }

@@ -4,7 +4,7 @@
 use super::layer_speed::{LayerRow, row};
 use super::routing_prediction::{PolicyRow, best_prefetch};
 use super::sources::{Found, LM_SWEEPS};
-use super::studies::Study;
+use super::studies::{Study, quality_format, quality_words, workload_name};
 
 /// What the answers are drawn from (each part optional).
 pub struct Evidence<'a> {
@@ -130,20 +130,20 @@ fn one_expert(evidence: &Evidence) -> String {
         let Some(vk) = study.variable_k() else {
             continue;
         };
-        let (scale, digits) = study.workload.quality_format();
+        let (scale, digits) = quality_format(study.workload);
         let k1 = vk.get("fraction_k1").map_or(String::new(), |s| {
             format!(", one expert for {:.0}% of tokens", 100.0 * s.mean)
         });
         let mut sentence = format!(
             "On {}, {} (mean k {:.2}{k1})",
-            study.workload.name(),
+            workload_name(study.workload),
             vk.method,
             vk.get("mean_k").map_or(f64::NAN, |s| s.mean),
         );
         if let Some(c) = study.quality(&vk.method, "top2") {
             sentence += &format!(
                 " reaches {} {}",
-                study.workload.quality_words(),
+                quality_words(study.workload),
                 c.words(scale, digits)
             );
         }
@@ -162,9 +162,9 @@ fn lower_cost(evidence: &Evidence) -> String {
     let Some(study) = evidence.lm.or(evidence.task) else {
         return missing("routing study", LM_SWEEPS[0].command);
     };
-    let words = study.workload.quality_words();
-    let (scale, digits) = study.workload.quality_format();
-    let mut said = vec![format!("On {}:", study.workload.name())];
+    let words = quality_words(study.workload);
+    let (scale, digits) = quality_format(study.workload);
+    let mut said = vec![format!("On {}:", workload_name(study.workload))];
     if let Some(c) = study.quality("top2", "dense-active") {
         said.push(format!(
             "top-2 against the dense model with the same active parameters, {words}: {}.",

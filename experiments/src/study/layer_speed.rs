@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use super::markdown::{number, table};
 use super::sources::Found;
+use crate::markdown::{number, table};
 
 /// One layer row of the benchmark.
 #[derive(Clone, Debug, PartialEq)]

@@ -8,7 +8,6 @@
 mod answers;
 mod compare;
 mod layer_speed;
-mod markdown;
 mod routing_prediction;
 mod sources;
 mod studies;
@@ -19,10 +18,11 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 pub use sources::{Found, Source};
-pub use studies::{Study, Workload};
+pub use studies::Study;
 
 use crate::error::ExperimentError;
 use crate::run_dir::git_commit;
+use crate::workload::Workload;
 use answers::{Evidence, answers, limits};
 
 /// One `report` command.

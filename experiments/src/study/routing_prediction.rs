@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use super::markdown::{number, table};
 use super::sources::Found;
+use crate::markdown::{number, table};
 
 /// The prediction table: recall and precision of each predictor at each block distance.
 pub fn prediction_section(found: &Found) -> String {

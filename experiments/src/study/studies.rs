@@ -4,50 +4,32 @@
 use std::path::Path;
 
 use super::compare::Comparison;
-use super::markdown::{link_from, number, pm, table};
 use super::sources::Found;
 use super::sweep_view::{MethodView, SweepView};
+use crate::markdown::{link_from, number, pm, table};
+use crate::workload::Workload;
 
-/// Which study a sweep is, and how its quality reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Workload {
-    /// The byte-level language model: validation bits per byte, lower is better.
-    Lm,
-    /// The synthetic task: test accuracy, higher is better.
-    Task,
+/// The quality in words.
+pub fn quality_words(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Lm => "validation bits per byte (lower is better)",
+        Workload::Task => "test accuracy in % (higher is better)",
+    }
 }
 
-impl Workload {
-    /// The quality quantity's name in `sweep.json`.
-    pub fn quality(&self) -> &'static str {
-        match self {
-            Workload::Lm => "valid_bits_per_byte",
-            Workload::Task => "test_accuracy",
-        }
+/// How the quality prints: the factor on the stored value and the decimals.
+pub fn quality_format(workload: Workload) -> (f64, usize) {
+    match workload {
+        Workload::Lm => (1.0, 4),
+        Workload::Task => (100.0, 1),
     }
+}
 
-    /// The quality in words.
-    pub fn quality_words(&self) -> &'static str {
-        match self {
-            Workload::Lm => "validation bits per byte (lower is better)",
-            Workload::Task => "test accuracy in % (higher is better)",
-        }
-    }
-
-    /// How the quality prints: the factor on the stored value and the decimals.
-    pub fn quality_format(&self) -> (f64, usize) {
-        match self {
-            Workload::Lm => (1.0, 4),
-            Workload::Task => (100.0, 1),
-        }
-    }
-
-    /// What a sentence calls it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Workload::Lm => "the language model",
-            Workload::Task => "the synthetic task",
-        }
+/// What a sentence calls the workload.
+pub fn workload_name(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Lm => "the language model",
+        Workload::Task => "the synthetic task",
     }
 }
 
@@ -89,7 +71,7 @@ impl Study {
 
     /// `method` against `base` on the quality quantity.
     pub fn quality(&self, method: &str, base: &str) -> Option<Comparison> {
-        let quantity = self.workload.quality();
+        let quantity = self.workload.quality().quantity;
         Comparison::of(
             self.sweep.method(method)?,
             self.sweep.method(base)?,
@@ -125,7 +107,7 @@ impl Study {
         parts.push(format!(
             "![{} against mean k]({}) ![load CV per method]({})\n\nEvery table of the study, \
              per block and per byte class included: [{}]({}).",
-            self.workload.quality_words(),
+            quality_words(self.workload),
             link("pareto.png"),
             link("load_cv.png"),
             "pareto.md",

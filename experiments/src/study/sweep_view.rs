@@ -3,14 +3,7 @@
 
 use serde_json::Value;
 
-/// Mean and sample standard deviation over seeds.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Spread {
-    /// Mean over seeds.
-    pub mean: f64,
-    /// Sample standard deviation (0 for one seed).
-    pub std: f64,
-}
+pub use crate::sweep::Spread;
 
 /// One method's row of a sweep.
 #[derive(Clone, Debug)]

@@ -3,11 +3,11 @@
 
 use super::plan::{Family, PlannedRun};
 use super::table::SweepTable;
-use super::workload::{Workload, WorkloadConfig, WorkloadMetrics};
 use crate::lm::config::LmRunConfig;
 use crate::lm::evaluate::{BlockRouting, ClassScore, SplitScore};
 use crate::lm::metrics::LmMetrics;
 use crate::routing_metrics::LoadStats;
+use crate::workload::{Workload, WorkloadConfig, WorkloadMetrics};
 
 /// A run's routing on the validation split: mean k, and per block (load CV, router entropy).
 struct Routing {

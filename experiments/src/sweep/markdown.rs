@@ -3,9 +3,10 @@
 //! the predicted byte.
 
 use super::table::{MethodRow, Spread, SweepTable};
-use super::workload::{Workload, WorkloadMetrics};
 use crate::lm::byte_class::{ByteClass, WordPosition};
 use crate::lm::metrics::LmMetrics;
+use crate::markdown::{pm, table};
+use crate::workload::{Workload, WorkloadMetrics};
 
 impl SweepTable {
     /// The sweep's tables in Markdown, as written to `pareto.md`.
@@ -20,19 +21,6 @@ impl SweepTable {
             .join("\n\n"),
         }
     }
-}
-
-/// `mean ± std` of `spread` times `scale`, or `-`.
-fn pm(spread: Option<Spread>, scale: f64, digits: usize) -> String {
-    spread.map_or("-".into(), |s| {
-        format!(
-            "{:.*} ± {:.*}",
-            digits,
-            scale * s.mean,
-            digits,
-            scale * s.std
-        )
-    })
 }
 
 /// The mean of `spread` with no decimals, or `-`.
@@ -127,17 +115,8 @@ fn mean_cell(runs: &[&LmMetrics], read: impl Fn(&LmMetrics) -> Option<f64>) -> S
 
 /// A Markdown table with a caption line above it.
 fn captioned(caption: &str, header: &[String], rows: Vec<Vec<String>>) -> String {
-    let mut lines = vec![
-        caption.to_string(),
-        String::new(),
-        format!("| {} |", header.join(" | ")),
-        format!("|{}", " --- |".repeat(header.len())),
-    ];
-    lines.extend(
-        rows.iter()
-            .map(|cells| format!("| {} |", cells.join(" | "))),
-    );
-    lines.join("\n")
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    format!("{caption}\n\n{}", table(&header, &rows))
 }
 
 /// Load CV of every MoE block (validation split), per routed method.

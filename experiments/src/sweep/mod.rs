@@ -13,7 +13,6 @@ mod quantities;
 mod runner;
 mod settings;
 mod table;
-mod workload;
 
 #[cfg(test)]
 mod lm_table_tests;
@@ -25,11 +24,11 @@ pub use plan::{Family, PlannedRun, plan};
 pub use quantities::{Better, Quality};
 pub use settings::{SweepFile, SweepSettings};
 pub use table::{MethodRow, RunRow, Spread, SweepTable};
-pub use workload::{Workload, WorkloadConfig, WorkloadMetrics};
 
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
 use crate::run_dir::{DirKind, RunName, check_replaceable, open_resumable};
+use crate::workload::Workload;
 use runner::{SweepDirs, check_finished, run_all};
 
 /// The sweep's copy of its config, in its directory.

@@ -10,9 +10,9 @@ use moe_model::{
 use serde::{Deserialize, Serialize};
 
 use super::settings::SweepFile;
-use super::workload::WorkloadConfig;
 use crate::config::ConfigOrigin;
 use crate::error::ExperimentError;
+use crate::workload::WorkloadConfig;
 
 /// Kinds of method, for grouping in tables and plots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

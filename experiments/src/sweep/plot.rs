@@ -12,8 +12,8 @@ use plotters::prelude::*;
 
 use super::plan::Family;
 use super::table::{MethodRow, Spread};
-use super::workload::Workload;
 use crate::error::ExperimentError;
+use crate::workload::Workload;
 
 /// DejaVu Sans cut to ASCII and a few symbols (see `assets/DejaVuSans-LICENSE.txt`).
 const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");

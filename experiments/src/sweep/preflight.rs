@@ -8,11 +8,12 @@ use moe_model::MoeAutodiffBackend;
 
 use super::plan::PlannedRun;
 use super::settings::SweepFile;
-use super::workload::WorkloadConfig;
 use crate::backend::{BackendJob, BackendKind, check_compute_type, max_buffer_bytes, run_on};
 use crate::config::ConfigSources;
 use crate::error::ExperimentError;
+use crate::limits::Purpose;
 use crate::lm::data::TokenSplits;
+use crate::workload::WorkloadConfig;
 
 /// Checks every planned run's config against `backend` (which must be usable here) and the
 /// memory, and loads a language model's corpus (every run reads the same one); the error names
@@ -53,7 +54,7 @@ impl BackendJob for Preflight {
         let buffer = max_buffer_bytes(self.backend);
         for config in &self.configs {
             check_compute_type::<B>(config.ffn(), &device)?;
-            config.check_memory(&self.sources, buffer)?;
+            config.check_memory(&self.sources, Purpose::Train, buffer)?;
         }
         Ok(())
     }

@@ -2,10 +2,10 @@
 //! `sweep.csv` and the keys of `sweep.json`'s method rows), how to read them from a run's metrics,
 //! and which one is the quality axis of the Pareto front, with its direction.
 
-use super::workload::{Workload, WorkloadMetrics};
 use crate::lm::evaluate::BlockRouting;
 use crate::lm::metrics::LmMetrics;
 use crate::report::RunMetrics;
+use crate::workload::{Workload, WorkloadMetrics};
 
 /// A quantity's name and how to read it from a run's metrics `M` (`None`: the run has none).
 type Quantity<M> = (&'static str, fn(&M) -> Option<f64>);

@@ -14,10 +14,10 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::plan::PlannedRun;
-use super::workload::WorkloadMetrics;
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
 use crate::run_dir::{CONFIG_FILE, METRICS_FILE, remove_abandoned_staging};
+use crate::workload::WorkloadMetrics;
 
 /// Where a sweep keeps its runs.
 #[derive(Clone, Debug)]

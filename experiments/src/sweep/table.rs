@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::plan::{Family, PlannedRun};
 use super::quantities::Quality;
-use super::workload::{Workload, WorkloadMetrics};
 use crate::error::ExperimentError;
+use crate::workload::{Workload, WorkloadMetrics};
 
 /// Mean and sample standard deviation of a quantity over seeds (std 0 for one seed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]

@@ -1,6 +1,6 @@
-//! What a sweep trains: the synthetic task's classifier or the byte-level language model. The
-//! sweep config's run part decides (a `[corpus]` table makes it a language model); every planned
-//! config and every run's metrics are of that workload.
+//! The two models the experiments train: the synthetic task's classifier or the byte-level
+//! language model. A config with a `[corpus]` table is a language model. A sweep's configs and
+//! metrics are of one workload; `predict` reads a run of either.
 
 use std::path::Path;
 
@@ -14,7 +14,7 @@ use crate::lm::memory::check_lm_memory;
 use crate::lm::metrics::LmMetrics;
 use crate::report::RunMetrics;
 
-/// The two models a sweep can train.
+/// The two models.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Workload {
     /// The synthetic task's classifier (`configs/sweep.toml`).
@@ -58,6 +58,22 @@ impl WorkloadConfig {
         match self {
             WorkloadConfig::Task(_) => Workload::Task,
             WorkloadConfig::Lm(_) => Workload::Lm,
+        }
+    }
+
+    /// Number of blocks.
+    pub fn num_blocks(&self) -> usize {
+        match self {
+            WorkloadConfig::Task(config) => config.model.num_blocks,
+            WorkloadConfig::Lm(config) => config.model.num_blocks,
+        }
+    }
+
+    /// Width of the residual stream.
+    pub fn d_model(&self) -> usize {
+        match self {
+            WorkloadConfig::Task(config) => config.model.d_model,
+            WorkloadConfig::Lm(config) => config.model.d_model,
         }
     }
 
@@ -109,17 +125,17 @@ impl WorkloadConfig {
         }
     }
 
-    /// Refuses a run whose training the machine cannot hold (host memory; `device_buffer`, the
-    /// largest buffer of the device); the error names the size field and who set it.
+    /// Refuses a run the machine cannot hold for `purpose` (host memory; `device_buffer`, the
+    /// largest buffer of the device); the error names the size field and who set it. The
+    /// language model's estimate is its training's, for either purpose.
     pub fn check_memory(
         &self,
         sources: &ConfigSources,
+        purpose: Purpose,
         device_buffer: Option<u64>,
     ) -> Result<(), ExperimentError> {
         match self {
-            WorkloadConfig::Task(config) => {
-                check_memory(config, sources, Purpose::Train, device_buffer)
-            }
+            WorkloadConfig::Task(config) => check_memory(config, sources, purpose, device_buffer),
             WorkloadConfig::Lm(config) => check_lm_memory(config, sources, device_buffer),
         }
     }

@@ -1,8 +1,8 @@
-//! Small Markdown pieces the report is made of.
+//! Small Markdown pieces the sweep's and the report's tables are made of.
 
 use std::path::{Component, Path, PathBuf};
 
-use super::sweep_view::Spread;
+use crate::sweep::Spread;
 
 /// A Markdown table with `headers` and `rows` (each as many cells as headers).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
