@@ -1,4 +1,5 @@
-//! The only place that names concrete backends: `--backend ndarray|wgpu|cuda` picks one here.
+//! Where the commands that run through [`run_on`] get their concrete backend: `--backend
+//! ndarray|wgpu|cuda` picks one here (`offload` names its own, for its copy engines).
 
 use burn::backend::Autodiff;
 use burn::backend::ndarray::{NdArray, NdArrayDevice};

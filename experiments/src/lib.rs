@@ -1,5 +1,7 @@
 //! Experiments on variable-k Mixture-of-Experts: train, evaluate and compare MoE and dense
-//! models on a synthetic task whose points need one expert or two.
+//! models on a synthetic task whose points need one expert or two and as byte-level language
+//! models on public-domain English; the routing studies, benchmarks, routing prediction,
+//! offloading and the report built on them.
 //!
 //! The binary (`src/main.rs`) is a thin command line over these modules.
 

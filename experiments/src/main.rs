@@ -1,5 +1,5 @@
-//! Command line: `train`, `eval`, `generate`, `compare`, `bench`, `sweep`, `predict` and `offload`
-//! runs of the variable-k MoE experiments.
+//! Command line: `train`, `eval`, `generate`, `compare`, `bench`, `sweep`, `predict`, `offload`
+//! and `report` of the variable-k MoE experiments.
 //!
 //! Exit codes: 0 success, 2 an error (one line on stderr), 130 training stopped by Ctrl-C
 //! (143 by SIGTERM, 129 by SIGHUP), nothing kept.

@@ -1,7 +1,7 @@
 //! The routing step of an MoE layer around the policy: router jitter (training), the selection
 //! bias of auxiliary-loss-free balancing, the mean-k budget's adaptive limit, expert choice, and
 //! capacity dropping. [`MoeLayer::forward`](crate::MoeLayer::forward) calls [`RoutingControl::route`]
-//! in place of the bare router and [`RoutingControl::balance_loss`] for the balancing loss.
+//! in place of the bare router and [`RoutingControl::loss_weights`] for the balancing loss's weights.
 //!
 //! Policies the route kernel covers (top-k, threshold, top-p, with or without bias and budget)
 //! go through `MoeBackend::moe_route`; expert choice and capacity dropping run with tensor ops on
