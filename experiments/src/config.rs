@@ -2,7 +2,6 @@
 //! sections over the defaults (`configs/moe.toml` lists them all); `--set key=value` overrides
 //! single fields.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use burn::config::Config;
@@ -10,27 +9,10 @@ use moe_model::{InvalidValue, ModelConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::config_origin::ConfigOrigin;
 use crate::error::ExperimentError;
-use crate::limits;
+use crate::size_limits;
 use crate::task::TaskConfig;
-
-/// Where a config value came from, named in messages: the file, or the `--set` flag that set it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ConfigOrigin {
-    /// The config file.
-    File(PathBuf),
-    /// A `--set key=value` flag, as given.
-    Override(String),
-}
-
-impl fmt::Display for ConfigOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigOrigin::File(path) => write!(f, "{}", path.display()),
-            ConfigOrigin::Override(assignment) => write!(f, "--set {assignment}"),
-        }
-    }
-}
 
 /// A config file and the `--set key=value` overrides applied over it.
 #[derive(Clone, Debug)]
@@ -133,7 +115,7 @@ impl RunConfig {
         self.task.validate().map_err(|e| e.within("task"))?;
         self.model.validate().map_err(|e| e.within("model"))?;
         self.train.validate().map_err(|e| e.within("train"))?;
-        limits::check_fixed(self)
+        size_limits::check_sizes(&self.task, &self.model)
     }
 
     /// Reads `path`, applies `key=value` overrides, rejects unknown keys and validates.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use moe_model::InvalidValue;
 
-use crate::config::ConfigOrigin;
+use crate::config_origin::ConfigOrigin;
 use crate::interrupt::StopCause;
 
 /// Everything that stops an experiment before it produces results.
@@ -250,7 +250,7 @@ pub enum ExperimentError {
     Corpus(#[from] crate::lm::corpus::CorpusError),
     /// An `offload` setting, trace or device problem (`experiments/src/offload/`).
     #[error(transparent)]
-    Offload(#[from] crate::offload::OffloadError),
+    Offload(#[from] crate::offload::error::OffloadError),
     /// A model file could not be written, or read back into the model its config describes.
     #[error("{path}: cannot {action} the model: {reason}")]
     ModelFile {

@@ -323,10 +323,10 @@ impl Baselines {
 /// The device the rows were measured on, as far as the runtime tells.
 fn device_name(backend: BackendKind) -> String {
     #[cfg(feature = "cuda")]
-    if backend == BackendKind::Cuda {
-        if let Ok(description) = cublas::device_description() {
-            return description;
-        }
+    if backend == BackendKind::Cuda
+        && let Ok(description) = cublas::device_description()
+    {
+        return description;
     }
     backend.name().to_string()
 }

@@ -14,6 +14,7 @@
 
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod error;
 mod plot;
 mod replay;
 mod report;
@@ -24,11 +25,12 @@ use std::path::PathBuf;
 
 use burn::backend::ndarray::{NdArray, NdArrayDevice};
 use burn::tensor::{DType, TensorData};
-use moe_model::offload::{ExpertWeights, OffloadBackend, TensorStore, UnknownPolicy};
+use moe_model::offload::{ExpertWeights, OffloadBackend, TensorStore};
 
 use crate::backend::{BackendKind, FloatType, use_float_type};
 use crate::error::ExperimentError;
 use crate::run_dir::{DirKind, RunDir, RunName};
+pub use error::OffloadError;
 pub use replay::{PolicyResult, StoreFactory};
 pub use settings::{OffloadFlags, OffloadPlan};
 
@@ -51,75 +53,6 @@ pub struct OffloadRequest {
     /// On CUDA, copy with tensor ops on the compute path instead of the copy stream (the
     /// portable fallback, for comparison or if the copy stream fails).
     pub tensor_copies: bool,
-}
-
-/// Why an `offload` run cannot start or go on.
-#[derive(Debug, thiserror::Error)]
-pub enum OffloadError {
-    /// A setting out of its range.
-    #[error("{origin}: {field} = {value} is invalid: {allowed}")]
-    Invalid {
-        /// The settings file, or the flag that set the value.
-        origin: String,
-        /// The setting.
-        field: String,
-        /// Its value.
-        value: String,
-        /// What is allowed.
-        allowed: String,
-    },
-    /// A policy name that does not exist.
-    #[error("{origin}: {source}")]
-    Policy {
-        /// The settings file, or `--policies`.
-        origin: String,
-        /// The name.
-        source: UnknownPolicy,
-    },
-    /// The settings file cannot be read or parsed.
-    #[error("{path}: {message}")]
-    Settings {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// The routing trace cannot be used.
-    #[error("{message}")]
-    Trace {
-        /// What is wrong, with the file.
-        message: String,
-    },
-    /// The host cannot hold the experts.
-    #[error(
-        "shape {shape}: needs {need} of host memory (expert weights, routing, inputs), {available} available; use --shape, fewer tokens or steps, or a smaller [synthetic].blocks"
-    )]
-    HostMemory {
-        /// The shape.
-        shape: String,
-        /// Bytes needed.
-        need: String,
-        /// Bytes available.
-        available: String,
-    },
-    /// The device cannot hold every expert (the resident policy's floor).
-    #[error(
-        "shape {shape}: the resident policy needs {need} of device memory, {available} free; use --shape or a smaller [synthetic].blocks"
-    )]
-    DeviceMemory {
-        /// The shape.
-        shape: String,
-        /// Bytes needed.
-        need: String,
-        /// Bytes free on the device.
-        available: String,
-    },
-    /// The device failed (CUDA driver errors, out of memory).
-    #[error("{0}")]
-    Device(String),
-    /// A bug: the runtime refused what the plan checked.
-    #[error("offload runtime: {0}")]
-    Internal(String),
 }
 
 /// Runs the measurement, prints a table per shape and writes the run directory; returns it.

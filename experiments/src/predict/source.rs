@@ -39,7 +39,7 @@ pub enum SourceModel<B: MoeBackend> {
     /// The task model and its task's splits.
     Task {
         /// The model.
-        model: Model<B>,
+        model: Box<Model<B>>,
         /// The task's splits (points).
         splits: TaskSplits,
         /// Points per forward pass.
@@ -48,7 +48,7 @@ pub enum SourceModel<B: MoeBackend> {
     /// The language model and its corpus's token streams.
     Lm {
         /// The model.
-        model: Lm<B>,
+        model: Box<Lm<B>>,
         /// The corpus's splits (token streams).
         splits: TokenSplits,
         /// Windows of `context` tokens read from the start of each split.
@@ -76,12 +76,12 @@ impl<B: MoeBackend> SourceModel<B> {
     ) -> Result<Self, ExperimentError> {
         Ok(match config {
             WorkloadConfig::Task(config) => Self::Task {
-                model: load_classifier::<B>(run, config, device)?.model,
+                model: Box::new(load_classifier::<B>(run, config, device)?.model),
                 splits: TaskSplits::generate(&config.task),
                 batch_size: config.train.eval_batch_size,
             },
             WorkloadConfig::Lm(config) => Self::Lm {
-                model: load_lm::<B>(&SavedLm::open(run)?, device)?,
+                model: Box::new(load_lm::<B>(&SavedLm::open(run)?, device)?),
                 splits: TokenSplits::load(&config.corpus)?,
                 windows: config.train.eval_windows,
                 batch_size: config.train.eval_batch_size,
@@ -92,8 +92,8 @@ impl<B: MoeBackend> SourceModel<B> {
     /// The model's blocks, as the predictors read them.
     pub fn blocks(&self) -> &dyn RoutedBlocks<B> {
         match self {
-            Self::Task { model, .. } => model,
-            Self::Lm { model, .. } => model,
+            Self::Task { model, .. } => model.as_ref(),
+            Self::Lm { model, .. } => model.as_ref(),
         }
     }
 

@@ -113,10 +113,10 @@ impl Study {
             "pareto.md",
             link("pareto.md")
         ));
-        if self.workload == Workload::Lm {
-            if let Some(classes) = self.byte_classes() {
-                parts.push(classes);
-            }
+        if self.workload == Workload::Lm
+            && let Some(classes) = self.byte_classes()
+        {
+            parts.push(classes);
         }
         parts.join("\n\n")
     }
@@ -182,7 +182,8 @@ impl Study {
             .iter()
             .filter(|run| run["method"] == method.method.as_str())
             .collect();
-        let mut rows: Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
+        // Per class, one [share, bits per byte, mean k] per run.
+        let mut rows: Vec<(String, Vec<[f64; 3]>)> = Vec::new();
         for run in &runs {
             let valid = &run["metrics"]["valid"];
             let classes = valid["by_class"].as_array().into_iter().flatten();
@@ -196,27 +197,24 @@ impl Study {
                     continue;
                 };
                 match rows.iter_mut().find(|row| row.0 == class) {
-                    Some(row) => {
-                        row.1.push(share);
-                        row.2.push(bits);
-                        row.3.push(k);
-                    }
-                    None => rows.push((class.to_string(), vec![share], vec![bits], vec![k])),
+                    Some(row) => row.1.push([share, bits, k]),
+                    None => rows.push((class.to_string(), vec![[share, bits, k]])),
                 }
             }
         }
         if rows.is_empty() {
             return None;
         }
-        let mean = |values: &[f64]| values.iter().sum::<f64>() / values.len() as f64;
         let body: Vec<Vec<String>> = rows
             .iter()
-            .map(|(class, share, bits, k)| {
+            .map(|(class, values)| {
+                let mean =
+                    |i: usize| values.iter().map(|v| v[i]).sum::<f64>() / values.len() as f64;
                 vec![
                     class.clone(),
-                    format!("{:.1}", 100.0 * mean(share)),
-                    format!("{:.3}", mean(bits)),
-                    format!("{:.3}", mean(k)),
+                    format!("{:.1}", 100.0 * mean(0)),
+                    format!("{:.3}", mean(1)),
+                    format!("{:.3}", mean(2)),
                 ]
             })
             .collect();
