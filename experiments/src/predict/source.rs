@@ -19,7 +19,7 @@ use crate::lm::tokens::{Token, as_ids};
 use crate::lm::windows::eval_windows;
 use crate::workload::{Workload, WorkloadConfig};
 
-/// Reads the config of the run at `run` (`sources.file`, its `config.toml`), either workload.
+/// Reads a run's `config.toml` (`sources.file`) as either workload.
 pub fn load_config(sources: &ConfigSources) -> Result<WorkloadConfig, ExperimentError> {
     let text =
         std::fs::read_to_string(&sources.file).map_err(ExperimentError::io(&sources.file))?;
