@@ -8,7 +8,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, backend::Backend};
 use moe_kernels::{UNUSED_SLOT, expert_capacity};
 
-use crate::backend_ext::Routing;
+use crate::backend_ext::outputs::Routing;
 
 /// Routes `logits` by expert choice; a token keeps at most `max_k` experts (its most probable).
 ///

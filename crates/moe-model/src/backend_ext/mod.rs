@@ -23,7 +23,7 @@ mod cubecl;
 pub(crate) use cubecl::kernel_experts;
 mod expert_backward;
 mod fallback;
-mod outputs;
+pub mod outputs;
 #[cfg(all(test, feature = "cubecl", feature = "ndarray"))]
 mod parity_tests;
 #[cfg(all(test, feature = "cubecl"))]

@@ -4,9 +4,10 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData, backend::Backend};
 use moe_kernels::dispatch::reference::plan;
+use moe_kernels::router_train::LossWeights;
 use moe_kernels::{Activation, RoutingPolicy, UNUSED_SLOT};
 
-use super::{Dispatch, ExpertRows, LossWeights, Routing};
+use super::outputs::{Dispatch, ExpertRows, Routing};
 use crate::balance::{load_balancing_loss, log_sum_exp, router_z_loss};
 use crate::expert_choice::route_expert_choice;
 use crate::feed_forward::feed_forward;
