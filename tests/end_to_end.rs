@@ -6,7 +6,7 @@ mod support;
 use experiments::lm::config::LmRunConfig;
 use experiments::sweep::{SweepFile, plan};
 use experiments::{RunConfig, RunMetrics};
-use support::{assert_clean_failure, experiments, repo_path, scratch_dir};
+use support::{assert_clean_failure, assert_sweep_files, experiments, repo_path, scratch_dir};
 
 #[test]
 fn every_shipped_config_parses_and_validates() {
@@ -457,23 +457,7 @@ fn quick_sweep_writes_tables_and_plots_and_resumes() {
         String::from_utf8_lossy(&first.stderr)
     );
     let dir = results.join("sweep-routing-quick");
-    for file in [
-        "sweep.json",
-        "sweep.csv",
-        "pareto.md",
-        "pareto.svg",
-        "load_cv.svg",
-    ] {
-        let size = std::fs::metadata(dir.join(file)).map_or(0, |m| m.len());
-        assert!(size > 200, "{file}: {size} bytes");
-    }
-    for png in ["pareto.png", "load_cv.png"] {
-        let bytes = std::fs::read(dir.join(png)).unwrap();
-        assert!(
-            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
-            "{png} is not a PNG"
-        );
-    }
+    assert_sweep_files(&dir);
     let svg = std::fs::read_to_string(dir.join("pareto.svg")).unwrap();
     assert!(svg.contains("mean k") && svg.contains("dense-active"));
 

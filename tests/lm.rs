@@ -6,7 +6,9 @@
 mod support;
 
 use support::corpus::write_corpus;
-use support::{assert_clean_failure, experiments, repo_path, scratch_dir, snapshot};
+use support::{
+    assert_clean_failure, assert_sweep_files, experiments, repo_path, scratch_dir, snapshot,
+};
 
 fn run_ok(args: &[&str]) -> String {
     let output = experiments(args);
@@ -223,23 +225,7 @@ fn quick_lm_sweep_writes_tables_and_plots_and_resumes() {
         );
     }
     let dir = results.join("sweep-lm-routing-quick");
-    for file in [
-        "sweep.json",
-        "sweep.csv",
-        "pareto.md",
-        "pareto.svg",
-        "load_cv.svg",
-    ] {
-        let size = std::fs::metadata(dir.join(file)).map_or(0, |m| m.len());
-        assert!(size > 200, "{file}: {size} bytes");
-    }
-    for png in ["pareto.png", "load_cv.png"] {
-        let bytes = std::fs::read(dir.join(png)).unwrap();
-        assert!(
-            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
-            "{png} is not a PNG"
-        );
-    }
+    assert_sweep_files(&dir);
     let svg = std::fs::read_to_string(dir.join("pareto.svg")).unwrap();
     assert!(svg.contains("validation bits per byte (lower is better)") && svg.contains("top2"));
 

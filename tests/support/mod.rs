@@ -69,3 +69,25 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     }
     files
 }
+
+/// Asserts that a sweep directory holds its tables (each more than 200 bytes) and its plots as
+/// SVG and PNG.
+pub fn assert_sweep_files(dir: &Path) {
+    for file in [
+        "sweep.json",
+        "sweep.csv",
+        "pareto.md",
+        "pareto.svg",
+        "load_cv.svg",
+    ] {
+        let size = std::fs::metadata(dir.join(file)).map_or(0, |m| m.len());
+        assert!(size > 200, "{file}: {size} bytes");
+    }
+    for png in ["pareto.png", "load_cv.png"] {
+        let bytes = std::fs::read(dir.join(png)).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{png} is not a PNG"
+        );
+    }
+}
