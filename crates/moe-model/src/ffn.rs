@@ -56,7 +56,7 @@ impl std::fmt::Display for FfnConfig {
                 c.num_experts,
                 c.expert_width,
                 c.routing,
-                crate::control::describe(c)
+                c.describe()
             )?,
         }
         match self.compute_type() {

@@ -6,12 +6,6 @@
 //! rows, and combine sums each token's expert outputs weighted by the router.
 
 pub mod backend_ext;
-pub mod balance;
-pub mod bias_balance;
-pub mod budget;
-pub mod capacity;
-pub mod control;
-pub mod expert_choice;
 pub mod experts;
 pub mod feed_forward;
 pub mod ffn;
@@ -25,13 +19,12 @@ pub mod moe;
 pub mod offload;
 pub mod precision;
 pub mod prediction;
-pub mod router;
+pub mod routing;
 pub mod shared_experts;
 #[cfg(test)]
 mod test_support;
 
 pub use backend_ext::{Dispatch, ExpertRows, MoeAutodiffBackend, MoeBackend, Routing};
-pub use balance::BalanceMethod;
 pub use feed_forward::Activation;
 pub use ffn::{Ffn, FfnConfig, FfnOutput};
 pub use lm::{KvCache, Lm, LmConfig, LmOutput};
@@ -40,4 +33,5 @@ pub use model::{Block, BlockPass, Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
 pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT, expert_capacity};
 pub use precision::{ComputeType, cast_float_params};
-pub use router::Router;
+pub use routing::balance::BalanceMethod;
+pub use routing::router::Router;

@@ -8,12 +8,12 @@ use moe_kernels::grouped_gemm::ExpertShape;
 
 use crate::InvalidValue;
 use crate::backend_ext::{Dispatch, MoeBackend, Routing};
-use crate::balance::BalanceMethod;
-use crate::control::{RoutingControl, router_summary};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
 use crate::precision::{ComputeType, in_compute_type};
-use crate::router::Router;
+use crate::routing::balance::BalanceMethod;
+use crate::routing::control::{ControlSettings, RoutingControl, router_summary};
+use crate::routing::router::Router;
 use crate::shared_experts::SharedExperts;
 
 /// Configuration of [`MoeLayer`]; the model width `d` is given by the host model at `init`.
@@ -95,7 +95,37 @@ impl MoeLayerConfig {
                 ));
             }
         }
-        crate::control::validate(self)
+        if self.shared_experts > 0 && self.shared_expert_width == 0 {
+            return Err(InvalidValue::new("shared_expert_width", 0, "must be >= 1"));
+        }
+        self.control_settings().validate()
+    }
+
+    /// The settings of the routing step around the router ([`RoutingControl`]).
+    pub fn control_settings(&self) -> ControlSettings {
+        ControlSettings {
+            num_experts: self.num_experts,
+            routing: self.routing,
+            balance: self.balance,
+            bias_update_rate: self.bias_update_rate,
+            router_jitter: self.router_jitter,
+            capacity_factor: self.capacity_factor,
+            target_mean_k: self.target_mean_k,
+            budget_gain: self.budget_gain,
+        }
+    }
+
+    /// The features beyond the sizes and the policy (budget, balance, capacity, jitter, shared
+    /// experts), in words, each after ", " (empty when all are off).
+    pub fn describe(&self) -> String {
+        let mut text = self.control_settings().describe();
+        if self.shared_experts > 0 {
+            text += &format!(
+                ", {} shared F={}",
+                self.shared_experts, self.shared_expert_width
+            );
+        }
+        text
     }
 
     /// A freshly initialised layer over rows of width `d_model`.
@@ -112,7 +142,7 @@ impl MoeLayerConfig {
             ),
             balance_loss_coef: self.balance_loss_coef,
             z_loss_coef: self.z_loss_coef,
-            control: RoutingControl::new(self, device),
+            control: RoutingControl::new(&self.control_settings(), device),
             shared_experts: SharedExperts::new(
                 self.shared_experts,
                 self.shared_expert_width,
@@ -295,14 +325,14 @@ impl<B: MoeBackend> MoeLayer<B> {
 mod tests {
     use burn::backend::Autodiff;
     use burn::module::Param;
-    use burn::tensor::Tensor;
+    use burn::tensor::{Tensor, TensorData};
     use moe_kernels::route::reference;
 
     use super::*;
     use crate::UNUSED_SLOT;
     use crate::mlp::DenseMlpConfig;
     use crate::test_support::{
-        TestBackend, feed_forward_f64, host_f64, host_i64, random_tensor, rng,
+        TestBackend, feed_forward_f64, host_f64, host_i64, random_tensor, random_values, rng,
     };
 
     /// The layer computed row by row in f64 from its own weights and the reference routing.
@@ -449,5 +479,72 @@ mod tests {
             assert_eq!(norm(expert_in) > 0.0, used, "expert {e} with {count} rows");
             assert_eq!(norm(expert_out) > 0.0, used, "expert {e} with {count} rows");
         }
+    }
+
+    type Train = Autodiff<TestBackend>;
+
+    /// Coefficient of variation of the loads of a routing on inference.
+    fn load_cv(counts: &[i64]) -> f64 {
+        let n = counts.len() as f64;
+        let mean = counts.iter().sum::<i64>() as f64 / n;
+        let var = counts
+            .iter()
+            .map(|&c| (c as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        var.sqrt() / mean
+    }
+
+    /// A router whose gate favours expert 0 for most inputs starts with a skewed load; stepping
+    /// the bias (training forwards, no optimiser) makes it markedly more even, while the same
+    /// steps without the bias method change nothing.
+    #[test]
+    fn the_bias_method_reduces_load_cv_on_a_skewed_router() {
+        let (d, experts, tokens) = (8, 4, 256);
+        let device = Default::default();
+        let mut gate = random_values(&mut rng(21), d * experts, 0.3);
+        // Column 0 of the gate gets a large weight on feature 0, which inputs keep positive.
+        gate[0] = 3.0;
+        let mut inputs = random_values(&mut rng(22), tokens * d, 1.0);
+        inputs
+            .iter_mut()
+            .step_by(d)
+            .for_each(|v| *v = v.abs() + 0.5);
+
+        let cv_after = |balance: BalanceMethod| {
+            let config = MoeLayerConfig::new()
+                .with_num_experts(experts)
+                .with_expert_width(4)
+                .with_routing(RoutingPolicy::Threshold { tau: 0.5 })
+                .with_balance(balance)
+                .with_bias_update_rate(0.05);
+            let mut layer = config.init::<Train>(d, &device);
+            layer.router.gate.weight = Param::from_tensor(Tensor::from_data(
+                TensorData::new(gate.clone(), [d, experts]),
+                &device,
+            ));
+            let x = || {
+                Tensor::<Train, 2>::from_data(TensorData::new(inputs.clone(), [tokens, d]), &device)
+            };
+            let inference = |layer: &MoeLayer<Train>| {
+                use burn::module::AutodiffModule;
+                let valid = layer.valid();
+                let out = valid.forward(Tensor::from_data(
+                    TensorData::new(inputs.clone(), [tokens, d]),
+                    &device,
+                ));
+                load_cv(&host_i64(out.stats.expert_counts))
+            };
+            let before = inference(&layer);
+            for _ in 0..60 {
+                drop(layer.forward(x()));
+            }
+            (before, inference(&layer))
+        };
+        let (skewed, balanced) = cv_after(BalanceMethod::Bias);
+        assert!(skewed > 0.8, "the task must start skewed: CV {skewed}");
+        assert!(balanced < 0.3 * skewed, "bias: CV {skewed} -> {balanced}");
+        let (before, after) = cv_after(BalanceMethod::None);
+        assert_eq!(before, after, "without bias the load must not move");
     }
 }

@@ -12,6 +12,7 @@ mod bandwidth;
 #[cfg(feature = "cuda")]
 mod cublas;
 mod device_time;
+mod expert_cases;
 mod experts;
 mod report;
 mod routing;
@@ -67,7 +68,7 @@ pub struct BenchRow {
 /// directory, before touching a device; the directory appears only once every table is written.
 pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
     let routing_cases = routing::cases(request.quick);
-    let expert_cases = experts::cases(request.quick);
+    let expert_cases = expert_cases::cases(request.quick);
     let (routing_cases, expert_cases) =
         select(routing_cases, expert_cases, request.case_filter.as_deref())?;
     let backend = match request.backend {
@@ -110,16 +111,16 @@ fn pick_backend() -> BackendKind {
 /// every case when none matches.
 fn select(
     routing_cases: Vec<routing::Case>,
-    expert_cases: Vec<experts::ExpertCase>,
+    expert_cases: Vec<expert_cases::ExpertCase>,
     filter: Option<&str>,
-) -> Result<(Vec<routing::Case>, Vec<experts::ExpertCase>), ExperimentError> {
+) -> Result<(Vec<routing::Case>, Vec<expert_cases::ExpertCase>), ExperimentError> {
     let Some(filter) = filter else {
         return Ok((routing_cases, expert_cases));
     };
     let labels: Vec<String> = routing_cases
         .iter()
         .map(routing::Case::label)
-        .chain(expert_cases.iter().map(experts::ExpertCase::label))
+        .chain(expert_cases.iter().map(expert_cases::ExpertCase::label))
         .collect();
     let routing_cases: Vec<_> = routing_cases
         .into_iter()
@@ -143,7 +144,7 @@ struct BenchJob {
     request: BenchRequest,
     backend: BackendKind,
     routing_cases: Vec<routing::Case>,
-    expert_cases: Vec<experts::ExpertCase>,
+    expert_cases: Vec<expert_cases::ExpertCase>,
     run_dir: RunDir,
 }
 

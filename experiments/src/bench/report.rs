@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::experts::ExpertRow;
+use super::expert_cases::ExpertRow;
 use super::{BenchRow, FloatType};
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;

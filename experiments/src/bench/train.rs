@@ -14,7 +14,7 @@ use moe_kernels::grouped_gemm::{ExpertShape, device_config};
 use moe_model::MoeBackend;
 use moe_model::backend_ext::tensor_ops;
 
-use super::experts::{
+use super::expert_cases::{
     Cube, DENSE_TOTAL_BYTES, ExpertCase, ExpertRow, micros, random, random_weight, repeats,
     synthetic_ids, tiles_label, timing_us,
 };

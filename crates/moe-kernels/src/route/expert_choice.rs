@@ -4,7 +4,7 @@
 
 use std::cmp::Ordering;
 
-use super::reference::{RoutedTokens, softmax};
+use super::routed_tokens::{RoutedTokens, softmax};
 use crate::{UNUSED_SLOT, expert_capacity};
 
 /// Each expert takes the `C = expert_capacity(T, E, capacity_factor)` tokens with the highest
@@ -60,8 +60,7 @@ fn descending(a: f64, b: f64) -> Ordering {
 
 #[cfg(test)]
 mod tests {
-    use crate::RoutingPolicy;
-    use crate::route::reference::route;
+    use super::reference;
 
     #[test]
     fn each_expert_takes_its_top_tokens_and_tokens_keep_their_best_experts() {
@@ -69,39 +68,18 @@ mod tests {
         // p0 of tokens 0..4 = 0.881, 0.731, 0.047, 0.5: expert 0 takes tokens 0 and 1.
         // p1 = 0.119, 0.269, 0.953, 0.5: expert 1 takes tokens 2 and 3.
         let logits = [2.0, 0.0, 1.0, 0.0, -3.0, 0.0, 0.0, 0.0];
-        let routed = route(
-            &logits,
-            2,
-            &RoutingPolicy::ExpertChoice {
-                capacity_factor: 1.0,
-                max_k: 2,
-            },
-        );
+        let routed = reference(&logits, 2, 1.0, 2);
         assert_eq!(routed.expert_ids, vec![0, -1, 0, -1, 1, -1, 1, -1]);
         assert_eq!(routed.token_k, vec![1, 1, 1, 1]);
         assert_eq!(routed.weights, vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
 
         // Capacity factor 2 with E = 2: every expert takes every token; weights are the probs.
-        let all = route(
-            &logits,
-            2,
-            &RoutingPolicy::ExpertChoice {
-                capacity_factor: 2.0,
-                max_k: 2,
-            },
-        );
+        let all = reference(&logits, 2, 2.0, 2);
         assert_eq!(all.token_k, vec![2; 4]);
         let p0 = 1.0 / (1.0 + (-2.0f64).exp());
         assert!((all.weights[0] - p0).abs() < 1e-12 && all.expert_ids[..2] == [0, 1]);
         // max_k = 1: each token keeps its most probable expert (token 3: a tie, expert 0).
-        let capped = route(
-            &logits,
-            2,
-            &RoutingPolicy::ExpertChoice {
-                capacity_factor: 2.0,
-                max_k: 1,
-            },
-        );
+        let capped = reference(&logits, 2, 2.0, 1);
         assert_eq!(capped.expert_ids, vec![0, 0, 1, 0]);
     }
 }

@@ -4,6 +4,7 @@ pub mod expert_choice;
 pub mod kernel;
 pub(crate) mod launch;
 pub mod reference;
+mod routed_tokens;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -9,7 +9,7 @@ use burn_cubecl::CubeBackend;
 use cubecl::wgpu::WgpuRuntime;
 
 use super::{Fallback, MoeBackend, take_fallbacks};
-use crate::control::{CAPACITY_FALLBACK, EXPERT_CHOICE_FALLBACK};
+use crate::routing::control::{CAPACITY_FALLBACK, EXPERT_CHOICE_FALLBACK};
 use crate::test_support::{TestBackend, host_f64, host_i64, random_values, rng};
 use crate::{Activation, BalanceMethod, MoeLayer, MoeLayerConfig, RoutingPolicy};
 

@@ -8,12 +8,12 @@ use moe_kernels::router_train::LossWeights;
 use moe_kernels::{Activation, RoutingPolicy, UNUSED_SLOT};
 
 use super::outputs::{Dispatch, ExpertRows, Routing};
-use crate::balance::{load_balancing_loss, log_sum_exp, router_z_loss};
-use crate::expert_choice::route_expert_choice;
 use crate::feed_forward::feed_forward;
+use crate::routing::balance::{load_balancing_loss, log_sum_exp, router_z_loss};
+use crate::routing::expert_choice::route_expert_choice;
 
 /// Applies `policy` to router `logits`; differentiable in the weights. Expert choice ranks the
-/// tokens of the batch (`crate::expert_choice`); every other policy decides per token.
+/// tokens of the batch (`crate::routing::expert_choice`); every other policy decides per token.
 ///
 /// # Shapes
 /// - `logits`: `[T, E]`

@@ -9,8 +9,8 @@ use burn::tensor::Tensor;
 use moe_kernels::RoutingPolicy;
 
 use super::*;
-use crate::balance::BalanceMethod;
 use crate::moe::MoeLayerConfig;
+use crate::routing::balance::BalanceMethod;
 use crate::test_support::{TestBackend, host_f64, host_i64, random_tensor, reseeded, rng};
 use crate::{FfnConfig, ModelConfig};
 

@@ -50,7 +50,7 @@ pub enum BalanceMethod {
     #[default]
     AuxLoss,
     /// Auxiliary-loss-free (DeepSeek-V3): a per-expert bias on the selection scores, stepped
-    /// toward equal load after every training step ([`crate::bias_balance`]).
+    /// toward equal load after every training step ([`crate::routing::bias_balance`]).
     Bias,
 }
 

@@ -14,13 +14,35 @@ use moe_kernels::RoutingPolicy;
 
 use crate::InvalidValue;
 use crate::backend_ext::{LossWeights, MoeBackend, Routing, note_fallback};
-use crate::balance::BalanceMethod;
-use crate::bias_balance::{ExpertBias, expert_load};
-use crate::budget::{self, MeanKBudget};
-use crate::capacity::drop_overflow;
-use crate::expert_choice::route_expert_choice;
-use crate::moe::MoeLayerConfig;
-use crate::router::Router;
+use crate::routing::balance::BalanceMethod;
+use crate::routing::bias_balance::{ExpertBias, expert_load};
+use crate::routing::budget::{self, MeanKBudget};
+use crate::routing::capacity::drop_overflow;
+use crate::routing::expert_choice::route_expert_choice;
+use crate::routing::router::Router;
+
+/// What the routing step is built from: the fields of the same names in
+/// [`MoeLayerConfig`](crate::MoeLayerConfig), which gives them with
+/// [`control_settings`](crate::MoeLayerConfig::control_settings).
+#[derive(Clone, Copy, Debug)]
+pub struct ControlSettings {
+    /// Number of experts E.
+    pub num_experts: usize,
+    /// The router's policy (the budget adapts its limit).
+    pub routing: RoutingPolicy,
+    /// Load balancing method.
+    pub balance: BalanceMethod,
+    /// Step of the selection bias (`balance = "bias"`).
+    pub bias_update_rate: f64,
+    /// Router input jitter in training; 0 is off.
+    pub router_jitter: f64,
+    /// Capacity with token dropping; `None`: no limit.
+    pub capacity_factor: Option<f64>,
+    /// Mean-k budget; `None`: the configured limit.
+    pub target_mean_k: Option<f64>,
+    /// Step of the budget controller.
+    pub budget_gain: f64,
+}
 
 /// Routing state and settings of one layer beyond its policy.
 #[derive(Module, Debug)]
@@ -38,17 +60,17 @@ pub struct RoutingControl<B: Backend> {
 }
 
 impl<B: Backend> RoutingControl<B> {
-    /// The routing step `config` describes, with a zero bias and the policy's initial limit.
-    pub fn new(config: &MoeLayerConfig, device: &B::Device) -> Self {
+    /// The routing step `settings` describe, with a zero bias and the policy's initial limit.
+    pub fn new(settings: &ControlSettings, device: &B::Device) -> Self {
         Self {
-            bias: (config.balance == BalanceMethod::Bias)
-                .then(|| ExpertBias::new(config.num_experts, config.bias_update_rate, device)),
-            budget: config.target_mean_k.map(|target| {
-                MeanKBudget::new(&config.routing, target, config.budget_gain, device)
+            bias: (settings.balance == BalanceMethod::Bias)
+                .then(|| ExpertBias::new(settings.num_experts, settings.bias_update_rate, device)),
+            budget: settings.target_mean_k.map(|target| {
+                MeanKBudget::new(&settings.routing, target, settings.budget_gain, device)
             }),
-            balance: config.balance,
-            router_jitter: config.router_jitter,
-            capacity_factor: config.capacity_factor,
+            balance: settings.balance,
+            router_jitter: settings.router_jitter,
+            capacity_factor: settings.capacity_factor,
         }
     }
 
@@ -164,76 +186,69 @@ pub fn router_summary<B: Backend>(logits: &Tensor<B, 2>) -> (Tensor<B, 1, Int>, 
     (top_expert, entropy)
 }
 
-/// Checks the routing-step settings of `config` (names as in the config file).
-pub fn validate(config: &MoeLayerConfig) -> Result<(), InvalidValue> {
-    let finite_at_least_zero = |field: &str, value: f64| {
-        (!(value >= 0.0 && value.is_finite()))
-            .then(|| InvalidValue::new(field, value, "must be a finite number >= 0"))
-    };
-    if let Some(error) = finite_at_least_zero("bias_update_rate", config.bias_update_rate) {
-        return Err(error);
-    }
-    if !(0.0..1.0).contains(&config.router_jitter) {
-        return Err(InvalidValue::new(
-            "router_jitter",
-            config.router_jitter,
-            "must be in [0, 1)",
-        ));
-    }
-    if let Some(factor) = config.capacity_factor
-        && !(factor > 0.0 && factor.is_finite())
-    {
-        return Err(InvalidValue::new(
-            "capacity_factor",
-            factor,
-            "must be a finite number > 0 (leave it out for no capacity limit)",
-        ));
-    }
-    if config.shared_experts > 0 && config.shared_expert_width == 0 {
-        return Err(InvalidValue::new("shared_expert_width", 0, "must be >= 1"));
-    }
-    if let Some(target) = config.target_mean_k {
-        budget::validate(&config.routing, target, config.budget_gain)?;
-    }
-    if !config.routing.decides_per_token() {
-        let conflict = match (config.balance, config.capacity_factor) {
-            (BalanceMethod::Bias, _) => Some(("balance", "\"bias\"".to_string())),
-            (_, Some(factor)) => Some(("capacity_factor", factor.to_string())),
-            _ => None,
+impl ControlSettings {
+    /// Checks the settings (names as in the config file).
+    pub fn validate(&self) -> Result<(), InvalidValue> {
+        let finite_at_least_zero = |field: &str, value: f64| {
+            (!(value >= 0.0 && value.is_finite()))
+                .then(|| InvalidValue::new(field, value, "must be a finite number >= 0"))
         };
-        if let Some((field, value)) = conflict {
+        if let Some(error) = finite_at_least_zero("bias_update_rate", self.bias_update_rate) {
+            return Err(error);
+        }
+        if !(0.0..1.0).contains(&self.router_jitter) {
             return Err(InvalidValue::new(
-                field,
-                value,
-                "does not apply to expert choice, which gives every expert exactly its capacity",
+                "router_jitter",
+                self.router_jitter,
+                "must be in [0, 1)",
             ));
         }
+        if let Some(factor) = self.capacity_factor
+            && !(factor > 0.0 && factor.is_finite())
+        {
+            return Err(InvalidValue::new(
+                "capacity_factor",
+                factor,
+                "must be a finite number > 0 (leave it out for no capacity limit)",
+            ));
+        }
+        if let Some(target) = self.target_mean_k {
+            budget::validate(&self.routing, target, self.budget_gain)?;
+        }
+        if !self.routing.decides_per_token() {
+            let conflict = match (self.balance, self.capacity_factor) {
+                (BalanceMethod::Bias, _) => Some(("balance", "\"bias\"".to_string())),
+                (_, Some(factor)) => Some(("capacity_factor", factor.to_string())),
+                _ => None,
+            };
+            if let Some((field, value)) = conflict {
+                return Err(InvalidValue::new(
+                    field,
+                    value,
+                    "does not apply to expert choice, which gives every expert exactly its capacity",
+                ));
+            }
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// The routing features of `config` beyond the policy, in words (empty when all are off).
-pub fn describe(config: &MoeLayerConfig) -> String {
-    let mut parts = Vec::new();
-    if let Some(target) = config.target_mean_k {
-        parts.push(format!("mean-k budget {target}"));
+    /// The routing features beyond the policy, in words, each after ", " (empty when all are off).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(target) = self.target_mean_k {
+            parts.push(format!("mean-k budget {target}"));
+        }
+        if self.balance != BalanceMethod::AuxLoss {
+            parts.push(format!("balance {}", self.balance));
+        }
+        if let Some(factor) = self.capacity_factor {
+            parts.push(format!("capacity {factor}"));
+        }
+        if self.router_jitter > 0.0 {
+            parts.push(format!("jitter {}", self.router_jitter));
+        }
+        parts.iter().map(|p| format!(", {p}")).collect()
     }
-    if config.balance != BalanceMethod::AuxLoss {
-        parts.push(format!("balance {}", config.balance));
-    }
-    if let Some(factor) = config.capacity_factor {
-        parts.push(format!("capacity {factor}"));
-    }
-    if config.shared_experts > 0 {
-        parts.push(format!(
-            "{} shared F={}",
-            config.shared_experts, config.shared_expert_width
-        ));
-    }
-    if config.router_jitter > 0.0 {
-        parts.push(format!("jitter {}", config.router_jitter));
-    }
-    parts.iter().map(|p| format!(", {p}")).collect()
 }
 
 /// Why expert choice runs with tensor ops on a backend with routing kernels.
@@ -246,83 +261,5 @@ pub const CAPACITY_FALLBACK: &str = "no kernel drops the pairs over an expert's 
 fn note_routing_fallback<B: MoeBackend>(reason: &str) {
     if B::ROUTING_KERNELS {
         note_fallback("route", reason.to_string());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use burn::backend::Autodiff;
-    use burn::module::Param;
-    use burn::tensor::{Tensor, TensorData};
-
-    use super::*;
-    use crate::moe::MoeLayer;
-    use crate::test_support::{TestBackend, host_i64, random_values, rng};
-
-    type Train = Autodiff<TestBackend>;
-
-    /// Coefficient of variation of the loads of a routing on inference.
-    fn load_cv(counts: &[i64]) -> f64 {
-        let n = counts.len() as f64;
-        let mean = counts.iter().sum::<i64>() as f64 / n;
-        let var = counts
-            .iter()
-            .map(|&c| (c as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
-        var.sqrt() / mean
-    }
-
-    /// A router whose gate favours expert 0 for most inputs starts with a skewed load; stepping
-    /// the bias (training forwards, no optimiser) makes it markedly more even, while the same
-    /// steps without the bias method change nothing.
-    #[test]
-    fn the_bias_method_reduces_load_cv_on_a_skewed_router() {
-        let (d, experts, tokens) = (8, 4, 256);
-        let device = Default::default();
-        let mut gate = random_values(&mut rng(21), d * experts, 0.3);
-        // Column 0 of the gate gets a large weight on feature 0, which inputs keep positive.
-        gate[0] = 3.0;
-        let mut inputs = random_values(&mut rng(22), tokens * d, 1.0);
-        inputs
-            .iter_mut()
-            .step_by(d)
-            .for_each(|v| *v = v.abs() + 0.5);
-
-        let cv_after = |balance: BalanceMethod| {
-            let config = MoeLayerConfig::new()
-                .with_num_experts(experts)
-                .with_expert_width(4)
-                .with_routing(RoutingPolicy::Threshold { tau: 0.5 })
-                .with_balance(balance)
-                .with_bias_update_rate(0.05);
-            let mut layer = config.init::<Train>(d, &device);
-            layer.router.gate.weight = Param::from_tensor(Tensor::from_data(
-                TensorData::new(gate.clone(), [d, experts]),
-                &device,
-            ));
-            let x = || {
-                Tensor::<Train, 2>::from_data(TensorData::new(inputs.clone(), [tokens, d]), &device)
-            };
-            let inference = |layer: &MoeLayer<Train>| {
-                use burn::module::AutodiffModule;
-                let valid = layer.valid();
-                let out = valid.forward(Tensor::from_data(
-                    TensorData::new(inputs.clone(), [tokens, d]),
-                    &device,
-                ));
-                load_cv(&host_i64(out.stats.expert_counts))
-            };
-            let before = inference(&layer);
-            for _ in 0..60 {
-                drop(layer.forward(x()));
-            }
-            (before, inference(&layer))
-        };
-        let (skewed, balanced) = cv_after(BalanceMethod::Bias);
-        assert!(skewed > 0.8, "the task must start skewed: CV {skewed}");
-        assert!(balanced < 0.3 * skewed, "bias: CV {skewed} -> {balanced}");
-        let (before, after) = cv_after(BalanceMethod::None);
-        assert_eq!(before, after, "without bias the load must not move");
     }
 }
