@@ -4,7 +4,7 @@
 // fragments into them; no memory traffic inside the loop, so the rate is the tensor pipe's.
 //
 // Build and run on the GPU machine: `nvcc -O3 -arch=sm_90 -o mma_sync_peak mma_sync_peak.cu &&
-// ./mma_sync_peak`. Prints TFLOP/s for several warps per SM; docs/GPU.md has the numbers.
+// ./mma_sync_peak`. Prints TFLOP/s for several warps per SM; docs/PERF.md has the numbers.
 #include <cstdio>
 #include <cuda_runtime.h>
 

@@ -256,7 +256,7 @@ pub fn limits(evidence: &Evidence) -> String {
     }
     items.push(
         "Generation speed (time to first token, decode latency) is printed by `just generate` \
-         but not kept in a result file, so it is not in this report; `docs/GPU.md` records the \
+         but not kept in a result file, so it is not in this report; `docs/PERF.md` records the \
          H100 measurements."
             .into(),
     );

@@ -27,7 +27,7 @@ pub struct GatingHeadConfig {
     pub num_experts: usize,
     /// Hidden width of the two-layer head (ReLU); 0 is a linear head. The default, 64, is
     /// where the task model's heads stop gaining much (linear heads fall 13 to 28 points of
-    /// recall behind, docs/DESIGN.md).
+    /// recall behind, docs/log/design-notes.md).
     #[config(default = 64)]
     pub hidden: usize,
 }
