@@ -86,23 +86,27 @@ fn smoke_lm_trains_evaluates_and_generates() {
         "compare does not list the LM run:\n{compared}"
     );
 
-    let generate = || {
-        run_ok(&[
-            "generate",
-            "--run",
-            run.to_str().unwrap(),
-            "--prompt",
-            "The whale ",
-            "--max-tokens",
-            "24",
-            "--seed",
-            "3",
-        ])
+    let generate = |prompt: &[&str]| {
+        let mut args = vec!["generate", "--run", run.to_str().unwrap()];
+        args.extend(prompt);
+        args.extend(["--max-tokens", "24", "--seed", "3"]);
+        run_ok(&args)
     };
-    let generated = generate();
+    let generated = generate(&["--prompt", "The whale "]);
     assert!(generated.starts_with("The whale "), "{generated}");
     assert!(generated.contains("time to first token"), "{generated}");
-    let again = generate();
+    // The timings are kept beside the model for the report.
+    let kept = std::fs::read_to_string(run.join("generation-ndarray-f32.json")).unwrap();
+    let record: experiments::lm::generate::GenerationRecord = serde_json::from_str(&kept).unwrap();
+    assert_eq!((record.prompt_bytes, record.max_tokens), (10, 24));
+    assert!(
+        record.decode_steps <= 23 && record.ttft_ms > 0.0,
+        "{record:?}"
+    );
+    // The same prompt from a file, and the same seed: the same bytes.
+    let prompt_file = results.join("prompt.txt");
+    std::fs::write(&prompt_file, "The whale ").unwrap();
+    let again = generate(&["--prompt-file", prompt_file.to_str().unwrap()]);
     let text = |out: &str| out.lines().next().unwrap_or_default().to_string();
     assert_eq!(
         text(&generated),

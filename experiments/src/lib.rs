@@ -5,6 +5,7 @@
 //!
 //! The binary (`src/main.rs`) is a thin command line over these modules.
 
+pub mod atomic_write;
 pub mod backend;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub mod bench;

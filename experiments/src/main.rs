@@ -74,8 +74,12 @@ enum Command {
         #[arg(long)]
         run: PathBuf,
         /// Text to continue.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "prompt_file")]
         prompt: String,
+        /// A file whose text to continue (e.g. configs/prompt-512.txt, the prompt the report's
+        /// generation timings use).
+        #[arg(long)]
+        prompt_file: Option<PathBuf>,
         /// Bytes to generate at most (generation also ends at a document boundary).
         #[arg(long, default_value_t = 200)]
         max_tokens: usize,
@@ -329,6 +333,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
         Command::Generate {
             run,
             prompt,
+            prompt_file,
             max_tokens,
             temperature,
             top_k,
@@ -336,7 +341,11 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             backend,
             dtype,
         } => {
-            let (generation, model) = generate(GenerateRequest {
+            let prompt = match prompt_file {
+                Some(path) => std::fs::read_to_string(&path).map_err(ExperimentError::io(&path))?,
+                None => prompt,
+            };
+            let generated = generate(GenerateRequest {
                 run,
                 prompt: prompt.clone(),
                 max_tokens,
@@ -347,9 +356,10 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             })?;
             println!(
                 "{prompt}{}",
-                String::from_utf8_lossy(&generation.continuation)
+                String::from_utf8_lossy(&generated.generation.continuation)
             );
-            println!("{}", generation.summary(&model));
+            println!("{}", generated.generation.summary(&generated.model));
+            println!("timings kept in {}", generated.record.display());
         }
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
         Command::Bench {

@@ -1,8 +1,10 @@
 //! `generate`: continue a prompt with a trained language model, decoding one byte at a time with a
 //! key/value cache through the layers' inference path, and time it: time to first token (the
-//! prompt's prefill and the first draw) and the latency of each further token.
+//! prompt's prefill and the first draw) and the latency of each further token. The timings are
+//! kept beside the model as `generation-<backend>-<dtype>.json` ([`GenerationRecord`]), which the
+//! report reads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::{Int, Tensor, TensorData};
@@ -10,7 +12,9 @@ use moe_model::lm::{KvCache, Lm};
 use moe_model::{MoeAutodiffBackend, MoeBackend};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
 
+use crate::atomic_write::write_atomically;
 use crate::backend::{BackendJob, BackendKind, FloatType, run_on, use_float_type};
 use crate::error::ExperimentError;
 use crate::lm::config::describe;
@@ -73,10 +77,63 @@ impl Generation {
     }
 }
 
+/// What [`generate`] returns: the continuation with its timings, the model in words, and the
+/// file the timings were kept in.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    /// The continuation and its timings.
+    pub generation: Generation,
+    /// The model, in words.
+    pub model: String,
+    /// The run's `generation-<backend>-<dtype>.json`.
+    pub record: PathBuf,
+}
+
+/// A generation's timings as kept in the run directory: what `just report` compares across the
+/// methods of a language-model study.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    /// The model, in words.
+    pub model: String,
+    /// Backend it ran on.
+    pub backend: String,
+    /// Float type of the weights and activations.
+    pub dtype: String,
+    /// The prompt's bytes the model saw.
+    pub prompt_bytes: usize,
+    /// Tokens asked for at most.
+    pub max_tokens: usize,
+    /// Softmax temperature of the draws.
+    pub temperature: f64,
+    /// Time to first token, milliseconds.
+    pub ttft_ms: f64,
+    /// Mean latency of each token after the first, milliseconds.
+    pub decode_ms_per_token: f64,
+    /// Tokens the decode latency is the mean of.
+    pub decode_steps: usize,
+}
+
+impl GenerationRecord {
+    /// Writes the record into the run directory `run` (replacing an earlier one of the same
+    /// backend and type); returns the file.
+    pub fn save(&self, run: &Path) -> Result<PathBuf, ExperimentError> {
+        let path = run.join(format!("generation-{}-{}.json", self.backend, self.dtype));
+        let text = serde_json::to_string_pretty(self).expect("a generation record serialises");
+        write_atomically(&path, &(text + "\n"))?;
+        Ok(path)
+    }
+}
+
+/// Timed generations after the warm-up; the latencies are their medians (one generation of a
+/// small model on a CPU varies by a third from run to run).
+const TIMED_GENERATIONS: usize = 3;
+
 /// Loads the run's model and continues the prompt. When the cache holds `context` tokens, the
 /// last half of them are prefilled into a fresh cache (a sliding window); that time counts in the
-/// decode latency. A first, untimed generation of the same length compiles the kernels.
-pub fn generate(request: GenerateRequest) -> Result<(Generation, String), ExperimentError> {
+/// decode latency. A first, untimed generation of the same length compiles the kernels; the
+/// latencies are the medians of the next [`TIMED_GENERATIONS`] (each draws the same bytes).
+/// The timings are saved as a [`GenerationRecord`] in the run directory.
+pub fn generate(request: GenerateRequest) -> Result<Generated, ExperimentError> {
     if request.max_tokens == 0 {
         return Err(ExperimentError::BadSetting {
             setting: "--max-tokens 0".into(),
@@ -92,8 +149,31 @@ pub fn generate(request: GenerateRequest) -> Result<(Generation, String), Experi
     }
     let saved = SavedLm::open(&request.run)?;
     let description = describe(&saved.config.model);
-    let generation = run_on(request.backend, Generating { request, saved })?;
-    Ok((generation, description))
+    let run = request.run.clone();
+    let record = |generation: &Generation| GenerationRecord {
+        model: description.clone(),
+        backend: request.backend.name().into(),
+        dtype: request.dtype.name().into(),
+        prompt_bytes: generation.prompt_bytes,
+        max_tokens: request.max_tokens,
+        temperature,
+        ttft_ms: generation.ttft_ms,
+        decode_ms_per_token: generation.decode_ms_per_token,
+        decode_steps: generation.decode_steps,
+    };
+    let generation = run_on(
+        request.backend,
+        Generating {
+            request: request.clone(),
+            saved,
+        },
+    )?;
+    let record = record(&generation).save(&run)?;
+    Ok(Generated {
+        generation,
+        model: description,
+        record,
+    })
 }
 
 /// A checked generation request and the run it reads.
@@ -124,7 +204,19 @@ impl BackendJob for Generating {
         }
         // Warm-up: kernel compilation and autotuning are not part of the latency.
         decode(&model, prompt, &request, &device);
-        Ok(decode(&model, prompt, &request, &device))
+        let timed: Vec<Generation> = (0..TIMED_GENERATIONS)
+            .map(|_| decode(&model, prompt, &request, &device))
+            .collect();
+        let median = |of: fn(&Generation) -> f64| {
+            let mut values: Vec<f64> = timed.iter().map(of).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Ok(Generation {
+            ttft_ms: median(|g| g.ttft_ms),
+            decode_ms_per_token: median(|g| g.decode_ms_per_token),
+            ..timed[0].clone()
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod answers;
 mod compare;
+mod generation;
 mod layer_speed;
 mod routing_prediction;
 mod sources;
@@ -20,10 +21,12 @@ use std::path::{Path, PathBuf};
 pub use sources::{Found, Source};
 pub use studies::Study;
 
+use crate::atomic_write::write_atomically;
 use crate::error::ExperimentError;
 use crate::run_dir::git_commit;
 use crate::workload::Workload;
 use answers::{Evidence, answers, limits};
+use generation::GenerationTimings;
 
 /// One `report` command.
 pub struct ReportRequest {
@@ -63,6 +66,18 @@ pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> 
     let lm_prediction = take(&sources::LM_PREDICTION)?;
     let task_prediction = take(&sources::TASK_PREDICTION)?;
     let offload = take(&sources::LM_OFFLOAD)?;
+    let generation = lm.as_ref().and_then(|study| {
+        let methods: Vec<String> = study
+            .sweep
+            .methods
+            .iter()
+            .map(|m| m.method.clone())
+            .collect();
+        GenerationTimings::read(&study.found.path, &methods)
+    });
+    if let Some(timings) = &generation {
+        read.push(timings.dir.clone());
+    }
     let bench_rows = bench.as_ref().map(|f| layer_speed::layer_rows(&f.json));
     let policy_rows = offload
         .as_ref()
@@ -73,6 +88,7 @@ pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> 
         task: task.as_ref(),
         bench: bench.as_ref().zip(bench_rows.as_deref()),
         offload: offload.as_ref().zip(policy_rows.as_deref()),
+        generation: generation.as_ref(),
     };
 
     let out = &request.out;
@@ -98,6 +114,15 @@ pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> 
             || not_found("the language-model study", sources::LM_SWEEPS[0].command),
             |study| study.section(out),
         ),
+        "## The language model: generation speed".to_string(),
+        match (&lm, &generation) {
+            (_, Some(timings)) => timings.section(),
+            (Some(study), None) => not_found(
+                "the generation timings of its runs",
+                &generation::command(study.found.path.parent().unwrap_or(Path::new("."))),
+            ),
+            (None, None) => not_found("the language-model study", sources::LM_SWEEPS[0].command),
+        },
         "## The MoE layer's speed (prefill and decode)".to_string(),
         match (&bench, &bench_rows) {
             (Some(found), Some(rows)) => layer_speed::section(found, rows),
@@ -140,17 +165,5 @@ pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> 
         path: out.clone(),
         read,
         missing,
-    })
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<(), ExperimentError> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(ExperimentError::io(parent))?;
-    }
-    let temporary = path.with_extension(format!("md.tmp-{}", std::process::id()));
-    std::fs::write(&temporary, text).map_err(ExperimentError::io(&temporary))?;
-    std::fs::rename(&temporary, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        ExperimentError::io(path)(e)
     })
 }

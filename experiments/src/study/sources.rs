@@ -51,11 +51,18 @@ pub const BENCH: [Source; 1] = [Source {
     command: "just bench --backend cuda --dtype bf16",
 }];
 
-/// Routing prediction on the variable-k language model.
-pub const LM_PREDICTION: [Source; 1] = [Source {
-    file: "lm-moe-predict/prediction.json",
-    command: "just predict lm-moe",
-}];
+/// Routing prediction on the variable-k language model (the study's budget-1.4 model, seed 0),
+/// best first: the H100 study's, the CPU study's.
+pub const LM_PREDICTION: [Source; 2] = [
+    Source {
+        file: "lm-moe-predict/prediction.json",
+        command: "just predict sweep-lm-routing/runs/budget-1.4-s0 --backend cuda --name lm-moe-predict",
+    },
+    Source {
+        file: "lm-cpu-predict/prediction.json",
+        command: "just predict sweep-lm-cpu/runs/budget-1.4-s0 --name lm-cpu-predict",
+    },
+];
 
 /// Routing prediction on the synthetic task's deep model, for comparison.
 pub const TASK_PREDICTION: [Source; 1] = [Source {

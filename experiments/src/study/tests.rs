@@ -65,13 +65,29 @@ fn the_answers_quote_the_numbers_with_their_files_and_name_what_is_missing() {
              "cublas_us": {"Ok": 910.0}, "dense_total_us": null, "mean_k": 2.0}
         ]}),
     );
+    // Generation timings kept in the study's runs: decode 3.0 and 4.0 ms for dense-active's two
+    // seeds, 2.0 ms for budget-1.4's one (and a foreign file the report skips).
+    let runs = results.join("sweep-lm-routing/runs");
+    for (run, ttft, decode) in [
+        ("dense-active-s0", 5.0, 3.0),
+        ("dense-active-s1", 7.0, 4.0),
+        ("budget-1.4-s0", 4.0, 2.0),
+    ] {
+        write(
+            &runs.join(run).join("generation-cuda-f32.json"),
+            &json!({"model": "m", "backend": "cuda", "dtype": "f32", "prompt_bytes": 512,
+                    "max_tokens": 128, "temperature": 0.0, "ttft_ms": ttft,
+                    "decode_ms_per_token": decode, "decode_steps": 127}),
+        );
+    }
+    std::fs::write(runs.join("budget-1.4-s0/generation-notes.json"), "not json").unwrap();
     let out = root.join("docs/REPORT.md");
     let outcome = report(ReportRequest {
         roots: vec![results.clone(), root.join("docs/results")],
         out: out.clone(),
     })
     .unwrap();
-    assert_eq!(outcome.read.len(), 2);
+    assert_eq!(outcome.read.len(), 3);
     assert!(
         outcome.missing.contains(&"just sweep"),
         "{:?}",
@@ -112,7 +128,24 @@ fn the_answers_quote_the_numbers_with_their_files_and_name_what_is_missing() {
         text.contains("](../results/sweep-lm-routing/pareto.png)"),
         "{text}"
     );
-    assert!(text.contains("`just predict lm-moe` writes it"), "{text}");
+    // Generation: budget-1.4 at 2.0 ms per token against dense-active's (3.0 + 4.0) / 2 = 3.5.
+    assert!(
+        text.contains(
+            "budget-1.4 takes 4.00 ms to the first token and 2.000 ms per further token; the \
+             dense model with top-2's active parameters takes 6.00 and 3.500 ms, so variable-k \
+             decodes at 1.75x its speed"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("| dense-active | cuda f32 | 2 | 512 | 6.00 ± 1.41 | 3.500 ± 0.707 | 1.00 |"),
+        "{text}"
+    );
+    assert!(text.contains("just time-generation lm-routing"), "{text}");
+    assert!(
+        text.contains("`just predict sweep-lm-routing/runs/budget-1.4-s0 --backend cuda --name lm-moe-predict` writes it"),
+        "{text}"
+    );
     assert!(text.contains("variable-k against top-2 at decode is not measured"));
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -134,6 +167,7 @@ fn committed_copies_are_read_when_results_lack_them_and_damage_is_refused() {
         "{text}"
     );
     assert!(text.contains("not the H100-sized one"), "{text}");
+    assert!(text.contains("Generation was not timed"), "{text}");
 
     std::fs::write(committed.join("sweep-lm-cpu/sweep.json"), "{ cut short").unwrap();
     let error = report(request()).err().unwrap().to_string();

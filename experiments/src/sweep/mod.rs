@@ -128,10 +128,5 @@ fn write_record(path: &Path, text: &str) -> Result<(), ExperimentError> {
     if std::fs::read_to_string(path).is_ok_and(|saved| saved == text) {
         return Ok(());
     }
-    let temporary = path.with_extension(format!("toml.tmp-{}", std::process::id()));
-    std::fs::write(&temporary, text).map_err(ExperimentError::io(&temporary))?;
-    std::fs::rename(&temporary, path).map_err(|e| {
-        let _ = std::fs::remove_file(&temporary);
-        ExperimentError::io(path)(e)
-    })
+    crate::atomic_write::write_atomically(path, text)
 }
