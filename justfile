@@ -21,10 +21,10 @@ train config *args:
 eval run *args:
     cargo run --release -p experiments -- eval --run results/{{run}} {{backend_flag}} {{args}}
 
-# Time generation on every run of a language-model study (the 512 bytes of configs/prompt-512.txt,
-# 128 bytes drawn greedily): each run keeps generation-<backend>-<dtype>.json, which `just report`
-# compares across methods. `just time-generation lm-cpu`; on the GPU
-# `just backend=cuda time-generation lm-routing --dtype bf16`.
+# The prompt is the 512 bytes of configs/prompt-512.txt, 128 bytes are drawn greedily, and each
+# run keeps generation-<backend>-<dtype>.json, which `just report` compares across methods; on the
+# GPU `just backend=cuda time-generation lm-routing`.
+# Time generation on every run of the LM study results/sweep-<study>/: `just time-generation lm-cpu`.
 time-generation study *args:
     cargo build --release -p experiments
     for run in results/sweep-{{study}}/runs/*/; do target/release/experiments generate --run "$run" --prompt-file configs/prompt-512.txt --max-tokens 128 --temperature 0 {{backend_flag}} {{args}} | tail -n 2; done

@@ -104,9 +104,12 @@ impl Study {
             self.sweep.backend
         )];
         parts.push(self.table());
+        let tables = match self.workload {
+            Workload::Lm => "Every table of the study, per block and per byte class included",
+            Workload::Task => "Every table of the study",
+        };
         parts.push(format!(
-            "![{} against mean k]({}) ![load CV per method]({})\n\nEvery table of the study, \
-             per block and per byte class included: [{}]({}).",
+            "![{} against mean k]({}) ![load CV per method]({})\n\n{tables}: [{}]({}).",
             quality_words(self.workload),
             link("pareto.png"),
             link("load_cv.png"),
