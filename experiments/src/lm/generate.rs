@@ -149,26 +149,25 @@ pub fn generate(request: GenerateRequest) -> Result<Generated, ExperimentError> 
     }
     let saved = SavedLm::open(&request.run)?;
     let description = describe(&saved.config.model);
-    let run = request.run.clone();
-    let record = |generation: &Generation| GenerationRecord {
+    let (run, backend, dtype, max_tokens) = (
+        request.run.clone(),
+        request.backend,
+        request.dtype,
+        request.max_tokens,
+    );
+    let generation = run_on(backend, Generating { request, saved })?;
+    let record = GenerationRecord {
         model: description.clone(),
-        backend: request.backend.name().into(),
-        dtype: request.dtype.name().into(),
+        backend: backend.name().into(),
+        dtype: dtype.name().into(),
         prompt_bytes: generation.prompt_bytes,
-        max_tokens: request.max_tokens,
+        max_tokens,
         temperature,
         ttft_ms: generation.ttft_ms,
         decode_ms_per_token: generation.decode_ms_per_token,
         decode_steps: generation.decode_steps,
-    };
-    let generation = run_on(
-        request.backend,
-        Generating {
-            request: request.clone(),
-            saved,
-        },
-    )?;
-    let record = record(&generation).save(&run)?;
+    }
+    .save(&run)?;
     Ok(Generated {
         generation,
         model: description,
