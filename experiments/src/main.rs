@@ -204,39 +204,8 @@ enum Command {
         /// The [quick] settings: small shapes, few steps (CI).
         #[arg(long)]
         quick: bool,
-        /// Routing and predictions from a trace file (written by `predict`).
-        #[arg(long)]
-        trace: Option<PathBuf>,
-        /// Only the shape of this name.
-        #[arg(long)]
-        shape: Option<String>,
-        /// Cache slots per block (every shape).
-        #[arg(long)]
-        slots: Option<usize>,
-        /// Device budget for all blocks' caches, in GB (sets the slots per block).
-        #[arg(long)]
-        cache_gb: Option<f64>,
-        /// Policies, comma-separated: resident, on-demand, prefetch, prefetch:<predictor>, oracle.
-        #[arg(long, value_delimiter = ',')]
-        policies: Option<Vec<String>>,
-        /// Prefetch distance j (block l starts the copies of block l + j).
-        #[arg(long)]
-        distance: Option<usize>,
-        /// Prediction accuracies of the speed-up curve, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        accuracies: Option<Vec<f64>>,
-        /// Tokens of the prefill batch (synthetic routing).
-        #[arg(long)]
-        prefill_tokens: Option<usize>,
-        /// Decode steps.
-        #[arg(long)]
-        decode_steps: Option<usize>,
-        /// Tokens per decode step (synthetic routing; a serving batch).
-        #[arg(long)]
-        decode_tokens: Option<usize>,
-        /// Seed of the routing, predictions, weights and inputs.
-        #[arg(long)]
-        seed: Option<u64>,
+        #[command(flatten)]
+        flags: experiments::offload::OffloadFlags,
         /// Run name (default offload-<backend>-<dtype>).
         #[arg(long)]
         name: Option<String>,
@@ -447,17 +416,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
             backend,
             dtype,
             quick,
-            trace,
-            shape,
-            slots,
-            cache_gb,
-            policies,
-            distance,
-            accuracies,
-            prefill_tokens,
-            decode_steps,
-            decode_tokens,
-            seed,
+            flags,
             name,
             tensor_copies,
             results,
@@ -467,19 +426,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 backend,
                 dtype,
                 quick,
-                flags: experiments::offload::OffloadFlags {
-                    policies,
-                    distance,
-                    accuracies,
-                    prefill_tokens,
-                    decode_steps,
-                    decode_tokens,
-                    slots,
-                    cache_gb,
-                    shape,
-                    trace,
-                    seed,
-                },
+                flags,
                 results_root: results,
                 name,
                 tensor_copies,

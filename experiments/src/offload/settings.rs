@@ -102,30 +102,41 @@ pub struct QuickSettings {
     pub shapes: Vec<ShapeSettings>,
 }
 
-/// Command-line values that replace settings (each `None` when not given).
-#[derive(Clone, Debug, Default)]
+/// Command-line values that replace settings (each `None` when not given); `offload`'s flags.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct OffloadFlags {
-    /// `--policies a,b`.
-    pub policies: Option<Vec<String>>,
-    /// `--distance j`.
-    pub distance: Option<usize>,
-    /// `--accuracies 0.5,0.9`.
-    pub accuracies: Option<Vec<f64>>,
-    /// `--prefill-tokens T`.
-    pub prefill_tokens: Option<usize>,
-    /// `--decode-steps N`.
-    pub decode_steps: Option<usize>,
-    /// `--decode-tokens T`.
-    pub decode_tokens: Option<usize>,
-    /// `--slots S` (every shape).
-    pub slots: Option<usize>,
-    /// `--cache-gb G`: slots per block from a device budget for all blocks' caches.
-    pub cache_gb: Option<f64>,
-    /// `--shape name`: only this shape.
-    pub shape: Option<String>,
-    /// `--trace path`: routing and predictions from a trace file.
+    /// Routing and predictions from a trace file (written by `predict`).
+    #[arg(long)]
     pub trace: Option<PathBuf>,
-    /// `--seed s`.
+    /// Only the shape of this name.
+    #[arg(long)]
+    pub shape: Option<String>,
+    /// Cache slots per block (every shape).
+    #[arg(long)]
+    pub slots: Option<usize>,
+    /// Device budget for all blocks' caches, in GB (sets the slots per block).
+    #[arg(long)]
+    pub cache_gb: Option<f64>,
+    /// Policies, comma-separated: resident, on-demand, prefetch, prefetch:<predictor>, oracle.
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Option<Vec<String>>,
+    /// Prefetch distance j (block l starts the copies of block l + j).
+    #[arg(long)]
+    pub distance: Option<usize>,
+    /// Prediction accuracies of the speed-up curve, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub accuracies: Option<Vec<f64>>,
+    /// Tokens of the prefill batch (synthetic routing).
+    #[arg(long)]
+    pub prefill_tokens: Option<usize>,
+    /// Decode steps.
+    #[arg(long)]
+    pub decode_steps: Option<usize>,
+    /// Tokens per decode step (synthetic routing; a serving batch).
+    #[arg(long)]
+    pub decode_tokens: Option<usize>,
+    /// Seed of the routing, predictions, weights and inputs.
+    #[arg(long)]
     pub seed: Option<u64>,
 }
 
