@@ -154,30 +154,8 @@ enum Command {
         /// Backend to fit and score on.
         #[arg(long, value_enum, default_value_t)]
         backend: BackendKind,
-        /// Largest block distance j to predict (default: every distance the model has).
-        #[arg(long)]
-        distance: Option<usize>,
-        /// Hidden width of each gating head (0: a linear head).
-        #[arg(long, default_value_t = PredictSettings::default().hidden)]
-        hidden: usize,
-        /// Distillation epochs of each gating head.
-        #[arg(long, default_value_t = PredictSettings::default().epochs)]
-        epochs: usize,
-        /// Points per distillation step.
-        #[arg(long, default_value_t = PredictSettings::default().batch_size)]
-        batch_size: usize,
-        /// Adam learning rate of distillation.
-        #[arg(long, default_value_t = PredictSettings::default().learning_rate)]
-        lr: f64,
-        /// Seed of the heads' initialisation and data order.
-        #[arg(long, default_value_t = PredictSettings::default().seed)]
-        seed: u64,
-        /// Tokens per batch of the batch-union scores and of trace-prefill.json.
-        #[arg(long, default_value_t = PredictSettings::default().prefill_batch)]
-        prefill_batch: usize,
-        /// Test points covered by the routing traces.
-        #[arg(long, default_value_t = PredictSettings::default().trace_tokens)]
-        trace_tokens: usize,
+        #[command(flatten)]
+        settings: PredictSettings,
         /// Name of the result directory (default: <run>-predict, with -2, -3, ... if taken).
         #[arg(long)]
         name: Option<String>,
@@ -375,30 +353,14 @@ fn run(command: Command) -> Result<(), ExperimentError> {
         Command::Predict {
             run,
             backend,
-            distance,
-            hidden,
-            epochs,
-            batch_size,
-            lr,
-            seed,
-            prefill_batch,
-            trace_tokens,
+            settings,
             name,
             overwrite,
             results,
         } => {
             let outcome = predict(PredictRequest {
                 run,
-                settings: PredictSettings {
-                    max_distance: distance,
-                    hidden,
-                    epochs,
-                    batch_size,
-                    learning_rate: lr,
-                    seed,
-                    prefill_batch,
-                    trace_tokens,
-                },
+                settings,
                 backend,
                 results_root: results,
                 name,

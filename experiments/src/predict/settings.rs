@@ -9,24 +9,34 @@ use crate::error::ExperimentError;
 /// Widest hidden layer a gating head may have (a head is meant to be small next to the layer).
 pub const MAX_HIDDEN: usize = 65536;
 
-/// How the predictors are fitted and scored, and what the traces hold.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// How the predictors are fitted and scored, and what the traces hold; `predict`'s flags.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct PredictSettings {
-    /// Largest block distance j predicted (`None`: every distance the model has, blocks - 1).
+    /// Largest block distance j to predict (default: every distance the model has).
+    #[arg(long = "distance", value_name = "J")]
     pub max_distance: Option<usize>,
-    /// Hidden width of each gating head; 0 is a linear head.
+    /// Hidden width of each gating head (0: a linear head).
+    #[arg(long, default_value_t = PredictSettings::default().hidden)]
     pub hidden: usize,
-    /// Passes of distillation over the training split.
+    /// Distillation epochs of each gating head (passes over the training split).
+    #[arg(long, default_value_t = PredictSettings::default().epochs)]
     pub epochs: usize,
-    /// Points per Adam step of distillation.
+    /// Points per distillation step (Adam).
+    #[arg(long, default_value_t = PredictSettings::default().batch_size)]
     pub batch_size: usize,
     /// Adam learning rate of distillation.
+    #[arg(long = "lr", value_name = "LR")]
+    #[arg(default_value_t = PredictSettings::default().learning_rate)]
     pub learning_rate: f64,
-    /// Seed of the heads' initialisation and of the order of the points.
+    /// Seed of the heads' initialisation and data order.
+    #[arg(long, default_value_t = PredictSettings::default().seed)]
     pub seed: u64,
-    /// Tokens per batch of the batch-union scores and of `trace-prefill.json`.
+    /// Tokens per batch of the batch-union scores and of trace-prefill.json.
+    #[arg(long, default_value_t = PredictSettings::default().prefill_batch)]
     pub prefill_batch: usize,
-    /// Test points the traces cover (the first ones; fewer if the test split is smaller).
+    /// Test points covered by the routing traces (the first ones; fewer if the test split is
+    /// smaller).
+    #[arg(long, default_value_t = PredictSettings::default().trace_tokens)]
     pub trace_tokens: usize,
 }
 
