@@ -147,25 +147,23 @@ fn method_of(run: &str) -> Option<String> {
 
 /// Rows per device and method, methods in the order of `methods` (others after them).
 fn rows(methods: &[String], records: &[(String, GenerationRecord)]) -> Vec<GenerationRow> {
-    let mut keys: Vec<(String, String)> = Vec::new();
+    // One group per (device, method), in the order first seen.
+    let mut groups: Vec<((String, String), Vec<&GenerationRecord>)> = Vec::new();
     for (method, record) in records {
         let key = (
             format!("{} {}", record.backend, record.dtype),
             method.clone(),
         );
-        if !keys.contains(&key) {
-            keys.push(key);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(record),
+            None => groups.push((key, vec![record])),
         }
     }
     let position = |m: &str| methods.iter().position(|n| n == m).unwrap_or(usize::MAX);
-    keys.sort_by(|a, b| a.0.cmp(&b.0).then(position(&a.1).cmp(&position(&b.1))));
-    keys.into_iter()
-        .filter_map(|(device, method)| {
-            let mine: Vec<&GenerationRecord> = records
-                .iter()
-                .filter(|(m, r)| *m == method && format!("{} {}", r.backend, r.dtype) == device)
-                .map(|(_, r)| r)
-                .collect();
+    groups.sort_by(|(a, _), (b, _)| a.0.cmp(&b.0).then(position(&a.1).cmp(&position(&b.1))));
+    groups
+        .into_iter()
+        .filter_map(|((device, method), mine)| {
             let values = |f: fn(&GenerationRecord) -> f64| -> Vec<f64> {
                 mine.iter().map(|r| f(r)).collect()
             };
