@@ -10,7 +10,7 @@ use crate::InvalidValue;
 use crate::backend_ext::{Dispatch, MoeBackend, Routing};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
-use crate::precision::{ComputeType, in_compute_type};
+use crate::precision::{ComputeType, in_compute_type, in_dtype};
 use crate::routing::balance::BalanceMethod;
 use crate::routing::control::{ControlSettings, RoutingControl, router_summary};
 use crate::routing::router::Router;
@@ -244,6 +244,8 @@ impl<B: MoeBackend> MoeLayer<B> {
             .control
             .loss_weights(self.balance_loss_coef, self.z_loss_coef);
         let aux_loss = B::moe_router_loss(routing.logits, expert_counts.clone(), loss_weights);
+        // The router works in f32; its loss joins the other losses in the layer's type.
+        let aux_loss = in_dtype(aux_loss, output.dtype());
         let output = MoeOutput {
             output,
             aux_loss,

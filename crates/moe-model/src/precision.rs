@@ -7,7 +7,7 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::{DType, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// The float type a feed-forward's matrix products run in when it is not the parameters' own
@@ -51,6 +51,14 @@ pub fn in_compute_type<B: Backend, const D: usize>(
     match compute {
         Some(compute) => tensor.cast(compute.dtype()),
         None => tensor,
+    }
+}
+
+/// `tensor` in the float `dtype`; unchanged (no cast, so no autodiff node) when it already is.
+pub fn in_dtype<B: Backend, const D: usize>(tensor: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    match tensor.dtype() == dtype {
+        true => tensor,
+        false => tensor.cast(dtype),
     }
 }
 

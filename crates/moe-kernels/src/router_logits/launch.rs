@@ -11,10 +11,6 @@ use crate::buffer::{expect_grid, expect_len, expect_positive};
 const CUBE_UNITS: usize = 256;
 /// Experts one cube computes for its token.
 const EXPERTS_PER_CUBE: usize = 8;
-/// Tokens up to which the model computes its router logits with this kernel (decode). Every
-/// token's cubes read the whole gate, so at larger batches a GEMM that reuses each weight across
-/// tokens is faster.
-pub const DECODE_TOKENS: usize = 16;
 
 /// Sizes of the router's gate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,9 @@
 //! experts' output rows, as tensors of the backend.
 
 use burn::tensor::activation::softmax;
-use burn::tensor::{Int, Tensor, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, backend::Backend};
+
+use crate::precision::in_dtype;
 
 /// The routing decision for a batch of tokens (the tensor form of
 /// `moe_kernels::route::reference::RoutedTokens`).
@@ -24,6 +26,15 @@ impl<B: Backend> Routing<B> {
     /// `weights` and `MoeBackend::moe_router_loss`). `[T, E]`
     pub fn probs(&self) -> Tensor<B, 2> {
         softmax(self.logits.clone().detach(), 1)
+    }
+
+    /// The same decision with its weights in `dtype`: the router decides in f32, the combine
+    /// weighs the experts' rows in the layer's type.
+    pub fn with_weights_in(self, dtype: DType) -> Self {
+        Self {
+            weights: in_dtype(self.weights, dtype),
+            ..self
+        }
     }
 }
 

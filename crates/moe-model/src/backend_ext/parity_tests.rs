@@ -101,14 +101,14 @@ fn kernel_path_matches_tensor_op_path_in_outputs_and_gradients() {
     }
 }
 
-/// The router logits on the decode kernel (up to `DECODE_TOKENS` tokens) and on Burn's matmul
-/// (more), against NdArray; and whole decode-sized layers, whose routing reads those logits.
+/// The router logits on their kernel at decode and prefill sizes against NdArray; and whole
+/// decode-sized layers, whose routing reads those logits.
 #[test]
 fn router_logits_and_decode_layers_match_the_tensor_op_path() {
     let (d, e) = (40, 6);
     let mut draw = rng(11);
     let gate = random_values(&mut draw, d * e, 0.5);
-    for tokens in [1, 16, 17] {
+    for tokens in [1, 16, 17, 300] {
         let x = random_values(&mut draw, tokens * d, 1.5);
         let want = TestBackend::moe_router_logits(tensor(&x, [tokens, d]), tensor(&gate, [d, e]));
         take_fallbacks();
@@ -299,4 +299,34 @@ fn with_state<B: MoeBackend>(
         budget.limit.update(tensor(&[0.55], [1]));
     }
     layer
+}
+
+/// A token's router logits, and so its routing, do not depend on the batch it comes in: each
+/// token of a batch of 37 gets bit for bit the logits and weights it gets alone.
+#[test]
+fn a_token_routes_alike_alone_and_in_a_batch() {
+    let (d, e, tokens) = (72, 8, 37);
+    let mut draw = rng(12);
+    let gate = tensor::<Wgpu, 2>(&random_values(&mut draw, d * e, 0.4), [d, e]);
+    let x = random_values(&mut draw, tokens * d, 1.0);
+    let policy = RoutingPolicy::Threshold { tau: 0.5 };
+    let batch_logits = Wgpu::moe_router_logits(tensor(&x, [tokens, d]), gate.clone());
+    let batch = Wgpu::moe_route(batch_logits.clone(), &policy);
+    let (batch_logits, batch_weights) = (host_f64(batch_logits), host_f64(batch.weights));
+    let slots = batch_weights.len() / tokens;
+    for t in 0..tokens {
+        let alone = tensor(&x[t * d..(t + 1) * d], [1, d]);
+        let logits = Wgpu::moe_router_logits(alone, gate.clone());
+        let routing = Wgpu::moe_route(logits.clone(), &policy);
+        assert_eq!(
+            host_f64(logits),
+            batch_logits[t * e..(t + 1) * e],
+            "token {t}: logits"
+        );
+        assert_eq!(
+            host_f64(routing.weights),
+            batch_weights[t * slots..(t + 1) * slots],
+            "token {t}: weights"
+        );
+    }
 }

@@ -69,7 +69,18 @@ fn half_layer_matches_f32<R: CubeRuntime, F: FloatElement>(device: &R::Device) {
 
         let (layer, x) = layer_and_input::<Cube<R, F>>(&config, d, &values, F::dtype(), device);
         take_fallbacks();
-        let half_ids = host_i64(layer.router.forward(x.clone()).expert_ids);
+        let routing = layer.router.forward(x.clone());
+        assert_eq!(
+            routing.logits.dtype(),
+            DType::F32,
+            "{context}: the router decides in f32"
+        );
+        assert_eq!(
+            routing.weights.dtype(),
+            F::dtype(),
+            "{context}: weights in the layer's type"
+        );
+        let half_ids = host_i64(routing.expert_ids);
         let half = layer.forward(x).output;
         assert_eq!(half.dtype(), F::dtype(), "{context}: output type");
         let half = host_f64(half);

@@ -6,6 +6,8 @@
 use burn::module::{Module, RunningState};
 use burn::tensor::{Int, Tensor, backend::Backend};
 
+use crate::precision::in_dtype;
+
 /// The selection bias of one layer's experts, stored with the model.
 #[derive(Module, Debug)]
 pub struct ExpertBias<B: Backend> {
@@ -30,6 +32,7 @@ impl<B: Backend> ExpertBias<B> {
     /// - `logits`: `[T, E]` -> `[T, E]`
     pub fn selection_logits(&self, logits: Tensor<B, 2>) -> Tensor<B, 2> {
         let bias = self.bias.value_sync().to_device(&logits.device()); // [E]
+        let bias = in_dtype(bias, logits.dtype()); // the router decides in f32
         logits.detach() + bias.unsqueeze_dim(0)
     }
 

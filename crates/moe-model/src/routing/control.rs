@@ -109,6 +109,7 @@ impl<B: MoeBackend> RoutingControl<B> {
     /// - `x`: `[T, d]` -> routing `[T, K]`, dropped pairs `[T]`
     pub fn route(&self, router: &Router<B>, x: Tensor<B, 2>) -> (Routing<B>, Tensor<B, 1, Int>) {
         let device = x.device();
+        let dtype = x.dtype();
         let [num_tokens, _] = x.dims();
         let training = B::ad_enabled(&device);
         let x = match training && self.router_jitter > 0.0 {
@@ -135,7 +136,8 @@ impl<B: MoeBackend> RoutingControl<B> {
             }
             (_, Some(bias)) => route_with_bias(logits, bias, &policy),
             (_, None) => B::moe_route(logits, &policy),
-        };
+        }
+        .with_weights_in(dtype);
         if training {
             if let Some(budget) = &self.budget {
                 budget.observe(routing.token_k.clone());
