@@ -305,6 +305,14 @@ fn every_command_refuses_bad_settings_in_one_line_and_leaves_nothing() {
             "--decode-tokens 0: decode_tokens = 0 is invalid",
         ),
         (
+            offload(&default, &["--set", "run.decode_tokens=0"]),
+            "--set run.decode_tokens=0: decode_tokens = 0 is invalid",
+        ),
+        (
+            offload(&default, &["--set", "run.distanse=2"]),
+            "unknown field `distanse`",
+        ),
+        (
             offload(&default, &["--cache-gb", "NaN"]),
             "cache_gb = NaN is invalid",
         ),

@@ -315,7 +315,10 @@ fn fill_defaults(value: &mut toml::Value, defaults: &toml::Value) {
 
 /// Sets `key.path=value` in the parsed file; the value is read as TOML, or as a string if it is
 /// not valid TOML (so `--set model.ffn.kind=dense` needs no quotes).
-fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), ExperimentError> {
+pub(crate) fn apply_override(
+    root: &mut toml::Value,
+    assignment: &str,
+) -> Result<(), ExperimentError> {
     let bad = || ExperimentError::BadOverride(assignment.to_string());
     let (key, raw) = assignment.split_once('=').ok_or_else(bad)?;
     let keys: Vec<&str> = key.trim().split('.').collect();

@@ -73,3 +73,10 @@ pub enum OffloadError {
     #[error("offload runtime: {0}")]
     Internal(String),
 }
+
+#[cfg(feature = "cuda")]
+impl From<moe_model::offload::CudaStoreError> for OffloadError {
+    fn from(error: moe_model::offload::CudaStoreError) -> Self {
+        OffloadError::Device(error.0)
+    }
+}

@@ -9,10 +9,8 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::{DType, Tensor, TensorData};
-use moe_model::Activation;
 use moe_model::offload::{
-    BlockRouting, BlockShape, CopyLog, ExpertStore, OffloadBackend, OffloadEngine, OffloadPolicy,
-    OffloadStats,
+    BlockRouting, CopyLog, ExpertStore, OffloadBackend, OffloadEngine, OffloadPolicy, OffloadStats,
 };
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -85,12 +83,7 @@ pub fn run_shape<B: OffloadBackend, F: StoreFactory<B>>(
     dtype: DType,
     device: &B::Device,
 ) -> Result<Vec<PolicyResult>, OffloadError> {
-    let shape = BlockShape {
-        num_experts: plan.shape.num_experts,
-        d_model: plan.shape.d_model,
-        width: plan.shape.expert_width,
-        activation: Activation::SwiGlu,
-    };
+    let shape = plan.block_shape();
     let inputs = Inputs::<B>::new(&plan.trace, plan.shape.d_model, run.seed, dtype, device);
     let measure = |policy: &OffloadPolicy,
                    trace: &RoutingTrace,

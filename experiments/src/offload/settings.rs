@@ -1,14 +1,17 @@
-//! What an `offload` run measures: `configs/offload.toml` (its `[quick]` section with `--quick`),
-//! then the command-line flags, checked into one plan per layer shape before any device work.
+//! What an `offload` run measures: `configs/offload.toml` with `--set` overrides (its `[quick]`
+//! section with `--quick`), then the command-line flags, checked into one plan per layer shape
+//! before any device work.
 
 use std::path::{Path, PathBuf};
 
-use moe_model::offload::OffloadPolicy;
+use moe_model::Activation;
+use moe_model::offload::{BlockShape, OffloadPolicy};
 use serde::{Deserialize, Serialize};
 
 use super::OffloadError;
 use super::synthetic::SyntheticRouting;
 use crate::backend::FloatType;
+use crate::config::apply_override;
 use crate::routing_trace::RoutingTrace;
 
 /// The settings file: run fields, the synthetic routing, the shapes, and the CI-sized overrides.
@@ -138,6 +141,10 @@ pub struct OffloadFlags {
     /// Seed of the routing, predictions, weights and inputs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Replace a settings field, like the other commands' configs (repeatable; after
+    /// `--quick`, before the flags above): `--set run.distance=2`, `--set synthetic.skew=0.5`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 /// One shape's measurement, checked.
@@ -154,6 +161,18 @@ pub struct ShapePlan {
     pub policies: Vec<OffloadPolicy>,
     /// Prefetch distance j.
     pub distance: usize,
+}
+
+impl ShapePlan {
+    /// One MoE block of the shape (SwiGLU experts, as every offloading shape has).
+    pub fn block_shape(&self) -> BlockShape {
+        BlockShape {
+            num_experts: self.shape.num_experts,
+            d_model: self.shape.d_model,
+            width: self.shape.expert_width,
+            activation: Activation::SwiGlu,
+        }
+    }
 }
 
 /// The resolved settings and one plan per shape.
@@ -177,11 +196,18 @@ impl OffloadPlan {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        let mut settings: SettingsFile =
-            toml::from_str(&text).map_err(|e| OffloadError::Settings {
-                path: path.to_path_buf(),
-                message: e.message().to_string(),
-            })?;
+        let settings_error = |message: String| OffloadError::Settings {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut value: toml::Value =
+            toml::from_str(&text).map_err(|e| settings_error(e.message().to_string()))?;
+        for assignment in &flags.overrides {
+            apply_override(&mut value, assignment).map_err(|e| settings_error(e.to_string()))?;
+        }
+        let mut settings: SettingsFile = value.try_into().map_err(|e: toml::de::Error| {
+            settings_error(format!("{} (after --set)", e.message()))
+        })?;
         if quick {
             let q = settings
                 .quick
@@ -196,9 +222,15 @@ impl OffloadPlan {
         }
         settings.quick = None;
         let file = path.display().to_string();
-        let origin = |flag: &str, given: bool, value: &dyn std::fmt::Display| match given {
-            true => format!("--{flag} {value}"),
-            false => file.clone(),
+        let origin = |flag: &str, given: bool, value: &dyn std::fmt::Display| {
+            let key = format!("run.{}", flag.replace('-', "_"));
+            let set = (flags.overrides.iter().rev())
+                .find(|a| a.split_once('=').is_some_and(|(k, _)| k.trim() == key));
+            match (given, set) {
+                (true, _) => format!("--{flag} {value}"),
+                (false, Some(assignment)) => format!("--set {assignment}"),
+                (false, None) => file.clone(),
+            }
         };
         let run = &mut settings.run;
         if let Some(v) = &flags.policies {

@@ -11,14 +11,15 @@
 //!   experts than there are slots, one combine;
 //! - `cubecl.rs`: the grouped GEMMs on slots with the full layer's tile configuration;
 //! - `engine.rs`: per-block caches, the policy's schedule and the accounting;
-//! - `policy.rs`: the policies and their names.
-//!
-//! The CUDA store (copies from pinned memory on a copy stream, overlapping compute) lives in
-//! `experiments/src/offload/cuda.rs`, the only place that names CUDA.
+//! - `policy.rs`: the policies and their names;
+//! - `cuda.rs` (feature `cuda`): [`CudaStore`], copies from pinned host memory on a copy stream
+//!   of its own, overlapping compute; the only file of offloading that names CUDA.
 
 mod cache;
 #[cfg(feature = "cubecl")]
 mod cubecl;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod engine;
 mod layer;
 mod policy;
@@ -27,6 +28,8 @@ mod store;
 mod tests;
 
 pub use cache::{Acquired, BlockCache, ComputeMark, Copier, CopyTicket, Prefetched, Slot};
+#[cfg(feature = "cuda")]
+pub use cuda::{Cuda, CudaStore, CudaStoreError, PinnedExperts};
 pub use engine::{BlockRouting, BlockShape, OffloadEngine, OffloadStats, needed};
 pub use layer::{GroupRows, OffloadBackend, combine_groups, run_group};
 pub use policy::{OffloadPolicy, UnknownPolicy};
