@@ -64,7 +64,7 @@ predict run="deep" *args:
     cargo run --release -p experiments -- predict --run results/{{run}} {{backend_flag}} {{args}}
 
 # Time the routing kernels, grouped GEMMs and whole layer against tensor ops, cuBLAS, dense MLPs and the
-# memory floor: `just bench` (best backend here), `just bench --backend cuda --dtype bf16`, `--quick`.
+# memory floor: `just bench` (best backend here; bf16 on cuda, f32 on wgpu, unless `--dtype`), `--quick`.
 bench *args:
     cargo run --release -p experiments -- bench {{args}}
 

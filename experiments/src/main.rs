@@ -107,9 +107,9 @@ enum Command {
         /// CubeCL backend to run on (default: CUDA when a device answers, else wgpu).
         #[arg(long, value_enum)]
         backend: Option<BackendKind>,
-        /// Float type of the expert rows.
-        #[arg(long, value_enum, default_value_t)]
-        dtype: FloatType,
+        /// Float type of the expert rows (default: bf16 on cuda, f32 on wgpu).
+        #[arg(long, value_enum)]
+        dtype: Option<FloatType>,
         /// Fewer, smaller cases of every kind (CI, CPU-emulated devices).
         #[arg(long)]
         quick: bool,

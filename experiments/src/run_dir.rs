@@ -16,7 +16,6 @@
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -525,21 +524,10 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The commit the binary runs from (`-dirty` when the work tree has changes), if inside git.
+/// The commit the binary was built from (`-dirty` when its tracked files had changes), embedded
+/// at build time by `build.rs`; `None` when it was built outside git.
 pub fn git_commit() -> Option<String> {
-    let git = |args: &[&str]| {
-        let out = Command::new("git").args(args).output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    let commit = git(&["rev-parse", "HEAD"])?;
-    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"])?.is_empty();
-    Some(if dirty {
-        format!("{commit}-dirty")
-    } else {
-        commit
-    })
+    option_env!("MOE_BUILD_COMMIT").map(str::to_string)
 }
 
 /// Writes `metrics` as `metrics.json` into `run_dir`.
@@ -562,6 +550,25 @@ pub fn load_metrics<T: DeserializeOwned>(run_dir: &Path) -> Result<T, Experiment
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The commit embedded at build time is the checkout's HEAD (tests build from the tree they
+    /// test; `build.rs` reruns on every commit and checkout).
+    #[test]
+    fn records_name_the_commit_the_binary_was_built_from() {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .ok()
+            .filter(|out| out.status.success());
+        match head {
+            Some(out) => {
+                let head = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                let embedded = git_commit().expect("built inside git: a commit is embedded");
+                assert!(embedded.starts_with(&head), "{embedded} is not HEAD {head}");
+            }
+            None => assert_eq!(git_commit(), None, "built outside git: nothing embedded"),
+        }
+    }
 
     #[test]
     fn names_are_single_plain_components() {

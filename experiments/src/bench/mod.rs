@@ -34,8 +34,9 @@ use crate::run_dir::{DirKind, RunDir, RunName};
 pub struct BenchRequest {
     /// CubeCL backend to run on; `None` picks CUDA when a device answers, else wgpu.
     pub backend: Option<BackendKind>,
-    /// Float type of the expert rows (routing rows are f32).
-    pub dtype: FloatType,
+    /// Float type of the expert rows (routing rows are f32); `None`: bf16 on CUDA (tensor
+    /// cores: what a GPU user means to time), f32 on wgpu.
+    pub dtype: Option<FloatType>,
     /// Fewer and smaller cases (for CI and CPU-emulated devices).
     pub quick: bool,
     /// Only the cases whose label contains this text (e.g. `T=65536` or `layer mixtral`).
@@ -75,23 +76,36 @@ pub fn bench(request: BenchRequest) -> Result<PathBuf, ExperimentError> {
         Some(backend) => backend,
         None => pick_backend(),
     };
-    let name = RunName::parse(&format!(
-        "bench-{}-{}",
-        backend.name(),
-        request.dtype.name()
-    ))
-    .expect("backend and dtype names make valid run names");
+    let dtype = request.dtype.unwrap_or_else(|| default_dtype(backend));
+    let name = RunName::parse(&format!("bench-{}-{}", backend.name(), dtype.name()))
+        .expect("backend and dtype names make valid run names");
     let run_dir = RunDir::claim_next_free(&request.results_root, &name, DirKind::Bench)?;
     run_on_runtime(
         backend,
         BenchJob {
             request,
             backend,
+            dtype,
             routing_cases,
             expert_cases,
             run_dir,
         },
     )
+}
+
+/// The float type of a bench without `--dtype`: bf16 on CUDA (f32 would time the portable path,
+/// not the tensor cores), f32 elsewhere; says which.
+fn default_dtype(backend: BackendKind) -> FloatType {
+    let dtype = match backend {
+        BackendKind::Cuda => FloatType::Bf16,
+        _ => FloatType::F32,
+    };
+    println!(
+        "bench: no --dtype given, timing {} on {}",
+        dtype.name(),
+        backend.name()
+    );
+    dtype
 }
 
 /// CUDA when a device answers, else wgpu; says which.
@@ -143,6 +157,8 @@ fn select(
 struct BenchJob {
     request: BenchRequest,
     backend: BackendKind,
+    /// The expert rows' float type (`--dtype`, or the backend's default).
+    dtype: FloatType,
     routing_cases: Vec<routing::Case>,
     expert_cases: Vec<expert_cases::ExpertCase>,
     run_dir: RunDir,
@@ -153,7 +169,7 @@ impl RuntimeJob for BenchJob {
 
     fn run<R: CubeRuntime>(self, device: R::Device) -> Result<PathBuf, ExperimentError> {
         type Probe<R> = burn_cubecl::CubeBackend<R, f32, i32, u32>;
-        let dtype = self.request.dtype;
+        let dtype = self.dtype;
         if !<Probe<R> as burn::tensor::backend::Backend>::supports_dtype(&device, dtype.dtype()) {
             return Err(ExperimentError::FloatTypeUnavailable {
                 dtype: dtype.name(),
@@ -180,7 +196,7 @@ impl BenchJob {
         println!(
             "{} backend, {}, measured copy bandwidth {:.0} GB/s (read + write)",
             self.backend.name(),
-            self.request.dtype.name(),
+            self.dtype.name(),
             copy_bandwidth / 1e9
         );
         let spinner = device_time::Spinner::calibrate(&client);
@@ -195,7 +211,7 @@ impl BenchJob {
             &device,
             &spinner,
             &self.expert_cases,
-            self.request.dtype,
+            self.dtype,
             &baselines,
         );
         if !expert_rows.is_empty() {
@@ -211,7 +227,7 @@ impl BenchJob {
             self.run_dir.staging(),
             &report::Context {
                 backend: self.backend,
-                dtype: self.request.dtype,
+                dtype: self.dtype,
                 copy_bandwidth,
                 cublas: baselines.cublas_status(),
             },
