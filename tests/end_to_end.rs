@@ -600,3 +600,37 @@ fn budget_controller_meets_its_mean_k_target_on_the_default_task() {
     );
     std::fs::remove_dir_all(results).unwrap();
 }
+
+/// Data-parallel settings a run cannot take: one line, exit code 2, nothing written.
+#[test]
+fn bad_device_counts_are_refused() {
+    let dir = scratch_dir("devices");
+    let config = repo_path("configs/smoke.toml");
+    for (set, expected) in [
+        (
+            "train.devices=100000",
+            "train.devices = 100000 is invalid: must be <=",
+        ),
+        ("train.devices=0", "train.devices = 0 is invalid"),
+        (
+            "train.devices=3",
+            "train.batch_size = 64 is invalid: must be a multiple of devices (3)",
+        ),
+    ] {
+        let output = experiments(&[
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--results",
+            dir.to_str().unwrap(),
+            "--set",
+            set,
+        ]);
+        assert_clean_failure(&output, expected);
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}

@@ -13,6 +13,7 @@ pub mod classifier;
 pub mod config;
 pub mod config_origin;
 pub mod data;
+pub mod data_parallel;
 pub mod error;
 pub mod eval;
 pub mod host;

@@ -1,0 +1,162 @@
+//! Data-parallel training of the task model (issue 29) with burn-train's multi-device strategy
+//! (`ExecutionStrategy::MultiDevice`, optimizer on the first device): every device holds the
+//! model, takes its share of each batch and returns its gradients, which burn-train adds on the
+//! first device before one optimizer step. Each device's loss is divided by the device count
+//! (`Classifier::devices`), so the sum is the gradient of the mean loss over the whole batch.
+//!
+//! burn-train's other strategy, `ddp` (all-reduce through `DistributedBackend`), is not used:
+//! its feature makes `Autodiff<B>` an `AutodiffBackend` only for backends implementing
+//! `DistributedBackend`, which NdArray does not (`burn-autodiff/src/backend.rs`), so it would
+//! stop the CPU training this crate runs everywhere.
+
+use std::num::NonZero;
+
+use burn::tensor::backend::{Backend, Device, DeviceId, DeviceOps};
+use burn::train::{ExecutionStrategy, MultiDeviceOptim};
+use moe_model::InvalidValue;
+
+use crate::backend::BackendKind;
+
+/// The `count` devices `train.devices` asks for, the first being `device`'s kind at index 0:
+/// on CubeCL backends devices `0..count` of that kind, at most as many as are present; on
+/// ndarray (one Burn device, the CPU) the CPU `count` times, one worker thread each, at most one
+/// per core.
+pub fn training_devices<B: Backend>(
+    kind: BackendKind,
+    device: &B::Device,
+    count: usize,
+) -> Result<Vec<B::Device>, InvalidValue> {
+    let type_id = device.id().type_id;
+    let (present, what) = match kind {
+        BackendKind::Ndarray => (
+            std::thread::available_parallelism().map_or(1, NonZero::get),
+            "CPU cores (ndarray ranks are threads on the one CPU device)",
+        ),
+        _ => (B::device_count(type_id), "devices present"),
+    };
+    if count > present {
+        return Err(InvalidValue::new(
+            "train.devices",
+            count,
+            format!("must be <= {present}, the {} {what}", kind.name()),
+        ));
+    }
+    Ok((0..count)
+        .map(|index| {
+            B::Device::from_id(DeviceId {
+                type_id,
+                index_id: index as u16,
+            })
+        })
+        .collect())
+}
+
+/// burn-train's strategy for `devices`: several devices with the optimizer on the first (the
+/// sharded optimizer keys its gradients by device id, which the ndarray ranks share).
+pub fn multi_device<B: Backend>(devices: Vec<B::Device>) -> ExecutionStrategy<B> {
+    ExecutionStrategy::multi(devices, MultiDeviceOptim::OptimMainDevice)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    use burn::train::Interrupter;
+
+    use super::*;
+    use crate::classifier::Classifier;
+    use crate::config::RunConfig;
+    use crate::data::TaskSplits;
+    use crate::train::fit;
+
+    type Train = Autodiff<NdArray>;
+
+    /// Every float parameter of a module, in module order.
+    struct Parameters(Vec<f32>);
+
+    impl<B: Backend> ModuleVisitor<B> for Parameters {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.extend(param.val().into_data().iter::<f32>());
+        }
+    }
+
+    fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
+        let mut visitor = Parameters(Vec::new());
+        module.visit(&mut visitor);
+        visitor.0
+    }
+
+    /// One epoch of one step on 64 points: two CPU ranks of 32 points each, through burn-train's
+    /// multi-device strategy, end with the parameters one device gets from the 64 points (Adam,
+    /// the MoE smoke model; the Switch loss is off, as it is not a mean over points, the z-loss
+    /// stays on). Within float tolerance: the gradient sums run in another order.
+    #[test]
+    fn two_cpu_ranks_train_the_parameters_one_device_trains_on_the_whole_batch() {
+        let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/smoke.toml");
+        let overrides = [
+            "task.train_size=64",
+            "task.valid_size=16",
+            "task.test_size=16",
+            "train.batch_size=64",
+            "train.epochs=1",
+            "model.ffn.balance_loss_coef=0",
+        ]
+        .map(String::from);
+        let config = RunConfig::load(&config_path, &overrides).expect("the smoke config");
+        let device = Default::default();
+        let model =
+            config
+                .model
+                .init::<Train>(config.task.input_dim, config.task.num_classes, &device);
+        let trained = |devices: usize| {
+            let dir = std::env::temp_dir().join(format!(
+                "experiments-data-parallel-{}-{devices}",
+                std::process::id()
+            ));
+            let splits = TaskSplits::generate(&config.task);
+            let classifier = Classifier {
+                model: model.clone(),
+                devices,
+            };
+            let trained = fit(
+                classifier,
+                splits.train,
+                splits.valid,
+                &config,
+                vec![device; devices],
+                &dir,
+                Interrupter::new(),
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            parameters(&trained)
+        };
+        let initial = parameters(&model.valid());
+        let (one, two) = (trained(1), trained(2));
+        let largest = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert_eq!(one.len(), two.len());
+        assert!(
+            largest(&one, &initial) > 1e-3,
+            "the step must move the parameters"
+        );
+        let difference = largest(&one, &two);
+        assert!(difference < 1e-5, "two ranks vs one device: {difference}");
+    }
+
+    #[test]
+    fn more_devices_than_present_is_an_error() {
+        let cpu = Default::default();
+        let error = training_devices::<NdArray>(BackendKind::Ndarray, &cpu, 100_000)
+            .expect_err("more ranks than cores");
+        assert_eq!(error.field, "train.devices");
+        let one = training_devices::<NdArray>(BackendKind::Ndarray, &cpu, 1).expect("one device");
+        assert_eq!(one, vec![cpu]);
+    }
+}
