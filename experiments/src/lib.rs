@@ -14,6 +14,8 @@ pub mod config;
 pub mod config_origin;
 pub mod data;
 pub mod data_parallel;
+#[cfg(test)]
+mod data_parallel_tests;
 pub mod error;
 pub mod eval;
 pub mod host;

@@ -57,11 +57,6 @@ impl<B: MoeBackend> ExpertParallelLayer<B> {
         })
     }
 
-    /// How the experts are sharded.
-    pub fn shards(&self) -> ExpertShards {
-        self.shards
-    }
-
     /// [`MoeLayer::infer`] on this rank's tokens, the experts run where they live. Every rank of
     /// `exchange` must call it at the same time (it exchanges twice); `exchange` must be this
     /// rank's end of a group of the layer's rank count.
