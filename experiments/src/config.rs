@@ -91,7 +91,7 @@ impl TrainConfig {
                 return Err(InvalidValue::new(field, value, "must be >= 1"));
             }
         }
-        if self.batch_size % self.devices != 0 {
+        if !self.batch_size.is_multiple_of(self.devices) {
             return Err(InvalidValue::new(
                 "batch_size",
                 self.batch_size,

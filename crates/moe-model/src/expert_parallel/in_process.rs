@@ -11,10 +11,13 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::exchange::Exchange;
 
+/// One rank's message to another, of whichever type the call exchanges.
+type Parcel = Box<dyn Any + Send>;
+
 /// What the ranks of one group share.
 struct Mailbox<B: Backend> {
     /// `parcels[source][destination]`: left by the source, taken by the destination.
-    parcels: Mutex<Vec<Vec<Option<Box<dyn Any + Send>>>>>,
+    parcels: Mutex<Vec<Vec<Option<Parcel>>>>,
     /// Every rank waits here after leaving its parcels and after taking its own.
     barrier: Barrier,
     /// The device of each rank.

@@ -31,7 +31,7 @@ impl ExpertShards {
                 format!("must be <= num_experts ({num_experts}): each rank holds an expert"),
             ));
         }
-        if num_experts % num_ranks != 0 {
+        if !num_experts.is_multiple_of(num_ranks) {
             return Err(InvalidValue::new(
                 "ranks",
                 num_ranks,
