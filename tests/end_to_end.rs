@@ -600,3 +600,38 @@ fn budget_controller_meets_its_mean_k_target_on_the_default_task() {
     );
     std::fs::remove_dir_all(results).unwrap();
 }
+
+/// Data-parallel settings a run cannot take: one line, exit code 2, nothing written.
+#[test]
+fn bad_device_counts_are_refused() {
+    let dir = scratch_dir("devices");
+    let config = repo_path("configs/smoke.toml");
+    for (sets, expected) in [
+        (
+            &["train.devices=4096", "train.batch_size=4096"][..],
+            "train.devices = 4096 is invalid: must be <=",
+        ),
+        (&["train.devices=0"], "train.devices = 0 is invalid"),
+        (
+            &["train.devices=3"],
+            "train.batch_size = 64 is invalid: must be a multiple of devices (3)",
+        ),
+    ] {
+        let mut args = vec![
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--results",
+            dir.to_str().unwrap(),
+        ];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        assert_clean_failure(&experiments(&args), expected);
+    }
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}

@@ -18,6 +18,11 @@ use crate::learner_metrics::RoutingMetricInput;
 pub struct Classifier<B: MoeBackend> {
     /// The classifier being trained.
     pub model: Model<B>,
+    /// Devices each batch is spread over (`train.devices`): a training step's gradient is its
+    /// loss divided by this, so the sum burn-train takes over the devices is the gradient of
+    /// the mean loss over the whole batch.
+    #[module(skip)]
+    pub devices: usize,
 }
 
 /// What one batch produced: the loss, the predictions and the routing decisions.
@@ -64,7 +69,10 @@ impl<B: MoeAutodiffBackend> TrainStep for Classifier<B> {
 
     fn step(&self, batch: TaskBatch<B>) -> TrainOutput<ClassifierOutput<B>> {
         let output = self.forward_batch(batch);
-        let grads = (output.loss.clone() + output.aux_loss.clone()).backward();
+        let share = 1.0 / self.devices as f64;
+        let grads = (output.loss.clone() + output.aux_loss.clone())
+            .mul_scalar(share)
+            .backward();
         TrainOutput::new(self, grads, output)
     }
 }

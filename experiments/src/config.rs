@@ -58,9 +58,15 @@ pub struct TrainConfig {
     /// Passes over the training split.
     #[config(default = 10)]
     pub epochs: usize,
-    /// Points per training step.
+    /// Points per training step, over all devices.
     #[config(default = 128)]
     pub batch_size: usize,
+    /// Devices training runs on, data parallel (burn-train's multi-device strategy): each step
+    /// every device takes `batch_size / devices` points and the gradients are added into one
+    /// optimizer step, as one device would take on the whole batch. On ndarray the ranks are
+    /// threads sharing the CPU.
+    #[config(default = 1)]
+    pub devices: usize,
     /// Adam learning rate.
     #[config(default = 3e-3)]
     pub learning_rate: f64,
@@ -78,11 +84,22 @@ impl TrainConfig {
         for (field, value) in [
             ("epochs", self.epochs),
             ("batch_size", self.batch_size),
+            ("devices", self.devices),
             ("eval_batch_size", self.eval_batch_size),
         ] {
             if value == 0 {
                 return Err(InvalidValue::new(field, value, "must be >= 1"));
             }
+        }
+        if !self.batch_size.is_multiple_of(self.devices) {
+            return Err(InvalidValue::new(
+                "batch_size",
+                self.batch_size,
+                format!(
+                    "must be a multiple of devices ({}): each device takes an equal share",
+                    self.devices
+                ),
+            ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return Err(InvalidValue::new(

@@ -229,6 +229,7 @@ pub fn load_classifier<B: MoeBackend>(
         model: config
             .model
             .init(config.task.input_dim, config.task.num_classes, device),
+        devices: 1,
     };
     load_model(fresh, &run_path.join(MODEL_FILE), device)
 }

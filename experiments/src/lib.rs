@@ -13,6 +13,9 @@ pub mod classifier;
 pub mod config;
 pub mod config_origin;
 pub mod data;
+pub mod data_parallel;
+#[cfg(test)]
+mod data_parallel_tests;
 pub mod error;
 pub mod eval;
 pub mod host;

@@ -2,7 +2,7 @@
 //! is written through [`RunDir`], so it appears under its name only once complete.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::data::dataloader::DataLoaderBuilder;
@@ -16,7 +16,8 @@ use crate::backend::{
 };
 use crate::classifier::Classifier;
 use crate::config::{ConfigSources, RunConfig};
-use crate::data::{TaskBatcher, TaskSplits, items};
+use crate::data::{TaskBatcher, TaskDataset, TaskSplits, items};
+use crate::data_parallel::{multi_device, training_devices};
 use crate::error::{ExperimentError, catch_panic};
 use crate::eval::evaluate;
 use crate::interrupt::StopOnSignal;
@@ -105,6 +106,13 @@ impl BackendJob for Training {
         } = self;
         let backend = request.backend;
         check_compute_type::<B>(&config.model.ffn, &device)?;
+        let devices =
+            training_devices::<B>(backend, &device, config.train.devices).map_err(|source| {
+                ExperimentError::InvalidConfig {
+                    origin: request.sources.origin_of("train.devices"),
+                    source,
+                }
+            })?;
         check_memory(
             &config,
             &request.sources,
@@ -153,50 +161,26 @@ impl BackendJob for Training {
             model: config
                 .model
                 .init::<B>(config.task.input_dim, config.task.num_classes, &device),
+            devices: devices.len(),
         };
-
-        let train_loader = DataLoaderBuilder::<B, _, _>::new(TaskBatcher)
-            .batch_size(config.train.batch_size)
-            .shuffle(config.train.seed)
-            .set_device(device.clone())
-            .build(splits.train);
-        let valid_loader = DataLoaderBuilder::<B::InnerBackend, _, _>::new(TaskBatcher)
-            .batch_size(config.train.eval_batch_size)
-            .set_device(device.clone())
-            .build(splits.valid);
-        let mut training =
-            SupervisedTraining::new(staging.join(LEARNER_DIR), train_loader, valid_loader)
-                .metrics((
-                    AccuracyMetric::<MetricsBackend>::new(),
-                    LossMetric::<MetricsBackend>::new(),
-                ))
-                .num_epochs(config.train.epochs)
-                .with_interrupter(interrupter)
-                .with_application_logger(None);
-        if matches!(config.model.ffn, FfnConfig::Moe(_)) {
-            for statistic in [RoutingStatistic::MeanK, RoutingStatistic::LoadCv] {
-                training = training
-                    .metric_train_numeric(RoutingMetric::new(statistic))
-                    .metric_valid_numeric(RoutingMetric::new(statistic));
-            }
-        }
-        if !std::io::stdout().is_terminal() {
-            training = training.renderer(PlainTextProgress::new());
-        }
-        let learner = Learner::new(
-            classifier,
-            AdamConfig::new().init(),
-            config.train.learning_rate,
-        );
 
         let started = Instant::now();
         // burn-train panics on some I/O failures (its file logger on a full disk): one line, and
         // the staging directory is removed.
-        let trained = catch_panic(|| training.launch(learner).model).map_err(|reason| {
-            ExperimentError::TrainingFailed {
-                reason,
-                left: run_dir.left_as_it_was(),
-            }
+        let trained = catch_panic(|| {
+            fit(
+                classifier,
+                splits.train,
+                splits.valid,
+                &config,
+                devices,
+                &staging.join(LEARNER_DIR),
+                interrupter,
+            )
+        })
+        .map_err(|reason| ExperimentError::TrainingFailed {
+            reason,
+            left: run_dir.left_as_it_was(),
         })?;
         let train_seconds = started.elapsed().as_secs_f64();
         interrupted(&stop)?;
@@ -223,4 +207,56 @@ impl BackendJob for Training {
         run_dir.commit()?;
         Ok(metrics)
     }
+}
+
+/// Trains `classifier` with burn-train on `train` for the configured epochs, validating on
+/// `valid` after each, and returns the trained model. Several `devices`: data parallel, each
+/// device taking an equal share of every batch (`crate::data_parallel`); the learner's files
+/// go to `learner_dir`.
+pub fn fit<B: MoeAutodiffBackend>(
+    classifier: Classifier<B>,
+    train: TaskDataset,
+    valid: TaskDataset,
+    config: &RunConfig,
+    devices: Vec<B::Device>,
+    learner_dir: &Path,
+    interrupter: Interrupter,
+) -> Classifier<B::InnerBackend> {
+    let device = devices[0].clone();
+    let train_loader = DataLoaderBuilder::<B, _, _>::new(TaskBatcher)
+        .batch_size(config.train.batch_size / devices.len())
+        .shuffle(config.train.seed)
+        .set_device(device.clone())
+        .build(train);
+    let valid_loader = DataLoaderBuilder::<B::InnerBackend, _, _>::new(TaskBatcher)
+        .batch_size(config.train.eval_batch_size)
+        .set_device(device)
+        .build(valid);
+    let mut training = SupervisedTraining::new(learner_dir, train_loader, valid_loader)
+        .metrics((
+            AccuracyMetric::<MetricsBackend>::new(),
+            LossMetric::<MetricsBackend>::new(),
+        ))
+        .num_epochs(config.train.epochs)
+        .with_interrupter(interrupter)
+        .with_application_logger(None);
+    if devices.len() > 1 {
+        training = training.with_training_strategy(multi_device::<B>(devices).into());
+    }
+    if matches!(config.model.ffn, FfnConfig::Moe(_)) {
+        for statistic in [RoutingStatistic::MeanK, RoutingStatistic::LoadCv] {
+            training = training
+                .metric_train_numeric(RoutingMetric::new(statistic))
+                .metric_valid_numeric(RoutingMetric::new(statistic));
+        }
+    }
+    if !std::io::stdout().is_terminal() {
+        training = training.renderer(PlainTextProgress::new());
+    }
+    let learner = Learner::new(
+        classifier,
+        AdamConfig::new().init(),
+        config.train.learning_rate,
+    );
+    training.launch(learner).model
 }

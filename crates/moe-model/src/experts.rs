@@ -1,5 +1,7 @@
 //! The experts of one MoE layer, stored as stacked tensors so kernels can take them as one buffer.
 
+use std::ops::Range;
+
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -56,6 +58,17 @@ impl<B: Backend> Experts<B> {
             in_compute_type(self.w_in.val(), self.compute_type),
             in_compute_type(self.w_out.val(), self.compute_type),
         )
+    }
+
+    /// The experts numbered `experts` alone, sharing these weights' values: one rank's shard
+    /// under expert parallelism (`crate::expert_parallel`).
+    pub fn shard(&self, experts: Range<usize>) -> Self {
+        Self {
+            w_in: Param::from_tensor(self.w_in.val().slice([experts.clone()])),
+            w_out: Param::from_tensor(self.w_out.val().slice([experts])),
+            activation: self.activation,
+            compute_type: self.compute_type,
+        }
     }
 
     /// Number of experts E.

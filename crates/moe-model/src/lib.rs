@@ -6,6 +6,7 @@
 //! rows, and combine sums each token's expert outputs weighted by the router.
 
 pub mod backend_ext;
+pub mod expert_parallel;
 pub mod experts;
 pub mod feed_forward;
 pub mod ffn;

@@ -7,7 +7,7 @@ use moe_kernels::RoutingPolicy;
 use moe_kernels::grouped_gemm::ExpertShape;
 
 use crate::InvalidValue;
-use crate::backend_ext::{Dispatch, MoeBackend, Routing};
+use crate::backend_ext::{Dispatch, ExpertRows, MoeBackend, Routing};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
 use crate::precision::{ComputeType, in_compute_type, in_dtype};
@@ -198,8 +198,9 @@ pub struct MoeLayer<B: MoeBackend> {
 }
 
 /// One pass through the layer: its output and the routing and dispatch behind it.
-struct LayerPass<B: MoeBackend> {
-    output: Tensor<B, 2>,
+pub(crate) struct LayerPass<B: MoeBackend> {
+    /// The layer output. `[T, d]`
+    pub(crate) output: Tensor<B, 2>,
     routing: Routing<B>,
     dispatch: Dispatch<B>,
     dropped_pairs: Tensor<B, 1, Int>,
@@ -287,22 +288,41 @@ impl<B: MoeBackend> MoeLayer<B> {
     /// Route, dispatch, experts, combine and shared experts: the output and what the statistics
     /// are made of.
     fn pass(&self, x: Tensor<B, 2>) -> LayerPass<B> {
+        self.pass_with(x, |x, dispatch| {
+            let (w_in, w_out) = self.experts.compute_weights();
+            B::moe_experts(x, dispatch, w_in, w_out, self.experts.activation())
+        })
+    }
+
+    /// [`MoeLayer::pass`] with the experts' step given by `run_experts`, which receives the
+    /// input in the compute type and the dispatch over the router's E experts and returns the
+    /// routed rows in dispatch order. The seam where expert parallelism runs the experts on
+    /// other ranks (`crate::expert_parallel`); `self.experts` is only read for its activation,
+    /// compute type and width, so it may hold a shard of the experts.
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]` -> output `[T, d]`
+    pub(crate) fn pass_with(
+        &self,
+        x: Tensor<B, 2>,
+        run_experts: impl FnOnce(Tensor<B, 2>, &Dispatch<B>) -> ExpertRows<B>,
+    ) -> LayerPass<B> {
         let [num_tokens, d_model] = x.dims();
         let activation = self.experts.activation();
         let (routing, dropped_pairs) = self.control.route(&self.router, x.clone());
+        let [_, num_experts] = routing.logits.dims();
         let shape = ExpertShape {
             num_tokens,
             slots: routing.expert_ids.dims()[1],
-            num_experts: self.num_experts(),
+            num_experts,
             d_model,
             width: self.experts.w_out.dims()[1],
         };
         let shared_output = self.shared_experts.as_ref().map(|s| s.forward(x.clone())); // [T, d]
         let x = in_compute_type(x, self.experts.compute_type());
         let tile_rows = B::moe_tile_rows(&shape, activation, x.dtype(), &x.device());
-        let dispatch = B::moe_dispatch(routing.expert_ids.clone(), shape.num_experts, tile_rows);
-        let (w_in, w_out) = self.experts.compute_weights();
-        let rows = B::moe_experts(x, &dispatch, w_in, w_out, activation);
+        let dispatch = B::moe_dispatch(routing.expert_ids.clone(), num_experts, tile_rows);
+        let rows = run_experts(x, &dispatch);
         // In the routing weights' type, the parameters', whatever the rows' type.
         let output = B::moe_combine(rows, routing.weights.clone(), &dispatch); // [T, d]
         let output = match shared_output {

@@ -192,7 +192,7 @@ pub fn experts<B: Backend>(
 }
 
 /// The E + 1 expert offsets of `dispatch`, read to the host (the tensor ops' round trip).
-fn host_offsets<B: Backend>(dispatch: &Dispatch<B>) -> Vec<usize> {
+pub(crate) fn host_offsets<B: Backend>(dispatch: &Dispatch<B>) -> Vec<usize> {
     dispatch
         .expert_offsets
         .to_data()
@@ -202,7 +202,7 @@ fn host_offsets<B: Backend>(dispatch: &Dispatch<B>) -> Vec<usize> {
 }
 
 /// The routed rows' inputs in dispatch order: token rows of `a` (`gather`) or its first S rows.
-fn routed_inputs<B: Backend>(
+pub(crate) fn routed_inputs<B: Backend>(
     a: Tensor<B, 2>,
     gather: bool,
     dispatch: &Dispatch<B>,
