@@ -2,10 +2,13 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
+use moe_kernels::quantized::QuantFormat;
 
+use crate::InvalidValue;
 use crate::feed_forward::Activation;
 use crate::init::projection;
 use crate::precision::{ComputeType, in_compute_type};
+use crate::quantized_experts::QuantizedExperts;
 
 /// E independent MLPs of hidden width F.
 #[derive(Module, Debug)]
@@ -14,6 +17,9 @@ pub struct Experts<B: Backend> {
     pub w_in: Param<Tensor<B, 3>>,
     /// Output projections of all experts. `[E, F, d]`
     pub w_out: Param<Tensor<B, 3>>,
+    /// The same weights quantized, when the layer serves from them (`None`: the float weights
+    /// run). Constants, not parameters: a quantized layer is for inference.
+    pub quantized: Option<QuantizedExperts<B>>,
     #[module(skip)]
     activation: Activation,
     #[module(skip)]
@@ -35,6 +41,7 @@ impl<B: Backend> Experts<B> {
         Self {
             w_in: projection([num_experts, d_model, columns], d_model, device),
             w_out: projection([num_experts, width, d_model], width, device),
+            quantized: None,
             activation,
             compute_type,
         }
@@ -56,6 +63,33 @@ impl<B: Backend> Experts<B> {
             in_compute_type(self.w_in.val(), self.compute_type),
             in_compute_type(self.w_out.val(), self.compute_type),
         )
+    }
+
+    /// Serves from these experts' weights quantized to `format` from now on (the float weights
+    /// are kept: they are the module's parameters).
+    pub fn quantize(&mut self, format: QuantFormat) {
+        let quantized = QuantizedExperts::quantize(self.w_in.val(), self.w_out.val(), format);
+        self.quantized = Some(quantized);
+    }
+
+    /// Serves from `quantized` (read from a file) from now on; an error, changing nothing, when
+    /// its shapes are not those of the float weights.
+    pub fn set_quantized(&mut self, quantized: QuantizedExperts<B>) -> Result<(), InvalidValue> {
+        let (w_in, w_out) = (&quantized.w_in.layout, &quantized.w_out.layout);
+        let found = [
+            [w_in.experts, w_in.depth, w_in.columns],
+            [w_out.experts, w_out.depth, w_out.columns],
+        ];
+        let expected = [self.w_in.dims(), self.w_out.dims()];
+        if found != expected {
+            return Err(InvalidValue::new(
+                "quantized experts",
+                format!("{found:?}"),
+                format!("must have the layer's shapes {expected:?} (w_in, w_out)"),
+            ));
+        }
+        self.quantized = Some(quantized);
+        Ok(())
     }
 
     /// Number of experts E.

@@ -299,8 +299,13 @@ impl<B: MoeBackend> MoeLayer<B> {
         let x = in_compute_type(x, self.experts.compute_type());
         let tile_rows = B::moe_tile_rows(&shape, activation, x.dtype(), &x.device());
         let dispatch = B::moe_dispatch(routing.expert_ids.clone(), shape.num_experts, tile_rows);
-        let (w_in, w_out) = self.experts.compute_weights();
-        let rows = B::moe_experts(x, &dispatch, w_in, w_out, activation);
+        let rows = match &self.experts.quantized {
+            Some(quantized) => B::moe_quantized_experts(x, &dispatch, quantized, activation),
+            None => {
+                let (w_in, w_out) = self.experts.compute_weights();
+                B::moe_experts(x, &dispatch, w_in, w_out, activation)
+            }
+        };
         // In the routing weights' type, the parameters', whatever the rows' type.
         let output = B::moe_combine(rows, routing.weights.clone(), &dispatch); // [T, d]
         let output = match shared_output {

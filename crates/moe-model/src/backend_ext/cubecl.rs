@@ -24,14 +24,21 @@ use moe_kernels::grouped_gemm::{
     Epilogue, ExpertGemmConfig, ExpertOperands, ExpertShape, GemmParams, device_config,
     expert_matmul, input_projection, output_projection,
 };
+use moe_kernels::quantized::{
+    QuantizedOnDevice, quantized_input_projection, quantized_output_projection,
+};
 use moe_kernels::route::route;
 use moe_kernels::router_logits::{DECODE_TOKENS, GateShape, router_logits};
 use moe_kernels::router_train::{RouterShape, router_loss, router_loss_grad, routing_weights_grad};
 use moe_kernels::{Activation, KernelError, RoutingPolicy};
 
 use super::fallback::note_fallback;
-use super::{Dispatch, ExpertRows, LossWeights, MoeBackend, Routing, tensor_ops, unfused_pre_grad};
+use super::{
+    Dispatch, ExpertRows, LossWeights, MoeBackend, Routing, dequantized_experts, tensor_ops,
+    unfused_pre_grad,
+};
 use crate::feed_forward::activate;
+use crate::quantized_experts::{QuantizedExperts, QuantizedWeights};
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 
@@ -257,6 +264,21 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         }
     }
 
+    fn moe_quantized_experts(
+        x: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        weights: &QuantizedExperts<Self>,
+        activation: Activation,
+    ) -> ExpertRows<Self> {
+        match kernel_quantized_experts(&x, dispatch, weights, activation) {
+            Ok(rows) => rows,
+            Err(error) => {
+                fall_back("quantized experts", error);
+                dequantized_experts(x, dispatch, weights, activation)
+            }
+        }
+    }
+
     const EXPERT_BACKWARD_KERNELS: bool = true;
 
     fn moe_expert_matmul(
@@ -469,6 +491,71 @@ pub(crate) fn kernel_experts<R: CubeRuntime, F: FloatElement, I: IntElement, BT:
     Ok(ExpertRows {
         blocks: float_tensor(&input, rows.rows, blocks, dtype),
     })
+}
+
+/// Both expert projections on the weight-only quantized kernel (bytes dequantized in its load
+/// stage, f32 products), on the dispatch's tiles: one block of rows in `x`'s type.
+fn kernel_quantized_experts<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    x: &Tensor<Cube<R, F, I, BT>, 2>,
+    dispatch: &Dispatch<Cube<R, F, I, BT>>,
+    weights: &QuantizedExperts<Cube<R, F, I, BT>>,
+    activation: Activation,
+) -> Result<ExpertRows<Cube<R, F, I, BT>>, KernelError> {
+    let [num_tokens, d_model] = x.dims();
+    let [_, slots] = dispatch.row_of_pair.dims();
+    let layout = weights.w_out.layout;
+    let shape = ExpertShape {
+        num_tokens,
+        slots,
+        num_experts: layout.experts,
+        d_model,
+        width: layout.depth,
+    };
+    let input = contiguous_float(x);
+    let (client, dtype) = (&input.client, input.dtype);
+    let (in_packed, in_scales) = quantized_buffers(&weights.w_in);
+    let (out_packed, out_scales) = quantized_buffers(&weights.w_out);
+    let w_in = QuantizedOnDevice {
+        packed: &in_packed.handle,
+        scales: &in_scales.handle,
+        layout: weights.w_in.layout,
+    };
+    let w_out = QuantizedOnDevice {
+        packed: &out_packed.handle,
+        scales: &out_scales.handle,
+        layout,
+    };
+    let plan = plan_on_device(dispatch);
+    let rows = with_float_kernel!(dtype, K => quantized_input_projection::<R, K, I>(
+        client,
+        &input.handle,
+        w_in,
+        &plan,
+        shape,
+        activation,
+    )
+    .and_then(|hidden| {
+        quantized_output_projection::<R, K, I>(
+            client,
+            &hidden,
+            w_out,
+            &plan,
+            shape,
+        )
+    }), else Err(unsupported_dtype("x", dtype)))?;
+    Ok(ExpertRows {
+        blocks: float_tensor(&input, rows, [1, shape.num_pairs(), d_model], dtype),
+    })
+}
+
+/// The contiguous primitives of one projection's quantized weights: the packed bytes as i32
+/// words, the scales in f32 (what the kernel reads, whatever the backend's default types).
+fn quantized_buffers<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
+    weights: &QuantizedWeights<Cube<R, F, I, BT>>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let packed = weights.packed.clone().cast(DType::I32).into_primitive();
+    let scales = weights.scales.clone().cast(DType::F32);
+    (into_contiguous(packed), contiguous_float(&scales))
 }
 
 /// [`MoeBackend::moe_expert_matmul`] on the kernels; with `pre` (`[P, 2F]`, weights `w_out`
