@@ -15,7 +15,7 @@ use moe_model::QuantizedExperts;
 use moe_model::experts::Experts;
 
 use crate::error::ExperimentError;
-use crate::model_file::{checksum_path, save_checksum, verify_checksum};
+use crate::model_file::{save_checksum, verify_checksum};
 
 /// The file name of a run's quantized experts.
 pub const QUANTIZED_FILE: &str = "quantized-experts.bin";
@@ -165,6 +165,7 @@ mod tests {
     use moe_kernels::quantized::reference::quantize;
 
     use super::*;
+    use crate::model_file::checksum_path;
 
     fn block(format: QuantFormat) -> QuantizedBlock {
         let matrix = |depth, columns| {
