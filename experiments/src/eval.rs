@@ -18,6 +18,7 @@ use crate::error::ExperimentError;
 use crate::host::host_usizes;
 use crate::limits::{Purpose, check_memory};
 use crate::model_file::load_model;
+use crate::quantized_file::attach_quantized;
 use crate::report::RunMetrics;
 use crate::routing_metrics::{BatchPoints, LayerDecisions, RoutingReport, RoutingTally, ratio};
 use crate::run_dir::{CONFIG_FILE, MODEL_FILE, RunState, git_commit, run_state};
@@ -191,7 +192,8 @@ impl BackendJob for SavedRun {
             Purpose::Eval,
             max_buffer_bytes(self.backend),
         )?;
-        let classifier = load_classifier::<B::InnerBackend>(&self.path, config, &device)?;
+        let mut classifier = load_classifier::<B::InnerBackend>(&self.path, config, &device)?;
+        attach_quantized(classifier.model.moe_experts_mut(), &self.path, &device)?;
         let splits = TaskSplits::generate(&config.task);
         let chance = chance_accuracy(&items(&splits.test), config.task.num_classes);
         let test = evaluate(

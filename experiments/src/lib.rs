@@ -28,6 +28,8 @@ pub mod model_file;
 pub mod offload;
 pub mod predict;
 pub mod progress;
+pub mod quantize;
+pub mod quantized_file;
 pub mod report;
 pub mod routing_metrics;
 pub mod routing_summary;

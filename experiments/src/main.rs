@@ -1,4 +1,4 @@
-//! Command line: `train`, `eval`, `generate`, `compare`, `bench`, `sweep`, `predict`, `offload`
+//! Command line: `train`, `eval`, `quantize`, `generate`, `compare`, `bench`, `sweep`, `predict`, `offload`
 //! and `report` of the variable-k MoE experiments.
 //!
 //! Exit codes: 0 success, 2 an error (one line on stderr), 130 training stopped by Ctrl-C
@@ -15,9 +15,11 @@ use experiments::lm::config::is_lm_config;
 use experiments::lm::generate::{GenerateRequest, generate};
 use experiments::lm::sample::Sampling;
 use experiments::predict::{PredictRequest, PredictSettings, predict};
+use experiments::quantize::{QuantizeRequest, quantize};
 use experiments::sweep::{SweepRequest, sweep};
 use experiments::train::{TrainRequest, train};
 use experiments::{BackendKind, ExperimentError, eval, report, study};
+use moe_kernels::quantized::QuantFormat;
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +68,20 @@ enum Command {
         /// device has the type).
         #[arg(long, value_enum, default_value_t)]
         dtype: FloatType,
+    },
+    /// Quantize a trained run's experts to int8 or FP8 e4m3 (weights as bytes, f32 scales);
+    /// `eval` and `generate` then serve from them (results/<run>/quantized-experts.bin).
+    Quantize {
+        /// The run directory, e.g. results/moe.
+        #[arg(long)]
+        run: PathBuf,
+        /// int8 (per output channel), fp8 (e4m3, per output channel) or fp8-block (e4m3, per
+        /// 128 x 128 block).
+        #[arg(long, value_parser = QuantFormat::parse)]
+        format: QuantFormat,
+        /// Backend to load the model on (quantization runs on the host).
+        #[arg(long, value_enum, default_value_t)]
+        backend: BackendKind,
     },
     /// Continue a prompt with a trained language model; print the text, the time to first token
     /// and the decode latency per token.
@@ -276,6 +292,18 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 false => eval::eval_saved(&run, backend, dtype)?.summary(),
             };
             println!("{summary}");
+        }
+        Command::Quantize {
+            run,
+            format,
+            backend,
+        } => {
+            let request = QuantizeRequest {
+                run,
+                format,
+                backend,
+            };
+            println!("{}", quantize(request)?.summary());
         }
         Command::Generate {
             run,

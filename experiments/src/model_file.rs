@@ -30,8 +30,13 @@ pub fn save_model<B: Backend, M: Module<B>>(module: M, path: &Path) -> Result<()
             reason: e.to_string(),
         })?;
     let bytes = std::fs::read(path).map_err(ExperimentError::io(path))?;
+    save_checksum(path, &bytes)
+}
+
+/// Writes the checksum file of `path`, whose content is `bytes`.
+pub(crate) fn save_checksum(path: &Path, bytes: &[u8]) -> Result<(), ExperimentError> {
     let sum = checksum_path(path);
-    std::fs::write(&sum, checksum_line(&bytes)).map_err(ExperimentError::io(sum))
+    std::fs::write(&sum, checksum_line(bytes)).map_err(ExperimentError::io(sum))
 }
 
 /// Loads the model saved at `path` into `fresh` (a module of the configured structure, on
@@ -94,8 +99,8 @@ fn checksum_line(bytes: &[u8]) -> String {
     format!("crc32 {:08x} {}\n", crc32fast::hash(bytes), bytes.len())
 }
 
-/// Refuses a model file whose bytes do not match its checksum file.
-fn verify_checksum(path: &Path) -> Result<(), ExperimentError> {
+/// Refuses a file whose bytes do not match its checksum file.
+pub(crate) fn verify_checksum(path: &Path) -> Result<(), ExperimentError> {
     let sum = checksum_path(path);
     let expected = match std::fs::read_to_string(&sum) {
         Ok(text) => text,

@@ -16,6 +16,7 @@ pub mod grouped_gemm;
 mod pipeline;
 mod plane;
 mod policy;
+pub mod quantized;
 pub mod route;
 pub mod router_logits;
 pub mod router_train;

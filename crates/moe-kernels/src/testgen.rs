@@ -10,6 +10,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::capability::skip_capability;
+use crate::dispatch::DispatchOnDevice;
+use crate::dispatch::reference::DispatchPlan;
 
 /// A seeded generator: kernel tests draw random inputs, reproducibly.
 pub fn rng(seed: u64) -> StdRng {
@@ -46,6 +48,25 @@ pub fn download<R: Runtime, E: CubeElement>(
     handle: cubecl::server::Handle,
 ) -> Vec<E> {
     E::from_bytes(&client.read_one_unchecked(handle)).to_vec()
+}
+
+/// Uploads a host dispatch `plan` of `num_pairs` pairs over `num_experts` experts.
+pub fn upload_plan<R: Runtime>(
+    client: &ComputeClient<R>,
+    plan: &DispatchPlan,
+    num_pairs: usize,
+    num_experts: usize,
+) -> DispatchOnDevice {
+    DispatchOnDevice {
+        expert_offsets: upload(client, &plan.expert_offsets),
+        routed_pairs: upload(client, &plan.routed_pairs),
+        row_of_pair: upload(client, &plan.row_of_pair),
+        tiles: upload(client, &plan.tiles.concat()),
+        num_tiles: upload(client, &[plan.num_tiles]),
+        num_pairs,
+        num_experts,
+        tile_rows: plan.tile_rows,
+    }
 }
 
 /// A float type the tests upload: converts from and to f32 on the host.

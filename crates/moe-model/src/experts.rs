@@ -4,10 +4,13 @@ use std::ops::Range;
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
+use moe_kernels::quantized::QuantFormat;
 
+use crate::InvalidValue;
 use crate::feed_forward::Activation;
 use crate::init::projection;
 use crate::precision::{ComputeType, in_compute_type};
+use crate::quantized_experts::QuantizedExperts;
 
 /// E independent MLPs of hidden width F.
 #[derive(Module, Debug)]
@@ -16,6 +19,9 @@ pub struct Experts<B: Backend> {
     pub w_in: Param<Tensor<B, 3>>,
     /// Output projections of all experts. `[E, F, d]`
     pub w_out: Param<Tensor<B, 3>>,
+    /// The same weights quantized, when the layer serves from them (`None`: the float weights
+    /// run). Constants, not parameters: a quantized layer is for inference.
+    pub quantized: Option<QuantizedExperts<B>>,
     #[module(skip)]
     activation: Activation,
     #[module(skip)]
@@ -37,6 +43,7 @@ impl<B: Backend> Experts<B> {
         Self {
             w_in: projection([num_experts, d_model, columns], d_model, device),
             w_out: projection([num_experts, width, d_model], width, device),
+            quantized: None,
             activation,
             compute_type,
         }
@@ -61,14 +68,43 @@ impl<B: Backend> Experts<B> {
     }
 
     /// The experts numbered `experts` alone, sharing these weights' values: one rank's shard
-    /// under expert parallelism (`crate::expert_parallel`).
+    /// under expert parallelism (`crate::expert_parallel`). The shard serves the float weights
+    /// (quantized shards are not supported yet).
     pub fn shard(&self, experts: Range<usize>) -> Self {
         Self {
             w_in: Param::from_tensor(self.w_in.val().slice([experts.clone()])),
             w_out: Param::from_tensor(self.w_out.val().slice([experts])),
             activation: self.activation,
             compute_type: self.compute_type,
+            quantized: None,
         }
+    }
+
+    /// Serves from these experts' weights quantized to `format` from now on (the float weights
+    /// are kept: they are the module's parameters).
+    pub fn quantize(&mut self, format: QuantFormat) {
+        let quantized = QuantizedExperts::quantize(self.w_in.val(), self.w_out.val(), format);
+        self.quantized = Some(quantized);
+    }
+
+    /// Serves from `quantized` (read from a file) from now on; an error, changing nothing, when
+    /// its shapes are not those of the float weights.
+    pub fn set_quantized(&mut self, quantized: QuantizedExperts<B>) -> Result<(), InvalidValue> {
+        let (w_in, w_out) = (&quantized.w_in.layout, &quantized.w_out.layout);
+        let found = [
+            [w_in.experts, w_in.depth, w_in.columns],
+            [w_out.experts, w_out.depth, w_out.columns],
+        ];
+        let expected = [self.w_in.dims(), self.w_out.dims()];
+        if found != expected {
+            return Err(InvalidValue::new(
+                "quantized experts",
+                format!("{found:?}"),
+                format!("must have the layer's shapes {expected:?} (w_in, w_out)"),
+            ));
+        }
+        self.quantized = Some(quantized);
+        Ok(())
     }
 
     /// Number of experts E.

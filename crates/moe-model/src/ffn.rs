@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::InvalidValue;
 use crate::backend_ext::{MoeBackend, Routing};
+use crate::experts::Experts;
 use crate::mlp::{DenseMlp, DenseMlpConfig};
 use crate::moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
 use crate::precision::ComputeType;
@@ -87,6 +88,22 @@ pub struct FfnOutput<B: Backend> {
 }
 
 impl<B: MoeBackend> Ffn<B> {
+    /// The experts of an MoE layer (`None` for a dense MLP).
+    pub fn experts(&self) -> Option<&Experts<B>> {
+        match self {
+            Ffn::Dense(_) => None,
+            Ffn::Moe(moe) => Some(&moe.experts),
+        }
+    }
+
+    /// The experts of an MoE layer, to change (quantize) them.
+    pub fn experts_mut(&mut self) -> Option<&mut Experts<B>> {
+        match self {
+            Ffn::Dense(_) => None,
+            Ffn::Moe(moe) => Some(&mut moe.experts),
+        }
+    }
+
     /// # Shapes
     /// - `x`: `[T, d]` -> output `[T, d]`
     pub fn forward(&self, x: Tensor<B, 2>) -> FfnOutput<B> {

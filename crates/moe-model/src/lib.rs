@@ -20,6 +20,7 @@ pub mod moe;
 pub mod offload;
 pub mod precision;
 pub mod prediction;
+pub mod quantized_experts;
 pub mod routing;
 pub mod shared_experts;
 #[cfg(test)]
@@ -32,7 +33,9 @@ pub use lm::{KvCache, Lm, LmConfig, LmOutput};
 pub use mlp::{DenseMlp, DenseMlpConfig};
 pub use model::{Block, BlockPass, Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
+pub use moe_kernels::quantized::QuantFormat;
 pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT, expert_capacity};
 pub use precision::{ComputeType, cast_float_params};
+pub use quantized_experts::QuantizedExperts;
 pub use routing::balance::BalanceMethod;
 pub use routing::router::Router;

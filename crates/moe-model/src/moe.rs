@@ -288,9 +288,13 @@ impl<B: MoeBackend> MoeLayer<B> {
     /// Route, dispatch, experts, combine and shared experts: the output and what the statistics
     /// are made of.
     fn pass(&self, x: Tensor<B, 2>) -> LayerPass<B> {
-        self.pass_with(x, |x, dispatch| {
-            let (w_in, w_out) = self.experts.compute_weights();
-            B::moe_experts(x, dispatch, w_in, w_out, self.experts.activation())
+        let activation = self.experts.activation();
+        self.pass_with(x, |x, dispatch| match &self.experts.quantized {
+            Some(quantized) => B::moe_quantized_experts(x, dispatch, quantized, activation),
+            None => {
+                let (w_in, w_out) = self.experts.compute_weights();
+                B::moe_experts(x, dispatch, w_in, w_out, activation)
+            }
         })
     }
 

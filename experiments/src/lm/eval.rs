@@ -11,6 +11,7 @@ use crate::lm::data::TokenSplits;
 use crate::lm::evaluate::score_split;
 use crate::lm::metrics::LmMetrics;
 use crate::lm::saved::{SavedLm, load_lm};
+use crate::quantized_file::attach_quantized;
 
 /// Scores the model saved in `run_path` on its corpus's validation and test splits; the training
 /// numbers are the run's own.
@@ -47,7 +48,8 @@ impl BackendJob for SavedLmEval {
         if self.dtype != FloatType::F32 {
             use_float_type::<B::InnerBackend>(&device, self.dtype, self.backend)?;
         }
-        let model = load_lm::<B::InnerBackend>(&self.saved, &device)?;
+        let mut model = load_lm::<B::InnerBackend>(&self.saved, &device)?;
+        attach_quantized(model.moe_experts_mut(), &self.saved.path, &device)?;
         let train = &self.saved.config.train;
         let score = |stream: &[u16]| {
             score_split(

@@ -21,6 +21,7 @@ use crate::lm::config::describe;
 use crate::lm::sample::Sampling;
 use crate::lm::saved::{SavedLm, load_lm};
 use crate::lm::tokens::{BOUNDARY, Token, as_ids};
+use crate::quantized_file::attach_quantized;
 
 /// What to generate and how.
 #[derive(Clone, Debug)]
@@ -189,7 +190,8 @@ impl BackendJob for Generating {
         if request.dtype != FloatType::F32 {
             use_float_type::<B::InnerBackend>(&device, request.dtype, request.backend)?;
         }
-        let model = load_lm::<B::InnerBackend>(&saved, &device)?;
+        let mut model = load_lm::<B::InnerBackend>(&saved, &device)?;
+        attach_quantized(model.moe_experts_mut(), &saved.path, &device)?;
         let context = model.context();
         let tokens: Vec<Token> = std::iter::once(BOUNDARY)
             .chain(request.prompt.bytes().map(Token::from))

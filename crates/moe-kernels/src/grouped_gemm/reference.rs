@@ -4,13 +4,13 @@ use crate::Activation;
 use crate::dispatch::reference::DispatchPlan;
 
 /// `hidden[row] = act(x[token of row] @ w_in[e])` for every routed row (expert e owns the row),
-/// in f64.
+/// in f64. The weights are f32, or f64 (dequantized weights: the quantized GEMM's specification).
 ///
 /// Shapes: `x` `[T, d]`, `w_in` `[E, d, input_columns(F)]` (SwiGLU: gate columns, then up);
 /// returns `[S, F]` in dispatch order.
-pub fn input_projection(
+pub fn input_projection<W: Copy + Into<f64>>(
     x: &[f32],
-    w_in: &[f32],
+    w_in: &[W],
     plan: &DispatchPlan,
     slots: usize,
     d_model: usize,
@@ -26,9 +26,9 @@ pub fn input_projection(
 
 /// `pre[row] = x[token of row] @ w_in[e]` for every routed row, in f64: the input projection
 /// before its activation. Returns `[S, columns]`.
-pub fn pre_activation(
+pub fn pre_activation<W: Copy + Into<f64>>(
     x: &[f32],
-    w_in: &[f32],
+    w_in: &[W],
     plan: &DispatchPlan,
     slots: usize,
     d_model: usize,
@@ -106,12 +106,12 @@ pub fn swiglu_pre_gradient(
     d_pre
 }
 
-/// `rows[row] = hidden[row] @ w_out[e]` for every routed row, in f64.
+/// `rows[row] = hidden[row] @ w_out[e]` for every routed row, in f64 (weights f32 or f64).
 ///
 /// Shapes: `hidden` `[S, F]` in dispatch order, `w_out` `[E, F, d]`; returns `[S, d]`.
-pub fn output_projection(
+pub fn output_projection<W: Copy + Into<f64>>(
     hidden: &[f32],
-    w_out: &[f32],
+    w_out: &[W],
     plan: &DispatchPlan,
     width: usize,
     d_model: usize,
@@ -136,12 +136,12 @@ fn rows_by_expert(plan: &DispatchPlan) -> impl Iterator<Item = (usize, usize)> +
 }
 
 /// `row @ matrix` for a row-major `[row.len(), columns]` matrix, in f64.
-fn row_times_matrix(row: &[f32], matrix: &[f32], columns: usize) -> Vec<f64> {
+fn row_times_matrix<W: Copy + Into<f64>>(row: &[f32], matrix: &[W], columns: usize) -> Vec<f64> {
     let mut out = vec![0.0; columns];
     for (k, &value) in row.iter().enumerate() {
         let weights = &matrix[k * columns..(k + 1) * columns];
         for (acc, &w) in out.iter_mut().zip(weights) {
-            *acc += value as f64 * w as f64;
+            *acc += value as f64 * w.into();
         }
     }
     out

@@ -28,6 +28,8 @@ pub mod outputs;
 mod parity_tests;
 #[cfg(all(test, feature = "cubecl"))]
 mod precision_tests;
+#[cfg(all(test, feature = "cubecl", feature = "ndarray"))]
+mod quantized_tests;
 mod router_backward;
 #[cfg(all(test, feature = "ndarray"))]
 mod router_backward_tests;
@@ -40,6 +42,7 @@ pub use moe_kernels::router_train::LossWeights;
 use moe_kernels::{Activation, RoutingPolicy};
 
 use crate::feed_forward::{activate, activate_backward};
+use crate::quantized_experts::QuantizedExperts;
 pub(crate) use fallback::note_fallback;
 pub use fallback::{Fallback, take_fallbacks};
 pub use outputs::{Dispatch, ExpertRows, Routing};
@@ -143,6 +146,23 @@ pub trait MoeBackend: Backend {
         tensor_ops::experts(x, dispatch, w_in, w_out, activation)
     }
 
+    /// [`MoeBackend::moe_experts`] with the experts' weights quantized (int8 or FP8 bytes and
+    /// f32 scales): `rows[row] = act(x[token of row] @ dequantize(w_in[e])) @
+    /// dequantize(w_out[e])`. The default dequantizes on the host and runs
+    /// [`MoeBackend::moe_experts`] (`dequantized_experts`); CubeCL backends run the weight-only
+    /// quantized kernel, which reads one byte per weight.
+    ///
+    /// # Shapes
+    /// - `x`: `[T, d]`, `weights`: `w_in` `[E, d, input_columns(F)]`, `w_out` `[E, F, d]`
+    fn moe_quantized_experts(
+        x: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        weights: &QuantizedExperts<Self>,
+        activation: Activation,
+    ) -> ExpertRows<Self> {
+        dequantized_experts(x, dispatch, weights, activation)
+    }
+
     /// Whether [`MoeBackend::moe_expert_matmul`] and [`MoeBackend::moe_expert_weight_grad`] run
     /// as kernels: under `Autodiff` the experts then train through the hand-written backward
     /// (`expert_backward.rs`); otherwise Burn differentiates the tensor ops.
@@ -233,6 +253,20 @@ fn unfused_pre_grad<B: MoeBackend>(
 ) -> Tensor<B, 2> {
     let d_hidden = B::moe_expert_matmul(d_rows, false, dispatch, w_out, true);
     activate_backward(pre, d_hidden, activation)
+}
+
+/// [`MoeBackend::moe_quantized_experts`] on the float path: the weights dequantized on the host
+/// (the reference's dequantization), in `x`'s type, through [`MoeBackend::moe_experts`].
+fn dequantized_experts<B: MoeBackend>(
+    x: Tensor<B, 2>,
+    dispatch: &Dispatch<B>,
+    weights: &QuantizedExperts<B>,
+    activation: Activation,
+) -> ExpertRows<B> {
+    let dtype = x.dtype();
+    let w_in = weights.w_in.dequantized(dtype); // [E, d, input_columns(F)]
+    let w_out = weights.w_out.dequantized(dtype); // [E, F, d]
+    B::moe_experts(x, dispatch, w_in, w_out, activation)
 }
 
 /// A training backend whose inner (inference) backend also runs the MoE layer.

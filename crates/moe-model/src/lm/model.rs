@@ -7,6 +7,7 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::InvalidValue;
 use crate::backend_ext::MoeBackend;
+use crate::experts::Experts;
 use crate::ffn::Ffn;
 use crate::lm::attention::CausalSelfAttention;
 use crate::lm::cache::KvCache;
@@ -214,6 +215,23 @@ impl<B: MoeBackend> Lm<B> {
     /// Number of MoE blocks (the length of [`LmOutput::routing`]).
     pub fn num_moe_blocks(&self) -> usize {
         self.moe_blocks().len()
+    }
+
+    /// The experts of every MoE block, in block order (what a model's quantized experts file
+    /// holds).
+    pub fn moe_experts(&self) -> Vec<&Experts<B>> {
+        self.blocks
+            .iter()
+            .filter_map(|block| block.ffn.experts())
+            .collect()
+    }
+
+    /// The experts of every MoE block, in block order, to quantize them.
+    pub fn moe_experts_mut(&mut self) -> Vec<&mut Experts<B>> {
+        self.blocks
+            .iter_mut()
+            .filter_map(|block| block.ffn.experts_mut())
+            .collect()
     }
 
     /// The mean-k budget's limit (tau or p) of every MoE block that has one, in block order.

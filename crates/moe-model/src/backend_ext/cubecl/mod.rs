@@ -1,6 +1,6 @@
 //! `MoeBackend` for CubeCL backends (CUDA, wgpu): the `moe-kernels` route, dispatch, grouped
 //! GEMMs and combine, with no host round trip between them. One file per stage (`routing.rs`,
-//! `experts.rs`, `combine.rs`); every operation runs through `launch.rs`'s [`on_kernels`].
+//! `experts.rs`, `quantized.rs`, `combine.rs`); every operation runs through `launch.rs`'s [`on_kernels`].
 //!
 //! The kernels run in the element type of the tensors they are given (f32, f16 or bf16), not in
 //! the backend's default float type: Burn keeps default dtypes per device, so a tensor on a
@@ -17,6 +17,7 @@ mod experts;
 mod launch;
 #[cfg(test)]
 mod launch_tests;
+mod quantized;
 mod routing;
 mod tensors;
 
@@ -29,6 +30,7 @@ pub(crate) use experts::kernel_experts;
 use tensors::Cube;
 
 use super::{Dispatch, ExpertRows, LossWeights, MoeBackend, Routing};
+use crate::quantized_experts::QuantizedExperts;
 
 impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
     for Cube<R, F, I, BT>
@@ -96,6 +98,15 @@ impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> MoeBackend
         activation: Activation,
     ) -> ExpertRows<Self> {
         experts::experts(x, dispatch, w_in, w_out, activation)
+    }
+
+    fn moe_quantized_experts(
+        x: Tensor<Self, 2>,
+        dispatch: &Dispatch<Self>,
+        weights: &QuantizedExperts<Self>,
+        activation: Activation,
+    ) -> ExpertRows<Self> {
+        quantized::quantized_experts(x, dispatch, weights, activation)
     }
 
     const EXPERT_BACKWARD_KERNELS: bool = true;
