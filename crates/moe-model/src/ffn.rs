@@ -88,15 +88,7 @@ pub struct FfnOutput<B: Backend> {
 }
 
 impl<B: MoeBackend> Ffn<B> {
-    /// The experts of an MoE layer (`None` for a dense MLP).
-    pub fn experts(&self) -> Option<&Experts<B>> {
-        match self {
-            Ffn::Dense(_) => None,
-            Ffn::Moe(moe) => Some(&moe.experts),
-        }
-    }
-
-    /// The experts of an MoE layer, to change (quantize) them.
+    /// The experts of an MoE layer (`None` for a dense MLP), to change (quantize) them.
     pub fn experts_mut(&mut self) -> Option<&mut Experts<B>> {
         match self {
             Ffn::Dense(_) => None,

@@ -167,15 +167,7 @@ impl<B: MoeBackend> Model<B> {
     }
 
     /// The experts of every MoE block, in block order (what a model's quantized experts file
-    /// holds).
-    pub fn moe_experts(&self) -> Vec<&Experts<B>> {
-        self.blocks
-            .iter()
-            .filter_map(|block| block.ffn.experts())
-            .collect()
-    }
-
-    /// The experts of every MoE block, in block order, to quantize them.
+    /// holds), to quantize them or attach their quantized weights.
     pub fn moe_experts_mut(&mut self) -> Vec<&mut Experts<B>> {
         self.blocks
             .iter_mut()

@@ -8,9 +8,9 @@ use super::kernel::{
     dispatch_in_one_cube, scan_block_rows, scatter_pairs,
 };
 use super::reference::max_tiles;
-use crate::KernelError;
 use crate::buffer::{expect_len, expect_positive};
 use crate::plane::has_planes_of_32;
+use crate::{InvalidValue, KernelError};
 
 /// The dispatch plan in device buffers (the device form of
 /// [`DispatchPlan`](super::reference::DispatchPlan)); all of element type `I`.
@@ -54,6 +54,42 @@ impl DispatchOnDevice {
             num_experts,
             tile_rows,
         }
+    }
+
+    /// Checks that this is the dispatch of a batch of `num_pairs` pairs over `num_experts`
+    /// experts in tiles of `tile_rows` rows (what a grouped GEMM reads), with buffers of `I`
+    /// of those sizes.
+    pub fn expect_batch<I: CubeElement>(
+        &self,
+        num_pairs: usize,
+        num_experts: usize,
+        tile_rows: usize,
+    ) -> Result<(), KernelError> {
+        if self.num_pairs != num_pairs || self.num_experts != num_experts {
+            return Err(InvalidValue::new(
+                "plan",
+                format!("{} pairs over {} experts", self.num_pairs, self.num_experts),
+                format!(
+                    "must be the dispatch of this batch ({num_pairs} pairs over {num_experts} experts)"
+                ),
+            )
+            .into());
+        }
+        if self.tile_rows != tile_rows {
+            return Err(InvalidValue::new(
+                "plan.tile_rows",
+                self.tile_rows,
+                format!("must equal the GEMM's tile rows ({tile_rows})"),
+            )
+            .into());
+        }
+        let int = size_of::<I>();
+        let tiles = max_tiles(num_pairs, num_experts, tile_rows);
+        expect_len(&self.routed_pairs, "routed_pairs", num_pairs, int)?;
+        expect_len(&self.expert_offsets, "expert_offsets", num_experts + 1, int)?;
+        expect_len(&self.tiles, "tiles", 2 * tiles, int)?;
+        expect_len(&self.num_tiles, "num_tiles", 1, int)?;
+        Ok(())
     }
 }
 

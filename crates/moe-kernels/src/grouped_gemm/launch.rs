@@ -389,25 +389,7 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
         ("width", shape.width),
     ])?;
     let num_pairs = shape.num_pairs();
-    if plan.num_pairs != num_pairs || plan.num_experts != shape.num_experts {
-        return Err(InvalidValue::new(
-            "plan",
-            format!("{} pairs over {} experts", plan.num_pairs, plan.num_experts),
-            format!(
-                "must be the dispatch of this batch ({num_pairs} pairs over {} experts)",
-                shape.num_experts
-            ),
-        )
-        .into());
-    }
-    if plan.tile_rows != params.tile_rows {
-        return Err(InvalidValue::new(
-            "plan.tile_rows",
-            plan.tile_rows,
-            format!("must equal the GEMM's tile rows ({})", params.tile_rows),
-        )
-        .into());
-    }
+    plan.expect_batch::<I>(num_pairs, shape.num_experts, params.tile_rows)?;
 
     let elem = size_of::<F>();
     let weights_len = weights_len(operands, shape, params);
@@ -431,17 +413,7 @@ fn validate<R: Runtime, F: Float + CubeElement, O: CubeElement, I: CubeElement>(
             .into());
         }
     }
-    let int = size_of::<I>();
     let tiles = max_tiles(num_pairs, shape.num_experts, plan.tile_rows);
-    expect_len(&plan.routed_pairs, "routed_pairs", num_pairs, int)?;
-    expect_len(
-        &plan.expert_offsets,
-        "expert_offsets",
-        shape.num_experts + 1,
-        int,
-    )?;
-    expect_len(&plan.tiles, "tiles", 2 * tiles, int)?;
-    expect_len(&plan.num_tiles, "num_tiles", 1, int)?;
 
     let unsupported = |reason: String| Err(KernelError::Unsupported(reason));
     if params.tensor_cores && !has_tensor_cores::<R, F>(client) {
