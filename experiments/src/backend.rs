@@ -5,6 +5,7 @@ use burn::backend::Autodiff;
 use burn::backend::ndarray::{NdArray, NdArrayDevice};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+pub use moe_model::FloatType;
 use moe_model::{FfnConfig, MoeAutodiffBackend};
 use serde::{Deserialize, Serialize};
 
@@ -33,47 +34,6 @@ impl BackendKind {
             BackendKind::Ndarray => "ndarray",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
-        }
-    }
-}
-
-/// The float type of a run's tensors on a CubeCL backend (`--dtype`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FloatType {
-    /// 32-bit IEEE floats (every backend).
-    #[default]
-    F32,
-    /// bfloat16 (tensor cores on CUDA).
-    Bf16,
-    /// IEEE half precision (tensor cores on CUDA).
-    F16,
-}
-
-impl FloatType {
-    /// The name used on the command line.
-    pub fn name(&self) -> &'static str {
-        match self {
-            FloatType::F32 => "f32",
-            FloatType::Bf16 => "bf16",
-            FloatType::F16 => "f16",
-        }
-    }
-
-    /// Bytes per value.
-    pub fn size(&self) -> usize {
-        match self {
-            FloatType::F32 => 4,
-            FloatType::Bf16 | FloatType::F16 => 2,
-        }
-    }
-
-    /// Burn's data type.
-    pub fn dtype(&self) -> DType {
-        match self {
-            FloatType::F32 => DType::F32,
-            FloatType::Bf16 => DType::BF16,
-            FloatType::F16 => DType::F16,
         }
     }
 }

@@ -375,7 +375,7 @@ mod tests {
         let blocks = wide.model.num_blocks as f64;
         let mut mixed = wide.clone();
         if let FfnConfig::Moe(moe) = &mut mixed.model.ffn {
-            moe.compute_type = Some(moe_model::ComputeType::Bf16);
+            moe.compute_type = Some(moe_model::FloatType::Bf16);
         }
         for (purpose, bytes_per_weight) in [(Purpose::Eval, 2.0), (Purpose::Train, 4.0)] {
             let extra = MemoryEstimate::of(&mixed, purpose).total

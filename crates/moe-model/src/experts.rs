@@ -9,7 +9,7 @@ use moe_kernels::quantized::QuantFormat;
 use crate::InvalidValue;
 use crate::feed_forward::Activation;
 use crate::init::projection;
-use crate::precision::{ComputeType, in_compute_type};
+use crate::precision::{FloatType, in_compute_type};
 use crate::quantized_experts::QuantizedExperts;
 
 /// E independent MLPs of hidden width F.
@@ -25,7 +25,7 @@ pub struct Experts<B: Backend> {
     #[module(skip)]
     activation: Activation,
     #[module(skip)]
-    compute_type: Option<ComputeType>,
+    compute_type: Option<FloatType>,
 }
 
 impl<B: Backend> Experts<B> {
@@ -36,7 +36,7 @@ impl<B: Backend> Experts<B> {
         d_model: usize,
         width: usize,
         activation: Activation,
-        compute_type: Option<ComputeType>,
+        compute_type: Option<FloatType>,
         device: &B::Device,
     ) -> Self {
         let columns = activation.input_columns(width);
@@ -55,7 +55,7 @@ impl<B: Backend> Experts<B> {
     }
 
     /// The float type the experts' products run in, when it is not the parameters'.
-    pub fn compute_type(&self) -> Option<ComputeType> {
+    pub fn compute_type(&self) -> Option<FloatType> {
         self.compute_type
     }
 

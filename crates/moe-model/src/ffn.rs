@@ -9,7 +9,7 @@ use crate::backend_ext::{MoeBackend, Routing};
 use crate::experts::Experts;
 use crate::mlp::{DenseMlp, DenseMlpConfig};
 use crate::moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
-use crate::precision::ComputeType;
+use crate::precision::FloatType;
 
 /// Which feed-forward the blocks use; `kind = "dense"` or `kind = "moe"` in config files.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ impl FfnConfig {
     }
 
     /// The float type of the products when it is not the parameters' (mixed precision).
-    pub fn compute_type(&self) -> Option<ComputeType> {
+    pub fn compute_type(&self) -> Option<FloatType> {
         match self {
             FfnConfig::Dense(config) => config.compute_type,
             FfnConfig::Moe(config) => config.compute_type,

@@ -35,7 +35,7 @@ pub use model::{Block, BlockPass, Model, ModelConfig, ModelOutput, ParamCounts};
 pub use moe::{MoeLayer, MoeLayerConfig, MoeOutput, RoutingStats};
 pub use moe_kernels::quantized::QuantFormat;
 pub use moe_kernels::{InvalidValue, RoutingPolicy, UNUSED_SLOT, expert_capacity};
-pub use precision::{ComputeType, cast_float_params};
+pub use precision::{FloatType, UnknownFloatType, cast_float_params};
 pub use quantized_experts::QuantizedExperts;
 pub use routing::balance::BalanceMethod;
 pub use routing::router::Router;

@@ -15,7 +15,7 @@ use burn_cubecl::{CubeBackend, CubeRuntime};
 
 use crate::backend_ext::take_fallbacks;
 use crate::test_support::{float_tensor_on, host_f64, random_values, relative_error, rng};
-use crate::{Activation, ComputeType, DenseMlp, DenseMlpConfig, MoeLayerConfig, RoutingPolicy};
+use crate::{Activation, FloatType, DenseMlp, DenseMlpConfig, MoeLayerConfig, RoutingPolicy};
 
 type Mixed<R> = Autodiff<CubeBackend<R, f32, i32, u8>>;
 
@@ -24,11 +24,12 @@ type Mixed<R> = Autodiff<CubeBackend<R, f32, i32, u8>>;
 const TOLERANCE: f64 = 3e-2;
 
 /// Host values rounded to `compute`.
-fn rounded(values: Vec<f32>, compute: ComputeType) -> Vec<f32> {
+fn rounded(values: Vec<f32>, compute: FloatType) -> Vec<f32> {
     let data = TensorData::new(values.clone(), [values.len()]);
     let data = match compute {
-        ComputeType::Bf16 => data.convert::<burn::tensor::bf16>(),
-        ComputeType::F16 => data.convert::<burn::tensor::f16>(),
+        FloatType::Bf16 => data.convert::<burn::tensor::bf16>(),
+        FloatType::F16 => data.convert::<burn::tensor::f16>(),
+        FloatType::F32 => data,
     };
     data.convert::<f32>().to_vec().expect("f32 values")
 }
@@ -79,7 +80,7 @@ fn assert_rounded(output_error: f64, context: &str) {
 
 /// The MoE layer with `compute` products against the f32 layer: output, and the gradients of the
 /// input, the router and both expert weights; every kernel ran (no fallback).
-fn moe_layer_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Device) {
+fn moe_layer_matches_f32<R: CubeRuntime>(compute: FloatType, device: &R::Device) {
     // One batch: the casts do not depend on its size, and on CUDA every size class compiles its
     // own tensor-core kernels (minutes per class for the forward and backward).
     let (d, width, experts) = (64, 96, 8);
@@ -93,7 +94,7 @@ fn moe_layer_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Devic
     let x = values(tokens * d, 1.0);
     let probe = values(tokens * d, 1.0);
 
-    let run = |compute_type: Option<ComputeType>| {
+    let run = |compute_type: Option<FloatType>| {
         let mut layer = MoeLayerConfig::new()
             .with_num_experts(experts)
             .with_expert_width(width)
@@ -133,7 +134,7 @@ fn moe_layer_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Devic
 }
 
 /// The dense MLP with `compute` products against the f32 MLP: output and every gradient.
-fn dense_mlp_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Device) {
+fn dense_mlp_matches_f32<R: CubeRuntime>(compute: FloatType, device: &R::Device) {
     let (tokens, d, width) = (50, 64, 96);
     let context = format!("dense {}", compute.name());
     let mut draw = rng(9);
@@ -142,7 +143,7 @@ fn dense_mlp_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Devic
     let w_out = values(width * d, 0.15);
     let x = values(tokens * d, 1.0);
     let probe = values(tokens * d, 1.0);
-    let run = |compute_type: Option<ComputeType>| {
+    let run = |compute_type: Option<FloatType>| {
         let mut mlp: DenseMlp<Mixed<R>> = DenseMlpConfig::new()
             .with_width(width)
             .with_compute_type(compute_type)
@@ -168,7 +169,7 @@ fn dense_mlp_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Devic
 }
 
 /// Both modules in `compute` where the device has the type.
-fn mixed_precision_matches_f32<R: CubeRuntime>(compute: ComputeType, device: &R::Device) {
+fn mixed_precision_matches_f32<R: CubeRuntime>(compute: FloatType, device: &R::Device) {
     if !Mixed::<R>::supports_dtype(device, compute.dtype().into()) {
         moe_kernels::capability::skip_capability(&format!("this device has no {}", compute.name()));
         return;
@@ -184,7 +185,7 @@ mod wgpu {
 
     #[test]
     fn f16_products_match_f32_where_the_driver_has_f16() {
-        mixed_precision_matches_f32::<WgpuRuntime>(ComputeType::F16, &WgpuDevice::default());
+        mixed_precision_matches_f32::<WgpuRuntime>(FloatType::F16, &WgpuDevice::default());
     }
 }
 
@@ -196,12 +197,12 @@ mod cuda {
     #[test]
     #[ignore = "needs an NVIDIA GPU: run with --include-ignored (just test-gpu)"]
     fn bf16_products_match_f32() {
-        mixed_precision_matches_f32::<CudaRuntime>(ComputeType::Bf16, &CudaDevice::default());
+        mixed_precision_matches_f32::<CudaRuntime>(FloatType::Bf16, &CudaDevice::default());
     }
 
     #[test]
     #[ignore = "needs an NVIDIA GPU: run with --include-ignored (just test-gpu)"]
     fn f16_products_match_f32() {
-        mixed_precision_matches_f32::<CudaRuntime>(ComputeType::F16, &CudaDevice::default());
+        mixed_precision_matches_f32::<CudaRuntime>(FloatType::F16, &CudaDevice::default());
     }
 }

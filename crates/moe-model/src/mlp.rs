@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::InvalidValue;
 use crate::feed_forward::{Activation, feed_forward};
 use crate::init::projection;
-use crate::precision::{ComputeType, in_compute_type};
+use crate::precision::{FloatType, in_compute_type};
 
 /// Configuration of [`DenseMlp`]; the model width `d` is given by the host model at `init`.
 #[derive(Config, Debug)]
@@ -19,9 +19,9 @@ pub struct DenseMlpConfig {
     #[config(default = "Activation::SwiGlu")]
     pub activation: Activation,
     /// Float type of the matrix products when it is not the parameters' (mixed precision, see
-    /// [`ComputeType`]); `None`: the parameters' own type.
+    /// [`FloatType`]); `None`: the parameters' own type.
     #[config(default = "None")]
-    pub compute_type: Option<ComputeType>,
+    pub compute_type: Option<FloatType>,
 }
 
 impl DenseMlpConfig {
@@ -55,7 +55,7 @@ pub struct DenseMlp<B: Backend> {
     #[module(skip)]
     activation: Activation,
     #[module(skip)]
-    compute_type: Option<ComputeType>,
+    compute_type: Option<FloatType>,
 }
 
 impl<B: Backend> DenseMlp<B> {

@@ -10,7 +10,7 @@ use crate::InvalidValue;
 use crate::backend_ext::{Dispatch, ExpertRows, MoeBackend, Routing};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
-use crate::precision::{ComputeType, in_compute_type, in_dtype};
+use crate::precision::{FloatType, in_compute_type, in_dtype};
 use crate::routing::balance::BalanceMethod;
 use crate::routing::control::{ControlSettings, RoutingControl, router_summary};
 use crate::routing::router::Router;
@@ -52,10 +52,10 @@ pub struct MoeLayerConfig {
     #[config(default = "None")]
     pub capacity_factor: Option<f64>,
     /// Float type of the experts' (and shared experts') matrix products when it is not the
-    /// parameters' (mixed precision, see [`ComputeType`]); `None`: the parameters' own type. The
+    /// parameters' (mixed precision, see [`FloatType`]); `None`: the parameters' own type. The
     /// router and the combine stay in the parameters' type.
     #[config(default = "None")]
-    pub compute_type: Option<ComputeType>,
+    pub compute_type: Option<FloatType>,
     /// Always-on experts added to every token's output (DeepSeek-V3, Qwen-MoE style).
     #[config(default = 0)]
     pub shared_experts: usize,

@@ -3,53 +3,100 @@
 //! Burn creates parameters in the device's default float type, which is fixed by the first
 //! backend that touches the device in a process; a run that wants bf16 or f16 parameters next to
 //! f32 ones (a benchmark, a precision test) casts them explicitly. Mixed-precision training keeps
-//! the parameters in f32 and runs the products in a 16-bit [`ComputeType`].
+//! the parameters in f32 and runs the products in a 16-bit [`FloatType`].
+
+use std::fmt;
+use std::str::FromStr;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// The float type a feed-forward's matrix products run in when it is not the parameters' own
-/// (`compute_type = "bf16"` in a config): mixed precision. The parameters, the optimizer, the
-/// router and everything outside the products stay in the backend's type (f32 master weights);
-/// the inputs and weights are cast for the products (tensor cores on CUDA) and the products'
-/// output is cast back. The casts are differentiable, so gradients reach the parameters in their
-/// own type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A float type, from the command line (`--dtype`) and the configs (`compute_type`) down to the
+/// kernels: the type of a run's tensors, or the type a feed-forward's matrix products run in when
+/// it is not the parameters' own (mixed precision: the parameters, the optimizer, the router and
+/// everything outside the products stay in the parameters' type; the inputs and weights are cast
+/// for the products, tensor cores on CUDA, and the products' output is cast back; the casts are
+/// differentiable, so gradients reach the parameters in their own type).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
-pub enum ComputeType {
-    /// bfloat16: f32's range with 8 bits of mantissa.
+pub enum FloatType {
+    /// 32-bit IEEE floats (every backend).
+    #[default]
+    F32,
+    /// bfloat16: f32's range with 8 bits of mantissa (tensor cores on CUDA).
     Bf16,
-    /// IEEE half precision: 11 bits of mantissa, magnitudes up to 65504.
+    /// IEEE half precision: 11 bits of mantissa, magnitudes up to 65504 (tensor cores on CUDA).
     F16,
 }
 
-impl ComputeType {
-    /// Burn's float type.
-    pub fn dtype(self) -> FloatDType {
+impl FloatType {
+    /// Every float type, in the order the command line lists them.
+    pub const ALL: [FloatType; 3] = [FloatType::F32, FloatType::Bf16, FloatType::F16];
+
+    /// The name the command line and the configs use.
+    pub fn name(self) -> &'static str {
         match self {
-            ComputeType::Bf16 => FloatDType::BF16,
-            ComputeType::F16 => FloatDType::F16,
+            FloatType::F32 => "f32",
+            FloatType::Bf16 => "bf16",
+            FloatType::F16 => "f16",
         }
     }
 
-    /// The name configs use.
-    pub fn name(self) -> &'static str {
+    /// Bytes per value.
+    pub fn size(self) -> usize {
         match self {
-            ComputeType::Bf16 => "bf16",
-            ComputeType::F16 => "f16",
+            FloatType::F32 => 4,
+            FloatType::Bf16 | FloatType::F16 => 2,
         }
+    }
+
+    /// Burn's float type.
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            FloatType::F32 => FloatDType::F32,
+            FloatType::Bf16 => FloatDType::BF16,
+            FloatType::F16 => FloatDType::F16,
+        }
+    }
+
+    /// Burn's data type.
+    pub fn dtype(self) -> DType {
+        self.float_dtype().into()
+    }
+}
+
+impl fmt::Display for FloatType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a float type; the message lists the names that are.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown float type {0:?}; expected f32, bf16 or f16")]
+pub struct UnknownFloatType(pub String);
+
+impl FromStr for FloatType {
+    type Err = UnknownFloatType;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        FloatType::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| UnknownFloatType(name.to_string()))
     }
 }
 
 /// `tensor` in the products' type `compute`, or unchanged when `None` (or already that type).
 pub fn in_compute_type<B: Backend, const D: usize>(
     tensor: Tensor<B, D>,
-    compute: Option<ComputeType>,
+    compute: Option<FloatType>,
 ) -> Tensor<B, D> {
     match compute {
-        Some(compute) => tensor.cast(compute.dtype()),
+        Some(compute) => in_dtype(tensor, compute.dtype()),
         None => tensor,
     }
 }
@@ -87,6 +134,20 @@ mod tests {
 
     use super::*;
     use crate::MoeLayerConfig;
+
+    #[test]
+    fn float_type_names_round_trip_and_an_unknown_name_lists_the_known_ones() {
+        for float in FloatType::ALL {
+            assert_eq!(float.name().parse::<FloatType>(), Ok(float));
+            assert_eq!(float.dtype(), DType::from(float.float_dtype()));
+            assert_eq!(float.size(), float.dtype().size());
+        }
+        let error = "fp8".parse::<FloatType>().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "unknown float type \"fp8\"; expected f32, bf16 or f16"
+        );
+    }
 
     #[test]
     fn every_float_parameter_takes_the_type_and_keeps_its_values() {

@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use crate::feed_forward::Activation;
 use crate::mlp::{DenseMlp, DenseMlpConfig};
-use crate::precision::ComputeType;
+use crate::precision::FloatType;
 
 /// The always-on part of an MoE layer.
 #[derive(Module, Debug)]
@@ -22,7 +22,7 @@ impl<B: Backend> SharedExperts<B> {
         count: usize,
         width: usize,
         activation: Activation,
-        compute_type: Option<ComputeType>,
+        compute_type: Option<FloatType>,
         d_model: usize,
         device: &B::Device,
     ) -> Option<Self> {

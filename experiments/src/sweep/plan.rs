@@ -328,7 +328,7 @@ mod tests {
             assert_eq!((config.model.d_model, config.model.context), (32, 64));
             assert_eq!(
                 run.config.ffn().compute_type(),
-                Some(moe_model::ComputeType::Bf16),
+                Some(moe_model::FloatType::Bf16),
                 "{}",
                 run.name
             );
