@@ -53,7 +53,7 @@ study *args:
 
 # The routing study: every method of configs/sweep.toml with every seed, tables and plots in
 # results/sweep-<name>/ (resumes if interrupted). `just sweep --quick` (CI-sized), `--backend cuda`, `--fresh`,
-# `--set key=value`; on the language model `just sweep --config configs/sweep-lm.toml --quick`.
+# `--set key=value`, `--tables-only` (tabulate the finished runs, train none); on the language model `just sweep --config configs/sweep-lm.toml --quick`.
 sweep *args:
     cargo run --release -p experiments -- sweep {{backend_flag}} {{args}}
 

@@ -306,6 +306,36 @@ fn quick_lm_sweep_writes_tables_and_plots_and_resumes() {
         text.contains("](../results/sweep-lm-routing-quick/pareto.png)"),
         "{text}"
     );
+
+    // With a run gone (a study the device time ran out on), `--tables-only` trains nothing,
+    // tabulates the five that finished and names the missing one.
+    std::fs::remove_dir_all(dir.join("runs/top1-s0")).unwrap();
+    let trained = snapshot(&dir.join("runs"));
+    let partial = run_ok(&[&args[..], &["--tables-only"]].concat());
+    assert!(
+        partial.contains("5 of 6 runs finished; tabulating those (missing: top1-s0)"),
+        "{partial}"
+    );
+    assert_eq!(snapshot(&dir.join("runs")), trained, "a run was trained");
+    let markdown = std::fs::read_to_string(dir.join("pareto.md")).unwrap();
+    assert!(
+        markdown.starts_with("Partial: 5 of 6 runs finished; not run: top1-s0."),
+        "{markdown}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sweep.json")).unwrap()).unwrap();
+    assert_eq!(json["missing"], serde_json::json!(["top1-s0"]));
+    assert_eq!(json["runs"].as_array().unwrap().len(), 5);
+    // A sweep with no finished run has nothing to tabulate: one line, exit code 2.
+    let empty = scratch.join("empty");
+    let mut empty_args = args.to_vec();
+    let empty_results = empty.to_str().unwrap();
+    *empty_args.last_mut().unwrap() = empty_results;
+    empty_args.push("--tables-only");
+    assert_clean_failure(
+        &experiments(&empty_args),
+        "holds no finished run of this sweep yet",
+    );
     let _ = std::fs::remove_dir_all(&scratch);
 }
 

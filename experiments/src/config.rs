@@ -14,12 +14,14 @@ use crate::error::ExperimentError;
 use crate::size_limits;
 use crate::task::TaskConfig;
 
-/// A config file and the `--set key=value` overrides applied over it.
-#[derive(Clone, Debug)]
+/// A config file and the `--set key=value` overrides applied over it (`--config`, `--set`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct ConfigSources {
-    /// The config file.
+    /// Config file, e.g. configs/moe.toml.
+    #[arg(long = "config")]
     pub file: PathBuf,
-    /// The overrides, in the order given (a later one wins).
+    /// Override one config field, e.g. --set train.epochs=3 (repeatable; a later one wins).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
 }
 

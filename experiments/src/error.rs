@@ -237,6 +237,11 @@ pub enum ExperimentError {
         "{0} was trained with another config than the sweep now plans (was the sweep config or a --set edited?); pass --fresh to start the sweep over"
     )]
     SweepChanged(PathBuf),
+    /// `sweep --tables-only` found no finished run to tabulate.
+    #[error(
+        "{0} holds no finished run of this sweep yet; run the sweep without --tables-only first"
+    )]
+    SweepNotStarted(PathBuf),
     /// A plot could not be drawn or written.
     #[error("{path}: cannot draw the plot: {reason}")]
     Plot {

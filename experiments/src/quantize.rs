@@ -19,14 +19,18 @@ use crate::lm::saved::{SavedLm, load_lm};
 use crate::quantized_file::{QUANTIZED_FILE, QuantizedBlock, save_quantized};
 use crate::run_dir::{CONFIG_FILE, RunState, run_state};
 
-/// What to quantize and how.
-#[derive(Clone, Debug)]
+/// What to quantize and how (`quantize`'s flags).
+#[derive(Clone, Debug, clap::Args)]
 pub struct QuantizeRequest {
-    /// The run directory (task model or language model).
+    /// The run directory (task model or language model), e.g. results/moe.
+    #[arg(long)]
     pub run: PathBuf,
-    /// The bytes and scales to quantize to.
+    /// int8 (per output channel), fp8 (e4m3, per output channel) or fp8-block (e4m3, per
+    /// 128 x 128 block).
+    #[arg(long, value_parser = QuantFormat::parse)]
     pub format: QuantFormat,
-    /// Where the model is loaded (quantization itself runs on the host).
+    /// Backend to load the model on (quantization itself runs on the host).
+    #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
 }
 

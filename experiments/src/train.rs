@@ -31,17 +31,23 @@ use crate::run_dir::{
 };
 use crate::task::chance_accuracy;
 
-/// One training run: what to train, where to write, on which backend.
+/// One training run: what to train, where to write, on which backend (`train`'s flags).
+#[derive(clap::Args)]
 pub struct TrainRequest {
-    /// The config file and the `--set` overrides over it.
+    #[command(flatten)]
     pub sources: ConfigSources,
-    /// Directory holding the run directories (`results`).
+    /// Directory holding the run directories.
+    #[arg(long = "results", default_value = "results")]
     pub results_root: PathBuf,
-    /// Run name asked for; `None` takes the config file's name (`moe`, then `moe-2`, ...).
+    /// Run name: one directory name of letters, digits and . _ - + = (default: the config
+    /// file's name, with -2, -3, ... if taken).
+    #[arg(long)]
     pub name: Option<String>,
-    /// Replace an existing run directory of the requested name once the new run is complete.
+    /// Replace results/<name> if it exists, once the new run is complete.
+    #[arg(long)]
     pub overwrite: bool,
     /// Backend to train on.
+    #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
 }
 

@@ -160,6 +160,14 @@ impl WorkloadMetrics {
         }
     }
 
+    /// The backend the run trained on, e.g. `cuda`.
+    pub fn backend(&self) -> &str {
+        match self {
+            WorkloadMetrics::Task(metrics) => &metrics.backend,
+            WorkloadMetrics::Lm(metrics) => &metrics.backend,
+        }
+    }
+
     /// The run's quality and mean k for a progress line, e.g. `test accuracy 71.2%, mean k
     /// 1.400` or `valid bits per byte 2.1034, mean k 1.400`.
     pub fn progress(&self) -> String {

@@ -30,20 +30,27 @@ use crate::backend::{BackendKind, RuntimeJob, run_on_runtime};
 use crate::error::ExperimentError;
 use crate::run_dir::{DirKind, RunDir, RunName};
 
-/// What to benchmark and where to write the tables.
+/// What to benchmark and where to write the tables (`bench`'s flags).
+#[derive(clap::Args)]
 pub struct BenchRequest {
-    /// CubeCL backend to run on; `None` picks CUDA when a device answers, else wgpu.
+    /// CubeCL backend to run on (default: CUDA when a device answers, else wgpu).
+    #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
-    /// Float type of the expert rows (routing rows are f32); `None`: bf16 on CUDA (tensor
-    /// cores: what a GPU user means to time), f32 on wgpu.
+    /// Float type of the expert rows; routing rows are f32 (default: bf16 on CUDA, the tensor
+    /// cores a GPU user means to time; f32 on wgpu).
+    #[arg(long, value_enum)]
     pub dtype: Option<FloatType>,
-    /// Fewer and smaller cases (for CI and CPU-emulated devices).
+    /// Fewer, smaller cases of every kind (CI, CPU-emulated devices).
+    #[arg(long)]
     pub quick: bool,
-    /// Only the cases whose label contains this text (e.g. `T=65536` or `layer mixtral`).
+    /// Only the cases whose label contains this text, e.g. `--case T=65536` or `--case layer`.
+    #[arg(long = "case")]
     pub case_filter: Option<String>,
-    /// Also time Burn's matmul on the FLOPs of every grouped GEMM (slow while it autotunes).
+    /// Also time Burn's matmul on each grouped GEMM's FLOPs (autotunes each new shape first).
+    #[arg(long)]
     pub burn_matmul: bool,
-    /// Directory holding the run directories (`results`).
+    /// Directory holding the run directories.
+    #[arg(long = "results", default_value = "results")]
     pub results_root: PathBuf,
 }
 

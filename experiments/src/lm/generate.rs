@@ -23,22 +23,29 @@ use crate::lm::saved::{SavedLm, load_lm};
 use crate::lm::tokens::{BOUNDARY, Token, as_ids};
 use crate::quantized_file::attach_quantized;
 
-/// What to generate and how.
-#[derive(Clone, Debug)]
+/// What to generate and how (`generate`'s flags, but for `--prompt-file`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct GenerateRequest {
-    /// The run directory of a trained language model.
+    /// The run directory of a language model, e.g. results/lm-moe.
+    #[arg(long)]
     pub run: PathBuf,
     /// Text to continue (bytes; a document boundary is put before it when the context has room).
+    #[arg(long, default_value = "")]
     pub prompt: String,
-    /// Tokens to generate at most (generation also ends at a document boundary).
+    /// Bytes to generate at most (generation also ends at a document boundary).
+    #[arg(long, default_value_t = 200)]
     pub max_tokens: usize,
-    /// Temperature and top-k of the draws.
+    #[command(flatten)]
     pub sampling: Sampling,
     /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Backend to run on.
+    #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
-    /// Float type of the weights and activations.
+    /// Float type of the weights and activations (bf16 and f16 need a CubeCL backend whose
+    /// device has the type).
+    #[arg(long, value_enum, default_value_t)]
     pub dtype: FloatType,
 }
 

@@ -4,12 +4,14 @@
 use rand::RngExt;
 use rand::rngs::StdRng;
 
-/// How the next token is drawn.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How the next token is drawn (`generate`'s `--temperature` and `--top-k`).
+#[derive(Clone, Copy, Debug, PartialEq, clap::Args)]
 pub struct Sampling {
-    /// Softmax temperature; 0 picks the most likely token.
+    /// Softmax temperature (0: always the most likely byte).
+    #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
-    /// Only the `top_k` most likely tokens can be drawn (0: all).
+    /// Draw only among the k most likely bytes (0: all).
+    #[arg(long, default_value_t = 40)]
     pub top_k: usize,
 }
 

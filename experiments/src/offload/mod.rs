@@ -34,24 +34,33 @@ pub use error::OffloadError;
 pub use replay::{PolicyResult, StoreFactory};
 pub use settings::{OffloadFlags, OffloadPlan};
 
-/// What an `offload` run measures and where it writes.
+/// What an `offload` run measures and where it writes (`offload`'s flags).
+#[derive(clap::Args)]
 pub struct OffloadRequest {
-    /// The settings file (`configs/offload.toml`).
+    /// Settings file.
+    #[arg(long, default_value = "configs/offload.toml")]
     pub config: PathBuf,
-    /// Backend (CUDA for the real measurement; ndarray or wgpu run the logic on small shapes).
+    /// Backend (cuda for the measurement; ndarray and wgpu run the logic on small shapes,
+    /// copying without overlap).
+    #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
-    /// Float type of weights and activations.
+    /// Float type of weights and activations (bf16 and f16 on cuda).
+    #[arg(long, value_enum, default_value_t)]
     pub dtype: FloatType,
-    /// The `[quick]` settings (CI-sized).
+    /// The [quick] settings: small shapes, few steps (CI).
+    #[arg(long)]
     pub quick: bool,
-    /// Flags that replace settings.
+    #[command(flatten)]
     pub flags: OffloadFlags,
     /// Directory holding the run directories.
+    #[arg(long = "results", default_value = "results")]
     pub results_root: PathBuf,
-    /// Run name (default `offload-<backend>-<dtype>`, with `-2`, ... if taken).
+    /// Run name (default offload-<backend>-<dtype>, with -2, ... if taken).
+    #[arg(long)]
     pub name: Option<String>,
-    /// On CUDA, copy with tensor ops on the compute path instead of the copy stream (the
-    /// portable fallback, for comparison or if the copy stream fails).
+    /// On cuda: copy with tensor ops on the compute path (no overlap) instead of the copy
+    /// stream; the fallback the other backends use.
+    #[arg(long)]
     pub tensor_copies: bool,
 }
 

@@ -48,19 +48,25 @@ use crate::run_dir::{
 };
 use crate::workload::WorkloadConfig;
 
-/// One `predict` command.
+/// One `predict` command (its flags).
+#[derive(clap::Args)]
 pub struct PredictRequest {
-    /// The trained run, e.g. `results/deep`.
+    /// The trained run, e.g. results/deep.
+    #[arg(long)]
     pub run: PathBuf,
-    /// The settings (flags).
+    #[command(flatten)]
     pub settings: PredictSettings,
     /// Backend to fit and score on.
+    #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
-    /// Directory holding the result directory (`results`).
+    /// Directory holding the result directory.
+    #[arg(long = "results", default_value = "results")]
     pub results_root: PathBuf,
-    /// Name of the result directory (default `<run>-predict`, then `-2`, ...).
+    /// Name of the result directory (default: <run>-predict, with -2, -3, ... if taken).
+    #[arg(long)]
     pub name: Option<String>,
-    /// Replace an existing result directory of that name once the new one is complete.
+    /// Replace results/<name> if it exists, once the new one is complete.
+    #[arg(long)]
     pub overwrite: bool,
 }
 

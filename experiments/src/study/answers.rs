@@ -268,6 +268,17 @@ pub fn limits(evidence: &Evidence) -> String {
                     lm.sweep.seeds
                 ));
             }
+            if let Some(partial) = lm.partial() {
+                items.push(format!("The language-model study is not complete. {partial}"));
+            }
+            if lm.sweep.jobs > 1 {
+                items.push(format!(
+                    "The language-model study trained {} runs at a time on one device, so its \
+                     tokens per second are shares of the device: they compare methods, not \
+                     what one run gets alone.",
+                    lm.sweep.jobs
+                ));
+            }
             if lm.found.command != LM_SWEEPS[0].command {
                 items.push(format!(
                     "The language-model study read is `{}`, not the H100-sized one (`{}`).",

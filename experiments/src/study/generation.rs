@@ -160,7 +160,11 @@ fn rows(methods: &[String], records: &[(String, GenerationRecord)]) -> Vec<Gener
         }
     }
     let position = |m: &str| methods.iter().position(|n| n == m).unwrap_or(usize::MAX);
-    groups.sort_by(|(a, _), (b, _)| a.0.cmp(&b.0).then(position(&a.1).cmp(&position(&b.1))));
+    groups.sort_by(|(a, _), (b, _)| {
+        (a.0.cmp(&b.0))
+            .then(position(&a.1).cmp(&position(&b.1)))
+            .then(a.1.cmp(&b.1))
+    });
     groups
         .into_iter()
         .filter_map(|((device, method), mine)| {

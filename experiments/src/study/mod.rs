@@ -28,11 +28,14 @@ use crate::workload::Workload;
 use answers::{Evidence, answers, limits};
 use generation::GenerationTimings;
 
-/// One `report` command.
+/// One `report` command (its flags).
+#[derive(clap::Args)]
 pub struct ReportRequest {
-    /// Directories searched for result files, in order (e.g. `results`, `docs/results`).
+    /// Directories searched for result files, in order (repeatable).
+    #[arg(long = "results", default_values = ["results", "docs/results"])]
     pub roots: Vec<PathBuf>,
-    /// The report to write, e.g. `docs/REPORT.md`.
+    /// The report to write.
+    #[arg(long, default_value = "docs/REPORT.md")]
     pub out: PathBuf,
 }
 
@@ -66,6 +69,17 @@ pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> 
     let lm_prediction = take(&sources::LM_PREDICTION)?;
     let task_prediction = take(&sources::TASK_PREDICTION)?;
     let offload = take(&sources::LM_OFFLOAD)?;
+    // The CPU-sized study has every method on the CPU; shown too when the answers use another.
+    let cpu_source = &sources::LM_SWEEPS[1..2];
+    let lm_cpu = match &lm {
+        Some(study) if study.found.command != cpu_source[0].command => {
+            sources::find(roots, cpu_source)?.and_then(|f| Study::new(Workload::Lm, f))
+        }
+        _ => None,
+    };
+    if let Some(study) = &lm_cpu {
+        read.push(study.found.path.clone());
+    }
     let generation = lm.as_ref().and_then(|study| {
         let methods: Vec<String> = study
             .sweep
@@ -73,7 +87,11 @@ pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> 
             .iter()
             .map(|m| m.method.clone())
             .collect();
-        GenerationTimings::read(&study.found.path, &methods)
+        // The study's own runs first; else another language-model study's (the CPU one's
+        // timings while the H100 study has none), which the section names.
+        sources::found_paths(roots, &sources::LM_SWEEPS)
+            .iter()
+            .find_map(|sweep_json| GenerationTimings::read(sweep_json, &methods))
     });
     if let Some(timings) = &generation {
         read.push(timings.dir.clone());
@@ -114,6 +132,12 @@ pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> 
             || not_found("the language-model study", sources::LM_SWEEPS[0].command),
             |study| study.section(out),
         ),
+    ];
+    if let Some(study) = &lm_cpu {
+        sections.push("## The language model at the CPU size".to_string());
+        sections.push(study.section(out));
+    }
+    sections.extend([
         "## The language model: generation speed".to_string(),
         match (&lm, &generation) {
             (_, Some(timings)) => timings.section(),
@@ -129,7 +153,7 @@ pub fn report(request: ReportRequest) -> Result<ReportOutcome, ExperimentError> 
             _ => not_found("the layer benchmark", sources::BENCH[0].command),
         },
         "## Predicting the next blocks' experts".to_string(),
-    ];
+    ]);
     for (label, found, source) in [
         (
             "On the language model",

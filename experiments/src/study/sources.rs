@@ -116,6 +116,15 @@ pub fn find(roots: &[PathBuf], sources: &[Source]) -> Result<Option<Found>, Expe
     Ok(None)
 }
 
+/// Every one of `sources` found under `roots`, in the order [`find`] searches them.
+pub fn found_paths(roots: &[PathBuf], sources: &[Source]) -> Vec<PathBuf> {
+    sources
+        .iter()
+        .flat_map(|source| roots.iter().map(|root| root.join(source.file)))
+        .filter(|path| path.is_file())
+        .collect()
+}
+
 fn read_json(path: &Path) -> Result<Value, ExperimentError> {
     let text = std::fs::read_to_string(path).map_err(ExperimentError::io(path))?;
     serde_json::from_str(&text).map_err(|e| ExperimentError::DamagedFile {

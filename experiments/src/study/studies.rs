@@ -69,6 +69,19 @@ impl Study {
             .or_else(|| self.sweep.family("threshold").next())
     }
 
+    /// For a partial sweep, which runs did not run, in a sentence.
+    pub fn partial(&self) -> Option<String> {
+        let missing = &self.sweep.missing;
+        let finished: usize = self.sweep.methods.iter().map(|m| m.runs).sum();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "Partial: {finished} of {} runs finished; not run: {}.",
+                finished + missing.len(),
+                missing.join(", ")
+            )
+        })
+    }
+
     /// `method` against `base` on the quality quantity.
     pub fn quality(&self, method: &str, base: &str) -> Option<Comparison> {
         let quantity = self.workload.quality().quantity;
@@ -97,12 +110,16 @@ impl Study {
                 .display()
                 .to_string()
         };
-        let mut parts = vec![format!(
+        let mut source = format!(
             "Source: {}; {} seeds per method, trained on {}.",
             self.found.cite(),
             self.sweep.seeds,
             self.sweep.backend
-        )];
+        );
+        if let Some(partial) = self.partial() {
+            source += &format!(" {partial}");
+        }
+        let mut parts = vec![source];
         parts.push(self.table());
         let tables = match self.workload {
             Workload::Lm => "Every table of the study, per block and per byte class included",

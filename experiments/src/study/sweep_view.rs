@@ -33,6 +33,10 @@ pub struct SweepView {
     pub seeds: usize,
     /// One row per method, in the sweep's order.
     pub methods: Vec<MethodView>,
+    /// Planned runs that did not run (a partial sweep); empty for a complete one.
+    pub missing: Vec<String>,
+    /// Runs trained at once (0 where the file does not say): above 1 they shared the device.
+    pub jobs: usize,
 }
 
 impl SweepView {
@@ -64,6 +68,11 @@ impl SweepView {
             backend: json["backend"].as_str().unwrap_or("?").to_string(),
             seeds: json["seeds"].as_array().map_or(0, Vec::len),
             methods,
+            missing: json["missing"]
+                .as_array()
+                .map(|runs| runs.iter().filter_map(|r| Some(r.as_str()?.to_string())).collect())
+                .unwrap_or_default(),
+            jobs: json["jobs"].as_u64().unwrap_or(0) as usize,
         })
     }
 

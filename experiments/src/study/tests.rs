@@ -37,6 +37,8 @@ fn lm_sweep() -> serde_json::Value {
     json!({
         "backend": "cuda",
         "seeds": [0, 1, 2],
+        "jobs": 3,
+        "missing": ["budget-1.6-s0", "budget-1.6-s1"],
         "methods": [
             method("dense-active", "dense", &[("valid_bits_per_byte", 2.10, 0.01), ("flops_per_token", 1.0e7, 0.0), ("steady_tokens_per_s", 380000.0, 1000.0)]),
             method("top2", "top_k", &[("valid_bits_per_byte", 2.05, 0.01), ("mean_k", 2.0, 0.0), ("flops_per_token", 1.0e7, 0.0), ("load_cv", 0.20, 0.02)]),
@@ -147,6 +149,48 @@ fn the_answers_quote_the_numbers_with_their_files_and_name_what_is_missing() {
         "{text}"
     );
     assert!(text.contains("variable-k against top-2 at decode is not measured"));
+    // The study is partial (4 methods x 3 runs finished, 2 missing) and its runs shared the
+    // device three at a time: both are said.
+    assert!(
+        text.contains("Partial: 12 of 14 runs finished; not run: budget-1.6-s0, budget-1.6-s1."),
+        "{text}"
+    );
+    assert!(text.contains("trained 3 runs at a time on one device"), "{text}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn generation_timings_come_from_another_study_when_the_best_one_has_none() {
+    let root = scratch("timings");
+    let results = root.join("results");
+    write(&results.join("sweep-lm-routing/sweep.json"), &lm_sweep());
+    write(&results.join("sweep-lm-cpu/sweep.json"), &lm_sweep());
+    for (run, decode) in [("dense-active-s0", 0.25), ("budget-1.4-s0", 0.3125)] {
+        write(
+            &results.join("sweep-lm-cpu/runs").join(run).join("generation-ndarray-f32.json"),
+            &json!({"model": "m", "backend": "ndarray", "dtype": "f32", "prompt_bytes": 128,
+                    "max_tokens": 64, "temperature": 0.0, "ttft_ms": 3.0,
+                    "decode_ms_per_token": decode, "decode_steps": 63}),
+        );
+    }
+    let out = root.join("REPORT.md");
+    let outcome = report(ReportRequest {
+        roots: vec![results.clone()],
+        out: out.clone(),
+    })
+    .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    // The quality table is the H100 study's; the timings are the CPU study's, named as such:
+    // 0.25 / 0.3125 = 0.80x.
+    assert!(outcome.read.contains(&results.join("sweep-lm-routing/sweep.json")));
+    assert!(outcome.read.contains(&results.join("sweep-lm-cpu/runs")), "{:?}", outcome.read);
+    assert!(text.contains("decodes at 0.80x its speed"), "{text}");
+    assert!(text.contains("`just time-generation lm-cpu`"), "{text}");
+    assert!(!text.contains("Generation was not timed"), "{text}");
+    // The CPU-sized study gets its own section after the one the answers use.
+    let cpu = text.find("## The language model at the CPU size").expect("CPU section");
+    assert!(text[..cpu].contains("sweep-lm-routing/sweep.json"));
+    assert!(text[cpu..].contains("sweep-lm-cpu/sweep.json"));
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -144,7 +144,7 @@ fn table() -> SweepTable {
             measured.push(WorkloadMetrics::Lm(metrics(bpb, routing)));
         }
     }
-    let (methods, runs) = SweepTable::rows(&plan, measured, Workload::Lm);
+    let (methods, runs) = SweepTable::rows(plan.iter().zip(measured).collect(), Workload::Lm);
     SweepTable {
         workload: Workload::Lm,
         name: "lm".into(),
@@ -152,6 +152,8 @@ fn table() -> SweepTable {
         quick: false,
         seeds: vec![0, 1],
         wall_time_s: 1.0,
+        jobs: 1,
+        missing: Vec::new(),
         methods,
         runs,
     }

@@ -9,9 +9,10 @@ use crate::markdown::{pm, table};
 use crate::workload::{Workload, WorkloadMetrics};
 
 impl SweepTable {
-    /// The sweep's tables in Markdown, as written to `pareto.md`.
+    /// The sweep's tables in Markdown, as written to `pareto.md`; a partial sweep says first
+    /// which runs are missing.
     pub fn markdown(&self) -> String {
-        match self.workload {
+        let tables = match self.workload {
             Workload::Task => task_table(&self.methods),
             Workload::Lm => [
                 lm_table(&self.methods),
@@ -19,6 +20,15 @@ impl SweepTable {
                 lm_class_table(self),
             ]
             .join("\n\n"),
+        };
+        match self.missing.is_empty() {
+            true => tables,
+            false => format!(
+                "Partial: {} of {} runs finished; not run: {}.\n\n{tables}",
+                self.runs.len(),
+                self.runs.len() + self.missing.len(),
+                self.missing.join(", ")
+            ),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! (dense baselines, top-k, variable-k thresholds, the mean-k budget, top-p, expert choice,
 //! balancing, capacity, shared experts) with every seed, then writes `results/sweep-<name>/`:
 //! `sweep.json`, `sweep.csv`, `pareto.md` and the plots (`pareto.{png,svg}`,
-//! `load_cv.{png,svg}`). Runs that finished earlier are kept, so an interrupted sweep resumes.
+//! `load_cv.{png,svg}`). Runs that finished earlier are kept, so an interrupted sweep resumes;
+//! `--tables-only` writes the tables of the runs that finished without training the others.
 
 mod markdown;
 mod plan;
@@ -28,27 +29,40 @@ pub use table::{MethodRow, RunRow, Spread, SweepTable};
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
 use crate::run_dir::{DirKind, RunName, check_replaceable, open_resumable};
-use crate::workload::Workload;
-use runner::{SweepDirs, check_finished, run_all};
+use crate::workload::{Workload, WorkloadMetrics};
+use runner::{SweepDirs, check_finished, finished_metrics, run_all};
 
 /// The sweep's copy of its config, in its directory.
 pub const RECORD_FILE: &str = "sweep.toml";
 
-/// One sweep: which file, which settings, where.
+/// One sweep: which file, which settings, where (`sweep`'s flags).
+#[derive(clap::Args)]
 pub struct SweepRequest {
-    /// The sweep config, e.g. `configs/sweep.toml`.
+    /// Sweep config file.
+    #[arg(long, default_value = "configs/sweep.toml")]
     pub config: PathBuf,
-    /// Use the `[sweep.quick]` settings (CI); results go to `sweep-<name>-quick`.
+    /// The [sweep.quick] settings: a small task, fewer methods and seeds (CI); results go to
+    /// sweep-<name>-quick.
+    #[arg(long)]
     pub quick: bool,
     /// Backend every run trains on.
+    #[arg(long, value_enum, default_value_t)]
     pub backend: BackendKind,
-    /// Directory holding the sweep directory (`results`).
+    /// Directory holding the sweep directory.
+    #[arg(long = "results", default_value = "results")]
     pub results_root: PathBuf,
-    /// Replace earlier results of this sweep (only a sweep directory) instead of resuming.
+    /// Start over instead of resuming an earlier, interrupted sweep of the same name (replaces
+    /// only a sweep directory).
+    #[arg(long)]
     pub fresh: bool,
-    /// `key=value` overrides of the run config, applied after `[sweep.quick] set` (e.g.
-    /// `model.ffn.compute_type="bf16"`); a resume needs the same ones.
+    /// Override one field of every run's config, after [sweep.quick]'s, e.g.
+    /// --set model.ffn.compute_type="bf16" (repeatable; a resume needs the same ones).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Train nothing: write the tables and plots of the runs that finished and list the
+    /// missing ones (a study the device time ran out on; pass the sweep's --set values).
+    #[arg(long, conflicts_with = "fresh")]
+    pub tables_only: bool,
 }
 
 /// What a finished sweep wrote.
@@ -62,9 +76,9 @@ pub struct SweepOutcome {
 }
 
 /// Plans every run (all validated, and checked against the backend and the memory, before
-/// anything is written), trains those without results, and writes the tables and plots. A sweep
-/// directory whose finished runs were trained with another config is refused before anything in
-/// it changes.
+/// anything is written), trains those without results, and writes the tables and plots; with
+/// `tables_only` it trains nothing and tabulates the runs that finished. A sweep directory whose
+/// finished runs were trained with another config is refused before anything in it changes.
 pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     let started = Instant::now();
     // Read once: the file may be this sweep's own record, which is rewritten below.
@@ -74,7 +88,6 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     file.run_overrides.extend(request.overrides.iter().cloned());
     let runs = plan(&file, &request.config)?;
     let settings = &file.settings;
-    preflight::check(&runs, &file, &request.config, request.backend)?;
     let suffix = if request.quick { "-quick" } else { "" };
     let dir_name = format!("sweep-{}{suffix}", settings.name);
     let name = RunName::parse(&dir_name).map_err(|reason| ExperimentError::BadRunName {
@@ -83,34 +96,71 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     })?;
     let dir = request.results_root.join(name.as_str());
     let dirs = SweepDirs { root: dir.clone() };
-    if check_replaceable(&dir, DirKind::Sweep)? && !request.fresh {
-        check_finished(&runs, &dirs)?;
+    let (metrics, backend) = match request.tables_only {
+        true => {
+            if !dir.join("runs").is_dir() {
+                return Err(ExperimentError::SweepNotStarted(dir));
+            }
+            let metrics = finished_metrics(&runs, &dirs)?;
+            let backend = backends_of(metrics.iter().flatten());
+            (metrics, backend)
+        }
+        false => {
+            preflight::check(&runs, &file, &request.config, request.backend)?;
+            if check_replaceable(&dir, DirKind::Sweep)? && !request.fresh {
+                check_finished(&runs, &dirs)?;
+            }
+            open_resumable(&request.results_root, &name, DirKind::Sweep, request.fresh)?;
+            write_record(&dir.join(RECORD_FILE), &text)?;
+            println!(
+                "sweep {}: {} methods x {} seeds = {} runs on {}, {} at a time -> {}",
+                settings.name,
+                runs.len() / settings.seeds.len(),
+                settings.seeds.len(),
+                runs.len(),
+                request.backend.name(),
+                settings.jobs,
+                dir.display()
+            );
+            let metrics = run_all(&runs, &dirs, settings.jobs, request.backend)?;
+            (metrics.into_iter().map(Some).collect(), request.backend.name().to_string())
+        }
+    };
+    let missing: Vec<String> = runs
+        .iter()
+        .zip(&metrics)
+        .filter(|(_, metrics)| metrics.is_none())
+        .map(|(run, _)| run.name.clone())
+        .collect();
+    let finished: Vec<(&PlannedRun, WorkloadMetrics)> = runs
+        .iter()
+        .zip(metrics)
+        .filter_map(|(run, metrics)| Some((run, metrics?)))
+        .collect();
+    if finished.is_empty() {
+        return Err(ExperimentError::SweepNotStarted(dir));
     }
-    open_resumable(&request.results_root, &name, DirKind::Sweep, request.fresh)?;
-    write_record(&dir.join(RECORD_FILE), &text)?;
-    println!(
-        "sweep {}: {} methods x {} seeds = {} runs on {}, {} at a time -> {}",
-        settings.name,
-        runs.len() / settings.seeds.len(),
-        settings.seeds.len(),
-        runs.len(),
-        request.backend.name(),
-        settings.jobs,
-        dir.display()
-    );
-
-    let metrics = run_all(&runs, &dirs, settings.jobs, request.backend)?;
+    if !missing.is_empty() {
+        println!(
+            "{} of {} runs finished; tabulating those (missing: {})",
+            finished.len(),
+            runs.len(),
+            missing.join(", ")
+        );
+    }
     let workload = runs
         .first()
         .map_or_else(Workload::default, |r| r.config.workload());
-    let (methods, run_rows) = SweepTable::rows(&runs, metrics, workload);
+    let (methods, run_rows) = SweepTable::rows(finished, workload);
     let table = SweepTable {
         workload,
         name: settings.name.clone(),
-        backend: request.backend.name().to_string(),
+        backend,
         quick: request.quick,
         seeds: settings.seeds.clone(),
         wall_time_s: started.elapsed().as_secs_f64(),
+        jobs: settings.jobs,
+        missing,
         methods,
         runs: run_rows,
     };
@@ -120,6 +170,14 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
     let title = format!("sweep {}", settings.name);
     let plots = plot::plot_all(&table.methods, workload, &title, &dir)?;
     Ok(SweepOutcome { dir, table, plots })
+}
+
+/// The backends the runs trained on, e.g. `cuda` (joined with `+` if they differ).
+fn backends_of<'a>(metrics: impl Iterator<Item = &'a WorkloadMetrics>) -> String {
+    let mut names: Vec<&str> = metrics.map(WorkloadMetrics::backend).collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join("+")
 }
 
 /// Writes the sweep's copy of its config (unless it holds that text already), through a

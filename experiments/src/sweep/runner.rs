@@ -132,6 +132,24 @@ pub fn run_all(
         .collect()
 }
 
+/// The metrics of every run of `plan` that finished, in plan order (`None` for the others);
+/// trains nothing and writes nothing: the tables of a sweep the time ran out on.
+pub fn finished_metrics(
+    plan: &[PlannedRun],
+    dirs: &SweepDirs,
+) -> Result<Vec<Option<WorkloadMetrics>>, ExperimentError> {
+    check_finished(plan, dirs)?;
+    plan.iter()
+        .map(|run| {
+            let run_dir = dirs.runs().join(&run.name);
+            match run_dir.join(METRICS_FILE).exists() {
+                true => run.config.workload().load_metrics(&run_dir).map(Some),
+                false => Ok(None),
+            }
+        })
+        .collect()
+}
+
 /// Runs `experiments train` for one planned run and reads back its metrics.
 fn train_in_child(
     run: &PlannedRun,

@@ -96,6 +96,11 @@ pub struct SweepTable {
     pub seeds: Vec<u64>,
     /// Wall time of this invocation of the sweep, seconds (resumed runs excluded).
     pub wall_time_s: f64,
+    /// Runs trained at once: above 1 they shared the device, and so did their speeds.
+    pub jobs: usize,
+    /// Planned runs without results (`sweep --tables-only` before the sweep finished), in plan
+    /// order; empty for a complete sweep.
+    pub missing: Vec<String>,
     /// One row per method, in plan order.
     pub methods: Vec<MethodRow>,
     /// One row per run, in plan order.
@@ -103,16 +108,14 @@ pub struct SweepTable {
 }
 
 impl SweepTable {
-    /// Groups the runs of `plan` (with their `metrics`, same order) by method and marks the
-    /// front of `workload`'s quality.
+    /// Groups the `finished` runs (each with its metrics, in plan order) by method and marks
+    /// the front of `workload`'s quality.
     pub fn rows(
-        plan: &[PlannedRun],
-        metrics: Vec<WorkloadMetrics>,
+        finished: Vec<(&PlannedRun, WorkloadMetrics)>,
         workload: Workload,
     ) -> (Vec<MethodRow>, Vec<RunRow>) {
-        let runs: Vec<RunRow> = plan
-            .iter()
-            .zip(metrics)
+        let runs: Vec<RunRow> = finished
+            .into_iter()
             .map(|(run, metrics)| RunRow {
                 run: run.name.clone(),
                 method: run.method.clone(),
