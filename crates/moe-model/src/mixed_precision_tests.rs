@@ -15,7 +15,7 @@ use burn_cubecl::{CubeBackend, CubeRuntime};
 
 use crate::backend_ext::take_fallbacks;
 use crate::test_support::{float_tensor_on, host_f64, random_values, relative_error, rng};
-use crate::{Activation, FloatType, DenseMlp, DenseMlpConfig, MoeLayerConfig, RoutingPolicy};
+use crate::{Activation, DenseMlp, DenseMlpConfig, FloatType, MoeLayerConfig, RoutingPolicy};
 
 type Mixed<R> = Autodiff<CubeBackend<R, f32, i32, u8>>;
 

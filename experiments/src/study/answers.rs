@@ -269,7 +269,9 @@ pub fn limits(evidence: &Evidence) -> String {
                 ));
             }
             if let Some(partial) = lm.partial() {
-                items.push(format!("The language-model study is not complete. {partial}"));
+                items.push(format!(
+                    "The language-model study is not complete. {partial}"
+                ));
             }
             if lm.sweep.jobs > 1 {
                 items.push(format!(

@@ -70,7 +70,11 @@ impl SweepView {
             methods,
             missing: json["missing"]
                 .as_array()
-                .map(|runs| runs.iter().filter_map(|r| Some(r.as_str()?.to_string())).collect())
+                .map(|runs| {
+                    runs.iter()
+                        .filter_map(|r| Some(r.as_str()?.to_string()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             jobs: json["jobs"].as_u64().unwrap_or(0) as usize,
         })

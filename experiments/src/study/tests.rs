@@ -155,7 +155,10 @@ fn the_answers_quote_the_numbers_with_their_files_and_name_what_is_missing() {
         text.contains("Partial: 12 of 14 runs finished; not run: budget-1.6-s0, budget-1.6-s1."),
         "{text}"
     );
-    assert!(text.contains("trained 3 runs at a time on one device"), "{text}");
+    assert!(
+        text.contains("trained 3 runs at a time on one device"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
@@ -167,7 +170,10 @@ fn generation_timings_come_from_another_study_when_the_best_one_has_none() {
     write(&results.join("sweep-lm-cpu/sweep.json"), &lm_sweep());
     for (run, decode) in [("dense-active-s0", 0.25), ("budget-1.4-s0", 0.3125)] {
         write(
-            &results.join("sweep-lm-cpu/runs").join(run).join("generation-ndarray-f32.json"),
+            &results
+                .join("sweep-lm-cpu/runs")
+                .join(run)
+                .join("generation-ndarray-f32.json"),
             &json!({"model": "m", "backend": "ndarray", "dtype": "f32", "prompt_bytes": 128,
                     "max_tokens": 64, "temperature": 0.0, "ttft_ms": 3.0,
                     "decode_ms_per_token": decode, "decode_steps": 63}),
@@ -182,13 +188,23 @@ fn generation_timings_come_from_another_study_when_the_best_one_has_none() {
     let text = std::fs::read_to_string(&out).unwrap();
     // The quality table is the H100 study's; the timings are the CPU study's, named as such:
     // 0.25 / 0.3125 = 0.80x.
-    assert!(outcome.read.contains(&results.join("sweep-lm-routing/sweep.json")));
-    assert!(outcome.read.contains(&results.join("sweep-lm-cpu/runs")), "{:?}", outcome.read);
+    assert!(
+        outcome
+            .read
+            .contains(&results.join("sweep-lm-routing/sweep.json"))
+    );
+    assert!(
+        outcome.read.contains(&results.join("sweep-lm-cpu/runs")),
+        "{:?}",
+        outcome.read
+    );
     assert!(text.contains("decodes at 0.80x its speed"), "{text}");
     assert!(text.contains("`just time-generation lm-cpu`"), "{text}");
     assert!(!text.contains("Generation was not timed"), "{text}");
     // The CPU-sized study gets its own section after the one the answers use.
-    let cpu = text.find("## The language model at the CPU size").expect("CPU section");
+    let cpu = text
+        .find("## The language model at the CPU size")
+        .expect("CPU section");
     assert!(text[..cpu].contains("sweep-lm-routing/sweep.json"));
     assert!(text[cpu..].contains("sweep-lm-cpu/sweep.json"));
     let _ = std::fs::remove_dir_all(&root);

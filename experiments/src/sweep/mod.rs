@@ -123,7 +123,10 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
                 dir.display()
             );
             let metrics = run_all(&runs, &dirs, settings.jobs, request.backend)?;
-            (metrics.into_iter().map(Some).collect(), request.backend.name().to_string())
+            (
+                metrics.into_iter().map(Some).collect(),
+                request.backend.name().to_string(),
+            )
         }
     };
     let missing: Vec<String> = runs
