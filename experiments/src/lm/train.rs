@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::AdamWConfig;
 use burn::tensor::ElementConversion;
 use burn::train::Interrupter;
@@ -125,7 +125,10 @@ impl BackendJob for LmTraining {
         std::fs::write(&config_path, config.to_toml()).map_err(ExperimentError::io(config_path))?;
 
         B::seed(&device, train.seed);
-        let model = config.model.init::<B>(&device);
+        // Forked: every parameter drawn now, in module order, so the weights a seed gives do not
+        // depend on `train.devices` (Burn draws a lazily initialised parameter when first read,
+        // which on one device is the first forward's order).
+        let model = config.model.init::<B>(&device).fork(&device);
         let mut optimizer = AdamWConfig::new()
             .with_weight_decay(train.weight_decay as f32)
             .with_grad_clipping(
