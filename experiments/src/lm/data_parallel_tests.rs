@@ -25,6 +25,7 @@ type Train = Autodiff<NdArray>;
 const BATCH: usize = 4;
 const CONTEXT: usize = 8;
 
+/// `configs/lm-smoke.toml`, the config these tests start from.
 fn smoke_config() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/lm-smoke.toml")
 }
@@ -38,7 +39,6 @@ fn tiny_config() -> LmRunConfig {
         "model.ffn.expert_width=16".into(),
         "model.ffn.balance_loss_coef=0".into(),
         format!("train.batch_size={BATCH}"),
-        "train.devices=2".into(),
     ];
     LmRunConfig::load(&smoke_config(), &overrides).expect("the tiny LM config")
 }
