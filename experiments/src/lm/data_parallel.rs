@@ -49,8 +49,8 @@ struct Worker<B: MoeAutodiffBackend> {
 }
 
 impl<B: MoeAutodiffBackend> DataParallel<B> {
-    /// The step over `devices` (at least one; the first holds the model and the optimizer) for windows of
-    /// `context` tokens: one worker thread per device when there are several.
+    /// The step over `devices` (at least one; the first holds the model and the optimizer) for
+    /// windows of `context` tokens: one worker thread per device when there are several.
     pub fn new(devices: &[B::Device], context: usize) -> Self {
         let workers = match devices.len() {
             1 => Vec::new(),
