@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use crate::config_origin::ConfigOrigin;
+use crate::data_parallel::check_shares;
 use crate::error::ExperimentError;
 use crate::size_limits;
 use crate::task::TaskConfig;
@@ -93,16 +94,7 @@ impl TrainConfig {
                 return Err(InvalidValue::new(field, value, "must be >= 1"));
             }
         }
-        if !self.batch_size.is_multiple_of(self.devices) {
-            return Err(InvalidValue::new(
-                "batch_size",
-                self.batch_size,
-                format!(
-                    "must be a multiple of devices ({}): each device takes an equal share",
-                    self.devices
-                ),
-            ));
-        }
+        check_shares(self.batch_size, self.devices)?;
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             return Err(InvalidValue::new(
                 "learning_rate",

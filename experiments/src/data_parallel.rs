@@ -16,16 +16,19 @@ use burn::train::{ExecutionStrategy, MultiDeviceOptim};
 use moe_model::InvalidValue;
 
 use crate::backend::BackendKind;
+use crate::config::ConfigSources;
+use crate::error::ExperimentError;
 
 /// The `count` devices `train.devices` asks for, the first being `device`'s kind at index 0:
 /// on CubeCL backends devices `0..count` of that kind, at most as many as are present; on
 /// ndarray (one Burn device, the CPU) the CPU `count` times, one worker thread each, at most one
-/// per core.
+/// per core. More than present is a config error naming who set `train.devices` in `sources`.
 pub fn training_devices<B: Backend>(
     kind: BackendKind,
     device: &B::Device,
     count: usize,
-) -> Result<Vec<B::Device>, InvalidValue> {
+    sources: &ConfigSources,
+) -> Result<Vec<B::Device>, ExperimentError> {
     let type_id = device.id().type_id;
     let (present, what) = match kind {
         BackendKind::Ndarray => (
@@ -35,11 +38,14 @@ pub fn training_devices<B: Backend>(
         _ => (B::device_count(type_id), "devices present"),
     };
     if count > present {
-        return Err(InvalidValue::new(
-            "train.devices",
-            count,
-            format!("must be <= {present}, the {} {what}", kind.name()),
-        ));
+        return Err(ExperimentError::InvalidConfig {
+            origin: sources.origin_of("train.devices"),
+            source: InvalidValue::new(
+                "train.devices",
+                count,
+                format!("must be <= {present}, the {} {what}", kind.name()),
+            ),
+        });
     }
     Ok((0..count)
         .map(|index| {
@@ -49,6 +55,19 @@ pub fn training_devices<B: Backend>(
             })
         })
         .collect())
+}
+
+/// Refuses a `batch_size` that `devices` cannot share equally: data parallel gives every device
+/// the same number of points (or windows) per step.
+pub fn check_shares(batch_size: usize, devices: usize) -> Result<(), InvalidValue> {
+    if batch_size.is_multiple_of(devices) {
+        return Ok(());
+    }
+    Err(InvalidValue::new(
+        "batch_size",
+        batch_size,
+        format!("must be a multiple of devices ({devices}): each device takes an equal share"),
+    ))
 }
 
 /// burn-train's strategy for `devices`: several devices with the optimizer on the first (the

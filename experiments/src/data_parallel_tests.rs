@@ -14,9 +14,10 @@ use moe_model::Model;
 
 use crate::backend::BackendKind;
 use crate::classifier::Classifier;
-use crate::config::RunConfig;
+use crate::config::{ConfigSources, RunConfig};
 use crate::data::{TaskBatcher, TaskSplits, items};
 use crate::data_parallel::training_devices;
+use crate::error::ExperimentError;
 use crate::task::TaskItem;
 use crate::train::fit;
 
@@ -31,7 +32,8 @@ impl<B: Backend> ModuleVisitor<B> for Parameters {
     }
 }
 
-fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
+/// Every float parameter of `module`, in module order (also the language model's tests).
+pub(crate) fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
     let mut visitor = Parameters(Vec::new());
     module.visit(&mut visitor);
     visitor.0
@@ -162,9 +164,18 @@ fn two_cpu_ranks_train_the_parameters_one_device_trains_on_the_whole_batch() {
 #[test]
 fn more_devices_than_present_is_an_error() {
     let cpu = Default::default();
-    let error = training_devices::<NdArray>(BackendKind::Ndarray, &cpu, 100_000)
+    let sources = ConfigSources {
+        file: "configs/smoke.toml".into(),
+        overrides: vec!["train.devices=100000".into()],
+    };
+    let error = training_devices::<NdArray>(BackendKind::Ndarray, &cpu, 100_000, &sources)
         .expect_err("more ranks than cores");
-    assert_eq!(error.field, "train.devices");
-    let one = training_devices::<NdArray>(BackendKind::Ndarray, &cpu, 1).expect("one device");
+    let ExperimentError::InvalidConfig { origin, source } = error else {
+        panic!("not a config error: {error}");
+    };
+    assert_eq!(source.field, "train.devices");
+    assert_eq!(origin, sources.origin_of("train.devices"));
+    let one =
+        training_devices::<NdArray>(BackendKind::Ndarray, &cpu, 1, &sources).expect("one device");
     assert_eq!(one, vec![cpu]);
 }

@@ -113,12 +113,7 @@ impl BackendJob for Training {
         let backend = request.backend;
         check_compute_type::<B>(&config.model.ffn, &device)?;
         let devices =
-            training_devices::<B>(backend, &device, config.train.devices).map_err(|source| {
-                ExperimentError::InvalidConfig {
-                    origin: request.sources.origin_of("train.devices"),
-                    source,
-                }
-            })?;
+            training_devices::<B>(backend, &device, config.train.devices, &request.sources)?;
         check_memory(
             &config,
             &request.sources,

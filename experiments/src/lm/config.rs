@@ -11,6 +11,7 @@ use moe_model::lm::LmConfig;
 use moe_model::{FfnConfig, MoeLayerConfig};
 
 use crate::config::{ConfigFile, parse_config};
+use crate::data_parallel::check_shares;
 use crate::error::ExperimentError;
 use crate::lm::corpus::CorpusConfig;
 
@@ -23,6 +24,12 @@ pub struct LmTrainConfig {
     /// Sequences (random windows of the context length) per step.
     #[config(default = 16)]
     pub batch_size: usize,
+    /// Devices training runs on, data parallel (`crate::lm::data_parallel`): each step every
+    /// device takes `batch_size / devices` windows and their gradients are added into one
+    /// optimizer step on the first device, as one device would take on the whole batch. On
+    /// ndarray the ranks are threads sharing the CPU.
+    #[config(default = 1)]
+    pub devices: usize,
     /// Peak learning rate, reached after the warm-up.
     #[config(default = 2e-3)]
     pub learning_rate: f64,
@@ -64,6 +71,7 @@ impl LmTrainConfig {
         for (field, value) in [
             ("steps", self.steps),
             ("batch_size", self.batch_size),
+            ("devices", self.devices),
             ("eval_windows", self.eval_windows),
             ("eval_batch_size", self.eval_batch_size),
             ("log_interval", self.log_interval),
@@ -89,6 +97,7 @@ impl LmTrainConfig {
         if self.learning_rate == 0.0 {
             return Err(InvalidValue::new("learning_rate", 0.0, "must be > 0"));
         }
+        check_shares(self.batch_size, self.devices)?;
         if self.min_learning_rate > self.learning_rate {
             return Err(InvalidValue::new(
                 "min_learning_rate",

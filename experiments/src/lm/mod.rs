@@ -6,6 +6,9 @@ pub mod byte_class;
 pub mod config;
 pub mod corpus;
 pub mod data;
+pub mod data_parallel;
+#[cfg(test)]
+mod data_parallel_tests;
 pub mod eval;
 pub mod evaluate;
 pub mod generate;

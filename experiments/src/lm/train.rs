@@ -1,15 +1,14 @@
 //! Training a byte-level language model: random windows of the training split, AdamW with warm-up
 //! and cosine decay, then bits per byte on the validation and test splits. A straight loop (no
-//! burn-train), written through [`RunDir`] like the task model's runs, so the run appears under its
+//! burn-train; data parallel over `train.devices` through [`DataParallel`]), written through [`RunDir`] like the task model's runs, so the run appears under its
 //! name only once complete and Ctrl-C or a kill keeps an earlier run.
 
 use std::time::Instant;
 
 use burn::grad_clipping::GradientClippingConfig;
-use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::AdamWConfig;
+use burn::tensor::ElementConversion;
 use burn::train::Interrupter;
 use moe_model::MoeAutodiffBackend;
 use moe_model::lm::Lm;
@@ -17,16 +16,17 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::backend::{BackendJob, check_compute_type, max_buffer_bytes, run_on};
+use crate::data_parallel::training_devices;
 use crate::error::{ExperimentError, catch_panic};
 use crate::interrupt::StopOnSignal;
 use crate::limits::check_free_disk;
 use crate::lm::config::{LmRunConfig, describe};
 use crate::lm::data::TokenSplits;
+use crate::lm::data_parallel::DataParallel;
 use crate::lm::evaluate::score_split;
 use crate::lm::memory::{LmMemory, check_lm_memory};
 use crate::lm::metrics::{CurvePoint, LmMetrics};
 use crate::lm::schedule::LrSchedule;
-use crate::lm::tokens::as_ids;
 use crate::lm::trace::write_traces;
 use crate::lm::windows::window_batch;
 use crate::model_file::save_model;
@@ -78,6 +78,8 @@ impl BackendJob for LmTraining {
         } = self;
         let backend = request.backend;
         check_compute_type::<B>(&config.model.ffn, &device)?;
+        let devices =
+            training_devices::<B>(backend, &device, config.train.devices, &request.sources)?;
         check_lm_memory(&config, &request.sources, max_buffer_bytes(backend))?;
         // The model file, written twice over by the recorder's buffer at most, and the traces.
         check_free_disk(
@@ -123,7 +125,10 @@ impl BackendJob for LmTraining {
         std::fs::write(&config_path, config.to_toml()).map_err(ExperimentError::io(config_path))?;
 
         B::seed(&device, train.seed);
-        let model = config.model.init::<B>(&device);
+        // Forked: every parameter drawn now, in module order, so the weights a seed gives do not
+        // depend on `train.devices` (Burn draws a lazily initialised parameter when first read,
+        // which on one device is the first forward's order).
+        let model = config.model.init::<B>(&device).fork(&device);
         let mut optimizer = AdamWConfig::new()
             .with_weight_decay(train.weight_decay as f32)
             .with_grad_clipping(
@@ -137,7 +142,6 @@ impl BackendJob for LmTraining {
             warmup_steps: train.warmup_steps,
             total_steps: train.steps,
         };
-        let loss_fn = CrossEntropyLossConfig::new().init(&device);
         let mut rng = StdRng::seed_from_u64(train.seed);
         let mut curve = Vec::new();
         let mut train_seconds = 0.0;
@@ -152,23 +156,20 @@ impl BackendJob for LmTraining {
         // the staging directory is removed as for an interruption.
         let trained = catch_panic(|| -> Result<Lm<B>, ExperimentError> {
             let mut model = model;
+            let step = DataParallel::new(&devices, context);
             while steps_done < train.steps && !interrupter.should_stop() {
                 let started = Instant::now();
                 let (inputs, targets) =
                     window_batch(&splits.train, context, train.batch_size, &mut rng)?;
                 let n = targets.len();
-                let input = Tensor::<B, 2, Int>::from_data(
-                    TensorData::new(as_ids(&inputs), [train.batch_size, context]),
-                    &device,
+                let (trained, loss) = step.step(
+                    model,
+                    &mut optimizer,
+                    schedule.rate(steps_done),
+                    &inputs,
+                    &targets,
                 );
-                let target =
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(as_ids(&targets), [n]), &device);
-                let output = model.forward(input);
-                let vocab = output.logits.dims()[2];
-                let loss = loss_fn.forward(output.logits.reshape([n, vocab]), target);
-                let grads = (loss.clone() + output.aux_loss).backward();
-                let grads = GradientsParams::from_grads(grads, &model);
-                model = optimizer.step(schedule.rate(steps_done), model, grads);
+                model = trained;
                 steps_done += 1;
                 let last = steps_done == train.steps;
                 if steps_done == train.steps / 2 {
