@@ -310,6 +310,17 @@ fn quick_lm_sweep_writes_tables_and_plots_and_resumes() {
     // With a run gone (a study the device time ran out on), `--tables-only` trains nothing,
     // tabulates the five that finished and names the missing one.
     std::fs::remove_dir_all(dir.join("runs/top1-s0")).unwrap();
+    // A run saved by an older binary, before `train.devices` existed, still belongs to the
+    // sweep: its config read with the field's default is the planned one.
+    let saved_config = dir.join("runs/top2-s0/config.toml");
+    let old_text: String = std::fs::read_to_string(&saved_config)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.starts_with("devices ="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_ne!(old_text, std::fs::read_to_string(&saved_config).unwrap());
+    std::fs::write(&saved_config, old_text).unwrap();
     let trained = snapshot(&dir.join("runs"));
     let partial = run_ok(&[&args[..], &["--tables-only"]].concat());
     assert!(

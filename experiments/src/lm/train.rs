@@ -1,7 +1,8 @@
 //! Training a byte-level language model: random windows of the training split, AdamW with warm-up
 //! and cosine decay, then bits per byte on the validation and test splits. A straight loop (no
-//! burn-train; data parallel over `train.devices` through [`DataParallel`]), written through [`RunDir`] like the task model's runs, so the run appears under its
-//! name only once complete and Ctrl-C or a kill keeps an earlier run.
+//! burn-train; data parallel over `train.devices` through [`DataParallel`]), written through
+//! [`RunDir`] like the task model's runs, so the run appears under its name only once complete
+//! and Ctrl-C or a kill keeps an earlier run.
 
 use std::time::Instant;
 

@@ -17,7 +17,7 @@ use super::plan::PlannedRun;
 use crate::backend::BackendKind;
 use crate::error::ExperimentError;
 use crate::run_dir::{CONFIG_FILE, METRICS_FILE, remove_abandoned_staging};
-use crate::workload::WorkloadMetrics;
+use crate::workload::{WorkloadConfig, WorkloadMetrics};
 
 /// Where a sweep keeps its runs.
 #[derive(Clone, Debug)]
@@ -44,13 +44,20 @@ impl SweepDirs {
 }
 
 /// Refuses a sweep directory holding a finished run whose saved config differs from the plan
-/// (the sweep file changed): resuming would mix two sweeps. Reads only.
+/// (the sweep file changed): resuming would mix two sweeps. A config saved before a field was
+/// added (so without it) is the same when this binary reads it with the field's default. Reads
+/// only.
 pub fn check_finished(plan: &[PlannedRun], dirs: &SweepDirs) -> Result<(), ExperimentError> {
     for run in plan {
         let run_dir = dirs.runs().join(&run.name);
         if run_dir.join(METRICS_FILE).exists() {
-            let saved = std::fs::read_to_string(run_dir.join(CONFIG_FILE)).unwrap_or_default();
-            if saved != run.config.to_toml() {
+            let path = run_dir.join(CONFIG_FILE);
+            let saved = std::fs::read_to_string(&path).unwrap_or_default();
+            let planned = run.config.to_toml();
+            let same = saved == planned
+                || WorkloadConfig::parse(&saved, &path, &[])
+                    .is_ok_and(|config| config.to_toml() == planned);
+            if !same {
                 return Err(ExperimentError::SweepChanged(run_dir));
             }
         }
