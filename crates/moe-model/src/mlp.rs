@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::InvalidValue;
 use crate::feed_forward::{Activation, feed_forward};
 use crate::init::projection;
-use crate::precision::{FloatType, in_compute_type};
+use crate::precision::{FloatType, in_backend_float_type, in_compute_type};
 
 /// Configuration of [`DenseMlp`]; the model width `d` is given by the host model at `init`.
 #[derive(Config, Debug)]
@@ -36,12 +36,13 @@ impl DenseMlpConfig {
     /// A freshly initialised MLP over rows of width `d_model`.
     pub fn init<B: Backend>(&self, d_model: usize, device: &B::Device) -> DenseMlp<B> {
         let columns = self.activation.input_columns(self.width);
-        DenseMlp {
+        let mlp = DenseMlp {
             w_in: projection([d_model, columns], d_model, device),
             w_out: projection([self.width, d_model], self.width, device),
             activation: self.activation,
             compute_type: self.compute_type,
-        }
+        };
+        in_backend_float_type(mlp, device)
     }
 }
 

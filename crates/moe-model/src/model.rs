@@ -10,6 +10,7 @@ use crate::backend_ext::{MoeBackend, Routing};
 use crate::experts::Experts;
 use crate::ffn::{Ffn, FfnConfig};
 use crate::moe::{MoeLayerConfig, RoutingStats};
+use crate::precision::in_backend_float_type;
 
 /// Configuration of [`Model`]; input width and class count come from the task at `init`.
 #[derive(Config, Debug)]
@@ -44,7 +45,7 @@ impl ModelConfig {
         num_classes: usize,
         device: &B::Device,
     ) -> Model<B> {
-        Model {
+        let model = Model {
             input: LinearConfig::new(input_dim, self.d_model).init(device),
             blocks: (0..self.num_blocks)
                 .map(|_| Block {
@@ -54,7 +55,8 @@ impl ModelConfig {
                 .collect(),
             final_norm: LayerNormConfig::new(self.d_model).init(device),
             head: LinearConfig::new(self.d_model, num_classes).init(device),
-        }
+        };
+        in_backend_float_type(model, device)
     }
 }
 

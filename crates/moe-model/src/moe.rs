@@ -10,7 +10,7 @@ use crate::InvalidValue;
 use crate::backend_ext::{Dispatch, ExpertRows, MoeBackend, Routing};
 use crate::experts::Experts;
 use crate::feed_forward::Activation;
-use crate::precision::{FloatType, in_compute_type, in_dtype};
+use crate::precision::{FloatType, in_backend_float_type, in_compute_type, in_dtype};
 use crate::routing::balance::BalanceMethod;
 use crate::routing::control::{ControlSettings, RoutingControl, router_summary};
 use crate::routing::router::Router;
@@ -130,7 +130,7 @@ impl MoeLayerConfig {
 
     /// A freshly initialised layer over rows of width `d_model`.
     pub fn init<B: MoeBackend>(&self, d_model: usize, device: &B::Device) -> MoeLayer<B> {
-        MoeLayer {
+        let layer = MoeLayer {
             router: Router::new(d_model, self.num_experts, self.routing, device),
             experts: Experts::new(
                 self.num_experts,
@@ -151,7 +151,8 @@ impl MoeLayerConfig {
                 d_model,
                 device,
             ),
-        }
+        };
+        in_backend_float_type(layer, device)
     }
 }
 

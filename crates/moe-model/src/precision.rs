@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::{DType, Element, FloatDType, Tensor, get_device_settings};
 use serde::{Deserialize, Serialize};
 
 /// A float type, from the command line (`--dtype`) and the configs (`compute_type`) down to the
@@ -106,6 +106,21 @@ pub fn in_dtype<B: Backend, const D: usize>(tensor: Tensor<B, D>, dtype: DType) 
     match tensor.dtype() == dtype {
         true => tensor,
         false => tensor.cast(dtype),
+    }
+}
+
+/// `module` with its float parameters in the backend's own float type when the device's default
+/// is wider. Burn gives every new parameter the device's default type, fixed by the first
+/// backend that touched the device in the process, so a `CubeBackend<Cuda, bf16>` model on a
+/// device an f32 backend set up first would get f32 parameters quietly (right outputs, no tensor
+/// cores, twice the memory). A narrower default is the caller's choice (`--dtype bf16` on an f32
+/// backend, through `set_default_dtypes`) and is kept. Every model's `init` ends with this.
+pub fn in_backend_float_type<B: Backend, M: Module<B>>(module: M, device: &B::Device) -> M {
+    let backend: FloatDType = <B::FloatElem as Element>::dtype().into();
+    let default = get_device_settings::<B>(device).float_dtype;
+    match DType::from(default).size() > DType::from(backend).size() {
+        true => cast_float_params(module, backend),
+        false => module,
     }
 }
 

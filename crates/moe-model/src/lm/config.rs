@@ -12,6 +12,7 @@ use crate::lm::attention::CausalSelfAttention;
 use crate::lm::model::{Lm, LmBlock};
 use crate::mlp::DenseMlpConfig;
 use crate::moe::MoeLayerConfig;
+use crate::precision::in_backend_float_type;
 
 /// Configuration of [`Lm`], a decoder-only transformer over byte tokens whose feed-forward
 /// blocks are dense MLPs or MoE layers; serde-compatible, so experiments read it from TOML.
@@ -143,7 +144,7 @@ impl LmConfig {
             })
             .collect();
         let std = 1.0 / (self.d_model as f64).sqrt();
-        Lm {
+        let lm = Lm {
             embedding: EmbeddingConfig::new(self.vocab_size, self.d_model)
                 .with_initializer(Initializer::Normal { mean: 0.0, std })
                 .init(device),
@@ -155,7 +156,8 @@ impl LmConfig {
                 .with_theta(self.rope_theta as f32)
                 .init(device),
             context: self.context,
-        }
+        };
+        in_backend_float_type(lm, device)
     }
 }
 
