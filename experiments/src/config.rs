@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use crate::config_origin::ConfigOrigin;
-use crate::data_parallel::check_shares;
 use crate::error::ExperimentError;
 use crate::size_limits;
 use crate::task::TaskConfig;
@@ -370,4 +369,17 @@ fn first_unknown_key(given: &toml::Value, known: &toml::Value, prefix: &str) -> 
             Some(known_value) => first_unknown_key(value, known_value, &path),
         }
     })
+}
+
+/// Refuses a `batch_size` that `devices` cannot share equally: data parallel gives every device
+/// the same number of points (or windows) per step.
+pub fn check_shares(batch_size: usize, devices: usize) -> Result<(), InvalidValue> {
+    if batch_size.is_multiple_of(devices) {
+        return Ok(());
+    }
+    Err(InvalidValue::new(
+        "batch_size",
+        batch_size,
+        format!("must be a multiple of devices ({devices}): each device takes an equal share"),
+    ))
 }

@@ -57,19 +57,6 @@ pub fn training_devices<B: Backend>(
         .collect())
 }
 
-/// Refuses a `batch_size` that `devices` cannot share equally: data parallel gives every device
-/// the same number of points (or windows) per step.
-pub fn check_shares(batch_size: usize, devices: usize) -> Result<(), InvalidValue> {
-    if batch_size.is_multiple_of(devices) {
-        return Ok(());
-    }
-    Err(InvalidValue::new(
-        "batch_size",
-        batch_size,
-        format!("must be a multiple of devices ({devices}): each device takes an equal share"),
-    ))
-}
-
 /// burn-train's strategy for `devices`: several devices with the optimizer on the first (the
 /// sharded optimizer keys its gradients by device id, which the ndarray ranks share).
 pub fn multi_device<B: Backend>(devices: Vec<B::Device>) -> ExecutionStrategy<B> {

@@ -10,8 +10,7 @@ use moe_model::InvalidValue;
 use moe_model::lm::LmConfig;
 use moe_model::{FfnConfig, MoeLayerConfig};
 
-use crate::config::{ConfigFile, parse_config};
-use crate::data_parallel::check_shares;
+use crate::config::{ConfigFile, check_shares, parse_config};
 use crate::error::ExperimentError;
 use crate::lm::corpus::CorpusConfig;
 
