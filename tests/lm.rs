@@ -103,6 +103,16 @@ fn smoke_lm_trains_evaluates_and_generates() {
         record.decode_steps <= 23 && record.ttft_ms > 0.0,
         "{record:?}"
     );
+    // A sample from another prompt leaves the record (the report's timings) as it is.
+    let other = generate(&["--prompt", "Call me"]);
+    assert!(
+        other.contains("timings not kept:") && other.contains("a 10-byte prompt and 24 tokens"),
+        "{other}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run.join("generation-ndarray-f32.json")).unwrap(),
+        kept
+    );
     // The same prompt from a file, and the same seed: the same bytes.
     let prompt_file = results.join("prompt.txt");
     std::fs::write(&prompt_file, "The whale ").unwrap();

@@ -153,7 +153,7 @@ fn run(command: Command) -> Result<(), ExperimentError> {
                 String::from_utf8_lossy(&generated.generation.continuation)
             );
             println!("{}", generated.generation.summary(&generated.model));
-            println!("timings kept in {}", generated.record.display());
+            println!("{}", generated.record.summary());
         }
         #[cfg(any(feature = "wgpu", feature = "cuda"))]
         Command::Bench(request) => {

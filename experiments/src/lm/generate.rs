@@ -85,16 +85,51 @@ impl Generation {
     }
 }
 
-/// What [`generate`] returns: the continuation with its timings, the model in words, and the
-/// file the timings were kept in.
+/// What [`generate`] returns: the continuation with its timings, the model in words, and what
+/// became of the timings' record.
 #[derive(Clone, Debug)]
 pub struct Generated {
     /// The continuation and its timings.
     pub generation: Generation,
     /// The model, in words.
     pub model: String,
-    /// The run's `generation-<backend>-<dtype>.json`.
-    pub record: PathBuf,
+    /// The run's `generation-<backend>-<dtype>.json`, and whether it now holds these timings.
+    pub record: Kept,
+}
+
+/// Whether a generation's timings replaced the run's record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kept {
+    /// The record holds these timings (it was absent or timed the same prompt length and count).
+    Saved(PathBuf),
+    /// The record times another prompt length or token count (e.g. `just time-generation`'s
+    /// 512 bytes) and is kept; these timings are only printed.
+    KeptEarlier {
+        /// The record.
+        path: PathBuf,
+        /// Its prompt length in bytes.
+        prompt_bytes: usize,
+        /// Its tokens asked for.
+        max_tokens: usize,
+    },
+}
+
+impl Kept {
+    /// One line saying where the timings went.
+    pub fn summary(&self) -> String {
+        match self {
+            Kept::Saved(path) => format!("timings kept in {}", path.display()),
+            Kept::KeptEarlier {
+                path,
+                prompt_bytes,
+                max_tokens,
+            } => format!(
+                "timings not kept: {} holds timings of a {prompt_bytes}-byte prompt and \
+                 {max_tokens} tokens, left as they are (delete it to keep these)",
+                path.display()
+            ),
+        }
+    }
 }
 
 /// A generation's timings as kept in the run directory: what `just report` compares across the
@@ -122,13 +157,26 @@ pub struct GenerationRecord {
 }
 
 impl GenerationRecord {
-    /// Writes the record into the run directory `run` (replacing an earlier one of the same
-    /// backend and type); returns the file.
-    pub fn save(&self, run: &Path) -> Result<PathBuf, ExperimentError> {
+    /// Writes the record into the run directory `run`, replacing an earlier one of the same
+    /// backend and type only when that one timed the same prompt length and token count (a
+    /// sample drawn from another prompt never replaces the timings the report reads).
+    pub fn save(&self, run: &Path) -> Result<Kept, ExperimentError> {
         let path = run.join(format!("generation-{}-{}.json", self.backend, self.dtype));
+        let earlier = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<GenerationRecord>(&text).ok());
+        if let Some(earlier) = earlier
+            && (earlier.prompt_bytes, earlier.max_tokens) != (self.prompt_bytes, self.max_tokens)
+        {
+            return Ok(Kept::KeptEarlier {
+                path,
+                prompt_bytes: earlier.prompt_bytes,
+                max_tokens: earlier.max_tokens,
+            });
+        }
         let text = serde_json::to_string_pretty(self).expect("a generation record serialises");
         write_atomically(&path, &(text + "\n"))?;
-        Ok(path)
+        Ok(Kept::Saved(path))
     }
 }
 
