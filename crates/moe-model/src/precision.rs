@@ -47,10 +47,7 @@ impl FloatType {
 
     /// Bytes per value.
     pub fn size(self) -> usize {
-        match self {
-            FloatType::F32 => 4,
-            FloatType::Bf16 | FloatType::F16 => 2,
-        }
+        self.dtype().size()
     }
 
     /// Burn's float type.

@@ -101,6 +101,7 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
             if !dir.join("runs").is_dir() {
                 return Err(ExperimentError::SweepNotStarted(dir));
             }
+            check_finished(&runs, &dirs)?;
             let metrics = finished_metrics(&runs, &dirs)?;
             let backend = backends_of(metrics.iter().flatten());
             (metrics, backend)
@@ -123,10 +124,7 @@ pub fn sweep(request: SweepRequest) -> Result<SweepOutcome, ExperimentError> {
                 dir.display()
             );
             let metrics = run_all(&runs, &dirs, settings.jobs, request.backend)?;
-            (
-                metrics.into_iter().map(Some).collect(),
-                request.backend.name().to_string(),
-            )
+            (metrics, request.backend.name().to_string())
         }
     };
     let missing: Vec<String> = runs

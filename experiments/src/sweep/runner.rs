@@ -66,13 +66,13 @@ pub fn check_finished(plan: &[PlannedRun], dirs: &SweepDirs) -> Result<(), Exper
 }
 
 /// Trains every run of `plan` that has no results yet and returns all runs' metrics, in plan
-/// order; removes what killed runs left behind first. Call [`check_finished`] before.
+/// order (every one `Some`); removes what killed runs left behind first.
 pub fn run_all(
     plan: &[PlannedRun],
     dirs: &SweepDirs,
     jobs: usize,
     backend: BackendKind,
-) -> Result<Vec<WorkloadMetrics>, ExperimentError> {
+) -> Result<Vec<Option<WorkloadMetrics>>, ExperimentError> {
     check_finished(plan, dirs)?;
     for sub in ["configs", "runs", "logs"] {
         let path = dirs.root.join(sub);
@@ -130,22 +130,15 @@ pub fn run_all(
     if let Some(error) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(error);
     }
-    plan.iter()
-        .map(|run| {
-            run.config
-                .workload()
-                .load_metrics(&dirs.runs().join(&run.name))
-        })
-        .collect()
+    finished_metrics(plan, dirs)
 }
 
 /// The metrics of every run of `plan` that finished, in plan order (`None` for the others);
-/// trains nothing and writes nothing: the tables of a sweep the time ran out on.
+/// trains nothing and writes nothing. Call [`check_finished`] before.
 pub fn finished_metrics(
     plan: &[PlannedRun],
     dirs: &SweepDirs,
 ) -> Result<Vec<Option<WorkloadMetrics>>, ExperimentError> {
-    check_finished(plan, dirs)?;
     plan.iter()
         .map(|run| {
             let run_dir = dirs.runs().join(&run.name);
