@@ -425,6 +425,12 @@ fn quick_benchmark_writes_its_tables_on_wgpu() {
         serde_json::from_str(&std::fs::read_to_string(run.join("bench.json")).unwrap()).unwrap();
     assert_eq!(json["dtype"], "f32");
     assert_eq!(json["experts"].as_array().unwrap().len(), 9);
+    for bandwidth in ["copy_bandwidth_gb_s", "read_bandwidth_gb_s"] {
+        let measured = json[bandwidth].as_f64().unwrap_or(0.0);
+        assert!(measured > 0.0, "{bandwidth}: {}", json[bandwidth]);
+    }
+    assert_eq!(json["floor_bandwidth"], "read_bandwidth_gb_s");
+    assert_eq!(json["l2_flush_bytes"], 4 << 20);
     std::fs::remove_dir_all(results).unwrap();
 }
 

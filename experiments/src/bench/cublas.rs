@@ -1,9 +1,12 @@
 //! cuBLAS, loaded at run time through cudarc: the dense GEMM every grouped GEMM is set against
 //! (same FLOPs, same float type, f32 accumulation). A machine without cuBLAS still builds and runs
 //! the benchmark; the rows then say that cuBLAS is unavailable.
+//!
+//! Timed like the kernels (`timing.rs`): the L2 cache is flushed before each repetition, here by
+//! a memset of a scratch buffer on cuBLAS's stream, queued before the start event.
 
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cudarc::cublas::{CudaBlas, result, sys};
@@ -16,25 +19,37 @@ use super::FloatType;
 use super::timing::Timing;
 use crate::error::catch_panic;
 
-/// A cuBLAS handle on device 0's default stream.
+/// A cuBLAS handle on device 0's default stream, and the buffer that flushes L2 on it.
 pub struct Cublas {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
+    /// Overwritten before each timed GEMM (see the module docs); behind a lock because a flush
+    /// writes it and the bench holds the handle shared.
+    l2_flush: Mutex<CudaSlice<u8>>,
 }
 
 impl Cublas {
-    /// Loads cuBLAS and creates a handle, or says why it cannot.
-    pub fn new() -> Result<Self, String> {
+    /// Loads cuBLAS, creates a handle and allocates an L2 flush of `flush_bytes`, or says why it
+    /// cannot.
+    pub fn new(flush_bytes: usize) -> Result<Self, String> {
         catch_panic(|| -> Result<Self, String> {
             let context = CudaContext::new(0).map_err(|e| format!("CUDA context: {e}"))?;
             let stream = context.default_stream();
             let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS handle: {e}"))?;
-            Ok(Self { stream, blas })
+            let l2_flush = stream
+                .alloc_zeros::<u8>(flush_bytes)
+                .map_err(|e| format!("cuBLAS L2 flush buffer: {e}"))?;
+            Ok(Self {
+                stream,
+                blas,
+                l2_flush: Mutex::new(l2_flush),
+            })
         })
         .map_err(|reason| format!("cuBLAS could not be loaded: {reason}"))?
     }
 
-    /// Device time of `C[m, n] = A[m, k] @ B[k, n]` (row-major, random inputs) in `dtype`.
+    /// Device time of `C[m, n] = A[m, k] @ B[k, n]` (row-major, random inputs) in `dtype`, L2
+    /// flushed before each repetition.
     pub fn gemm(
         &self,
         m: usize,
@@ -50,9 +65,20 @@ impl Cublas {
             .alloc_zeros::<u8>(m * n * dtype.size())
             .map_err(|e| format!("cuBLAS output: {e}"))?;
         let samples = (0..repeats + 3)
-            .map(|_| self.timed_gemm(&a, &b, &mut c, m, n, k, dtype))
+            .map(|_| {
+                self.flush_l2()?;
+                self.timed_gemm(&a, &b, &mut c, m, n, k, dtype)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Timing::of(samples[3..].to_vec()))
+    }
+
+    /// Queues a write of the whole flush buffer on cuBLAS's stream, ahead of the next start event.
+    fn flush_l2(&self) -> Result<(), String> {
+        let mut buffer = self.l2_flush.lock().unwrap_or_else(|e| e.into_inner());
+        self.stream
+            .memset_zeros(&mut *buffer)
+            .map_err(|e| format!("cuBLAS L2 flush: {e}"))
     }
 
     /// `len` random values of `dtype` in [-1, 1), as raw bytes on the device.

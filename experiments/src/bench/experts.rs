@@ -21,18 +21,21 @@ use super::expert_cases::{
     CaseKind, CaseRouting, Cube, DENSE_TOTAL_BYTES, ExpertCase, ExpertRow, micros, random,
     random_weight, repeats, synthetic_ids, tiles_label, timing_us,
 };
+use super::l2_flush::L2Flush;
 use super::timing::{Timing, device_timing};
 use super::train::train_row;
 use super::{Baselines, FloatType};
 use crate::error::catch_panic;
 
-/// Measures `cases` with floats `F` (`dtype`). A case that fails (e.g. out of device memory)
+/// Measures `cases` with floats `F` (`dtype`), every device timing after an L2 `flush`. A case
+/// that fails (e.g. out of device memory)
 /// ends the measurements, since the device may be unusable after it; the rows measured so far
 /// are kept, and the failure is returned beside them.
 pub fn run<R: CubeRuntime, F: FloatElement>(
     client: &ComputeClient<R>,
     device: &R::Device,
     spinner: &Spinner<R>,
+    flush: &L2Flush<R>,
     cases: &[ExpertCase],
     dtype: FloatType,
     baselines: &Baselines,
@@ -41,11 +44,13 @@ pub fn run<R: CubeRuntime, F: FloatElement>(
     for case in cases {
         println!("  measuring {}", case.label());
         let measured = catch_panic(|| match case.kind {
-            CaseKind::Gemm => gemm_rows::<R, F>(client, device, case, dtype, baselines),
+            CaseKind::Gemm => gemm_rows::<R, F>(client, device, flush, case, dtype, baselines),
             CaseKind::Layer => vec![layer_row::<R, F>(
-                client, device, spinner, case, dtype, baselines,
+                client, device, spinner, flush, case, dtype, baselines,
             )],
-            CaseKind::Train => vec![train_row::<R, F>(client, device, case, dtype, baselines)],
+            CaseKind::Train => vec![train_row::<R, F>(
+                client, device, flush, case, dtype, baselines,
+            )],
         });
         match measured {
             Ok(case_rows) => rows.extend(case_rows),
@@ -73,6 +78,7 @@ fn handle<R: CubeRuntime, F: FloatElement, const D: usize>(
 fn gemm_rows<R: CubeRuntime, F: FloatElement>(
     client: &ComputeClient<R>,
     device: &R::Device,
+    flush: &L2Flush<R>,
     case: &ExpertCase,
     dtype: FloatType,
     baselines: &Baselines,
@@ -106,9 +112,9 @@ fn gemm_rows<R: CubeRuntime, F: FloatElement>(
     };
     let hidden = first(&plan);
     let flops1 = 2.0 * (s * d * 2 * width) as f64;
-    let time1 = device_timing(client, 2, repeats(flops1), || drop(first(&plan)));
+    let time1 = device_timing(flush, 2, repeats(flops1), || drop(first(&plan)));
     let flops2 = 2.0 * (s * width * d) as f64;
-    let time2 = device_timing(client, 2, repeats(flops2), || {
+    let time2 = device_timing(flush, 2, repeats(flops2), || {
         drop(
             output_projection::<R, F, i32>(client, &hidden, &w_out, &plan, shape, &config.output)
                 .expect("supported case"),
@@ -128,7 +134,7 @@ fn gemm_rows<R: CubeRuntime, F: FloatElement>(
         cublas_us: baselines.cublas_gemm(m, n, k, dtype),
         burn_us: baselines
             .burn_matmul
-            .then(|| micros(burn_matmul::<R, F>(client, device, m, n, k).median)),
+            .then(|| micros(burn_matmul::<R, F>(flush, device, m, n, k).median)),
         dense_total_us: None,
         mean_k: None,
     };
@@ -150,9 +156,10 @@ fn gemm_rows<R: CubeRuntime, F: FloatElement>(
     ]
 }
 
-/// Device time of Burn's `[m, k] @ [k, n]` in `F` (tuned when Burn's autotune is on).
+/// Device time of Burn's `[m, k] @ [k, n]` in `F` (tuned when Burn's autotune is on), flushed
+/// like the kernels' rows.
 fn burn_matmul<R: CubeRuntime, F: FloatElement>(
-    client: &ComputeClient<R>,
+    flush: &L2Flush<R>,
     device: &R::Device,
     m: usize,
     n: usize,
@@ -160,7 +167,7 @@ fn burn_matmul<R: CubeRuntime, F: FloatElement>(
 ) -> Timing {
     let a = random::<R, F, 2>([m, k], device);
     let b = random::<R, F, 2>([k, n], device);
-    device_timing(client, 3, 10, || drop(a.clone().matmul(b.clone())))
+    device_timing(flush, 3, 10, || drop(a.clone().matmul(b.clone())))
 }
 
 /// The whole layer on one case: route -> dispatch -> grouped GEMMs -> combine.
@@ -168,6 +175,7 @@ fn layer_row<R: CubeRuntime, F: FloatElement>(
     client: &ComputeClient<R>,
     device: &R::Device,
     spinner: &Spinner<R>,
+    flush: &L2Flush<R>,
     case: &ExpertCase,
     dtype: FloatType,
     baselines: &Baselines,
@@ -207,7 +215,7 @@ fn layer_row<R: CubeRuntime, F: FloatElement>(
     let mean_k = routed_rows as f64 / tokens as f64;
 
     let flops = 2.0 * (routed_rows * 3 * width * d) as f64 + 2.0 * (tokens * d * experts) as f64;
-    let time = device_timing(client, 2, repeats(flops), || drop(layer.infer(x.clone())));
+    let time = device_timing(flush, 2, repeats(flops), || drop(layer.infer(x.clone())));
     let (wall, queued) =
         wall_and_device_time(spinner, repeats(flops), || drop(layer.infer(x.clone())));
     let shape = ExpertShape {

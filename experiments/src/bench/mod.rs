@@ -1,12 +1,15 @@
 //! Kernel benchmarks on a CubeCL runtime: the routing stage (route, dispatch, combine against Burn
-//! tensor ops and the copy-bandwidth floor) and the experts (grouped GEMMs and the whole layer
-//! against cuBLAS, Burn's matmul, the memory floor and dense MLPs), every ratio measured in the
-//! same run.
+//! tensor ops and the memory floor) and the experts (grouped GEMMs and the whole layer against
+//! cuBLAS, Burn's matmul, the memory floor and dense MLPs), every ratio measured in the same run.
+//! The memory floor divides bytes by the read-stream bandwidth (16-byte loads, [`bandwidth`]);
+//! the copy bandwidth is reported beside it.
 //!
-//! Timing: after warm-up (compilation, autotuning), GEMM and layer rows take the median of
-//! repeated device timings (events around each call on CUDA) and report the range; routing rows
-//! and layer rows also give the wall time of back-to-back calls, which includes the host's launch
-//! overhead, and the time on a busy device (see [`device_time`]).
+//! Timing: after warm-up (compilation, autotuning), GEMM, layer and train rows and their cuBLAS
+//! and Burn baselines take the median of repeated device timings, the L2 cache flushed before
+//! each repetition ([`l2_flush`]), and report the range; routing rows and layer rows also give
+//! the wall time of back-to-back calls, which includes the host's launch overhead, and the time
+//! on a busy device (see [`device_time`]); those run back to back, L2 warm, and the tables say
+//! which columns are timed which way.
 
 mod bandwidth;
 #[cfg(feature = "cuda")]
@@ -14,8 +17,11 @@ mod cublas;
 mod device_time;
 mod expert_cases;
 mod experts;
+mod l2_flush;
 mod report;
 mod routing;
+#[cfg(test)]
+mod tests;
 mod timing;
 mod train;
 
@@ -199,30 +205,43 @@ impl BenchJob {
     ) -> Result<PathBuf, ExperimentError> {
         let client = R::client(&device);
         let quick = self.request.quick;
-        let copy_bandwidth = bandwidth::copy_bandwidth(&client, quick);
+        let bandwidths = bandwidth::Bandwidths::measure(&client, quick);
+        let flush = l2_flush::L2Flush::new(&client, l2_flush::flush_bytes(quick));
         println!(
-            "{} backend, {}, measured copy bandwidth {:.0} GB/s (read + write)",
+            "{} backend, {}, measured copy bandwidth {:.0} GB/s (read + write, 4-byte loads), \
+             read stream {:.0} GB/s (16-byte loads; the floors divide by this one); device \
+             timings flush L2 with a {} MiB write before each repetition",
             self.backend.name(),
             self.dtype.name(),
-            copy_bandwidth / 1e9
+            bandwidths.copy / 1e9,
+            bandwidths.read / 1e9,
+            flush.bytes() >> 20
         );
+        let baselines = Baselines::new(self.backend, self.request.burn_matmul, flush.bytes());
+        let context = report::Context {
+            backend: self.backend,
+            dtype: self.dtype,
+            bandwidths,
+            l2_flush_bytes: flush.bytes(),
+            cublas: baselines.cublas_status(),
+        };
         let spinner = device_time::Spinner::calibrate(&client);
         let routing_rows = routing::run::<R>(&client, &spinner, &device, self.routing_cases, quick);
         if !routing_rows.is_empty() {
-            println!("{}", report::routing_table(&routing_rows, copy_bandwidth));
+            println!("{}", report::routing_table(&routing_rows, &context));
         }
-        let baselines = Baselines::new(self.backend, self.request.burn_matmul);
         println!("cuBLAS baseline: {}", baselines.cublas_status());
         let (expert_rows, failure) = experts::run::<R, F>(
             &client,
             &device,
             &spinner,
+            &flush,
             &self.expert_cases,
             self.dtype,
             &baselines,
         );
         if !expert_rows.is_empty() {
-            println!("{}", report::experts_table(&expert_rows, copy_bandwidth));
+            println!("{}", report::experts_table(&expert_rows, &context));
         }
         if let Some(reason) = failure
             && expert_rows.is_empty()
@@ -232,15 +251,9 @@ impl BenchJob {
         }
         report::write(
             self.run_dir.staging(),
-            &report::Context {
-                backend: self.backend,
-                dtype: self.dtype,
-                copy_bandwidth,
-                cublas: baselines.cublas_status(),
-            },
+            &context,
             &routing_rows,
             &expert_rows,
-            copy_bandwidth,
         )?;
         self.run_dir.commit()
     }
@@ -258,17 +271,19 @@ pub struct Baselines {
 }
 
 impl Baselines {
-    fn new(backend: BackendKind, burn_matmul: bool) -> Self {
+    /// The baselines of a run on `backend`; cuBLAS flushes L2 with a write of `flush_bytes`
+    /// before each timed GEMM, as the kernels' timings do.
+    fn new(backend: BackendKind, burn_matmul: bool, flush_bytes: usize) -> Self {
         let unavailable = |why: &str| Err(format!("cuBLAS unavailable: {why}"));
         #[cfg(feature = "cuda")]
         let cublas = if backend == BackendKind::Cuda {
-            cublas::Cublas::new()
+            cublas::Cublas::new(flush_bytes)
         } else {
             unavailable("not a CUDA run")
         };
         #[cfg(not(feature = "cuda"))]
         let cublas = {
-            let _ = backend;
+            let _ = (backend, flush_bytes);
             unavailable("built without the cuda feature")
         };
         Self {
@@ -285,7 +300,8 @@ impl Baselines {
         }
     }
 
-    /// Median microseconds of cuBLAS's `[m, k] @ [k, n]`, or why there is none.
+    /// Median microseconds of cuBLAS's `[m, k] @ [k, n]` (L2 flushed between repetitions), or
+    /// why there is none.
     pub fn cublas_gemm(
         &self,
         m: usize,

@@ -18,14 +18,17 @@ use super::expert_cases::{
     Cube, DENSE_TOTAL_BYTES, ExpertCase, ExpertRow, micros, random, random_weight, repeats,
     synthetic_ids, tiles_label, timing_us,
 };
+use super::l2_flush::L2Flush;
 use super::timing::device_timing;
 use super::{Baselines, FloatType, time_per_call};
 
-/// One training row: the kernel path's device time, the tensor-op path's wall time (in
-/// `burn_us`), dense MLP baselines in the cuBLAS columns.
+/// One training row: the kernel path's device time (L2 flushed between repetitions), the
+/// tensor-op path's wall time (back to back, in `burn_us`), dense MLP baselines in the cuBLAS
+/// columns.
 pub fn train_row<R: CubeRuntime, F: FloatElement>(
     client: &ComputeClient<R>,
     device: &R::Device,
+    flush: &L2Flush<R>,
     case: &ExpertCase,
     dtype: FloatType,
     baselines: &Baselines,
@@ -78,7 +81,7 @@ pub fn train_row<R: CubeRuntime, F: FloatElement>(
 
     // Forward (3 products per routed row) and backward (twice the forward).
     let flops = 3.0 * 2.0 * (routed_rows * 3 * width * d) as f64;
-    let time = device_timing(client, 2, repeats(flops), || step(true));
+    let time = device_timing(flush, 2, repeats(flops), || step(true));
     let tensor_ops = time_per_call(client, repeats(flops).min(10), || step(false));
 
     let active_width =
