@@ -162,6 +162,9 @@ fn speed(evidence: &Evidence) -> String {
     said.join(" ")
 }
 
+/// The study's method with auxiliary-loss-free bias balancing on variable-k routing.
+const BIAS_BALANCED: &str = "balance-bias";
+
 fn one_expert(evidence: &Evidence) -> String {
     let mut said = Vec::new();
     for study in [evidence.lm, evidence.task].into_iter().flatten() {
@@ -187,6 +190,20 @@ fn one_expert(evidence: &Evidence) -> String {
         }
         if let Some(c) = study.compare(&vk.method, "top2", "load_cv") {
             sentence += &format!("; its load CV is {}", c.words(1.0, 3));
+        }
+        if let Some(c) = study.compare(BIAS_BALANCED, &vk.method, "load_cv") {
+            sentence += &format!(
+                ". Bias balancing without an auxiliary loss ({BIAS_BALANCED}) brings the load CV \
+                 to {}",
+                c.words(1.0, 3)
+            );
+            if let Some(q) = study.quality(BIAS_BALANCED, "top2") {
+                sentence += &format!(
+                    " at {} {}",
+                    quality_words(study.workload),
+                    q.words(scale, digits)
+                );
+            }
         }
         said.push(sentence + &format!(" (source: {}).", study.found.cite()));
     }

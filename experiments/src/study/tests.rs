@@ -44,6 +44,7 @@ fn lm_sweep() -> serde_json::Value {
             method("top2", "top_k", &[("valid_bits_per_byte", 2.05, 0.01), ("mean_k", 2.0, 0.0), ("flops_per_token", 1.0e7, 0.0), ("load_cv", 0.20, 0.02)]),
             method("budget-1.2", "budget", &[("valid_bits_per_byte", 2.09, 0.01), ("mean_k", 1.2, 0.0)]),
             method("budget-1.4", "budget", &[("valid_bits_per_byte", 2.055, 0.01), ("mean_k", 1.4, 0.01), ("fraction_k1", 0.6, 0.01), ("flops_per_token", 8.0e6, 0.0), ("steady_tokens_per_s", 342000.0, 1000.0), ("load_cv", 0.30, 0.02)]),
+            method("balance-bias", "balance", &[("valid_bits_per_byte", 2.06, 0.02), ("mean_k", 1.45, 0.01), ("load_cv", 0.06, 0.01)]),
         ],
         "runs": [
             {"method": "budget-1.4", "metrics": {"valid": by_class(1.5)}},
@@ -107,6 +108,17 @@ fn the_answers_quote_the_numbers_with_their_files_and_name_what_is_missing() {
         ),
         "{text}"
     );
+    // Bias balancing: load CV 0.06 against budget-1.4's 0.30 (-80%), quality 2.06 against top-2's
+    // 2.05 (+0.5%, inside the spread).
+    assert!(
+        text.contains(
+            "Bias balancing without an auxiliary loss (balance-bias) brings the load CV to 0.060 \
+             ± 0.010 against budget-1.4's 0.300 ± 0.020 (-80.0%, more than the seed spread) at \
+             validation bits per byte (lower is better) 2.0600 ± 0.0200 against top2's 2.0500 ± \
+             0.0100 (+0.5%, within the seed spread)"
+        ),
+        "{text}"
+    );
     assert!(text.contains(&format!("(source: `{}`", sweep_file.display())));
     // Layer speed: 910 / 700 = 1.30x the dense MLP with top-2's active parameters, 2800 / 700 =
     // 4.00x the one with all parameters, 980 / 700 = 1.40x top-2.
@@ -149,10 +161,10 @@ fn the_answers_quote_the_numbers_with_their_files_and_name_what_is_missing() {
         "{text}"
     );
     assert!(text.contains("variable-k against top-2 at decode is not measured"));
-    // The study is partial (4 methods x 3 runs finished, 2 missing) and its runs shared the
+    // The study is partial (5 methods x 3 runs finished, 2 missing) and its runs shared the
     // device three at a time: both are said.
     assert!(
-        text.contains("Partial: 12 of 14 runs finished; not run: budget-1.6-s0, budget-1.6-s1."),
+        text.contains("Partial: 15 of 17 runs finished; not run: budget-1.6-s0, budget-1.6-s1."),
         "{text}"
     );
     assert!(
