@@ -234,7 +234,7 @@ pub enum ExperimentError {
     },
     /// A finished run of a sweep was trained with another config than the sweep now plans.
     #[error(
-        "{0} was trained with another config than the sweep now plans (was the sweep config or a --set edited?); pass --fresh to start the sweep over"
+        "{0} was trained with another config than the sweep now plans (was the sweep config or a --set edited?); give the sweep the config and --set values it was started with to resume or tabulate it, or pass --fresh to start it over"
     )]
     SweepChanged(PathBuf),
     /// `sweep --tables-only` found no finished run to tabulate.

@@ -118,7 +118,7 @@ impl Kept {
     /// One line saying where the timings went.
     pub fn summary(&self) -> String {
         match self {
-            Kept::Saved(path) => format!("timings kept in {}", path.display()),
+            Kept::Saved(path) => format!("timings saved to {}", path.display()),
             Kept::KeptEarlier {
                 path,
                 prompt_bytes,
