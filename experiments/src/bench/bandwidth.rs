@@ -12,8 +12,14 @@ use super::time_per_call;
 /// f32 values per load of the read stream: 16-byte vector loads, as a tuned loader issues.
 pub const READ_VECTOR: usize = 4;
 
-/// Units per cube of both yardstick kernels.
-const CUBE_UNITS: usize = 256;
+/// Units per cube of the grid-stride kernels of the bench (the yardsticks and the L2 flush).
+pub const CUBE_UNITS: usize = 256;
+
+/// Cubes of a grid-stride launch over `len` elements: one unit per element up to CUDA's 65,535
+/// cubes per dimension, at least one.
+pub fn grid_stride_cubes(len: usize) -> u32 {
+    len.div_ceil(CUBE_UNITS).clamp(1, 65_535) as u32
+}
 
 /// Copies `input` to `output`, one element per unit and grid-stride.
 #[cube(launch_unchecked)]
@@ -62,11 +68,13 @@ pub struct Bandwidths {
 pub const FLOOR_BANDWIDTH_FIELD: &str = "read_bandwidth_gb_s";
 
 impl Bandwidths {
-    /// Measures both on a 1 GiB buffer (16 MiB if `quick`).
+    /// Measures both on one 1 GiB buffer (16 MiB if `quick`).
     pub fn measure<R: Runtime>(client: &ComputeClient<R>, quick: bool) -> Self {
+        let len = stream_len(quick);
+        let input = client.empty(len * size_of::<f32>());
         Self {
-            copy: copy_bandwidth(client, quick),
-            read: read_bandwidth(client, quick),
+            copy: copy_bandwidth(client, &input, len, quick),
+            read: read_bandwidth(client, &input, len, quick),
         }
     }
 
@@ -86,12 +94,16 @@ fn stream_iterations(quick: bool) -> usize {
     if quick { 5 } else { 20 }
 }
 
-/// Bytes read plus bytes written per second by a device-to-device copy of a large buffer.
-fn copy_bandwidth<R: Runtime>(client: &ComputeClient<R>, quick: bool) -> f64 {
-    let len = stream_len(quick);
-    let input = client.empty(len * size_of::<f32>());
+/// Bytes read plus bytes written per second by a device-to-device copy of the `len` f32 of
+/// `input`.
+fn copy_bandwidth<R: Runtime>(
+    client: &ComputeClient<R>,
+    input: &Handle,
+    len: usize,
+    quick: bool,
+) -> f64 {
     let output = client.empty(len * size_of::<f32>());
-    let cubes = len.div_ceil(CUBE_UNITS).min(65_535) as u32;
+    let cubes = grid_stride_cubes(len);
     let time = time_per_call(client, stream_iterations(quick), || unsafe {
         // SAFETY: both buffers hold `len` f32 values; the kernel indexes below `len`.
         copy_kernel::launch_unchecked::<R>(
@@ -106,12 +118,16 @@ fn copy_bandwidth<R: Runtime>(client: &ComputeClient<R>, quick: bool) -> f64 {
     2.0 * (len * size_of::<f32>()) as f64 / time.as_secs_f64()
 }
 
-/// Bytes read per second by [`read_stream`] over a large buffer.
-fn read_bandwidth<R: Runtime>(client: &ComputeClient<R>, quick: bool) -> f64 {
-    let len = stream_len(quick);
-    let input = client.empty(len * size_of::<f32>());
+/// Bytes read per second by the read stream over the `len` f32 of `input`.
+fn read_bandwidth<R: Runtime>(
+    client: &ComputeClient<R>,
+    input: &Handle,
+    len: usize,
+    quick: bool,
+) -> f64 {
+    let partial_sums = read_stream_output(client);
     let time = time_per_call(client, stream_iterations(quick), || {
-        drop(read_stream(client, &input, len).expect("the stream is whole vectors"));
+        read_stream_into(client, input, len, &partial_sums).expect("the stream is whole vectors");
     });
     (len * size_of::<f32>()) as f64 / time.as_secs_f64()
 }
@@ -126,14 +142,34 @@ fn read_stream_cubes<R: Runtime>(client: &ComputeClient<R>) -> usize {
         .map_or(1024, |sms| 8 * sms as usize)
 }
 
+/// The read stream's output: one f32 per unit of its grid.
+fn read_stream_output<R: Runtime>(client: &ComputeClient<R>) -> Handle {
+    client.empty(read_stream_cubes(client) * CUBE_UNITS * size_of::<f32>())
+}
+
 /// Reads the first `len` f32 of `input` with [`READ_VECTOR`]-wide loads and returns one partial
 /// sum per unit of the grid (f32; together they add up to the sum of the values read). `len`
-/// must be a whole number of vectors and lie within `input`.
+/// must be a whole number of vectors and lie within `input`. (The bench times
+/// [`read_stream_into`], which allocates nothing; tests read this one's sums back.)
+#[cfg(test)]
 pub fn read_stream<R: Runtime>(
     client: &ComputeClient<R>,
     input: &Handle,
     len: usize,
 ) -> Result<Handle, String> {
+    let partial_sums = read_stream_output(client);
+    read_stream_into(client, input, len, &partial_sums)?;
+    Ok(partial_sums)
+}
+
+/// [`read_stream`] into `partial_sums` (from [`read_stream_output`]), so that timed calls
+/// allocate nothing.
+fn read_stream_into<R: Runtime>(
+    client: &ComputeClient<R>,
+    input: &Handle,
+    len: usize,
+    partial_sums: &Handle,
+) -> Result<(), String> {
     if !len.is_multiple_of(READ_VECTOR) {
         return Err(format!(
             "the read stream loads {READ_VECTOR} f32 at a time; {len} values are not whole loads"
@@ -149,9 +185,8 @@ pub fn read_stream<R: Runtime>(
     let vectors = len / READ_VECTOR;
     let cubes = read_stream_cubes(client);
     let units = cubes * CUBE_UNITS;
-    let partial_sums = client.empty(units * size_of::<f32>());
     // SAFETY: `input` holds `vectors` whole vectors (checked above) and the kernel loads below
-    // `vectors`; `partial_sums` holds one f32 per unit of the grid.
+    // `vectors`; `partial_sums` holds one f32 per unit of the grid (`read_stream_output`).
     unsafe {
         read_stream_kernel::launch_unchecked::<R>(
             client,
@@ -163,5 +198,5 @@ pub fn read_stream<R: Runtime>(
             vectors,
         );
     }
-    Ok(partial_sums)
+    Ok(())
 }

@@ -7,6 +7,8 @@
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
+use super::bandwidth::{CUBE_UNITS, grid_stride_cubes};
+
 /// Bytes the flush writes: 256 MiB (five times an H100's L2), or 4 MiB under `--quick`, where
 /// the device is CPU-emulated and the numbers are not the point.
 pub fn flush_bytes(quick: bool) -> usize {
@@ -15,9 +17,6 @@ pub fn flush_bytes(quick: bool) -> usize {
 
 /// What the flush writes to every element; any value serves, only the writes matter.
 pub const FLUSH_VALUE: f32 = 1.0;
-
-/// Units per cube of the fill kernel.
-const CUBE_UNITS: usize = 256;
 
 /// Writes `value` to every element of `buffer`, one element per unit and grid-stride.
 #[cube(launch_unchecked)]
@@ -74,7 +73,7 @@ impl<R: Runtime> L2Flush<R> {
 
     /// Queues the flush: [`FLUSH_VALUE`] written to every element of the buffer.
     pub fn flush(&self) {
-        let cubes = self.len.div_ceil(CUBE_UNITS).clamp(1, 65_535) as u32;
+        let cubes = grid_stride_cubes(self.len);
         // SAFETY: the buffer holds `len` f32 values (checked in `over`); the kernel writes below
         // `len`.
         unsafe {

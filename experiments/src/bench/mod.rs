@@ -230,7 +230,7 @@ impl BenchJob {
         if !routing_rows.is_empty() {
             println!("{}", report::routing_table(&routing_rows, &context));
         }
-        println!("cuBLAS baseline: {}", baselines.cublas_status());
+        println!("cuBLAS baseline: {}", context.cublas);
         let (expert_rows, failure) = experts::run::<R, F>(
             &client,
             &device,
